@@ -1,0 +1,121 @@
+"""The packed ternary format: ``T_packed``, documented bit by bit.
+
+This module is the one place that defines how ternary weights are stored.
+Every other piece of arbitor (the torch reference ops, the Triton kernels,
+checkpoints, the audit) reads and writes exactly this layout.
+
+Layout
+------
+A ternary weight matrix ``T`` of shape ``[out_features, in_features]`` with
+entries in ``{-1, 0, +1}`` is stored as a ``torch.uint8`` tensor
+
+    T_packed: [out_features, ceil(in_features / 4)]
+
+* rows are output features (one row of ``T`` -> one row of ``T_packed``);
+* each row is packed along ``in_features``, **4 weights per byte**;
+* weight ``k`` of a row lives in byte ``k // 4`` at bits
+  ``2 * (k % 4)`` (low bit) and ``2 * (k % 4) + 1`` (high bit), i.e. the
+  first weight of a byte occupies the two least-significant bits::
+
+      bit:    7 6 | 5 4 | 3 2 | 1 0
+      weight: k+3 | k+2 | k+1 |  k      (k = 4 * byte_index)
+
+* each weight is a 2-bit code:
+
+      code 0b00 ->  0
+      code 0b01 -> +1
+      code 0b10 -> -1
+      code 0b11 -> invalid (never written; ``unpack_ternary`` maps it to 0,
+                   ``validate_packed`` rejects it)
+
+  so ``value = (code & 1) - (code >> 1)``, a branch-free decode that the
+  Triton kernels use as well;
+* when ``in_features`` is not a multiple of 4, the trailing codes of the
+  last byte of each row are 0 (padding weights are zeros);
+* the tensor is contiguous, row-major (C order).
+
+Scale groups (see ``ternary_scale.py``) are ``group_size`` consecutive weights
+of one row; arbitor requires ``group_size`` to be a multiple of 4, so every
+group starts on a byte boundary and covers ``group_size // 4`` whole bytes.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG"]
+
+CODE_ZERO = 0b00
+CODE_POS = 0b01
+CODE_NEG = 0b10
+
+_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+
+
+def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
+    """Shape of ``T_packed`` for a ``[out_features, in_features]`` ternary matrix."""
+    return out_features, (in_features + 3) // 4
+
+
+def pack_ternary(t: torch.Tensor) -> torch.Tensor:
+    """Pack a ternary matrix into ``T_packed``.
+
+    Args:
+        t: ``[out_features, in_features]`` integer or float tensor whose
+           entries are exactly -1, 0 or +1.
+    Returns:
+        ``[out_features, ceil(in_features / 4)]`` uint8, contiguous.
+    """
+    if t.dim() != 2:
+        raise ValueError(f"pack_ternary expects a 2-D [out_features, in_features] tensor, got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex():
+        if not torch.isfinite(t).all() or not torch.equal(t, t.round()):
+            raise ValueError("pack_ternary: float input must hold exact integers -1, 0, +1")
+    ti = t.to(torch.int8)
+    if ti.numel() and (ti.abs() > 1).any():
+        raise ValueError(f"pack_ternary: values must be in {{-1, 0, +1}}, got min {int(ti.min())} max {int(ti.max())}")
+    out_f, in_f = ti.shape
+    pad = (-in_f) % 4
+    if pad:
+        ti = torch.nn.functional.pad(ti, (0, pad))
+    # +1 -> 0b01, -1 -> 0b10, 0 -> 0b00
+    codes = torch.where(ti > 0, CODE_POS, torch.where(ti < 0, CODE_NEG, CODE_ZERO)).to(torch.uint8)
+    codes = codes.view(out_f, -1, 4)
+    shifts = _SHIFTS.to(codes.device)
+    packed = (codes << shifts).sum(dim=-1, dtype=torch.uint8)  # disjoint bits: sum == bitwise or
+    return packed.contiguous()
+
+
+def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """Decode ``T_packed`` back to ``[out_features, in_features]`` values in ``{-1, 0, +1}``.
+
+    Args:
+        packed: ``[out_features, ceil(in_features / 4)]`` uint8.
+        in_features: the logical row length (drops the padding weights).
+        dtype: dtype of the result (int8 by default; float dtypes are exact).
+    """
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_ternary: T_packed must be uint8, got {packed.dtype}")
+    if packed.dim() != 2:
+        raise ValueError(f"unpack_ternary: T_packed must be 2-D, got shape {tuple(packed.shape)}")
+    if packed.shape[1] != (in_features + 3) // 4:
+        raise ValueError(
+            f"unpack_ternary: T_packed has {packed.shape[1]} bytes per row, "
+            f"in_features={in_features} needs {(in_features + 3) // 4}")
+    shifts = _SHIFTS.to(packed.device)
+    codes = (packed.unsqueeze(-1) >> shifts) & 3  # [out, bytes, 4]
+    vals = (codes & 1).to(torch.int8) - (codes >> 1).to(torch.int8)
+    vals = vals.reshape(packed.shape[0], -1)[:, :in_features]
+    return vals.to(dtype)
+
+
+def validate_packed(packed: torch.Tensor, in_features: int) -> None:
+    """Raise ``ValueError`` if ``T_packed`` holds an invalid code (0b11) or non-zero padding."""
+    shifts = _SHIFTS.to(packed.device)
+    codes = (packed.unsqueeze(-1) >> shifts) & 3
+    if (codes == 3).any():
+        raise ValueError("T_packed holds the invalid 2-bit code 0b11 (corrupt ternary weights)")
+    pad = (-in_features) % 4
+    if pad and packed.numel():
+        tail = codes[:, -1, 4 - pad:]
+        if (tail != 0).any():
+            raise ValueError("T_packed has non-zero padding codes after in_features (corrupt ternary weights)")

@@ -1,0 +1,326 @@
+"""``TernaryScaleTensor``: the dense pure-ternary linear layer with BigInt correlation scaling.
+
+Persistent state (buffers, no ``nn.Parameter``)::
+
+    T_packed     uint8 [out_features, ceil(in_features/4)]   ternary weights, 2 bits each (packing.py)
+    E            int8  [out_features, n_groups]               fixed exponent per scale group
+    corr_accum   int64 [out_features, n_groups]               summed correlation votes
+    step_counter int64 []                                     ballots counted so far
+
+with ``n_groups = in_features // group_size``. A scale group is ``group_size``
+consecutive weights along ``in_features`` within one output row. The effective
+weight is ``W_eff = T * S`` with ``S`` from ``bigint_scale.py``. ``T`` and ``E``
+never change after initialisation; training moves only the integers
+``corr_accum`` and ``step_counter``.
+
+Ballots (the vote unit)
+-----------------------
+One *ballot* is one backward pass through the layer that casts votes. A ballot
+adds to each group ``vote = -sum_{k in group} sign(dL/dW_eff[k]) * T[k]``, an
+integer in ``[-group_size, group_size]`` (positive: a larger ``S`` lowers the
+loss). ``step_counter`` counts ballots, so ``mean_corr = corr_accum /
+(ballots * group_size)`` is the average vote per weight and always lies in
+[-1, 1] -- with one backward per step, with gradient accumulation (k micro-batch
+backwards = k ballots), and with several loss components (one ballot each).
+
+Streaming: votes go straight into ``corr_accum`` during backward (no float
+gradient buffer is ever kept). The ballot is counted as *pending* and folded
+into ``step_counter`` by the explicit per-step call ``ternary_step()`` (or the
+module-level ``ternary_step(model)``). Until then ``S`` is computed with
+``step_counter + pending`` so ``mean_corr`` stays in [-1, 1] at every moment.
+Because updates are streamed, a forward run after a backward in the same step
+(the next micro-batch, or the next loss component's backward) already sees that
+ballot: the rule is online, applied the moment a ballot is cast.
+
+Initialisation (seeded)
+-----------------------
+* ``T``: each weight is 0 with probability ``zero_fraction`` (default 1/3) and
+  +1 / -1 with equal probability otherwise.
+* ``E``: the variance of ``W_eff`` should start near ``1/in_features``. With
+  ``T`` as above, ``Var(W_eff) = (1 - zero_fraction) * S**2``, so the target is
+  ``S**2 = s2 = 1 / (in_features * (1 - zero_fraction))``. An integer exponent
+  gives ``S**2 = 4**E``; each group draws ``E = a`` or ``a + 1`` with
+  ``a = floor(log4(s2))`` and ``P(a + 1) = (s2 / 4**a - 1) / 3``, which makes the
+  expected ``S**2`` exactly ``s2`` (e.g. ``in_features=512``: ``s2 = 2.93e-3``,
+  ``a = -5``, ``P = 0.69``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import backend as _backend
+from .bigint_scale import (E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength)
+from .packing import pack_ternary, packed_shape, unpack_ternary, validate_packed
+from .reference_ops import expand_weight
+
+__all__ = ["TernaryScaleTensor", "ternary_step", "ternary_layers", "check_group_size"]
+
+_FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
+_BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
+
+
+def check_group_size(in_features: int, group_size: int) -> None:
+    """Raise ``ValueError`` unless ``group_size`` is a power of two >= 4 dividing ``in_features``.
+
+    A power of two keeps every group on whole bytes of ``T_packed`` and lets the GPU
+    kernels tile groups evenly; ragged last groups are not supported.
+    """
+    if not isinstance(group_size, int) or group_size < 4 or group_size & (group_size - 1):
+        raise ValueError(f"group_size must be a power of two >= 4, got {group_size!r}")
+    if in_features % group_size:
+        raise ValueError(
+            f"in_features={in_features} is not a multiple of group_size={group_size}; "
+            f"pick a group_size dividing it (e.g. {math.gcd(in_features, 1 << 12) if in_features % 4 == 0 else 'none'}) "
+            "or pad the features")
+
+
+def _check_env_check_finite() -> bool:
+    return os.environ.get("ARB_CHECK_FINITE", "1").strip() not in ("0", "false", "no")
+
+
+class _TernaryLinearFn(torch.autograd.Function):
+    """``y = x @ W_eff.T``; saves only ``x``; backward recomputes ``W_eff`` block by block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, vote_anchor: Optional[torch.Tensor], layer: "TernaryScaleTensor"):
+        ops = layer._ops(x.device)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, layer.in_features)
+        y = ops.linear_forward(x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                               layer._pending_ballots, layer.in_features, layer.group_size, layer.strength)
+        ctx.save_for_backward(x)
+        ctx.layer = layer
+        return y.reshape(*lead, layer.out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        layer: TernaryScaleTensor = ctx.layer
+        if layer.check_finite and not bool(torch.isfinite(grad_y).all()):
+            raise FloatingPointError(
+                f"non-finite (NaN/inf) gradient reaching {layer.extra_repr()}: refusing to cast votes "
+                "(lower the loss scale / learning signal, or set ARB_CHECK_FINITE=0 to skip this check)")
+        need_grad_x = ctx.needs_input_grad[0]
+        cast_votes = layer.voting
+        if not (need_grad_x or cast_votes):
+            return None, None, None
+        ops = layer._ops(x.device)
+        grad_x = ops.linear_backward(grad_y.reshape(-1, layer.out_features).to(x.dtype), x.reshape(-1, layer.in_features),
+                                     layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                                     layer._pending_ballots, layer.in_features, layer.group_size, layer.strength,
+                                     need_grad_x, cast_votes)
+        if cast_votes:
+            layer._pending_ballots += 1
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x.shape)
+        return grad_x, None, None
+
+
+class TernaryScaleTensor(nn.Module):
+    """Pure-ternary linear layer ``y = x @ (T * S).T`` with integer-only training state.
+
+    Args:
+        in_features: K, size of the last input dimension.
+        out_features: N, size of the output's last dimension.
+        group_size: weights per scale group along ``in_features`` (power of two >= 4 dividing K).
+        zero_fraction: share of zeros in the initial ``T`` (default 1/3), in [0, 1).
+        strength: ``ARB_BIGINT_CORR_STRENGTH`` override (default: the environment, else 4.0).
+        seed: seed for ``T`` and ``E``; ``None`` draws one from torch's global RNG
+            (so ``torch.manual_seed`` makes models reproducible).
+        device: where the buffers live.
+        backend: ``ARB_TERNARY_BACKEND`` override for this layer (``torch``/``triton``/``auto``).
+
+    Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 64, *,
+                 zero_fraction: float = 1.0 / 3.0, strength: Optional[float] = None, seed: Optional[int] = None,
+                 device: Optional[torch.device | str] = None, backend: Optional[str] = None) -> None:
+        super().__init__()
+        if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
+            raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
+        check_group_size(in_features, group_size)
+        if not (0.0 <= zero_fraction < 1.0):
+            raise ValueError(f"zero_fraction must be in [0, 1), got {zero_fraction}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        self.n_groups = in_features // group_size
+        self.zero_fraction = float(zero_fraction)
+        self.strength = check_strength(strength) if strength is not None else default_strength()
+        self.backend = _backend.requested_backend(backend) if backend is not None else None
+        self.voting = True          # False freezes the layer (no ballots cast)
+        self.check_finite = _check_env_check_finite()
+        self._pending_ballots = 0   # ballots cast since the last ternary_step()
+        self._host_counter: Optional[int] = None  # host mirror of step_counter for the overflow check
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
+        self.seed = int(seed)
+
+        T_packed, E = self._init_state(self.seed)
+        dev = torch.device(device) if device is not None else None
+        self.register_buffer("T_packed", T_packed.to(dev))
+        self.register_buffer("E", E.to(dev))
+        self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
+        self.register_buffer("step_counter", torch.zeros((), dtype=torch.int64, device=dev))
+        self.register_state_dict_pre_hook(_refuse_pending_ballots)
+
+    # ----------------------------------------------------------------- init
+    def _init_state(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        K, N = self.in_features, self.out_features
+        T_packed = torch.empty(packed_shape(N, K), dtype=torch.uint8)
+        rows = max(1, (1 << 22) // K)  # chunked so a 3B-weight model never materialises a float T
+        p_nonzero = 1.0 - self.zero_fraction
+        for n0 in range(0, N, rows):
+            n1 = min(N, n0 + rows)
+            u = torch.rand(n1 - n0, K, generator=gen)
+            t = torch.where(u < self.zero_fraction, 0, torch.where(u < self.zero_fraction + p_nonzero / 2, 1, -1))
+            T_packed[n0:n1] = pack_ternary(t)
+        s2 = 1.0 / (K * p_nonzero)
+        a = math.floor(math.log(s2, 4))
+        p_up = (s2 / 4.0 ** a - 1.0) / 3.0
+        E = a + (torch.rand(N, self.n_groups, generator=gen) < p_up).to(torch.int64)
+        if E.min() < E_MIN or E.max() > E_MAX:
+            raise ValueError(f"initial exponents out of [{E_MIN}, {E_MAX}] for in_features={K}")
+        return T_packed, E.to(torch.int8)
+
+    # ------------------------------------------------------------- forward
+    def _ops(self, device: torch.device) -> _backend.TernaryOps:
+        return _backend.get_ops(device, self.backend)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"TernaryScaleTensor expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"TernaryScaleTensor({self.in_features}->{self.out_features}): input last dimension must be "
+                             f"{self.in_features}, got shape {tuple(x.shape)}")
+        if x.dtype not in _FLOAT_INPUTS:
+            raise TypeError(f"TernaryScaleTensor: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != self.T_packed.device:
+            raise RuntimeError(f"TernaryScaleTensor: input is on {x.device} but the layer's buffers are on "
+                               f"{self.T_packed.device}; move one of them (model.to(device))")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_features] -> [..., out_features]``."""
+        self._check_input(x)
+        anchor = None
+        if self.training and self.voting and torch.is_grad_enabled() and not x.requires_grad:
+            # Votes are cast in backward, which autograd runs only if some input requires grad:
+            # an empty anchor makes the output part of the graph without computing grad_x.
+            anchor = torch.empty(0, device=x.device, requires_grad=True)
+        return _TernaryLinearFn.apply(x, anchor, self)
+
+    # --------------------------------------------------------------- state
+    @property
+    def pending_ballots(self) -> int:
+        """Ballots cast since the last ``ternary_step()``."""
+        return self._pending_ballots
+
+    def _get_S(self) -> torch.Tensor:
+        """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (bigint_scale.py)."""
+        return bigint_scale(self.E, self.corr_accum, self.step_counter + self._pending_ballots, self.group_size,
+                            self.strength)
+
+    def mean_corr(self) -> torch.Tensor:
+        """``corr_accum / (ballots * group_size)`` as float64, 0 before any ballot."""
+        n = float(self.step_counter) + self._pending_ballots
+        if n == 0:
+            return torch.zeros_like(self.corr_accum, dtype=torch.float64)
+        return self.corr_accum.to(torch.float64) / (n * self.group_size)
+
+    def ternary(self) -> torch.Tensor:
+        """The ternary matrix ``T`` as int8 ``[out_features, in_features]``."""
+        return unpack_ternary(self.T_packed, self.in_features)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense ``W_eff = T * S`` ``[out_features, in_features]`` (allocates the full matrix: debugging/export)."""
+        return expand_weight(self.T_packed, self._get_S(), self.in_features, self.group_size, dtype)
+
+    def ternary_step(self) -> int:
+        """Fold the pending ballots into ``step_counter``; returns how many were folded.
+
+        Raises ``OverflowError`` before ``ballots * group_size`` could pass 2**62.
+        """
+        pending = self._pending_ballots
+        if pending == 0:
+            return 0
+        if self._host_counter is None:
+            self._host_counter = int(self.step_counter)
+        total = self._host_counter + pending
+        if total * self.group_size > MAX_VOTE_TOTAL:
+            raise OverflowError(
+                f"{self.extra_repr()}: step_counter would reach {total} ballots; ballots*group_size must stay "
+                f"below 2**62 so corr_accum cannot overflow int64")
+        self.step_counter.add_(pending)
+        self._host_counter = total
+        self._pending_ballots = 0
+        return pending
+
+    def discard_pending_ballots(self) -> None:
+        """Forget the count of pending ballots (after restoring ``corr_accum`` from elsewhere)."""
+        self._pending_ballots = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name, dtype in _BUFFER_DTYPES.items():
+            key = prefix + name
+            if key in state_dict and state_dict[key].dtype != dtype:
+                error_msgs.append(f"{key}: expected dtype {dtype}, got {state_dict[key].dtype} (a float or "
+                                  "re-typed checkpoint cannot be loaded into integer ternary state)")
+        n_err = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in _BUFFER_DTYPES):
+            problem = self.validate_state()
+            if problem:
+                error_msgs.append(f"{prefix}: {problem}")
+        self._pending_ballots = 0
+        self._host_counter = None
+
+    def validate_state(self) -> Optional[str]:
+        """Check the integer state's invariants; returns a description of the first violation or None."""
+        try:
+            validate_packed(self.T_packed, self.in_features)
+        except ValueError as exc:
+            return str(exc)
+        if self.E.numel() and (int(self.E.min()) < E_MIN or int(self.E.max()) > E_MAX):
+            return f"E outside [{E_MIN}, {E_MAX}]"
+        n = int(self.step_counter)
+        if n < 0:
+            return f"step_counter is negative ({n})"
+        if n * self.group_size > MAX_VOTE_TOTAL:
+            return f"step_counter={n} exceeds the bound 2**62/group_size"
+        if self.corr_accum.numel() and int(self.corr_accum.abs().max()) > n * self.group_size:
+            return (f"|corr_accum| exceeds step_counter*group_size={n * self.group_size} "
+                    "(each ballot adds at most group_size): corrupt or mismatched state")
+        return None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"strength={self.strength}")
+
+
+def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:
+    if module._pending_ballots:
+        raise RuntimeError(
+            f"{prefix or 'TernaryScaleTensor'}: {module._pending_ballots} ballot(s) cast since the last ternary_step(); "
+            "call ternary_step(model) before state_dict() so step_counter matches corr_accum")
+
+
+def ternary_layers(model: nn.Module):
+    """All modules of ``model`` that hold integer ternary training state (have ``ternary_step``)."""
+    return [m for m in model.modules() if callable(getattr(m, "ternary_step", None))]
+
+
+def ternary_step(model: nn.Module) -> int:
+    """The per-step update: fold every layer's pending ballots into its ``step_counter``.
+
+    Returns the number of layers that had ballots.
+    """
+    return sum(1 for m in ternary_layers(model) if m.ternary_step())
