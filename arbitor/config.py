@@ -1,0 +1,126 @@
+"""Model configuration and named presets.
+
+``ModelConfig`` is plain data (JSON round-trip via ``to_dict``/``from_dict``);
+``PRESETS`` maps a name to the keyword overrides of that preset, so a new size is
+one dict entry (a later issue adds the 3.12B-weight text preset this way).
+
+The ``linear`` field names an entry of ``LINEAR_FACTORIES`` (``arbitor/components.py``):
+every projection of the model is built by that factory, so a quality study can swap
+the pure-ternary ``TernaryScaleTensor`` for a dense float ``nn.Linear`` trained with
+AdamW (``"dense"``) without touching ``model.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = ["ModelConfig", "PRESETS", "preset", "preset_names", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value or an unknown preset."""
+
+
+@dataclass
+class ModelConfig:
+    # --- vocabulary -------------------------------------------------------------------------
+    vocab_size: int = 256            # 256 = UTF-8 bytes (default); a char vocab sets its own size
+    # --- shape ------------------------------------------------------------------------------
+    d_model: int = 128               # residual stream width
+    n_layers: int = 2                # transformer blocks
+    n_heads: int = 4                 # attention heads (d_model % n_heads == 0)
+    mlp_mult: int = 4                # MLP hidden width = mlp_mult * d_model
+    max_ctx: int = 256               # longest sequence the model is built for (LTI kernel size, sampling)
+    # --- ternary layers ---------------------------------------------------------------------
+    linear: str = "ternary"          # projection factory: "ternary" (pure, integer state) or "dense" (float, AdamW)
+    group_size: int = 8              # weights per BigInt scale group (power of two >= 4); small = more scales
+    strength: float = 4.0            # ARB_BIGINT_CORR_STRENGTH: S = 2**(E + strength*mean_corr)
+    zero_fraction: float = 1.0 / 3.0 # share of zero trits at init
+    backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)
+    # --- embedding --------------------------------------------------------------------------
+    embedding_mode: str = "legacy"   # "legacy" (T_accum/E_accum trit flips) or "bigint" (corr_accum scales)
+    embedding_group_size: int = 8    # scale-group size of the embedding rows
+    # --- LTI injection ----------------------------------------------------------------------
+    lti_decays: tuple[float, ...] = (0.5, 0.8, 0.95)  # fixed EMA decays (frozen buffers); () disables LTI
+    # --- dense baseline only ----------------------------------------------------------------
+    dense_lr: float = 1e-3           # AdamW learning rate when linear == "dense"
+    # --- reproducibility --------------------------------------------------------------------
+    seed: int = 0                    # seeds every layer's T/E draw
+
+    def __post_init__(self) -> None:
+        self.lti_decays = tuple(float(d) for d in self.lti_decays)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first invalid field."""
+        from .components import LINEAR_FACTORIES  # local: components imports config
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_mult", "max_ctx"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v > 0, f"{name} must be a positive int, got {v!r}")
+        need(self.d_model % self.n_heads == 0, f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        need(self.linear in LINEAR_FACTORIES,
+             f"linear={self.linear!r} is not a known factory ({', '.join(sorted(LINEAR_FACTORIES))})")
+        for name in ("group_size", "embedding_group_size"):
+            g = getattr(self, name)
+            need(isinstance(g, int) and g >= 4 and g & (g - 1) == 0, f"{name} must be a power of two >= 4, got {g!r}")
+            need(self.d_model % g == 0, f"d_model={self.d_model} must be a multiple of {name}={g}")
+        need(0.0 <= self.strength <= 20.0, f"strength must be in [0, 20], got {self.strength}")
+        need(0.0 <= self.zero_fraction < 1.0, f"zero_fraction must be in [0, 1), got {self.zero_fraction}")
+        need(self.embedding_mode in ("legacy", "bigint"),
+             f"embedding_mode must be 'legacy' or 'bigint', got {self.embedding_mode!r}")
+        need(all(0.0 < d < 1.0 for d in self.lti_decays), f"lti_decays must lie in (0, 1), got {self.lti_decays}")
+        need(self.dense_lr > 0 and math.isfinite(self.dense_lr), f"dense_lr must be > 0, got {self.dense_lr}")
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.mlp_mult * self.d_model
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lti_decays"] = list(self.lti_decays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Preset name -> overrides of ModelConfig defaults. Rough logical ternary weight counts in comments
+# (12 * d_model**2 per block + LTI readout + embedding and head).
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU-sized: trains a few hundred steps in well under a minute on 2 cores (~0.2M weights).
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, mlp_mult=4, max_ctx=128),
+    # CPU-friendly default for `arbitor train` (~1.3M weights).
+    "small": dict(d_model=128, n_layers=4, n_heads=4, mlp_mult=4, max_ctx=256),
+    # a GPU-sized model (~21M weights).
+    "base": dict(d_model=384, n_layers=8, n_heads=6, mlp_mult=4, max_ctx=512, group_size=16,
+                 embedding_group_size=16),
+    # a larger GPU model (~110M weights).
+    "medium": dict(d_model=768, n_layers=12, n_heads=12, mlp_mult=4, max_ctx=1024, group_size=32,
+                   embedding_group_size=32, lti_decays=(0.5, 0.9)),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """``ModelConfig`` of preset ``name`` with optional field ``overrides``; ``ConfigError`` if unknown."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    fields = dict(PRESETS[name])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig.from_dict(fields)
