@@ -25,7 +25,13 @@ import os
 
 import torch
 
+from typing import Callable, Optional
+
 from .packing import unpack_ternary
+
+# block_hook(n0, n1, grad_W_block [n1-n0, K] float32, T_block [n1-n0, K] float32): called once per row
+# block after that block's grad_x and votes are done (used by the legacy and flip update rules).
+BlockHook = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 __all__ = ["block_rows_for", "expand_weight", "ternary_linear_forward", "ternary_linear_backward", "ternary_correlation"]
 
@@ -75,7 +81,8 @@ def ternary_correlation(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.T
 
 def ternary_linear_backward(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor | None,
                             in_features: int, group_size: int, need_grad_x: bool = True,
-                            need_votes: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                            need_votes: bool = True, block_hook: Optional[BlockHook] = None,
+                            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Fused backward: ``grad_x = grad_y @ W_eff`` and the correlation votes.
 
     Args:
@@ -83,6 +90,7 @@ def ternary_linear_backward(grad_y: torch.Tensor, x: torch.Tensor, T_packed: tor
         x: ``[M, K]`` saved input.
         T_packed: ``[N, ceil(K/4)]`` uint8.
         S: ``[N, K/group_size]`` float32 (only needed for ``grad_x``).
+        block_hook: optional per-block callback given the ``grad_W`` block (see ``BlockHook``).
     Returns:
         ``(grad_x [M, K] in x's dtype or None, votes [N, K/group_size] int64 or None)``.
     """
@@ -100,10 +108,14 @@ def ternary_linear_backward(grad_y: torch.Tensor, x: torch.Tensor, T_packed: tor
             w = (t.view(n1 - n0, -1, group_size) * S[n0:n1].unsqueeze(-1)).view(n1 - n0, in_features)
             grad_x.addmm_(gy_blk, w)
             del w
-        if need_votes:
+        if need_votes or block_hook is not None:
             gw = gy_blk.t() @ xf  # [nb, K] -- one block of grad_W, freed below
-            v = torch.sign(gw).mul_(t).view(n1 - n0, -1, group_size).sum(-1)
-            votes[n0:n1] = (-v).to(torch.int64)
-            del gw, v
+            if need_votes:
+                v = torch.sign(gw).mul_(t).view(n1 - n0, -1, group_size).sum(-1)
+                votes[n0:n1] = (-v).to(torch.int64)
+                del v
+            if block_hook is not None:
+                block_hook(n0, n1, gw, t)
+            del gw
         del t
     return (grad_x.to(x.dtype) if need_grad_x else None), votes

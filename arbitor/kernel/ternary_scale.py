@@ -32,6 +32,13 @@ Because updates are streamed, a forward run after a backward in the same step
 (the next micro-batch, or the next loss component's backward) already sees that
 ballot: the rule is online, applied the moment a ballot is cast.
 
+Update rules
+------------
+``update="bigint"`` is the spec's rule above (the default). ``"legacy"`` (per-weight
+``T_accum`` / per-group ``E_accum`` threshold flips) and ``"flip"`` (BigInt scales plus
+stateless stochastic trit flips) are described in ``update_rules.py``; they run on the
+torch reference ops on every device.
+
 Initialisation (seeded)
 -----------------------
 * ``T``: each weight is 0 with probability ``zero_fraction`` (default 1/3) and
@@ -56,12 +63,15 @@ from torch import nn
 from . import backend as _backend
 from .bigint_scale import (E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength)
 from .packing import pack_ternary, packed_shape, unpack_ternary, validate_packed
-from .reference_ops import expand_weight
+from . import reference_ops
+from .reference_ops import block_rows_for, expand_weight
+from .update_rules import UPDATE_RULES, counter_uniform, flip_block, legacy_accumulate_block, legacy_apply
 
 __all__ = ["TernaryScaleTensor", "ternary_step", "ternary_layers", "check_group_size"]
 
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
-_BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
+_BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64,
+                  "flip_key": torch.int64, "T_accum": torch.int8, "E_accum": torch.int16}
 
 
 def check_group_size(in_features: int, group_size: int) -> None:
@@ -88,11 +98,15 @@ class _TernaryLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, vote_anchor: Optional[torch.Tensor], layer: "TernaryScaleTensor"):
-        ops = layer._ops(x.device)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, layer.in_features)
-        y = ops.linear_forward(x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
-                               layer._pending_ballots, layer.in_features, layer.group_size, layer.strength)
+        if layer.update == "legacy":
+            y = reference_ops.ternary_linear_forward(x2, layer.T_packed, layer._get_S(), layer.in_features,
+                                                     layer.group_size)
+        else:
+            ops = layer._ops(x.device)
+            y = ops.linear_forward(x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                                   layer._pending_ballots, layer.in_features, layer.group_size, layer.strength)
         ctx.save_for_backward(x)
         ctx.layer = layer
         return y.reshape(*lead, layer.out_features)
@@ -109,11 +123,15 @@ class _TernaryLinearFn(torch.autograd.Function):
         cast_votes = layer.voting
         if not (need_grad_x or cast_votes):
             return None, None, None
-        ops = layer._ops(x.device)
-        grad_x = ops.linear_backward(grad_y.reshape(-1, layer.out_features).to(x.dtype), x.reshape(-1, layer.in_features),
-                                     layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
-                                     layer._pending_ballots, layer.in_features, layer.group_size, layer.strength,
-                                     need_grad_x, cast_votes)
+        gy2 = grad_y.reshape(-1, layer.out_features).to(x.dtype)
+        x2 = x.reshape(-1, layer.in_features)
+        if layer.update == "bigint":
+            ops = layer._ops(x.device)
+            grad_x = ops.linear_backward(gy2, x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                                         layer._pending_ballots, layer.in_features, layer.group_size, layer.strength,
+                                         need_grad_x, cast_votes)
+        else:
+            grad_x = layer._backward_with_rule(gy2, x2, need_grad_x, cast_votes)
         if cast_votes:
             layer._pending_ballots += 1
         if grad_x is not None:
@@ -134,13 +152,20 @@ class TernaryScaleTensor(nn.Module):
             (so ``torch.manual_seed`` makes models reproducible).
         device: where the buffers live.
         backend: ``ARB_TERNARY_BACKEND`` override for this layer (``torch``/``triton``/``auto``).
+        update: ``"bigint"`` (spec default), ``"legacy"`` or ``"flip"`` (``update_rules.py``).
+        flip_rate: ``"flip"``: expected trit steps per unit of row-normalised gradient (a float
+            setting, not state: a trainer may schedule it).
+        t_threshold, e_threshold: ``"legacy"``: votes per trit move / per exponent step
+            (``e_threshold`` default ``4 * group_size``).
 
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
     """
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, *,
                  zero_fraction: float = 1.0 / 3.0, strength: Optional[float] = None, seed: Optional[int] = None,
-                 device: Optional[torch.device | str] = None, backend: Optional[str] = None) -> None:
+                 device: Optional[torch.device | str] = None, backend: Optional[str] = None,
+                 update: str = "bigint", flip_rate: float = 0.02, t_threshold: int = 4,
+                 e_threshold: Optional[int] = None) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
             raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
@@ -154,6 +179,18 @@ class TernaryScaleTensor(nn.Module):
         self.zero_fraction = float(zero_fraction)
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.backend = _backend.requested_backend(backend) if backend is not None else None
+        if update not in UPDATE_RULES:
+            raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
+        if not (0.0 <= flip_rate <= 1.0):
+            raise ValueError(f"flip_rate must be in [0, 1], got {flip_rate}")
+        e_threshold = 4 * group_size if e_threshold is None else e_threshold
+        if not (isinstance(t_threshold, int) and 1 <= t_threshold <= 127):
+            raise ValueError(f"t_threshold must be an int in [1, 127], got {t_threshold!r}")
+        if not (isinstance(e_threshold, int) and 1 <= e_threshold <= 32767):
+            raise ValueError(f"e_threshold must be an int in [1, 32767], got {e_threshold!r}")
+        self.update = update
+        self.flip_rate = float(flip_rate)
+        self.t_threshold, self.e_threshold = t_threshold, e_threshold
         self.voting = True          # False freezes the layer (no ballots cast)
         self.check_finite = _check_env_check_finite()
         self._pending_ballots = 0   # ballots cast since the last ternary_step()
@@ -166,9 +203,15 @@ class TernaryScaleTensor(nn.Module):
         dev = torch.device(device) if device is not None else None
         self.register_buffer("T_packed", T_packed.to(dev))
         self.register_buffer("E", E.to(dev))
-        self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
-        self.register_buffer("step_counter", torch.zeros((), dtype=torch.int64, device=dev))
-        self.register_state_dict_pre_hook(_refuse_pending_ballots)
+        if update == "legacy":
+            self.register_buffer("T_accum", torch.zeros(out_features, in_features, dtype=torch.int8, device=dev))
+            self.register_buffer("E_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int16, device=dev))
+        else:
+            self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
+            self.register_buffer("step_counter", torch.zeros((), dtype=torch.int64, device=dev))
+            self.register_state_dict_pre_hook(_refuse_pending_ballots)
+        if update == "flip":
+            self.register_buffer("flip_key", torch.tensor(self.seed ^ 0x5DEECE66D, dtype=torch.int64, device=dev))
 
     # ----------------------------------------------------------------- init
     def _init_state(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +266,38 @@ class TernaryScaleTensor(nn.Module):
         return self._pending_ballots
 
     def _get_S(self) -> torch.Tensor:
-        """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (bigint_scale.py)."""
+        """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (bigint_scale.py; legacy: ``2 ** E``)."""
+        if self.update == "legacy":
+            return torch.exp2(self.E.to(torch.float32))
         return bigint_scale(self.E, self.corr_accum, self.step_counter + self._pending_ballots, self.group_size,
                             self.strength)
+
+    def _backward_with_rule(self, grad_y: torch.Tensor, x: torch.Tensor, need_grad_x: bool,
+                            cast_votes: bool) -> Optional[torch.Tensor]:
+        """Backward for the ``legacy`` and ``flip`` rules (torch reference ops + a per-block hook)."""
+        S = self._get_S() if need_grad_x else None
+        hook = None
+        if cast_votes and self.update == "legacy":
+            def hook(n0, n1, gw, t):
+                legacy_accumulate_block(self.T_accum[n0:n1], self.E_accum[n0:n1], gw, t, self.group_size)
+        elif cast_votes and self.update == "flip" and self.flip_rate > 0:
+            ballot = self._host_ballots()
+            key = int(self.flip_key)
+
+            def hook(n0, n1, gw, t):
+                u = counter_uniform(key, ballot, n0, n1, self.in_features, gw.device)
+                self.T_packed[n0:n1] = pack_ternary(flip_block(t, gw, u, self.flip_rate))
+        grad_x, votes = reference_ops.ternary_linear_backward(
+            grad_y, x, self.T_packed, S, self.in_features, self.group_size, need_grad_x=need_grad_x,
+            need_votes=cast_votes and self.update == "flip", block_hook=hook)
+        if votes is not None:
+            self.corr_accum.add_(votes)
+        return grad_x
+
+    def _host_ballots(self) -> int:
+        if self._host_counter is None:
+            self._host_counter = int(self.step_counter)
+        return self._host_counter + self._pending_ballots
 
     def mean_corr(self) -> torch.Tensor:
         """``corr_accum / (ballots * group_size)`` as float64, 0 before any ballot."""
@@ -250,6 +322,11 @@ class TernaryScaleTensor(nn.Module):
         pending = self._pending_ballots
         if pending == 0:
             return 0
+        if self.update == "legacy":
+            legacy_apply(self.T_packed, self.E, self.T_accum, self.E_accum, self.in_features, self.t_threshold,
+                         self.e_threshold, block_rows_for(self.in_features, self.out_features))
+            self._pending_ballots = 0
+            return pending
         if self._host_counter is None:
             self._host_counter = int(self.step_counter)
         total = self._host_counter + pending
@@ -276,7 +353,7 @@ class TernaryScaleTensor(nn.Module):
         n_err = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in _BUFFER_DTYPES):
+        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in self._buffers):
             problem = self.validate_state()
             if problem:
                 error_msgs.append(f"{prefix}: {problem}")
@@ -291,6 +368,10 @@ class TernaryScaleTensor(nn.Module):
             return str(exc)
         if self.E.numel() and (int(self.E.min()) < E_MIN or int(self.E.max()) > E_MAX):
             return f"E outside [{E_MIN}, {E_MAX}]"
+        if self.update == "legacy":
+            if self.T_accum.numel() and int(self.T_accum.abs().max()) > 127:
+                return "T_accum outside [-127, 127]"
+            return None
         n = int(self.step_counter)
         if n < 0:
             return f"step_counter is negative ({n})"
@@ -302,8 +383,10 @@ class TernaryScaleTensor(nn.Module):
         return None
 
     def extra_repr(self) -> str:
+        extra = {"bigint": f"strength={self.strength}", "flip": f"strength={self.strength}, flip_rate={self.flip_rate}",
+                 "legacy": f"t_threshold={self.t_threshold}, e_threshold={self.e_threshold}"}[self.update]
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"strength={self.strength}")
+                f"update={self.update!r}, {extra}")
 
 
 def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:
