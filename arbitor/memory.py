@@ -61,7 +61,9 @@ class LiveTensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        # in-place / out= ops return an existing storage: already tracked or made outside the block
+        # views, in-place and out= ops return an alias of an input's storage: no new allocation
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._track(t)
