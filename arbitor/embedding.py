@@ -131,16 +131,22 @@ class SparseTernaryEmbedding(nn.Module):
         self._ballots_since_step = 0
         self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
 
-        gen = torch.Generator().manual_seed(int(seed))
-        u = torch.rand(num_embeddings, dim, generator=gen)
-        p_nz = 1.0 - zero_fraction
-        t = torch.where(u < zero_fraction, 0, torch.where(u < zero_fraction + p_nz / 2, 1, -1))
-        s2 = init_var / p_nz
-        a = math.floor(math.log(s2, 4))
-        p_up = (s2 / 4.0 ** a - 1.0) / 3.0
-        E = (a + (torch.rand(num_embeddings, self.n_groups, generator=gen) < p_up).to(torch.int64)).to(torch.int8)
         dev = torch.device(device) if device is not None else None
-        self.register_buffer("T_packed", pack_ternary(t).to(dev))
+        if (dev if dev is not None else torch.empty(0).device).type == "meta":  # shapes only (audits)
+            packed = torch.empty(packed_shape(num_embeddings, dim), dtype=torch.uint8, device="meta")
+            E = torch.empty(num_embeddings, self.n_groups, dtype=torch.int8, device="meta")
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            u = torch.rand(num_embeddings, dim, generator=gen, device="cpu")
+            p_nz = 1.0 - zero_fraction
+            t = torch.where(u < zero_fraction, 0, torch.where(u < zero_fraction + p_nz / 2, 1, -1))
+            s2 = init_var / p_nz
+            a = math.floor(math.log(s2, 4))
+            p_up = (s2 / 4.0 ** a - 1.0) / 3.0
+            E = (a + (torch.rand(num_embeddings, self.n_groups, generator=gen, device="cpu") < p_up)
+                 .to(torch.int64)).to(torch.int8)
+            packed = pack_ternary(t)
+        self.register_buffer("T_packed", packed.to(dev))
         self.register_buffer("E", E.to(dev))
         if mode == "bigint":
             self.register_buffer("corr_accum", torch.zeros(num_embeddings, self.n_groups, dtype=torch.int64, device=dev))

@@ -198,6 +198,7 @@ class TextDataset:
         self.val = ids[n_train:].contiguous()
         # bytes per token of the validation split, for bits/byte (1.0 for the byte vocabulary)
         self.val_bytes_per_token = (n_bytes / n) if n_bytes else 1.0
+        self.text_sha256: Optional[str] = None  # digest of the source text (set by the trainer; checked on resume)
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def batch(self, batch_size: int, split: str = "train", generator: Optional[torch.Generator] = None) -> Batch:

@@ -195,12 +195,18 @@ class TernaryScaleTensor(nn.Module):
         self.check_finite = _check_env_check_finite()
         self._pending_ballots = 0   # ballots cast since the last ternary_step()
         self._host_counter: Optional[int] = None  # host mirror of step_counter for the overflow check
+        dev = torch.device(device) if device is not None else None
+        # meta: shapes only (``with torch.device("meta")`` or device="meta"): audits a 3B model instantly
+        meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
         if seed is None:
-            seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
+            seed = 0 if meta else int(torch.randint(0, 2 ** 62, (), dtype=torch.int64, device="cpu"))
         self.seed = int(seed)
 
-        T_packed, E = self._init_state(self.seed)
-        dev = torch.device(device) if device is not None else None
+        if meta:
+            T_packed = torch.empty(packed_shape(out_features, in_features), dtype=torch.uint8, device="meta")
+            E = torch.empty(out_features, self.n_groups, dtype=torch.int8, device="meta")
+        else:
+            T_packed, E = self._init_state(self.seed)
         self.register_buffer("T_packed", T_packed.to(dev))
         self.register_buffer("E", E.to(dev))
         if update == "legacy":
@@ -215,20 +221,20 @@ class TernaryScaleTensor(nn.Module):
 
     # ----------------------------------------------------------------- init
     def _init_state(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         K, N = self.in_features, self.out_features
-        T_packed = torch.empty(packed_shape(N, K), dtype=torch.uint8)
+        T_packed = torch.empty(packed_shape(N, K), dtype=torch.uint8, device="cpu")
         rows = max(1, (1 << 22) // K)  # chunked so a 3B-weight model never materialises a float T
         p_nonzero = 1.0 - self.zero_fraction
         for n0 in range(0, N, rows):
             n1 = min(N, n0 + rows)
-            u = torch.rand(n1 - n0, K, generator=gen)
+            u = torch.rand(n1 - n0, K, generator=gen, device="cpu")
             t = torch.where(u < self.zero_fraction, 0, torch.where(u < self.zero_fraction + p_nonzero / 2, 1, -1))
             T_packed[n0:n1] = pack_ternary(t)
         s2 = 1.0 / (K * p_nonzero)
         a = math.floor(math.log(s2, 4))
         p_up = (s2 / 4.0 ** a - 1.0) / 3.0
-        E = a + (torch.rand(N, self.n_groups, generator=gen) < p_up).to(torch.int64)
+        E = a + (torch.rand(N, self.n_groups, generator=gen, device="cpu") < p_up).to(torch.int64)
         if E.min() < E_MIN or E.max() > E_MAX:
             raise ValueError(f"initial exponents out of [{E_MIN}, {E_MAX}] for in_features={K}")
         return T_packed, E.to(torch.int8)

@@ -1,0 +1,4 @@
+"""Attention modules."""
+from .context_attention import ContextAttention, KVCache
+
+__all__ = ["ContextAttention", "KVCache"]

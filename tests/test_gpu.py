@@ -1,0 +1,35 @@
+"""CUDA checks of the trainer (skipped without a GPU; run through the device tool)."""
+import pytest
+import torch
+
+from arbitor.data import BUNDLED_TEXT_PATH
+from arbitor.main import TrainConfig, build_trainer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_cuda_memory_does_not_grow_across_steps(backend):
+    tcfg = TrainConfig(steps=6, batch=8, ctx=64, text_data=str(BUNDLED_TEXT_PATH), eval_batches=2)
+    tr = build_trainer(tcfg, None, "small", {"backend": backend}, device="cuda")
+    tr.train_step()
+    torch.cuda.synchronize()
+    allocated = []
+    for _ in range(4):
+        torch.cuda.reset_peak_memory_stats()
+        tr.train_step()
+        torch.cuda.synchronize()
+        allocated.append(torch.cuda.memory_allocated())
+        peak = torch.cuda.max_memory_allocated()
+    assert len(set(allocated)) == 1, allocated          # nothing from step N alive at step N+1
+    assert peak > allocated[-1]                         # the step did allocate (and free) activations
+    print(f"[{backend}] allocated after each step: {allocated[-1] / 2**20:.2f} MiB, peak {peak / 2**20:.2f} MiB")
+
+
+def test_cuda_matches_cpu_closely():
+    tcfg = TrainConfig(steps=3, batch=4, ctx=32, text_data=str(BUNDLED_TEXT_PATH), eval_batches=2)
+    cpu = build_trainer(tcfg, None, "tiny", {"backend": "torch"})
+    gpu = build_trainer(tcfg, None, "tiny", {"backend": "torch"}, device="cuda")
+    for _ in range(3):
+        lc, lg = cpu.train_step()["text"], gpu.train_step()["text"]
+        assert abs(lc - lg) < 1e-3 * max(1.0, abs(lc)), (lc, lg)
