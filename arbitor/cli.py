@@ -108,10 +108,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=None, help="override the preset's BigInt scale-group size")
     p.add_argument("--strength", type=float, default=None, help="override ARB_BIGINT_CORR_STRENGTH for the model")
     p.add_argument("--embedding-mode", choices=("legacy", "bigint"), default=None,
-                   help="sparse embedding training rule (default: the preset's, legacy)")
+                   help="sparse embedding training rule (default: the preset's, bigint)")
+    p.add_argument("--update-rule", default=None,
+                   help="dense-layer update rule: bigint (the spec's, default), legacy or flip (see arbitor.kernel."
+                        "update_rules)")
+    p.add_argument("--flip-rate", type=float, default=None, help="trit flip rate of --update-rule flip")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu; e.g. cuda)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and the data order (default 0)")
     p.add_argument("--resume", action="store_true", help="continue --run from its checkpoint up to --steps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -144,13 +148,14 @@ def train_from_args(args: argparse.Namespace) -> int:
                        eval_batches=args.eval_batches, seed=args.seed, vocab=args.vocab, text_data=args.text_data,
                        max_chars=args.max_chars)
     overrides = {"group_size": args.group_size, "strength": args.strength, "backend": args.backend,
-                 "embedding_mode": args.embedding_mode}
+                 "embedding_mode": args.embedding_mode, "update_rule": args.update_rule, "flip_rate": args.flip_rate}
     if args.group_size is not None:
         overrides["embedding_group_size"] = args.group_size
     if not args.resume:
         overrides["seed"] = args.seed
     try:
-        trainer = build_trainer(tcfg, run_dir, args.preset, overrides, resume=args.resume, device=args.device)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        trainer = build_trainer(tcfg, run_dir, args.preset, overrides, resume=args.resume, device=device)
     except (DataError, ConfigError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
     except (ValueError, RuntimeError) as exc:  # e.g. a backend that cannot run on this device
