@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
@@ -77,16 +78,26 @@ def _audit_preset(name: str, as_json: bool) -> int:
 
 
 # ----------------------------------------------------------------------------------------- train
-def _positive(kind):
+def _number(kind, strict: bool):
+    """argparse type: a finite ``kind`` (int/float) that is > 0 (``strict``) or >= 0."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected a{'n' if kind is int else ''} {kind.__name__}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} 0, got {text}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _number(kind, strict=True)
+
+
+def _non_negative(kind):
+    return _number(kind, strict=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -193,13 +193,17 @@ class Trainer:
         finally:
             _restore_voting(model)
         out = {name: float(loss.detach()) for name, loss in losses.items()}
-        # per-step update
-        ternary_step(model)
+        # cleanup: drop every reference to this step's graph and tensors before the update
+        del losses, shared, batch
+        return self._finish_step(out)
+
+    def _finish_step(self, out: dict[str, float]) -> dict[str, float]:
+        """The per-step update after all of a step's backwards: ``ternary_step``, the float optimizer
+        (dense / QAT baselines only), the counters; raises on a non-finite loss."""
+        ternary_step(self.model)
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        # cleanup: drop every reference to this step's graph and tensors before returning
-        del losses, shared, batch
         self.step += 1
         self.tokens_seen += self.tcfg.batch * self.tcfg.ctx
         if not all(math.isfinite(v) for v in out.values()):

@@ -54,7 +54,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, save_checkpoint
 from .config import ConfigError, preset
 from .data import Batch, ByteVocab, DataError, TextDataset, load_text
 from .kernel.ternary_audit import ternary_audit
-from .kernel.ternary_scale import ternary_layers, ternary_step
+from .kernel.ternary_scale import ternary_step
 from .main import LossComponent, TrainConfig, Trainer, _restore_voting, memory_mb, prepare_ternary_backward
 from .memory import LiveTensorTracker
 from .vq import ModalitySpec, MultimodalARB, code_usage, frame_audio, patchify, unpatchify
@@ -250,16 +250,8 @@ class PretrainTrainer(Trainer):
             _restore_voting(model)
         out = {m: float(loss.detach())}
         out.update({f"{m}/{k}": v for k, v in shared.get("parts", {}).items()})
-        ternary_step(model)
-        if self.optimizer is not None:  # the dense baseline (cfg.linear == "dense") only
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
         del loss, shared, batch
-        self.step += 1
-        self.tokens_seen += self.pcfg.batch * self.pcfg.ctx
-        if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {out}")
-        return out
+        return self._finish_step(out)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -517,34 +509,8 @@ def build_pretrainer(pcfg: PretrainConfig, run_dir: Optional[Path] = None, prese
 # ----------------------------------------------------------------------------------------- command line
 def add_pretrain_arguments(p) -> None:
     """The flags of ``arbitor pretrain`` and ``training/pretrain.py``."""
-    import argparse
-
-    def nonneg_float(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (v >= 0 and math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-        return v
-
-    def pos_int(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-
-    def nonneg_int(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return v
+    from .cli import _non_negative, _positive
+    nonneg_float, pos_int, nonneg_int = _non_negative(float), _positive(int), _non_negative(int)
 
     p.add_argument("--steps", type=pos_int, default=1000, help="optimisation steps (default 1000)")
     p.add_argument("--batch", type=pos_int, default=16, help="sequences per step (default 16)")

@@ -33,7 +33,6 @@ step 0). This initialisation writes integers only.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,7 +45,7 @@ from .config import ModelConfig
 from .decoders import Decoder
 from .embedding import SparseTernaryEmbedding
 from .kernel.bigint_scale import E_MAX, E_MIN
-from .kernel.packing import pack_ternary, unpack_ternary
+from .kernel.packing import pack_ternary
 from .model import ArbitorLM
 
 __all__ = ["TernaryVQCodebook", "PatchDecoder", "ModalitySpec", "MultimodalARB", "patchify", "unpatchify",

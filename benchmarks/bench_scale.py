@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitor.components import register_linear  # noqa: E402
 from arbitor.config import preset  # noqa: E402
-from arbitor.kernel.ternary_audit import ternary_audit  # noqa: E402
 from arbitor.kernel.ternary_scale import ternary_step  # noqa: E402
 from arbitor.model import ArbitorLM  # noqa: E402
 from arbitor.probe import probe_memory  # noqa: E402

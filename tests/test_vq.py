@@ -2,7 +2,6 @@
 import torch
 
 from arbitor.config import preset
-from arbitor.kernel.packing import unpack_ternary
 from arbitor.kernel.ternary_audit import ternary_audit
 from arbitor.kernel.ternary_scale import ternary_step
 from arbitor.vq import (ModalitySpec, MultimodalARB, TernaryVQCodebook, code_usage, frame_audio, patchify,

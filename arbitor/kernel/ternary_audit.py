@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 __all__ = ["STATE_KINDS", "ternary_audit", "format_audit"]

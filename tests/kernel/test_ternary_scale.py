@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from arbitor.kernel import bigint_scale as bs
-from arbitor.kernel.packing import pack_ternary, unpack_ternary
+from arbitor.kernel.packing import unpack_ternary
 from arbitor.kernel.ternary_scale import TernaryScaleTensor, ternary_layers, ternary_step
 
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from arbitor.kernel.packing import unpack_ternary
 from arbitor.kernel.ternary_audit import ternary_audit
 from arbitor.kernel.ternary_scale import TernaryScaleTensor, ternary_step
 from arbitor.kernel.update_rules import counter_uniform
