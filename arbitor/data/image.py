@@ -4,7 +4,7 @@ Default (offline), in this order:
 
 1. scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1797 images,
    8x8, values 0..16 -> divided by 16) when scikit-learn is importable (it ships the data inside the
-   wheel; no download). scikit-learn is *not* a dependency of arbitor.
+   wheel; no download). scikit-learn is a dependency of arbitor, so this is the default.
 2. otherwise ``synthetic_digits()``: a deterministic set of 8x8 digit images drawn from a built-in
    3x5 bitmap font (digits 0-9), each glyph scaled to 6x8 / 5x7 / 4x6, shifted by up to one pixel,
    with seeded stroke-intensity jitter and blur (1797 images, seed 0). Same shape and value range as
