@@ -49,7 +49,6 @@ expected entry variance is ``init_var`` (default 1: unit-variance embeddings).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -57,6 +56,7 @@ from torch import nn
 
 from .kernel.bigint_scale import E_MAX, E_MIN, bigint_scale, check_strength, default_strength
 from .kernel.packing import pack_ternary, packed_shape, unpack_ternary, validate_packed
+from .kernel.ternary_scale import draw_exponents, draw_trits
 
 __all__ = ["SparseTernaryEmbedding", "EMBEDDING_MODES"]
 
@@ -137,15 +137,8 @@ class SparseTernaryEmbedding(nn.Module):
             E = torch.empty(num_embeddings, self.n_groups, dtype=torch.int8, device="meta")
         else:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
-            u = torch.rand(num_embeddings, dim, generator=gen, device="cpu")
-            p_nz = 1.0 - zero_fraction
-            t = torch.where(u < zero_fraction, 0, torch.where(u < zero_fraction + p_nz / 2, 1, -1))
-            s2 = init_var / p_nz
-            a = math.floor(math.log(s2, 4))
-            p_up = (s2 / 4.0 ** a - 1.0) / 3.0
-            E = (a + (torch.rand(num_embeddings, self.n_groups, generator=gen, device="cpu") < p_up)
-                 .to(torch.int64)).to(torch.int8)
-            packed = pack_ternary(t)
+            packed = pack_ternary(draw_trits(num_embeddings, dim, zero_fraction, gen))
+            E = draw_exponents(init_var / (1.0 - zero_fraction), num_embeddings, self.n_groups, gen)
         self.register_buffer("T_packed", packed.to(dev))
         self.register_buffer("E", E.to(dev))
         if mode == "bigint":

@@ -372,6 +372,18 @@ def build_dataset(tcfg: TrainConfig, vocab_spec: Optional[dict] = None):
     return vocab, data
 
 
+def fit_config(cfg: ModelConfig, ctx: int, device: torch.device) -> ModelConfig:
+    """``cfg`` with ``max_ctx`` raised to ``ctx`` if needed; ``ConfigError`` if its ternary backend
+    cannot run on ``device``."""
+    if cfg.linear == "ternary":
+        from .kernel.backend import resolve_backend
+        try:
+            resolve_backend(device, cfg.backend)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(" ".join(str(exc).split())) from None
+    return cfg.replace(max_ctx=ctx) if cfg.max_ctx < ctx else cfg
+
+
 def build_trainer(tcfg: TrainConfig, run_dir: Optional[Path], preset_name: Optional[str] = "tiny",
                   overrides: Optional[dict[str, Any]] = None, resume: bool = False,
                   device: str = "cpu") -> Trainer:
@@ -420,14 +432,7 @@ def build_trainer(tcfg: TrainConfig, run_dir: Optional[Path], preset_name: Optio
         overrides.setdefault("vocab_size", vocab.vocab_size)
         preset_name = preset_name or "tiny"
         cfg = preset(preset_name, **overrides)
-        if cfg.max_ctx < tcfg.ctx:
-            cfg = cfg.replace(max_ctx=tcfg.ctx)
-    if cfg.linear == "ternary":
-        from .kernel.backend import resolve_backend
-        try:
-            resolve_backend(dev, cfg.backend)
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError(" ".join(str(exc).split())) from None
+    cfg = fit_config(cfg, tcfg.ctx, dev)  # a resumed config already fits its own ctx
     if ckpt is not None and cfg.vocab_size != vocab.vocab_size:
         raise CheckpointError(f"checkpoint vocab_size {cfg.vocab_size} != vocabulary size {vocab.vocab_size}")
     torch.manual_seed(cfg.seed)

@@ -39,7 +39,6 @@ measured like ``probe.py``.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import time
@@ -55,8 +54,9 @@ from .config import ConfigError, preset
 from .data import Batch, ByteVocab, DataError, TextDataset, load_text
 from .kernel.ternary_audit import ternary_audit
 from .kernel.ternary_scale import ternary_step
-from .main import LossComponent, TrainConfig, Trainer, _restore_voting, memory_mb, prepare_ternary_backward
-from .memory import LiveTensorTracker
+from .main import (LossComponent, TrainConfig, Trainer, _restore_voting, fit_config, memory_mb,
+                   prepare_ternary_backward)
+from .probe import MemoryMeter
 from .vq import ModalitySpec, MultimodalARB, code_usage, frame_audio, patchify, unpatchify
 
 __all__ = ["MODALITIES", "PATCH_MODALITIES", "PretrainConfig", "PatchDataset", "PatchBatch", "PretrainTrainer",
@@ -67,7 +67,6 @@ PATCH_MODALITIES = ("image", "audio", "video")
 IMAGE_SIZE, IMAGE_PATCH = 8, 4
 AUDIO_FRAME = 16
 VIDEO_SIZE, VIDEO_PATCH, VIDEO_FRAMES = 16, 4, 8
-_MB = 2 ** 20
 
 
 @dataclass
@@ -377,46 +376,15 @@ class PretrainTrainer(Trainer):
         return path
 
     # ------------------------------------------------------------------ loop
-    def _memory_header(self) -> None:
-        audit = ternary_audit(self.model)
-        self.print_fn(f"logical_ternary_weights {audit['logical_ternary_weights']}")
-        self.print_fn(f"training_state_mb {audit['training_state_mb']:.2f}")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            after = torch.cuda.memory_allocated(self.device) / _MB
-        else:
-            self._base_bytes = sum(t.numel() * t.element_size()
-                                   for t in list(self.model.buffers()) + list(self.model.parameters()))
-            after = self._base_bytes / _MB
-        self.print_fn(f"after_cuda_mb {_fmt(after)}")
-
-    def _measured_step(self, index: int) -> dict[str, float]:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            losses = self.train_step()
-            gc.collect()
-            torch.cuda.synchronize(self.device)
-            a = torch.cuda.memory_allocated(self.device) / _MB
-            r = torch.cuda.memory_reserved(self.device) / _MB
-            p = torch.cuda.max_memory_allocated(self.device) / _MB
-        else:
-            tracker = LiveTensorTracker()
-            with tracker:
-                losses = self.train_step()
-            gc.collect()
-            a = r = (self._base_bytes + tracker.live_bytes) / _MB
-            p = (self._base_bytes + tracker.peak_bytes) / _MB
-        self.print_fn(f"step {index} alloc_mb {_fmt(a)} reserved_mb {_fmt(r)} peak_mb {_fmt(p)}")
-        return losses
-
     def fit(self, steps: Optional[int] = None, progress: bool = True,
             log_interval: Optional[int] = None) -> dict[str, float]:
         """Train to ``steps`` (default ``pcfg.steps``); evaluate at 0, every ``eval_interval`` and the end."""
         from tqdm import tqdm
         target = self.pcfg.steps if steps is None else steps
         log_every = self.pcfg.log_interval if log_interval is None else log_interval
-        if self.pcfg.no_save:
-            self._memory_header()
+        meter = MemoryMeter(self.model, self.device, self.print_fn) if self.pcfg.no_save else None
+        if meter is not None:
+            meter.header()
         last = self.evaluate()
         self.log({"step": self.step, **last})
         bar = tqdm(total=target, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
@@ -424,7 +392,7 @@ class PretrainTrainer(Trainer):
         t_last, tok_last = time.perf_counter(), self.tokens_seen
         try:
             while self.step < target:
-                losses = self._measured_step(self.step) if self.pcfg.no_save else self.train_step()
+                losses = meter.step(self.step, self.train_step)[0] if meter is not None else self.train_step()
                 m = next(iter(losses))
                 counts[m] += 1
                 bar.update(1)
@@ -455,10 +423,6 @@ class PretrainTrainer(Trainer):
         return last
 
 
-def _fmt(mb: float) -> str:
-    return f"{mb:.0f}" if mb >= 100 else f"{mb:.3f}"
-
-
 def build_pretrainer(pcfg: PretrainConfig, run_dir: Optional[Path] = None, preset_name: str = "tiny",
                      overrides: Optional[dict[str, Any]] = None, device: str = "cpu",
                      loader: Callable[..., Any] = load_modality) -> PretrainTrainer:
@@ -478,15 +442,7 @@ def build_pretrainer(pcfg: PretrainConfig, run_dir: Optional[Path] = None, prese
             offset += pcfg.codes
     fields = {k: v for k, v in (overrides or {}).items() if v is not None}
     fields["vocab_size"] = offset
-    cfg = preset(preset_name, **fields)
-    if cfg.max_ctx < pcfg.ctx:
-        cfg = cfg.replace(max_ctx=pcfg.ctx)
-    if cfg.linear == "ternary":
-        from .kernel.backend import resolve_backend
-        try:
-            resolve_backend(dev, cfg.backend)
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError(" ".join(str(exc).split())) from None
+    cfg = fit_config(preset(preset_name, **fields), pcfg.ctx, dev)
     torch.manual_seed(cfg.seed)
     model = MultimodalARB(cfg, specs, pcfg.vq_mode)
     gen = torch.Generator().manual_seed(pcfg.seed + 31)

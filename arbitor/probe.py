@@ -17,6 +17,8 @@ peak of the tensors alive during the step (the allocator's view is not available
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import json
 import time
@@ -30,7 +32,7 @@ from .kernel.ternary_audit import ternary_audit
 from .kernel.ternary_scale import ternary_step
 from .memory import LiveTensorTracker
 
-__all__ = ["probe_memory"]
+__all__ = ["probe_memory", "MemoryMeter"]
 
 _MB = 2 ** 20
 
@@ -41,6 +43,65 @@ def _fmt(mb: float) -> str:
 
 def _tensor_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.buffers()) + list(model.parameters()))
+
+
+class MemoryMeter:
+    """The probe's numbers for a model already on ``device`` (module doc), printed as the spec's lines.
+
+    ``header()`` prints ``logical_ternary_weights``, ``training_state_mb`` and ``after_cuda_mb``;
+    ``step(i, fn)`` runs one training step ``fn()`` under measurement and prints its
+    ``step i alloc_mb A reserved_mb R peak_mb P`` line. Used by ``probe_memory`` and by
+    ``arbitor pretrain --no-save``.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device,
+                 print_fn: Callable[[str], None] = print) -> None:
+        self.model, self.device, self.print_fn = model, torch.device(device), print_fn
+        self.cuda = self.device.type == "cuda"
+        self._base = 0
+        self._tracker = None if self.cuda else LiveTensorTracker()
+
+    def header(self) -> dict[str, Any]:
+        audit = ternary_audit(self.model)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            after = round(torch.cuda.memory_allocated(self.device) / _MB, 1)
+        else:
+            self._base = _tensor_bytes(self.model)
+            after = round(self._base / _MB, 3)
+        self.print_fn(f"logical_ternary_weights {audit['logical_ternary_weights']}")
+        self.print_fn(f"training_state_mb {audit['training_state_mb']:.2f}")
+        self.print_fn(f"after_cuda_mb {_fmt(after)}")
+        return {"logical_ternary_weights": audit["logical_ternary_weights"],
+                "training_state_mb": round(audit["training_state_mb"], 2),
+                "training_state_bytes": audit["training_state_bytes"],
+                "trainable_float_params": audit["trainable_float_params"], "after_cuda_mb": after}
+
+    def step(self, index: int, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+        """Run ``fn()`` (one whole training step); returns ``(fn's result, the step's record)``."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
+        if not self.cuda:
+            self._tracker.peak_bytes = self._tracker.live_bytes
+        with contextlib.nullcontext() if self.cuda else self._tracker:
+            result = fn()
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            rec = {"step": index, "alloc_mb": round(torch.cuda.memory_allocated(self.device) / _MB, 1),
+                   "reserved_mb": round(torch.cuda.memory_reserved(self.device) / _MB, 1),
+                   "peak_mb": round(torch.cuda.max_memory_allocated(self.device) / _MB, 1)}
+        else:
+            alloc = (self._base + self._tracker.live_bytes) / _MB
+            rec = {"step": index, "alloc_mb": round(alloc, 3), "reserved_mb": round(alloc, 3),
+                   "peak_mb": round((self._base + self._tracker.peak_bytes) / _MB, 3),
+                   "live_after_step_bytes": self._tracker.live_bytes}
+        rec["step_s"] = round(time.perf_counter() - t, 3)
+        self.print_fn(f"step {index} alloc_mb {_fmt(rec['alloc_mb'])} reserved_mb {_fmt(rec['reserved_mb'])} "
+                      f"peak_mb {_fmt(rec['peak_mb'])}")
+        return result, rec
 
 
 def probe_memory(cfg: ModelConfig, steps: int = 3, batch: int = 1, ctx: int = 4, device: str = "cuda",
@@ -57,64 +118,26 @@ def probe_memory(cfg: ModelConfig, steps: int = 3, batch: int = 1, ctx: int = 4,
     t0 = time.perf_counter()
     model = ArbitorLM(cfg)
     build_s = time.perf_counter() - t0
-    audit = ternary_audit(model)
-    report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "config": cfg.to_dict(), "batch": batch, "ctx": ctx,
-        "logical_ternary_weights": audit["logical_ternary_weights"],
-        "training_state_mb": round(audit["training_state_mb"], 2),
-        "training_state_bytes": audit["training_state_bytes"],
-        "trainable_float_params": audit["trainable_float_params"],
-        "build_s": round(build_s, 2),
-    }
-    print_fn(f"logical_ternary_weights {report['logical_ternary_weights']}")
-    print_fn(f"training_state_mb {report['training_state_mb']:.2f}")
     model.to(dev).train()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        report["after_cuda_mb"] = round(torch.cuda.memory_allocated(dev) / _MB, 1)
-    else:
-        base = _tensor_bytes(model)
-        report["after_cuda_mb"] = round(base / _MB, 1)
-        tracker = LiveTensorTracker()
-    print_fn(f"after_cuda_mb {_fmt(report['after_cuda_mb'])}")
+    meter = MemoryMeter(model, dev, print_fn)
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                              "config": cfg.to_dict(), "batch": batch, "ctx": ctx, "build_s": round(build_s, 2)}
+    report.update(meter.header())
     gen = torch.Generator().manual_seed(seed)
     report["steps"] = []
+
+    def train_step(idx: torch.Tensor) -> float:
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        ternary_step(model)
+        return float(loss.detach())
+
     for step in range(steps):
         idx = torch.randint(0, cfg.vocab_size, (batch, ctx + 1), generator=gen).to(dev)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        if dev.type != "cuda":
-            tracker.peak_bytes = tracker.live_bytes
-            tracker.__enter__()
-        try:
-            _, loss = model(idx[:, :-1], idx[:, 1:])
-            loss.backward()
-            ternary_step(model)
-            loss_value = float(loss.detach())
-            del loss, _
-        finally:
-            if dev.type != "cuda":
-                tracker.__exit__(None, None, None)
+        loss_value, rec = meter.step(step, functools.partial(train_step, idx))
         del idx
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            rec = {"step": step, "alloc_mb": round(torch.cuda.memory_allocated(dev) / _MB, 1),
-                   "reserved_mb": round(torch.cuda.memory_reserved(dev) / _MB, 1),
-                   "peak_mb": round(torch.cuda.max_memory_allocated(dev) / _MB, 1)}
-        else:
-            alloc = (base + tracker.live_bytes) / _MB
-            rec = {"step": step, "alloc_mb": round(alloc, 3), "reserved_mb": round(alloc, 3),
-                   "peak_mb": round((base + tracker.peak_bytes) / _MB, 3),
-                   "live_after_step_bytes": tracker.live_bytes}
-        rec["step_s"] = round(time.perf_counter() - t, 3)
         rec["loss"] = round(loss_value, 4)
         report["steps"].append(rec)
-        print_fn(f"step {step} alloc_mb {_fmt(rec['alloc_mb'])} reserved_mb {_fmt(rec['reserved_mb'])} "
-                 f"peak_mb {_fmt(rec['peak_mb'])}")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,26 @@ def check_group_size(in_features: int, group_size: int) -> None:
             "or pad the features")
 
 
+def draw_trits(rows: int, cols: int, zero_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Seeded initial trits ``[rows, cols]``: 0 with probability ``zero_fraction``, else +-1 equally likely."""
+    u = torch.rand(rows, cols, generator=gen, device="cpu")
+    return torch.where(u < zero_fraction, 0, torch.where(u < zero_fraction + (1.0 - zero_fraction) / 2, 1, -1))
+
+
+def draw_exponents(s2: float, rows: int, groups: int, gen: torch.Generator) -> torch.Tensor:
+    """Seeded int8 exponents ``[rows, groups]`` whose ``4 ** E`` has expectation exactly ``s2``.
+
+    Each group draws ``a = floor(log4(s2))`` or ``a + 1``, the latter with ``P = (s2 / 4**a - 1) / 3``
+    (module doc). Raises ``ValueError`` if the result would leave ``[E_MIN, E_MAX]``.
+    """
+    a = math.floor(math.log(s2, 4))
+    p_up = (s2 / 4.0 ** a - 1.0) / 3.0
+    E = a + (torch.rand(rows, groups, generator=gen, device="cpu") < p_up).to(torch.int64)
+    if E.numel() and (E.min() < E_MIN or E.max() > E_MAX):
+        raise ValueError(f"initial exponents out of [{E_MIN}, {E_MAX}] (target S**2 = {s2:g})")
+    return E.to(torch.int8)
+
+
 def _check_env_check_finite() -> bool:
     return os.environ.get("ARB_CHECK_FINITE", "1").strip() not in ("0", "false", "no")
 
@@ -225,19 +245,11 @@ class TernaryScaleTensor(nn.Module):
         K, N = self.in_features, self.out_features
         T_packed = torch.empty(packed_shape(N, K), dtype=torch.uint8, device="cpu")
         rows = max(1, (1 << 22) // K)  # chunked so a 3B-weight model never materialises a float T
-        p_nonzero = 1.0 - self.zero_fraction
         for n0 in range(0, N, rows):
             n1 = min(N, n0 + rows)
-            u = torch.rand(n1 - n0, K, generator=gen, device="cpu")
-            t = torch.where(u < self.zero_fraction, 0, torch.where(u < self.zero_fraction + p_nonzero / 2, 1, -1))
-            T_packed[n0:n1] = pack_ternary(t)
-        s2 = 1.0 / (K * p_nonzero)
-        a = math.floor(math.log(s2, 4))
-        p_up = (s2 / 4.0 ** a - 1.0) / 3.0
-        E = a + (torch.rand(N, self.n_groups, generator=gen, device="cpu") < p_up).to(torch.int64)
-        if E.min() < E_MIN or E.max() > E_MAX:
-            raise ValueError(f"initial exponents out of [{E_MIN}, {E_MAX}] for in_features={K}")
-        return T_packed, E.to(torch.int8)
+            T_packed[n0:n1] = pack_ternary(draw_trits(n1 - n0, K, self.zero_fraction, gen))
+        E = draw_exponents(1.0 / (K * (1.0 - self.zero_fraction)), N, self.n_groups, gen)
+        return T_packed, E
 
     # ------------------------------------------------------------- forward
     def _ops(self, device: torch.device) -> _backend.TernaryOps:
