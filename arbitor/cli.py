@@ -121,9 +121,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-mode", choices=("legacy", "bigint"), default=None,
                    help="sparse embedding training rule (default: the preset's, bigint)")
     p.add_argument("--update-rule", default=None,
-                   help="dense-layer update rule: bigint (the spec's, default), legacy or flip (see arbitor.kernel."
-                        "update_rules)")
+                   help="dense-layer update rule: bigint (the spec's, default), legacy, flip or counter (see "
+                        "arbitor.kernel.update_rules and docs/quality.md)")
     p.add_argument("--flip-rate", type=float, default=None, help="trit flip rate of --update-rule flip")
+    p.add_argument("--counter-bits", type=int, default=None,
+                   help="bits per weight of the packed counters of --update-rule counter (1, 2, 4 or 8)")
+    p.add_argument("--counter-rate", type=float, default=None,
+                   help="rungs per ballot per unit of row-RMS gradient, --update-rule counter")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -159,7 +163,8 @@ def train_from_args(args: argparse.Namespace) -> int:
                        eval_batches=args.eval_batches, seed=args.seed, vocab=args.vocab, text_data=args.text_data,
                        max_chars=args.max_chars)
     overrides = {"group_size": args.group_size, "strength": args.strength, "backend": args.backend,
-                 "embedding_mode": args.embedding_mode, "update_rule": args.update_rule, "flip_rate": args.flip_rate}
+                 "embedding_mode": args.embedding_mode, "update_rule": args.update_rule, "flip_rate": args.flip_rate,
+                 "counter_bits": args.counter_bits, "counter_rate": args.counter_rate}
     if args.group_size is not None:
         overrides["embedding_group_size"] = args.group_size
     if not args.resume:

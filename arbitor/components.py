@@ -33,7 +33,8 @@ LinearFactory = Callable[..., nn.Module]
 def _ternary_linear(cfg, in_features: int, out_features: int, seed: int) -> nn.Module:
     layer = TernaryScaleTensor(in_features, out_features, cfg.group_size, zero_fraction=cfg.zero_fraction,
                                strength=cfg.strength, seed=seed, backend=cfg.backend, update=cfg.update_rule,
-                               flip_rate=cfg.flip_rate)
+                               flip_rate=cfg.flip_rate, counter_bits=cfg.counter_bits,
+                               counter_rate=cfg.counter_rate)
     if cfg.ballot_prior and cfg.update_rule != "legacy":
         layer.step_counter.fill_(cfg.ballot_prior)  # prior zero-vote ballots (config.ballot_prior)
     return layer

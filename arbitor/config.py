@@ -44,8 +44,12 @@ class ModelConfig:
                                      # 16 -> 2.43 (300 steps: 4 -> 2.89 at g=8; 8 -> 2.52, 16 -> 2.49)
     zero_fraction: float = 1.0 / 3.0 # share of zero trits at init
     update_rule: str = "bigint"      # TernaryScaleTensor update: "bigint" (spec: only scales move), "legacy"
-                                     # (T_accum/E_accum flips) or "flip" (BigInt + stateless trit flips)
+                                     # (T_accum/E_accum flips), "flip" (BigInt + stateless trit flips) or
+                                     # "counter" (BigInt + trits on packed per-weight counters, issue 6)
     flip_rate: float = 0.02          # "flip" only: expected trit steps per unit of row-normalised gradient
+    counter_bits: int = 2            # "counter" only: bits per weight of C_packed (1, 2, 4 or 8); each trit
+                                     # owns 2**bits rungs of the latent ladder. 2 bits: 0.25 B/weight
+    counter_rate: float = 1.0        # "counter" only: expected rungs per ballot per unit of row-RMS gradient
     ballot_prior: int = 8            # step_counter starts at this many zero-vote ballots: damps the first
                                      # ballots' jump (one unanimous ballot otherwise moves S by 2**strength);
                                      # tiny, 300 steps, strength 8: 0 -> 2.54, 8 -> 2.52, 32 -> 2.55 val nats/token
@@ -91,8 +95,10 @@ class ModelConfig:
             need(isinstance(g, int) and g >= 4 and g & (g - 1) == 0, f"{name} must be a power of two >= 4, got {g!r}")
             need(self.d_model % g == 0, f"d_model={self.d_model} must be a multiple of {name}={g}")
         need(0.0 <= self.strength <= 20.0, f"strength must be in [0, 20], got {self.strength}")
-        need(self.update_rule in ("bigint", "legacy", "flip"),
-             f"update_rule must be 'bigint', 'legacy' or 'flip', got {self.update_rule!r}")
+        need(self.update_rule in ("bigint", "legacy", "flip", "counter"),
+             f"update_rule must be 'bigint', 'legacy', 'flip' or 'counter', got {self.update_rule!r}")
+        need(self.counter_bits in (1, 2, 4, 8), f"counter_bits must be 1, 2, 4 or 8, got {self.counter_bits!r}")
+        need(0.0 <= self.counter_rate <= 64.0, f"counter_rate must be in [0, 64], got {self.counter_rate}")
         need(0.0 <= self.flip_rate <= 1.0, f"flip_rate must be in [0, 1], got {self.flip_rate}")
         need(isinstance(self.ballot_prior, int) and self.ballot_prior >= 0,
              f"ballot_prior must be a non-negative int, got {self.ballot_prior!r}")

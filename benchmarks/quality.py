@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHAPES = {
     # nanoGPT shakespeare_char: n_layer 6, n_head 6, n_embd 384, block_size 256, batch_size 64
     "nanogpt": dict(model=dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256), batch=64, ctx=256),
+    # for a CPU pre-study of the rows (2 cores: minutes, not hours)
+    "cpu": dict(model=dict(d_model=128, n_layers=2, n_heads=4, mlp_mult=4, max_ctx=64), batch=16, ctx=64),
     # for the CPU test of the machinery
     "tiny": dict(model=dict(d_model=128, n_layers=1, n_heads=4, mlp_mult=2, max_ctx=32), batch=4, ctx=32),
 }
@@ -69,6 +71,34 @@ ROWS["flipleaky64-g32-s16"] = ("arbitor flip rate 0.02 + leaky window 64, group 
                                dict(update_rule="flip", group_size=32, strength=16.0, flip_rate=0.02),
                                dict(window=64))
 
+
+
+def counter_row(bits: int, rate: float, group: int, strength: float = 16.0) -> str:
+    """Register (once) and name a row of the counter rule (issue 6's gap-closing mode)."""
+    name = f"counter-b{bits}-r{rate:g}-g{group}" + ("" if strength == 16.0 else f"-s{strength:g}")
+    ROWS.setdefault(name, (
+        f"arbitor counter (BigInt + trits on {bits}-bit packed counters, rate {rate:g}), group {group}, "
+        f"strength {strength:g}",
+        dict(update_rule="counter", group_size=group, strength=strength, counter_bits=bits, counter_rate=rate), {}))
+    return name
+
+
+def _parse_counter_row(name: str) -> bool:
+    """Rows named ``counter-b<bits>-r<rate>-g<group>[-s<strength>]`` need no table entry: registered on demand."""
+    parts = name.split("-")
+    if parts[0] != "counter" or len(parts) not in (4, 5) or [p[:1] for p in parts[1:]] != list("brgs")[:len(parts) - 1]:
+        return False
+    try:
+        counter_row(int(parts[1][1:]), float(parts[2][1:]), int(parts[3][1:]),
+                    float(parts[4][1:]) if len(parts) == 5 else 16.0)
+    except ValueError:
+        return False
+    return True
+
+
+for _b, _r, _g in ((2, 0.5, 32), (4, 2.0, 64), (4, 1.0, 64)):
+    counter_row(_b, _r, _g)
+
 FLOAT_STATE_BYTES = 12  # fp32 weight + AdamW exp_avg + exp_avg_sq (gradients are transient)
 
 
@@ -90,6 +120,8 @@ def run_row(args) -> int:
     from arbitor.kernel.gap_rules import leaky_window
 
     name = args.row
+    if name not in ROWS:
+        _parse_counter_row(name)
     label, overrides, hooks = ROWS[name]
     shape = SHAPES[args.shape]
     out = Path(args.out_dir) / "rows"
@@ -290,7 +322,7 @@ def main(argv=None) -> int:
     if args.row:
         return run_row(args)
     names = [n for n in args.rows.split(",") if n]
-    unknown = [n for n in names if n not in ROWS]
+    unknown = [n for n in names if n not in ROWS and not _parse_counter_row(n)]
     if unknown:
         ap.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     out = Path(args.out_dir)

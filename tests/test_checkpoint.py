@@ -29,8 +29,9 @@ def _buffers(tr):
 
 @pytest.mark.parametrize("over", [dict(embedding_mode="bigint"),
                                   dict(embedding_mode="legacy", update_rule="legacy"),
-                                  dict(update_rule="flip"), dict(linear="dense")],
-                         ids=["bigint", "legacy", "flip", "dense-adamw"])
+                                  dict(update_rule="flip"), dict(update_rule="counter", counter_bits=4),
+                                  dict(linear="dense")],
+                         ids=["bigint", "legacy", "flip", "counter", "dense-adamw"])
 def test_resume_is_bit_exact(tmp_path, over):
     straight = _train(tmp_path / "straight", 7, **over)
     _train(tmp_path / "split", 3, **over)

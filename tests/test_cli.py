@@ -32,6 +32,8 @@ def _err(capsys, argv):
     (["train", "--text-data", TEXT, "--device", "cuda:7"], "CUDA"),
     (["train", "--text-data", TEXT, "--backend", "triton"], "needs CUDA"),
     (["train", "--text-data", TEXT, "--steps", "0"], "must be > 0"),
+    (["train", "--text-data", TEXT, "--update-rule", "counter", "--counter-bits", "3"], "counter_bits must be"),
+    (["train", "--text-data", TEXT, "--update-rule", "adam"], "update_rule must be"),
     (["sample", "--run", "RUNS/nothing"], "run directory not found"),
     (["audit", "--preset", "gigantic"], "unknown preset"),
     (["audit"], "--layer IN OUT or --preset NAME"),
@@ -110,3 +112,12 @@ def test_training_script_accepts_spec_flags(tmp_path):
     r = subprocess.run([sys.executable, "-m", "arbitor", "train", "--text-data", str(tmp_path / "missing.txt")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
+
+
+def test_train_with_the_counter_rule(capsys, tmp_path):
+    argv = ["train", "--text-data", TEXT, "--ctx", "32", "--batch", "4", "--steps", "3", "--eval-interval", "0",
+            "--run", "c", "--runs-dir", str(tmp_path), "--no-progress", "--update-rule", "counter",
+            "--counter-bits", "4", "--counter-rate", "0.5", "--group-size", "32"]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())["model"]
+    assert (cfg["update_rule"], cfg["counter_bits"], cfg["counter_rate"]) == ("counter", 4, 0.5)

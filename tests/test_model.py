@@ -47,7 +47,8 @@ def test_float_baseline_factories_are_not_pure(linear):
     assert all(p.grad is not None for p in m.parameters())
 
 
-@pytest.mark.parametrize("rule,keys", [("legacy", {"T_accum", "E_accum"}), ("flip", {"corr_accum", "flip_key"})])
+@pytest.mark.parametrize("rule,keys", [("legacy", {"T_accum", "E_accum"}), ("flip", {"corr_accum", "flip_key"}),
+                                      ("counter", {"corr_accum", "flip_key", "C_packed"})])
 def test_update_rule_reaches_every_ternary_layer(rule, keys):
     m = tiny(update_rule=rule)
     layers = [x for x in m.modules() if isinstance(x, TernaryScaleTensor)]

@@ -34,6 +34,20 @@ entries in ``{-1, 0, +1}`` is stored as a ``torch.uint8`` tensor
   last byte of each row are 0 (padding weights are zeros);
 * the tensor is contiguous, row-major (C order).
 
+Per-weight counters: ``C_packed`` (``update="counter"`` only)
+-------------------------------------------------------------
+The ``counter`` update rule (``update_rules.py``) keeps one unsigned ``b``-bit counter
+per weight, ``b = counter_bits`` in ``{1, 2, 4, 8}``, packed the same way as ``T_packed``:
+
+    C_packed: [out_features, ceil(in_features * b / 8)] uint8
+
+* ``8 // b`` counters per byte; counter ``k`` of a row lives in byte ``k // (8 // b)``
+  at bits ``b * (k % (8 // b))`` .. ``b * (k % (8 // b)) + b - 1`` (first counter in the
+  least-significant bits, as for trits);
+* values are plain unsigned integers in ``[0, 2**b)``; padding counters are 0.
+
+For ``b = 2`` the byte layout is identical to ``T_packed``'s (4 per byte).
+
 Scale groups (see ``ternary_scale.py``) are ``group_size`` consecutive weights
 of one row; arbitor requires ``group_size`` to be a multiple of 4, so every
 group starts on a byte boundary and covers ``group_size // 4`` whole bytes.
@@ -42,7 +56,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG"]
+__all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
+           "COUNTER_BITS", "counter_packed_shape", "pack_counters", "unpack_counters"]
 
 CODE_ZERO = 0b00
 CODE_POS = 0b01
@@ -56,22 +71,24 @@ def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
     return out_features, (in_features + 3) // 4
 
 
-def pack_ternary(t: torch.Tensor) -> torch.Tensor:
+def pack_ternary(t: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Pack a ternary matrix into ``T_packed``.
 
     Args:
         t: ``[out_features, in_features]`` integer or float tensor whose
            entries are exactly -1, 0 or +1.
+        check: validate the values (a host sync on GPU); internal callers whose values are
+           in range by construction pass False.
     Returns:
         ``[out_features, ceil(in_features / 4)]`` uint8, contiguous.
     """
     if t.dim() != 2:
         raise ValueError(f"pack_ternary expects a 2-D [out_features, in_features] tensor, got shape {tuple(t.shape)}")
-    if t.is_floating_point() or t.is_complex():
+    if check and (t.is_floating_point() or t.is_complex()):
         if not torch.isfinite(t).all() or not torch.equal(t, t.round()):
             raise ValueError("pack_ternary: float input must hold exact integers -1, 0, +1")
     ti = t.to(torch.int8)
-    if ti.numel() and (ti.abs() > 1).any():
+    if check and ti.numel() and (ti.abs() > 1).any():
         raise ValueError(f"pack_ternary: values must be in {{-1, 0, +1}}, got min {int(ti.min())} max {int(ti.max())}")
     out_f, in_f = ti.shape
     pad = (-in_f) % 4
@@ -119,3 +136,52 @@ def validate_packed(packed: torch.Tensor, in_features: int) -> None:
         tail = codes[:, -1, 4 - pad:]
         if (tail != 0).any():
             raise ValueError("T_packed has non-zero padding codes after in_features (corrupt ternary weights)")
+
+
+COUNTER_BITS = (1, 2, 4, 8)
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in COUNTER_BITS:
+        raise ValueError(f"counter bits must be one of {COUNTER_BITS}, got {bits!r}")
+    return 8 // bits
+
+
+def counter_packed_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int]:
+    """Shape of ``C_packed`` for ``[out_features, in_features]`` counters of ``bits`` bits."""
+    per = _check_bits(bits)
+    return out_features, (in_features + per - 1) // per
+
+
+def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
+    """Pack unsigned counters ``[rows, K]`` with values in ``[0, 2**bits)`` -> uint8 ``[rows, ceil(K*bits/8)]``.
+
+    ``check=False`` skips the range check (a host sync on GPU) for values in range by construction.
+    """
+    per = _check_bits(bits)
+    if c.dim() != 2:
+        raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
+    ci = c.to(torch.int16)
+    if check and ci.numel() and (int(ci.min()) < 0 or int(ci.max()) >= (1 << bits)):
+        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(ci.min())} "
+                         f"max {int(ci.max())}")
+    rows, k = ci.shape
+    pad = (-k) % per
+    if pad:
+        ci = torch.nn.functional.pad(ci, (0, pad))
+    shifts = torch.arange(0, 8, bits, dtype=torch.int16, device=ci.device)
+    return (ci.view(rows, -1, per) << shifts).sum(dim=-1).to(torch.uint8).contiguous()
+
+
+def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: torch.dtype = torch.int16) -> torch.Tensor:
+    """Decode ``C_packed`` -> ``[rows, in_features]`` unsigned counter values (``dtype``)."""
+    per = _check_bits(bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise TypeError(f"unpack_counters: C_packed must be a 2-D uint8 tensor, got {packed.dtype} "
+                        f"{tuple(packed.shape)}")
+    if packed.shape[1] != (in_features + per - 1) // per:
+        raise ValueError(f"unpack_counters: C_packed has {packed.shape[1]} bytes per row, in_features={in_features} "
+                         f"with {bits}-bit counters needs {(in_features + per - 1) // per}")
+    shifts = torch.arange(0, 8, bits, dtype=torch.int16, device=packed.device)
+    vals = (packed.to(torch.int16).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return vals.reshape(packed.shape[0], -1)[:, :in_features].to(dtype)

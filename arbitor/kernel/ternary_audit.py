@@ -24,7 +24,7 @@ from torch import nn
 
 __all__ = ["STATE_KINDS", "ternary_audit", "format_audit"]
 
-STATE_KINDS = ("T_packed", "E", "corr_accum", "step_counter", "T_accum", "E_accum")
+STATE_KINDS = ("T_packed", "E", "corr_accum", "step_counter", "T_accum", "E_accum", "C_packed")
 
 
 def _logical_weights(module: nn.Module) -> int:

@@ -35,9 +35,11 @@ ballot: the rule is online, applied the moment a ballot is cast.
 Update rules
 ------------
 ``update="bigint"`` is the spec's rule above (the default). ``"legacy"`` (per-weight
-``T_accum`` / per-group ``E_accum`` threshold flips) and ``"flip"`` (BigInt scales plus
-stateless stochastic trit flips) are described in ``update_rules.py``; they run on the
-torch reference ops on every device.
+``T_accum`` / per-group ``E_accum`` threshold flips), ``"flip"`` (BigInt scales plus
+stateless stochastic trit flips) and ``"counter"`` (BigInt scales plus trits on small packed
+per-weight counters ``C_packed``) are described in ``update_rules.py``. ``legacy`` and
+``flip`` run on the torch reference ops on every device; ``counter`` uses the backend's
+forward / grad_x / correlation ops and adds the per-weight step (``counter_ops.py``).
 
 Initialisation (seeded)
 -----------------------
@@ -62,7 +64,8 @@ from torch import nn
 
 from . import backend as _backend
 from .bigint_scale import (E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength)
-from .packing import pack_ternary, packed_shape, unpack_ternary, validate_packed
+from .packing import (COUNTER_BITS, counter_packed_shape, pack_ternary, packed_shape, unpack_counters, unpack_ternary,
+                      validate_packed)
 from . import reference_ops
 from .reference_ops import block_rows_for, expand_weight
 from .update_rules import UPDATE_RULES, counter_uniform, flip_block, legacy_accumulate_block, legacy_apply
@@ -71,7 +74,7 @@ __all__ = ["TernaryScaleTensor", "ternary_step", "ternary_layers", "check_group_
 
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 _BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64,
-                  "flip_key": torch.int64, "T_accum": torch.int8, "E_accum": torch.int16}
+                  "flip_key": torch.int64, "T_accum": torch.int8, "E_accum": torch.int16, "C_packed": torch.uint8}
 
 
 def check_group_size(in_features: int, group_size: int) -> None:
@@ -145,11 +148,18 @@ class _TernaryLinearFn(torch.autograd.Function):
             return None, None, None
         gy2 = grad_y.reshape(-1, layer.out_features).to(x.dtype)
         x2 = x.reshape(-1, layer.in_features)
-        if layer.update == "bigint":
+        if layer.update in ("bigint", "counter"):
             ops = layer._ops(x.device)
-            grad_x = ops.linear_backward(gy2, x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
-                                         layer._pending_ballots, layer.in_features, layer.group_size, layer.strength,
-                                         need_grad_x, cast_votes)
+            # counter: its own pass over grad_W casts the scale votes and moves the trits (after grad_x, which
+            # must see the T of the forward), so the backend's correlation pass is skipped
+            counter = layer.update == "counter" and cast_votes
+            grad_x = None
+            if need_grad_x or not counter:
+                grad_x = ops.linear_backward(gy2, x2, layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                                             layer._pending_ballots, layer.in_features, layer.group_size,
+                                             layer.strength, need_grad_x, cast_votes and not counter)
+            if counter:
+                layer._counter_step(gy2, x2)
         else:
             grad_x = layer._backward_with_rule(gy2, x2, need_grad_x, cast_votes)
         if cast_votes:
@@ -172,11 +182,14 @@ class TernaryScaleTensor(nn.Module):
             (so ``torch.manual_seed`` makes models reproducible).
         device: where the buffers live.
         backend: ``ARB_TERNARY_BACKEND`` override for this layer (``torch``/``triton``/``auto``).
-        update: ``"bigint"`` (spec default), ``"legacy"`` or ``"flip"`` (``update_rules.py``).
+        update: ``"bigint"`` (spec default), ``"legacy"``, ``"flip"`` or ``"counter"`` (``update_rules.py``).
         flip_rate: ``"flip"``: expected trit steps per unit of row-normalised gradient (a float
             setting, not state: a trainer may schedule it).
         t_threshold, e_threshold: ``"legacy"``: votes per trit move / per exponent step
             (``e_threshold`` default ``4 * group_size``).
+        counter_bits: ``"counter"``: bits per weight of ``C_packed`` (1, 2, 4 or 8).
+        counter_rate: ``"counter"``: expected rungs moved per unit of row-normalised gradient
+            (a float setting, not state).
 
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
     """
@@ -185,7 +198,7 @@ class TernaryScaleTensor(nn.Module):
                  zero_fraction: float = 1.0 / 3.0, strength: Optional[float] = None, seed: Optional[int] = None,
                  device: Optional[torch.device | str] = None, backend: Optional[str] = None,
                  update: str = "bigint", flip_rate: float = 0.02, t_threshold: int = 4,
-                 e_threshold: Optional[int] = None) -> None:
+                 e_threshold: Optional[int] = None, counter_bits: int = 2, counter_rate: float = 1.0) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
             raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
@@ -208,13 +221,19 @@ class TernaryScaleTensor(nn.Module):
             raise ValueError(f"t_threshold must be an int in [1, 127], got {t_threshold!r}")
         if not (isinstance(e_threshold, int) and 1 <= e_threshold <= 32767):
             raise ValueError(f"e_threshold must be an int in [1, 32767], got {e_threshold!r}")
+        if counter_bits not in COUNTER_BITS:
+            raise ValueError(f"counter_bits must be one of {COUNTER_BITS}, got {counter_bits!r}")
+        if not (0.0 <= counter_rate <= 64.0 and math.isfinite(counter_rate)):
+            raise ValueError(f"counter_rate must be in [0, 64], got {counter_rate}")
         self.update = update
         self.flip_rate = float(flip_rate)
+        self.counter_bits, self.counter_rate = int(counter_bits), float(counter_rate)
         self.t_threshold, self.e_threshold = t_threshold, e_threshold
         self.voting = True          # False freezes the layer (no ballots cast)
         self.check_finite = _check_env_check_finite()
         self._pending_ballots = 0   # ballots cast since the last ternary_step()
         self._host_counter: Optional[int] = None  # host mirror of step_counter for the overflow check
+        self._host_key: Optional[int] = None      # host mirror of flip_key (counter rule)
         dev = torch.device(device) if device is not None else None
         # meta: shapes only (``with torch.device("meta")`` or device="meta"): audits a 3B model instantly
         meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
@@ -236,8 +255,17 @@ class TernaryScaleTensor(nn.Module):
             self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
             self.register_buffer("step_counter", torch.zeros((), dtype=torch.int64, device=dev))
             self.register_state_dict_pre_hook(_refuse_pending_ballots)
-        if update == "flip":
+        if update in ("flip", "counter"):
             self.register_buffer("flip_key", torch.tensor(self.seed ^ 0x5DEECE66D, dtype=torch.int64, device=dev))
+        if update == "counter":
+            shape = counter_packed_shape(out_features, in_features, self.counter_bits)
+            mid = 1 << (self.counter_bits - 1)  # every counter starts mid-ladder: L // 2
+            fill = sum(mid << s for s in range(0, 8, self.counter_bits)) & 0xFF
+            C_packed = torch.full(shape, fill, dtype=torch.uint8, device=dev)
+            tail = in_features % (8 // self.counter_bits)
+            if tail and not meta:  # padding counters past in_features are 0 (packing.py)
+                C_packed[:, -1] = fill & ((1 << (tail * self.counter_bits)) - 1)
+            self.register_buffer("C_packed", C_packed)
 
     # ----------------------------------------------------------------- init
     def _init_state(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,6 +340,14 @@ class TernaryScaleTensor(nn.Module):
             self.corr_accum.add_(votes)
         return grad_x
 
+    def _counter_step(self, grad_y: torch.Tensor, x: torch.Tensor) -> None:
+        """One ballot of the ``counter`` rule: scale votes into ``corr_accum``, then the per-weight step."""
+        from .counter_ops import counter_update_
+        if self._host_key is None:
+            self._host_key = int(self.flip_key)  # constant: read from the device once, not every ballot
+        counter_update_(grad_y, x, self.T_packed, self.C_packed, self.corr_accum, self._host_key,
+                        self._host_ballots(), self.in_features, self.group_size, self.counter_bits, self.counter_rate)
+
     def _host_ballots(self) -> int:
         if self._host_counter is None:
             self._host_counter = int(self.step_counter)
@@ -377,6 +413,7 @@ class TernaryScaleTensor(nn.Module):
                 error_msgs.append(f"{prefix}: {problem}")
         self._pending_ballots = 0
         self._host_counter = None
+        self._host_key = None
 
     def validate_state(self) -> Optional[str]:
         """Check the integer state's invariants; returns a description of the first violation or None."""
@@ -390,6 +427,10 @@ class TernaryScaleTensor(nn.Module):
             if self.T_accum.numel() and int(self.T_accum.abs().max()) > 127:
                 return "T_accum outside [-127, 127]"
             return None
+        if self.update == "counter":
+            problem = self._validate_counters()
+            if problem:
+                return problem
         n = int(self.step_counter)
         if n < 0:
             return f"step_counter is negative ({n})"
@@ -400,8 +441,19 @@ class TernaryScaleTensor(nn.Module):
                     "(each ballot adds at most group_size): corrupt or mismatched state")
         return None
 
+    def _validate_counters(self) -> Optional[str]:
+        shape = counter_packed_shape(self.out_features, self.in_features, self.counter_bits)
+        if tuple(self.C_packed.shape) != shape:
+            return f"C_packed has shape {tuple(self.C_packed.shape)}, {self.counter_bits}-bit counters need {shape}"
+        tail = self.in_features % (8 // self.counter_bits)
+        if tail and self.C_packed.numel() and bool((self.C_packed[:, -1] >> (tail * self.counter_bits)).any()):
+            return "C_packed has non-zero padding counters after in_features (corrupt counter state)"
+        return None
+
     def extra_repr(self) -> str:
         extra = {"bigint": f"strength={self.strength}", "flip": f"strength={self.strength}, flip_rate={self.flip_rate}",
+                 "counter": f"strength={self.strength}, counter_bits={self.counter_bits}, "
+                            f"counter_rate={self.counter_rate}",
                  "legacy": f"t_threshold={self.t_threshold}, e_threshold={self.e_threshold}"}[self.update]
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"update={self.update!r}, {extra}")

@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arbitor.kernel.packing import pack_ternary, packed_shape, unpack_ternary, validate_packed
+from arbitor.kernel.packing import (counter_packed_shape, pack_counters, pack_ternary, packed_shape, unpack_counters,
+                                    unpack_ternary, validate_packed)
 
 
 @settings(max_examples=60, deadline=None)
@@ -47,3 +48,33 @@ def test_validate_rejects_invalid_code_and_padding():
     padded = torch.tensor([[0b01_00_00_00]], dtype=torch.uint8)  # 4th weight set but in_features=3
     with pytest.raises(ValueError, match="padding"):
         validate_packed(padded, 3)
+
+
+# ------------------------------------------------------------------ per-weight counters (C_packed)
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.sampled_from([1, 2, 4, 8]), rows=st.integers(1, 5), k=st.integers(1, 37), seed=st.integers(0, 999))
+def test_counter_round_trip_any_shape(bits, rows, k, seed):
+    c = torch.randint(0, 1 << bits, (rows, k), generator=torch.Generator().manual_seed(seed))
+    packed = pack_counters(c, bits)
+    assert packed.dtype == torch.uint8 and tuple(packed.shape) == counter_packed_shape(rows, k, bits)
+    assert torch.equal(unpack_counters(packed, k, bits).to(torch.int64), c)
+    per = 8 // bits
+    if k % per:  # padding counters are zero
+        assert int(packed[:, -1].max() >> ((k % per) * bits)) == 0
+
+
+def test_counter_bit_layout_is_as_documented():
+    # 4-bit counters 3, 10, 7: byte 0 = 3 | 10 << 4, byte 1 = 7
+    assert pack_counters(torch.tensor([[3, 10, 7]]), 4).tolist() == [[3 | 10 << 4, 7]]
+    # 2-bit counters share T_packed's byte layout: first counter in the low bits
+    assert pack_counters(torch.tensor([[1, 2, 3, 0, 1]]), 2).tolist() == [[1 | 2 << 2 | 3 << 4, 1]]
+
+
+def test_counter_packing_errors():
+    with pytest.raises(ValueError, match="counter bits"):
+        pack_counters(torch.zeros(2, 4, dtype=torch.int64), 3)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        pack_counters(torch.tensor([[4]]), 2)
+    with pytest.raises(ValueError, match="bytes per row"):
+        unpack_counters(torch.zeros(2, 3, dtype=torch.uint8), 16, 4)
