@@ -128,6 +128,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="bits per weight of the packed counters of --update-rule counter (1, 2, 4 or 8)")
     p.add_argument("--counter-rate", type=float, default=None,
                    help="rungs per ballot per unit of row-RMS gradient, --update-rule counter")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="step-size schedule for AdamW lr and the counter/flip rates (default constant)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="cosine: linear warm-up steps (default 0)")
+    p.add_argument("--min-rate-ratio", type=float, default=0.1, help="cosine: final factor (default 0.1)")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -159,9 +163,13 @@ def train_from_args(args: argparse.Namespace) -> int:
     if args.eval_interval < 0:
         raise UserError(f"--eval-interval must be >= 0, got {args.eval_interval}")
     run_dir = _run_path(args, required=args.resume)
-    tcfg = TrainConfig(steps=args.steps, batch=args.batch, ctx=args.ctx, eval_interval=args.eval_interval,
-                       eval_batches=args.eval_batches, seed=args.seed, vocab=args.vocab, text_data=args.text_data,
-                       max_chars=args.max_chars)
+    try:
+        tcfg = TrainConfig(steps=args.steps, batch=args.batch, ctx=args.ctx, eval_interval=args.eval_interval,
+                           eval_batches=args.eval_batches, seed=args.seed, vocab=args.vocab,
+                           text_data=args.text_data, max_chars=args.max_chars, schedule=args.schedule,
+                           warmup_steps=args.warmup_steps, min_rate_ratio=args.min_rate_ratio)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     overrides = {"group_size": args.group_size, "strength": args.strength, "backend": args.backend,
                  "embedding_mode": args.embedding_mode, "update_rule": args.update_rule, "flip_rate": args.flip_rate,
                  "counter_bits": args.counter_bits, "counter_rate": args.counter_rate}

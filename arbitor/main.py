@@ -141,6 +141,30 @@ class TrainConfig:
     vocab: str = "byte"          # "byte" or "char"
     text_data: Optional[str] = None  # UTF-8 file; None = the embedded default corpus
     max_chars: int = 0           # use only the first N characters of the text (0: all)
+    # step-size schedule, applied alike to AdamW's lr (float baselines) and to the ternary layers'
+    # counter_rate / flip_rate (settings, not state: a pure function of the step, so resume stays exact)
+    schedule: str = "constant"   # "constant", or "cosine": linear warm-up, then cosine decay to min_rate_ratio
+                                 # at `steps` (nanoGPT's shakespeare_char: warm-up 100, floor 0.1)
+    warmup_steps: int = 0        # cosine only: steps of linear warm-up from 1/warmup_steps of the base rate
+    min_rate_ratio: float = 0.1  # cosine only: the factor reached at the last step
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ValueError(f"TrainConfig.warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if not (0.0 <= self.min_rate_ratio <= 1.0):
+            raise ValueError(f"TrainConfig.min_rate_ratio must be in [0, 1], got {self.min_rate_ratio}")
+
+    def rate_factor(self, step: int) -> float:
+        """The schedule's multiplier for the step that follows ``step`` completed steps (1.0 when constant)."""
+        if self.schedule == "constant":
+            return 1.0
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_rate_ratio + (1.0 - self.min_rate_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,6 +203,7 @@ class Trainer:
         if stale:
             raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
                                "after the last backward); call ternary_step(model) first")
+        self._apply_schedule()
         batch = self.data.batch(self.tcfg.batch)
         batch = Batch(batch.x.to(self.device), batch.y.to(self.device))
         shared: dict = {}
@@ -196,6 +221,18 @@ class Trainer:
         # cleanup: drop every reference to this step's graph and tensors before the update
         del losses, shared, batch
         return self._finish_step(out)
+
+    def _apply_schedule(self) -> None:
+        """Set this step's AdamW lr and ternary counter/flip rates from ``TrainConfig.rate_factor``."""
+        f = self.tcfg.rate_factor(self.step)
+        cfg = self.model.cfg
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.dense_lr * f
+        for m in ternary_layers(self.model):
+            if hasattr(m, "counter_rate"):
+                m.counter_rate = cfg.counter_rate * f
+                m.flip_rate = cfg.flip_rate * f
 
     def _finish_step(self, out: dict[str, float]) -> dict[str, float]:
         """The per-step update after all of a step's backwards: ``ternary_step``, the float optimizer

@@ -134,7 +134,8 @@ def run_row(args) -> int:
     eval_at = [s for s in eval_at if s <= args.steps]
     tcfg = TrainConfig(steps=args.steps, batch=shape["batch"], ctx=shape["ctx"], eval_interval=0,
                        eval_batches=args.eval_batches, val_fraction=0.1, seed=args.seed, vocab="char",
-                       text_data=args.data)
+                       text_data=args.data, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                       min_rate_ratio=args.min_rate_ratio)
     rec = {"name": name, "label": label, "overrides": overrides, "hooks": hooks, "shape": args.shape,
            "batch": shape["batch"], "ctx": shape["ctx"], "steps_target": args.steps, "evals": [],
            "status": "running", "step": 0}
@@ -145,7 +146,7 @@ def run_row(args) -> int:
         os.replace(tmp, path)
 
     try:
-        ovr = dict(shape["model"], **overrides)
+        ovr = dict(shape["model"], **overrides, seed=args.seed)  # --seed: model init and data order
         trainer = build_trainer(tcfg, None, "small", overrides=ovr, device=args.device)
         rec.update(_state_bytes_per_weight(trainer.model))
         rec["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -302,6 +303,10 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=520.0, help="seconds; workers stop at their next step")
     ap.add_argument("--shape", default="nanogpt", choices=sorted(SHAPES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                    help="every row alike: AdamW lr and the ternary counter/flip rates (TrainConfig.schedule)")
+    ap.add_argument("--warmup-steps", type=int, default=0)
+    ap.add_argument("--min-rate-ratio", type=float, default=0.1)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--aggregate", help="only re-render the report of this out dir")
@@ -335,7 +340,8 @@ def main(argv=None) -> int:
     command = "PYTHONPATH=. python benchmarks/quality.py " + " ".join(a for a in (argv if argv is not None
                                                                                   else sys.argv[1:]))
     meta = {"steps": args.steps, "eval_at": args.eval_at, "eval_batches": args.eval_batches,
-            "time_limit_s": args.time_limit, "parallel": args.parallel or len(names)}
+            "time_limit_s": args.time_limit, "parallel": args.parallel or len(names), "schedule": args.schedule,
+            "warmup_steps": args.warmup_steps, "min_rate_ratio": args.min_rate_ratio}
     parallel = args.parallel or len(names)
     pending = list(names)
     running: dict[str, subprocess.Popen] = {}
@@ -346,7 +352,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, os.path.abspath(__file__), args.data, "--row", n, "--steps", str(args.steps),
                    "--eval-at", args.eval_at, "--eval-batches", str(args.eval_batches), "--device", args.device,
                    "--out-dir", str(out), "--shape", args.shape, "--seed", str(args.seed),
-                   "--deadline", str(deadline)]
+                   "--deadline", str(deadline), "--schedule", args.schedule, "--warmup-steps", str(args.warmup_steps),
+                   "--min-rate-ratio", str(args.min_rate_ratio)]
             log = open(out / "logs" / f"{n}.log", "w")
             running[n] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if pending and time.time() >= deadline:
