@@ -346,7 +346,8 @@ class TernaryScaleTensor(nn.Module):
         if self._host_key is None:
             self._host_key = int(self.flip_key)  # constant: read from the device once, not every ballot
         counter_update_(grad_y, x, self.T_packed, self.C_packed, self.corr_accum, self._host_key,
-                        self._host_ballots(), self.in_features, self.group_size, self.counter_bits, self.counter_rate)
+                        self._host_ballots(), self.in_features, self.group_size, self.counter_bits, self.counter_rate,
+                        backend=self._ops(x.device).name)
 
     def _host_ballots(self) -> int:
         if self._host_counter is None:

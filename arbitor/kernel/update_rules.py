@@ -63,8 +63,8 @@ import torch
 from .bigint_scale import E_MAX, E_MIN
 from .packing import pack_ternary, unpack_ternary
 
-__all__ = ["UPDATE_RULES", "counter_uniform", "flip_block", "counter_block", "legacy_accumulate_block",
-           "legacy_apply"]
+__all__ = ["UPDATE_RULES", "hash_base", "counter_uniform", "flip_block", "counter_step_scale", "counter_block",
+           "legacy_accumulate_block", "legacy_apply"]
 
 UPDATE_RULES = ("bigint", "legacy", "flip", "counter")
 _M32 = 0xFFFFFFFF
@@ -79,13 +79,21 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
+def hash_base(key: int, ballot: int) -> int:
+    """The per-ballot 32-bit hash seed of ``counter_uniform`` (a Python int in ``[0, 2**32)``)."""
+    return _mix32(_mix32((key & _M32) ^ _mix32((key >> 32) & _M32)) ^ (ballot & _M32) ^ _mix32((ballot >> 32) & _M32))
+
+
 def counter_uniform(key: int, ballot: int, n0: int, n1: int, in_features: int, device: torch.device) -> torch.Tensor:
-    """Uniform floats in [0, 1), ``[n1-n0, in_features]``: a pure function of (key, ballot, row, column)."""
-    base = _mix32(_mix32((key & _M32) ^ _mix32((key >> 32) & _M32)) ^ (ballot & _M32) ^ _mix32((ballot >> 32) & _M32))
+    """Uniform floats in [0, 1), ``[n1-n0, in_features]``: a pure function of (key, ballot, row, column).
+
+    ``u = (h >> 8) * 2**-24`` for the 32-bit hash ``h`` of the weight's global index
+    ``row * in_features + column``: exact in float32, in ``[0, 1 - 2**-24]``.
+    """
+    base = hash_base(key, ballot)
     idx = torch.arange(n0 * in_features, n1 * in_features, dtype=torch.int64, device=device)
     h = _mix32(_mix32((idx & _M32) ^ base) ^ ((idx >> 32) & _M32))
-    # 2**-32 steps: exact in float64, then float32 rounding may give 1.0 for h near 2**32 -- clamp below 1
-    return (h.to(torch.float64) * (1.0 / 2 ** 32)).to(torch.float32).clamp_(max=1.0 - 2 ** -24).view(n1 - n0, in_features)
+    return ((h >> 8).to(torch.float32) * 2.0 ** -24).view(n1 - n0, in_features)
 
 
 def flip_block(t: torch.Tensor, gw: torch.Tensor, u: torch.Tensor, flip_rate: float) -> torch.Tensor:
@@ -96,8 +104,14 @@ def flip_block(t: torch.Tensor, gw: torch.Tensor, u: torch.Tensor, flip_rate: fl
     return (t + move).clamp_(-1, 1).to(torch.int8)
 
 
+def counter_step_scale(gw: torch.Tensor, rate: float) -> torch.Tensor:
+    """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32 (shared by the torch and Triton steps)."""
+    rms = gw.pow(2).mean(dim=1).sqrt_().clamp_min_(1e-30)
+    return torch.full_like(rms, rate).div_(rms)
+
+
 def counter_block(t: torch.Tensor, c: torch.Tensor, gw: torch.Tensor, u: torch.Tensor, rate: float,
-                  bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  bits: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One ballot of the ``counter`` rule for a row block (module doc).
 
     Args:
@@ -105,13 +119,15 @@ def counter_block(t: torch.Tensor, c: torch.Tensor, gw: torch.Tensor, u: torch.T
         c: ``[rows, K]`` counters in ``[0, 2**bits)``.
         gw: ``[rows, K]`` float32 block of ``dL/dW_eff``.
         u: ``[rows, K]`` float32 uniforms in ``[0, 1)``.
+        scale: ``counter_step_scale(gw, rate)`` if already computed.
     Returns:
         ``(new trits int8 [rows, K], new counters int16 [rows, K])``.
     """
     levels = 1 << bits
     top = 3 * levels - 1
-    rms = gw.pow(2).mean(dim=1, keepdim=True).sqrt_().clamp_min_(1e-30)
-    steps = torch.floor(gw.abs() * (rate / rms) + u).clamp_(max=top).to(torch.int32)
+    if scale is None:
+        scale = counter_step_scale(gw, rate)
+    steps = torch.floor(gw.abs() * scale[:, None] + u).clamp_(max=top).to(torch.int32)
     p = (t.to(torch.int32) + 1) * levels + c.to(torch.int32)
     p = (p - torch.sign(gw).to(torch.int32) * steps).clamp_(0, top)
     t_new = torch.div(p, levels, rounding_mode="floor")
