@@ -47,9 +47,12 @@ class ModelConfig:
                                      # (T_accum/E_accum flips), "flip" (BigInt + stateless trit flips) or
                                      # "counter" (BigInt + trits on packed per-weight counters, issue 6)
     flip_rate: float = 0.02          # "flip" only: expected trit steps per unit of row-normalised gradient
-    counter_bits: int = 2            # "counter" only: bits per weight of C_packed (1, 2, 4 or 8); each trit
-                                     # owns 2**bits rungs of the latent ladder. 2 bits: 0.25 B/weight
-    counter_rate: float = 1.0        # "counter" only: expected rungs per ballot per unit of row-RMS gradient
+    counter_bits: int = 4            # "counter" only: bits per weight of C_packed (1, 2, 4 or 8); each trit
+                                     # owns 2**bits rungs of the latent ladder (docs/quality.md, H100, 600 steps:
+                                     # 2 bits +0.71 vs QAT, 4 bits +0.21; 8 bits no better than 4)
+    counter_rate: float = 0.5        # "counter" only: expected rungs per ballot per unit of row-RMS gradient
+                                     # (scaled by TrainConfig.schedule). With cosine, 800 steps: 0.125 -> +0.16,
+                                     # 0.25 -> +0.10, 0.5 -> +0.09, 1 -> +0.14 nats vs QAT
     ballot_prior: int = 8            # step_counter starts at this many zero-vote ballots: damps the first
                                      # ballots' jump (one unanimous ballot otherwise moves S by 2**strength);
                                      # tiny, 300 steps, strength 8: 0 -> 2.54, 8 -> 2.52, 32 -> 2.55 val nats/token

@@ -198,7 +198,7 @@ class TernaryScaleTensor(nn.Module):
                  zero_fraction: float = 1.0 / 3.0, strength: Optional[float] = None, seed: Optional[int] = None,
                  device: Optional[torch.device | str] = None, backend: Optional[str] = None,
                  update: str = "bigint", flip_rate: float = 0.02, t_threshold: int = 4,
-                 e_threshold: Optional[int] = None, counter_bits: int = 2, counter_rate: float = 1.0) -> None:
+                 e_threshold: Optional[int] = None, counter_bits: int = 4, counter_rate: float = 0.5) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
             raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
