@@ -64,8 +64,7 @@ from torch import nn
 
 from . import backend as _backend
 from .bigint_scale import (E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength)
-from .packing import (COUNTER_BITS, counter_packed_shape, pack_ternary, packed_shape, unpack_counters, unpack_ternary,
-                      validate_packed)
+from .packing import COUNTER_BITS, counter_packed_shape, pack_ternary, packed_shape, unpack_ternary, validate_packed
 from . import reference_ops
 from .reference_ops import block_rows_for, expand_weight
 from .update_rules import UPDATE_RULES, counter_uniform, flip_block, legacy_accumulate_block, legacy_apply
