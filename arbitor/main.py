@@ -144,7 +144,10 @@ class TrainConfig:
     # step-size schedule, applied alike to AdamW's lr (float baselines) and to the ternary layers'
     # counter_rate / flip_rate (settings, not state: a pure function of the step, so resume stays exact)
     schedule: str = "constant"   # "constant", or "cosine": linear warm-up, then cosine decay to min_rate_ratio
-                                 # at `steps` (nanoGPT's shakespeare_char: warm-up 100, floor 0.1)
+                                 # at `steps` (nanoGPT's shakespeare_char: warm-up 100, floor 0.1). The decay
+                                 # spans `steps`: resuming with the same --steps continues bit-exactly, a larger
+                                 # --steps stretches what is left of the curve (docs/quality.md: cosine took the
+                                 # counter rule from +0.15 to +0.09 nats behind QAT at 800 steps)
     warmup_steps: int = 0        # cosine only: steps of linear warm-up from 1/warmup_steps of the base rate
     min_rate_ratio: float = 0.1  # cosine only: the factor reached at the last step
 
@@ -446,9 +449,11 @@ def build_trainer(tcfg: TrainConfig, run_dir: Optional[Path], preset_name: Optio
     if ckpt is not None:
         model_state, model_cfg, train_state, other, meta = ckpt
         saved_t = train_state["train_config"]
-        for key in ("batch", "ctx", "seed", "vocab", "text_data", "val_fraction", "max_chars"):
-            if getattr(tcfg, key) != saved_t.get(key):
-                raise CheckpointError(f"--resume: the checkpoint was trained with {key}={saved_t.get(key)!r}, "
+        for key in ("batch", "ctx", "seed", "vocab", "text_data", "val_fraction", "max_chars", "schedule",
+                    "warmup_steps", "min_rate_ratio"):
+            saved = saved_t.get(key, getattr(TrainConfig, key))  # keys added later: the default they had
+            if getattr(tcfg, key) != saved:
+                raise CheckpointError(f"--resume: the checkpoint was trained with {key}={saved!r}, "
                                       f"not {getattr(tcfg, key)!r}; a bit-exact continuation needs the same value")
         cfg = ModelConfig.from_dict(model_cfg)
         saved_preset = train_state.get("preset")

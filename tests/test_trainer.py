@@ -137,3 +137,33 @@ def test_dense_baseline_trains_with_adamw():
     before = tr.evaluate()["val_loss"]
     after = tr.fit(progress=False)["val_loss"]
     assert after < before - 0.5
+
+
+def test_rate_factor_schedules():
+    const = TrainConfig(steps=10)
+    assert all(const.rate_factor(s) == 1.0 for s in range(12))
+    cos = TrainConfig(steps=10, schedule="cosine", warmup_steps=2, min_rate_ratio=0.1)
+    f = [cos.rate_factor(s) for s in range(11)]
+    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0             # linear warm-up, then the peak
+    assert all(a > b for a, b in zip(f[2:], f[3:]))                   # strictly decaying afterwards
+    assert math.isclose(f[6], 0.1 + 0.9 * 0.5) and math.isclose(f[10], 0.1)   # half way; the floor at `steps`
+    for bad, match in ((dict(schedule="linear"), "schedule"), (dict(warmup_steps=-1), "warmup_steps"),
+                       (dict(min_rate_ratio=1.5), "min_rate_ratio")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(steps=10, **bad)
+
+
+@pytest.mark.parametrize("over", [dict(update_rule="counter"), dict(linear="dense")], ids=["counter", "dense"])
+def test_trainer_applies_the_schedule_to_rates_and_lr(over):
+    tcfg = TrainConfig(steps=6, batch=2, ctx=16, eval_interval=0, eval_batches=1, text_data=str(BUNDLED_TEXT_PATH),
+                       schedule="cosine", warmup_steps=2, min_rate_ratio=0.2)
+    tr = build_trainer(tcfg, None, "tiny", over)
+    cfg = tr.model.cfg
+    for step in range(4):
+        tr.train_step()
+        f = tcfg.rate_factor(step)
+        if tr.optimizer is not None:
+            assert all(math.isclose(g["lr"], cfg.dense_lr * f) for g in tr.optimizer.param_groups)
+        else:
+            layers = [m for m in tr.model.modules() if isinstance(m, TernaryScaleTensor)]
+            assert layers and all(math.isclose(m.counter_rate, cfg.counter_rate * f) for m in layers)
