@@ -226,7 +226,11 @@ class Trainer:
         return self._finish_step(out)
 
     def _apply_schedule(self) -> None:
-        """Set this step's AdamW lr and ternary counter/flip rates from ``TrainConfig.rate_factor``."""
+        """Set this step's AdamW lr and ternary counter/flip rates from ``TrainConfig.rate_factor``
+        (``cfg.dense_lr`` / ``cfg.counter_rate`` / ``cfg.flip_rate`` times the factor). A constant schedule
+        leaves them alone, so rates set on individual layers stay as set."""
+        if self.tcfg.schedule == "constant":
+            return
         f = self.tcfg.rate_factor(self.step)
         cfg = self.model.cfg
         if self.optimizer is not None:
