@@ -67,18 +67,11 @@ def counter_update_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
     else:
         raise ValueError(f"counter_update_: backend must be 'torch' or 'triton', got {backend!r}")
     n_out = T_packed.shape[0]
-    dt = torch.float32 if x.dtype == torch.float32 else x.dtype
-    gy = grad_y.to(dt)
-    xx = x.to(dt)
+    gy = grad_y.to(x.dtype)
     step = block_rows_for(in_features, n_out)
     for n0 in range(0, n_out, step):
         n1 = min(n_out, n0 + step)
-        gw = (gy[:, n0:n1].t() @ xx).to(torch.float32).contiguous()
-        if rate == 0:
-            t = unpack_ternary(T_packed[n0:n1], in_features)
-            corr_accum[n0:n1] -= (torch.sign(gw).to(torch.int8) * t).view(n1 - n0, -1, group_size).sum(
-                -1, dtype=torch.int64)
-            continue
-        scale = counter_step_scale(gw, rate)
+        gw = (gy[:, n0:n1].t() @ x).to(torch.float32).contiguous()
+        scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
         block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], key, ballot, n0, in_features,
                  group_size, bits)

@@ -90,16 +90,9 @@ def pack_ternary(t: torch.Tensor, check: bool = True) -> torch.Tensor:
     ti = t.to(torch.int8)
     if check and ti.numel() and (ti.abs() > 1).any():
         raise ValueError(f"pack_ternary: values must be in {{-1, 0, +1}}, got min {int(ti.min())} max {int(ti.max())}")
-    out_f, in_f = ti.shape
-    pad = (-in_f) % 4
-    if pad:
-        ti = torch.nn.functional.pad(ti, (0, pad))
-    # +1 -> 0b01, -1 -> 0b10, 0 -> 0b00
+    # +1 -> 0b01, -1 -> 0b10, 0 -> 0b00; the codes are then 2-bit fields, laid out as 2-bit counters
     codes = torch.where(ti > 0, CODE_POS, torch.where(ti < 0, CODE_NEG, CODE_ZERO)).to(torch.uint8)
-    codes = codes.view(out_f, -1, 4)
-    shifts = _SHIFTS.to(codes.device)
-    packed = (codes << shifts).sum(dim=-1, dtype=torch.uint8)  # disjoint bits: sum == bitwise or
-    return packed.contiguous()
+    return pack_counters(codes, 2, check=False)
 
 
 def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
@@ -118,11 +111,8 @@ def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = 
         raise ValueError(
             f"unpack_ternary: T_packed has {packed.shape[1]} bytes per row, "
             f"in_features={in_features} needs {(in_features + 3) // 4}")
-    shifts = _SHIFTS.to(packed.device)
-    codes = (packed.unsqueeze(-1) >> shifts) & 3  # [out, bytes, 4]
-    vals = (codes & 1).to(torch.int8) - (codes >> 1).to(torch.int8)
-    vals = vals.reshape(packed.shape[0], -1)[:, :in_features]
-    return vals.to(dtype)
+    codes = unpack_counters(packed, in_features, 2, torch.int8)
+    return ((codes & 1) - (codes >> 1)).to(dtype)
 
 
 def validate_packed(packed: torch.Tensor, in_features: int) -> None:
@@ -161,16 +151,17 @@ def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tenso
     per = _check_bits(bits)
     if c.dim() != 2:
         raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
-    ci = c.to(torch.int16)
-    if check and ci.numel() and (int(ci.min()) < 0 or int(ci.max()) >= (1 << bits)):
-        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(ci.min())} "
-                         f"max {int(ci.max())}")
+    if check and c.numel() and (int(c.min()) < 0 or int(c.max()) >= (1 << bits)):
+        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(c.min())} "
+                         f"max {int(c.max())}")
+    ci = c.to(torch.uint8)
     rows, k = ci.shape
     pad = (-k) % per
     if pad:
         ci = torch.nn.functional.pad(ci, (0, pad))
-    shifts = torch.arange(0, 8, bits, dtype=torch.int16, device=ci.device)
-    return (ci.view(rows, -1, per) << shifts).sum(dim=-1).to(torch.uint8).contiguous()
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=ci.device)
+    # each field stays inside its byte and the fields are disjoint: the sum is the bitwise or
+    return (ci.view(rows, -1, per) << shifts).sum(dim=-1, dtype=torch.uint8).contiguous()
 
 
 def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: torch.dtype = torch.int16) -> torch.Tensor:
@@ -182,6 +173,6 @@ def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: to
     if packed.shape[1] != (in_features + per - 1) // per:
         raise ValueError(f"unpack_counters: C_packed has {packed.shape[1]} bytes per row, in_features={in_features} "
                          f"with {bits}-bit counters needs {(in_features + per - 1) // per}")
-    shifts = torch.arange(0, 8, bits, dtype=torch.int16, device=packed.device)
-    vals = (packed.to(torch.int16).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    vals = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     return vals.reshape(packed.shape[0], -1)[:, :in_features].to(dtype)
