@@ -170,6 +170,19 @@ def _weff_cast(b, e, c, coef, dtype: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl
 
 
 @triton.jit
+def _grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Program id -> ``(pid_m, pid_n)`` with ``GROUP_M`` row tiles walked together (L2 reuse of the
+    weight tiles), the standard Triton matmul ordering."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
 def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
                        M, N, K, G, KB,
                        stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, K_PER_SPLIT,
@@ -188,15 +201,7 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
     ``[SPLIT, M, N]`` float32 workspace) and ``split_reduce_kernel`` sums the splits in
     a fixed order. Without split, ``K_PER_SPLIT >= K`` and ``stride_ys = 0``.
     """
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = _grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -237,15 +242,7 @@ def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, gx_ptr,
     (weight rows), with the next N step's bytes and group state prefetched into registers.
     Split-N (decode path) works as the forward's split-K: program axis 1 picks the N range
     and the fp32 partial goes to ``gx_ptr + s*stride_xs``."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_k = tl.cdiv(K, BLOCK_K)
-    num_pid_in_group = GROUP_M * num_pid_k
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_k = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_k = _grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

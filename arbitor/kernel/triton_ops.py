@@ -288,6 +288,46 @@ def _reduce_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
                                                       BLOCK=block)
 
 
+def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                   step_counter: torch.Tensor, pending: int, group_size: int, strength: float, N: int, G: int,
+                   K: int, kind: str, config: Optional[dict]) -> torch.Tensor:
+    """The shared launch of the forward (``kind="fwd"``: ``act = x [M, K]``, out ``[M, N]``, reduction
+    over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels:
+    autotuned when ``_pick_config`` returns None, else a fixed config with an optional split of the
+    reduction into fp32 partials summed by ``split_reduce_kernel``."""
+    fwd = kind == "fwd"
+    M = act.shape[0]
+    out_cols, red = (N, K) if fwd else (K, N)
+    out_block, red_block = ("BLOCK_N", "BLOCK_K") if fwd else ("BLOCK_K", "BLOCK_N")
+    res = torch.empty(M, out_cols, dtype=act.dtype, device=act.device)
+    if M == 0:
+        return res
+    consts = {"GS": group_size, "DOT_PRECISION": _dot_precision(act.dtype)}
+    head = (act, T_packed, E, corr_accum, step_counter)
+    dims = (M, N, K, G, K // 4, act.stride(0), act.stride(1))
+    tail = (pending, float(strength), _m_key(M))
+
+    def out_tiles(c):
+        return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
+    cfg = _pick_config(config, M, red, out_tiles, kind, act.dtype, act.device)
+    if cfg is None:  # autotuned (CUDA only: the tuned wrappers do not exist under the interpreter)
+        tuned = _fwd_tuned if fwd else _gx_tuned
+        tuned[lambda meta: (out_tiles(meta), 1)](*head, res, *dims, res.stride(0), res.stride(1), 0, red, *tail,
+                                                  **consts)
+        return res
+    red_per, split = _split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
+    if split == 1:
+        out, out_strides = res, (res.stride(0), res.stride(1), 0)
+    else:
+        out, out_strides = torch.empty(split, M, out_cols, dtype=torch.float32, device=act.device), \
+            (out_cols, 1, M * out_cols)
+    kernel = ternary_fwd_kernel if fwd else ternary_gradx_kernel
+    kernel[(out_tiles(cfg), split)](*head, out, *dims, *out_strides, red_per, *tail, **consts, **cfg)
+    if split > 1:
+        _reduce_splits(out, res)
+    return res
+
+
 def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                     step_counter: torch.Tensor, pending: int, in_features: int, group_size: int, strength: float,
                     *, config: Optional[dict] = None) -> torch.Tensor:
@@ -299,28 +339,8 @@ def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, co
     N, G = _check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     _check_scalars(pending, strength)
     _check_act(x, "x", in_features, "in_features", T_packed.device)
-    M, K = x.shape[0], in_features
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    if M == 0:
-        return y
-    consts = {"GS": group_size, "DOT_PRECISION": _dot_precision(x.dtype)}
-    head = (x, T_packed, E, corr_accum, step_counter)
-    dims = (M, N, K, G, K // 4, x.stride(0), x.stride(1))
-    tail = (pending, float(strength), _m_key(M))
-    cfg = _pick_config(config, M, K, lambda c: triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),
-                       "fwd", x.dtype, x.device)
-    if cfg is None:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)  # noqa: E731
-        _fwd_tuned[grid](*head, y, *dims, y.stride(0), y.stride(1), 0, K, *tail, **consts)
-        return y
-    k_per, split = _split_len(K, cfg.pop("SPLIT", 1), cfg["BLOCK_K"])
-    out = y if split == 1 else torch.empty(split, M, N, dtype=torch.float32, device=x.device)
-    out_strides = (N, 1, M * N) if split > 1 else (y.stride(0), y.stride(1), 0)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), split)
-    ternary_fwd_kernel[grid](*head, out, *dims, *out_strides, k_per, *tail, **consts, **cfg)
-    if split > 1:
-        _reduce_splits(out, y)
-    return y
+    return _launch_linear(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G, in_features,
+                          "fwd", config)
 
 
 def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
@@ -330,28 +350,8 @@ def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor
     N, G = _check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     _check_scalars(pending, strength)
     _check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
-    M, K = grad_y.shape[0], in_features
-    gx = torch.empty(M, K, dtype=grad_y.dtype, device=grad_y.device)
-    if M == 0:
-        return gx
-    consts = {"GS": group_size, "DOT_PRECISION": _dot_precision(grad_y.dtype)}
-    head = (grad_y, T_packed, E, corr_accum, step_counter)
-    dims = (M, N, K, G, K // 4, grad_y.stride(0), grad_y.stride(1))
-    tail = (pending, float(strength), _m_key(M))
-    cfg = _pick_config(config, M, N, lambda c: triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),
-                       "gx", grad_y.dtype, grad_y.device)
-    if cfg is None:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]), 1)  # noqa: E731
-        _gx_tuned[grid](*head, gx, *dims, gx.stride(0), gx.stride(1), 0, N, *tail, **consts)
-        return gx
-    n_per, split = _split_len(N, cfg.pop("SPLIT", 1), cfg["BLOCK_N"])
-    out = gx if split == 1 else torch.empty(split, M, K, dtype=torch.float32, device=grad_y.device)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]), split)
-    ternary_gradx_kernel[grid](*head, out, *dims, K if split > 1 else gx.stride(0), 1 if split > 1 else gx.stride(1),
-                               M * K if split > 1 else 0, n_per, *tail, **consts, **cfg)
-    if split > 1:
-        _reduce_splits(out, gx)
-    return gx
+    return _launch_linear(grad_y, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
+                          in_features, "gx", config)
 
 
 def ternary_correlation_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
