@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from benchmarks._device import device_tag  # noqa: E402
 
 LAYER_SHAPES = [(16384, 384, 1536), (16384, 1536, 384), (8192, 4096, 4096)]
 STEP_ROWS = {
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     import triton
     gpu = torch.cuda.get_device_name(dev)
-    tag = args.device_name or ("h100" if "H100" in gpu else "h200" if "H200" in gpu else "cuda")
+    tag = args.device_name or device_tag(gpu)
     meta = {"device": tag, "gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
             "command": "PYTHONPATH=. python benchmarks/bench_counter.py " + " ".join(argv or sys.argv[1:])}
     layers = bench_layers(args, dev)

@@ -28,24 +28,18 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._device import device_tag  # noqa: E402
+
 TRAIN_SHAPES = [(4096, 2048, 2048), (4096, 4096, 4096), (8192, 4096, 4096), (16384, 8192, 8192), (8192, 2048, 8192)]
 DECODE_SHAPES = [(m, k, n) for (k, n) in [(4096, 4096), (8192, 8192), (2048, 8192)] for m in (1, 4, 16)]
 QUICK_TRAIN = [(4096, 4096, 4096), (16384, 8192, 8192)]
 QUICK_DECODE = [(m, 4096, 4096) for m in (1, 16)] + [(1, 8192, 8192)]
-
-
-def _device_tag(name: str) -> str:
-    low = name.lower()
-    for tag in ("h100", "h200", "a100", "l40s", "l4", "4090", "3090"):
-        if tag in low:
-            return tag
-    return re.sub(r"[^a-z0-9]+", "-", low).strip("-") or "cuda"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     gs = args.group_size
     gpu_name = torch.cuda.get_device_name(dev)
-    tag = args.device_name or _device_tag(gpu_name)
+    tag = args.device_name or device_tag(gpu_name)
     train = QUICK_TRAIN if args.quick else TRAIN_SHAPES
     decode = QUICK_DECODE if args.quick else DECODE_SHAPES
     strength = 4.0

@@ -34,6 +34,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitor.components import register_linear  # noqa: E402
+from benchmarks._device import device_tag  # noqa: E402
 from arbitor.config import preset  # noqa: E402
 from arbitor.kernel.ternary_scale import ternary_step  # noqa: E402
 from arbitor.model import ArbitorLM  # noqa: E402
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
         print("bench_scale needs a CUDA device", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name()
-    tag = args.device_name or ("h100" if "H100" in name else "h200" if "H200" in name else "cuda")
+    tag = args.device_name or device_tag(name)
     batches = [int(b) for b in args.batches.split(",")]
     dense_batches = [int(b) for b in (args.dense_batches or args.batches).split(",")]
     cfg = preset(args.preset, max_ctx=max(args.ctx, 512))

@@ -39,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._device import device_tag  # noqa: E402
+
 SHAPES = {
     # nanoGPT shakespeare_char: n_layer 6, n_head 6, n_embd 384, block_size 256, batch_size 64
     "nanogpt": dict(model=dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256), batch=64, ctx=256),
@@ -206,11 +208,7 @@ def _device_slug(rows: list[dict], fallback: str) -> str:
     for r in rows:
         d = r.get("device_name", "")
         if d:
-            low = d.lower()
-            for tag in ("h100", "h200", "a100", "l4", "a10"):
-                if tag in low:
-                    return tag
-            return "cpu" if low == "cpu" else "".join(c for c in low if c.isalnum())[:16]
+            return device_tag(d)
     return fallback
 
 
@@ -221,7 +219,6 @@ def aggregate(out_dir: Path, device_name: str | None = None, command: str = "", 
     rows.sort(key=lambda r: order.get(r["name"], 99))
     slug = device_name or _device_slug(rows, "unknown")
     steps = sorted({e["step"] for r in rows for e in r["evals"] if e["step"] > 0})
-    reached = [r["step"] for r in rows if r["evals"]]
     common = max([s for s in steps if all(any(e["step"] == s for e in r["evals"]) for r in rows)], default=0)
     qat = next((r for r in rows if r["name"] == "bitnet"), None)
 

@@ -11,6 +11,23 @@ def int_data(*shape, seed):
     return torch.randint(-3, 4, shape, generator=torch.Generator().manual_seed(seed)).float()
 
 
+def _steps(layers, xs):
+    """One ballot + ``ternary_step`` per input, for each layer in turn."""
+    for x in xs:
+        for m in layers:
+            m(x).pow(2).sum().backward()
+            ternary_step(m)
+
+
+def _assert_resume_is_exact(a, b, xs):
+    """Train ``a`` on ``xs[:3]``, load its state into ``b``, train both on ``xs[3:]``: every buffer equal."""
+    _steps([a], xs[:3])
+    b.load_state_dict(a.state_dict())
+    _steps([a, b], xs[3:])
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
 def test_legacy_accumulators_follow_the_sign_votes():
     layer = TernaryScaleTensor(32, 6, group_size=8, seed=0, update="legacy", t_threshold=2, e_threshold=8)
     assert set(dict(layer.named_buffers())) == {"T_packed", "E", "T_accum", "E_accum"}
@@ -89,19 +106,9 @@ def test_flip_rate_zero_never_moves_and_resume_is_exact():
     layer(torch.randn(4, 64)).sum().backward()
     ternary_step(layer)
     assert torch.equal(layer.T_packed, T0)
-    a = TernaryScaleTensor(64, 16, group_size=16, seed=3, update="flip", flip_rate=0.2)
     xs = [torch.randn(8, 64, generator=torch.Generator().manual_seed(i)) for i in range(6)]
-    for x in xs[:3]:
-        a(x).pow(2).sum().backward()
-        ternary_step(a)
-    b = TernaryScaleTensor(64, 16, group_size=16, seed=11, update="flip", flip_rate=0.2)
-    b.load_state_dict(a.state_dict())
-    for x in xs[3:]:
-        for m in (a, b):
-            m(x).pow(2).sum().backward()
-            ternary_step(m)
-    for k, v in a.state_dict().items():
-        assert torch.equal(v, b.state_dict()[k]), k
+    _assert_resume_is_exact(TernaryScaleTensor(64, 16, group_size=16, seed=3, update="flip", flip_rate=0.2),
+                            TernaryScaleTensor(64, 16, group_size=16, seed=11, update="flip", flip_rate=0.2), xs)
 
 
 def test_bad_update_arguments():
@@ -202,19 +209,9 @@ def test_counter_layer_one_ballot_matches_independent_computation():
 def test_counter_rule_is_reproducible_and_resumes_bit_exactly():
     xs = [torch.randn(8, 36, generator=torch.Generator().manual_seed(i)) for i in range(6)]
     a, c = _counter_layer(), _counter_layer()
-    for x in xs[:3]:
-        for m in (a, c):
-            m(x).pow(2).sum().backward()
-            ternary_step(m)
+    _steps([a, c], xs[:3])
     assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
-    b = _counter_layer(seed=11)
-    b.load_state_dict(a.state_dict())
-    for x in xs[3:]:
-        for m in (a, b):
-            m(x).pow(2).sum().backward()
-            ternary_step(m)
-    for k, v in a.state_dict().items():
-        assert torch.equal(v, b.state_dict()[k]), k
+    _assert_resume_is_exact(_counter_layer(), _counter_layer(seed=11), xs)
     frozen = _counter_layer(counter_rate=0.0)
     t0, c0 = frozen.T_packed.clone(), frozen.C_packed.clone()
     frozen(xs[0]).sum().backward()
