@@ -39,7 +39,8 @@ Update rules
 stateless stochastic trit flips) and ``"counter"`` (BigInt scales plus trits on small packed
 per-weight counters ``C_packed``) are described in ``update_rules.py``. ``legacy`` and
 ``flip`` run on the torch reference ops on every device; ``counter`` uses the backend's
-forward / grad_x / correlation ops and adds the per-weight step (``counter_ops.py``).
+forward and grad_x ops, and one ``grad_W`` pass per row block (``counter_ops.py``) casts the
+scale votes and moves the trits, in place of the backend's correlation op.
 
 Initialisation (seeded)
 -----------------------
@@ -64,8 +65,9 @@ from torch import nn
 
 from . import backend as _backend
 from .bigint_scale import (E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength)
-from .packing import COUNTER_BITS, counter_packed_shape, pack_ternary, packed_shape, unpack_ternary, validate_packed
-from . import reference_ops
+from .packing import (COUNTER_BITS, counter_packed_shape, pack_counters, pack_ternary, packed_shape, unpack_ternary,
+                      validate_packed)
+from . import counter_ops, reference_ops
 from .reference_ops import block_rows_for, expand_weight
 from .update_rules import UPDATE_RULES, counter_uniform, flip_block, legacy_accumulate_block, legacy_apply
 
@@ -257,14 +259,9 @@ class TernaryScaleTensor(nn.Module):
         if update in ("flip", "counter"):
             self.register_buffer("flip_key", torch.tensor(self.seed ^ 0x5DEECE66D, dtype=torch.int64, device=dev))
         if update == "counter":
-            shape = counter_packed_shape(out_features, in_features, self.counter_bits)
-            mid = 1 << (self.counter_bits - 1)  # every counter starts mid-ladder: L // 2
-            fill = sum(mid << s for s in range(0, 8, self.counter_bits)) & 0xFF
-            C_packed = torch.full(shape, fill, dtype=torch.uint8, device=dev)
-            tail = in_features % (8 // self.counter_bits)
-            if tail and not meta:  # padding counters past in_features are 0 (packing.py)
-                C_packed[:, -1] = fill & ((1 << (tail * self.counter_bits)) - 1)
-            self.register_buffer("C_packed", C_packed)
+            mid = torch.full((out_features, in_features), 1 << (self.counter_bits - 1), dtype=torch.uint8,
+                             device=dev)  # every counter starts mid-ladder: L // 2
+            self.register_buffer("C_packed", pack_counters(mid, self.counter_bits, check=False))
 
     # ----------------------------------------------------------------- init
     def _init_state(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,10 +338,9 @@ class TernaryScaleTensor(nn.Module):
 
     def _counter_step(self, grad_y: torch.Tensor, x: torch.Tensor) -> None:
         """One ballot of the ``counter`` rule: scale votes into ``corr_accum``, then the per-weight step."""
-        from .counter_ops import counter_update_
         if self._host_key is None:
             self._host_key = int(self.flip_key)  # constant: read from the device once, not every ballot
-        counter_update_(grad_y, x, self.T_packed, self.C_packed, self.corr_accum, self._host_key,
+        counter_ops.counter_update_(grad_y, x, self.T_packed, self.C_packed, self.corr_accum, self._host_key,
                         self._host_ballots(), self.in_features, self.group_size, self.counter_bits, self.counter_rate,
                         backend=self._ops(x.device).name)
 
