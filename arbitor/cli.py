@@ -37,6 +37,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                    help="audit one TernaryScaleTensor(IN, OUT)")
     p.add_argument("--preset", help="audit the whole text model of a preset (see arbitor.config.PRESETS)")
     p.add_argument("--group-size", type=int, default=64, help="scale-group size for --layer (default 64)")
+    p.add_argument("--update-rule", default="bigint",
+                   help="update rule of the ternary layers (bigint, legacy, flip, counter; default bigint)")
+    p.add_argument("--counter-bits", type=int, default=4, help="counter bits of --update-rule counter (default 4)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
@@ -45,15 +48,17 @@ def _audit_run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         if args.layer is not None:
             raise UserError("audit: give either --layer IN OUT or --preset NAME, not both")
-        return _audit_preset(args.preset, args.json)
+        return _audit_preset(args.preset, args.json, args.update_rule, args.counter_bits)
     if args.layer is None:
         raise UserError("audit: give --layer IN OUT or --preset NAME")
     in_f, out_f = args.layer
     try:
-        model = TernaryScaleTensor(in_f, out_f, group_size=args.group_size, seed=0)
+        model = TernaryScaleTensor(in_f, out_f, group_size=args.group_size, seed=0, update=args.update_rule,
+                                   counter_bits=args.counter_bits)
     except ValueError as exc:
         raise UserError(f"audit: {exc}") from None
-    title = f"ternary audit: TernaryScaleTensor({in_f}, {out_f}, group_size={args.group_size})"
+    title = (f"ternary audit: TernaryScaleTensor({in_f}, {out_f}, group_size={args.group_size}, "
+             f"update={args.update_rule!r})")
     return _print_audit(model, title, args.json)
 
 
@@ -63,17 +68,18 @@ def _print_audit(model, title: str, as_json: bool) -> int:
     return 0
 
 
-def _audit_preset(name: str, as_json: bool) -> int:
+def _audit_preset(name: str, as_json: bool, update_rule: str = "bigint", counter_bits: int = 4) -> int:
     from .config import ConfigError, preset
     from .model import ArbitorLM
     try:
-        cfg = preset(name)
+        cfg = preset(name, update_rule=update_rule, counter_bits=counter_bits)
     except ConfigError as exc:
         raise UserError(f"audit: {exc}") from None
     with torch.device("meta"):  # shapes and dtypes are all the audit needs: no weights are drawn
         model = ArbitorLM(cfg)
     return _print_audit(model, f"ternary audit: preset {name!r} (d_model={cfg.d_model}, n_layers={cfg.n_layers}, "
-                               f"vocab={cfg.vocab_size}, linear={cfg.linear}, embedding={cfg.embedding_mode})",
+                               f"vocab={cfg.vocab_size}, linear={cfg.linear}, update={cfg.update_rule}, "
+                               f"embedding={cfg.embedding_mode})",
                         as_json)
 
 

@@ -121,3 +121,9 @@ def test_train_with_the_counter_rule(capsys, tmp_path):
     assert main(argv) == 0
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())["model"]
     assert (cfg["update_rule"], cfg["counter_bits"], cfg["counter_rate"]) == ("counter", 4, 0.5)
+
+
+def test_audit_with_the_counter_rule(capsys):
+    assert main(["audit", "--layer", "64", "32", "--group-size", "32", "--update-rule", "counter", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["state_bytes"]["C_packed"] == 64 * 32 // 2      # 4-bit counters by default
