@@ -1,5 +1,17 @@
-"""arbitor: pure ternary neural networks whose whole training state is integer."""
-from .kernel import (TernaryScaleTensor, format_audit, pack_ternary, ternary_audit, ternary_step, unpack_ternary)
+"""arbitor: pure ternary neural networks whose whole training state is integer.
 
-__version__ = "0.1.0"
-__all__ = ["TernaryScaleTensor", "ternary_step", "ternary_audit", "format_audit", "pack_ternary", "unpack_ternary"]
+Layout (imports flow one way, ``ternary.ops`` <- ``ternary`` <- ``model`` <- ``train`` <- ``cli``;
+``docs/architecture.md``):
+
+* ``arbitor.ternary`` -- the layers, their update rules and ops (torch references beside Triton kernels)
+* ``arbitor.model``   -- configs, attention, blocks, decoders, the ARB text and multimodal models
+* ``arbitor.train``   -- one ``Trainer`` with a text and a multimodal task; runs, checkpoints, metrics
+* ``arbitor.data``    -- one module per modality
+* ``arbitor.cli``     -- the ``arbitor`` command (parsing only)
+"""
+from .ternary import (SparseTernaryEmbedding, TernaryConfig, TernaryScaleTensor, UpdateRule, format_audit,
+                      pack_ternary, set_rate_factor, ternary_audit, ternary_step, unpack_ternary)
+
+__version__ = "0.2.0"
+__all__ = ["TernaryScaleTensor", "SparseTernaryEmbedding", "TernaryConfig", "UpdateRule", "ternary_step",
+           "set_rate_factor", "ternary_audit", "format_audit", "pack_ternary", "unpack_ternary"]

@@ -2,18 +2,21 @@
 
 Usage (CUDA machine)::
 
-    PYTHONPATH=. python benchmarks/bench_counter.py [--out-dir benchmarks/results] [--device-name h100]
+    PYTHONPATH=. python benchmarks/bench_counter.py [--out-dir benchmarks/results/counter] [--device-name h100]
                                                    [--steps 20] [--quick]
 
-Writes ``<out-dir>/counter-<device>.json`` and ``.md``.
+Writes ``<out-dir>/<device>.json`` and ``<out-dir>/<device>.md``.
 
 Part A, one layer, forward + backward (median ms over ``--iters`` CUDA-event-timed iterations,
 after warm-up; ``ARB_CHECK_FINITE`` off inside the layers so no host sync is timed):
 
 * ``dense``          cuBLAS: ``y = x @ W.T`` and its backward (``grad_x`` and ``grad_W``), the baseline;
-* ``bigint``         ``TernaryScaleTensor(update="bigint")``: Triton forward, grad_x, correlation;
-* ``counter-triton`` ``update="counter"``: Triton forward and grad_x, cuBLAS ``grad_W``, fused Triton step;
-* ``counter-torch``  the same with the per-weight step in plain torch ops (the reference).
+* ``bigint``         ``TernaryScaleTensor(update_rule="bigint", backend="triton")``: Triton forward, grad_x,
+                     correlation votes;
+* ``counter-triton`` ``update_rule="counter"``: Triton forward and grad_x, cuBLAS ``grad_W``, fused Triton step
+                     (``arbitor.ternary.ops.counter.counter_ballot_(impl="triton")``);
+* ``counter-torch``  the same with the per-weight step in plain torch ops (the reference,
+                     ``counter_ballot_(impl="torch")``; forced through the layer's ops table, ``_torch_step_ops``).
 
 Part B, whole training steps of the nanoGPT ``shakespeare_char`` shape (6 x 384, ctx 256, batch 64,
 fp32 activations with TF32 matmuls, as in ``benchmarks/quality.py``) on the bundled corpus:
@@ -22,6 +25,8 @@ tokens/s over ``--steps`` steps after 5 warm-up steps, one row at a time (no sha
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -34,13 +39,20 @@ import torch  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
 
 LAYER_SHAPES = [(16384, 384, 1536), (16384, 1536, 384), (8192, 4096, 4096)]
+# ModelConfig field changes per part-B row (``ternary``: TernaryConfig changes of the dense ternary layers only;
+# the embedding keeps the preset's group size)
 STEP_ROWS = {
     "dense": dict(linear="dense", dense_lr=1e-3),
     "bitnet": dict(linear="bitnet", dense_lr=1e-3),
-    "bigint-g32-s16": dict(update_rule="bigint", group_size=32, strength=16.0),
-    "counter-b4-r0.5-g128": dict(update_rule="counter", group_size=128, strength=16.0, counter_bits=4,
-                                 counter_rate=0.5),
+    "bigint-g32-s16": dict(ternary=dict(update_rule="bigint", group_size=32, strength=16.0)),
+    "counter-b4-r0.5-g128": dict(ternary=dict(update_rule="counter", group_size=128, strength=16.0, counter_bits=4,
+                                              counter_rate=0.5)),
 }
+LAYER_ROWS = (  # name, TernaryScaleTensor settings, impl of the counter rule's per-weight step (None: the table's)
+    ("bigint", dict(update_rule="bigint"), None),
+    ("counter-triton", dict(update_rule="counter", counter_bits=4, counter_rate=0.5), None),
+    ("counter-torch", dict(update_rule="counter", counter_bits=4, counter_rate=0.5), "torch"),
+)
 
 
 def _time(fn, iters: int, warmup: int = 3) -> float:
@@ -57,9 +69,20 @@ def _time(fn, iters: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def _torch_step_ops(dev):
+    """The Triton ops table with the ``counter`` rule's per-weight step swapped for the torch reference.
+
+    Forward, grad_x and the ``grad_W`` GEMM stay as on a Triton layer; only ``counter_ballot_``'s
+    per-block step runs as plain torch ops (``impl="torch"``).
+    """
+    from arbitor.ternary.ops.backend import get_ops
+    from arbitor.ternary.ops.counter import counter_ballot_
+    return dataclasses.replace(get_ops(dev, "triton"), counter_ballot_=functools.partial(counter_ballot_, impl="torch"))
+
+
 def bench_layers(args, dev) -> list[dict]:
-    from arbitor.kernel import counter_ops
-    from arbitor.kernel.ternary_scale import TernaryScaleTensor, ternary_step
+    from arbitor.ternary.layer import TernaryScaleTensor
+    from arbitor.ternary.step import ternary_step
     rows = []
     shapes = LAYER_SHAPES[:2] if args.quick else LAYER_SHAPES
     for (M, K, N) in shapes:
@@ -70,28 +93,17 @@ def bench_layers(args, dev) -> list[dict]:
         def dense():
             (x @ W.t()).backward(gy)
         rec = {"M": M, "K": K, "N": N, "dense_ms": _time(dense, args.iters)}
-        for name, kw, step_backend in (("bigint", dict(update="bigint"), None),
-                                       ("counter-triton", dict(update="counter"), "triton"),
-                                       ("counter-torch", dict(update="counter"), "torch")):
-            layer = TernaryScaleTensor(K, N, group_size=128, seed=1, device=dev, counter_bits=4, counter_rate=0.5,
-                                       strength=16.0, **kw)
+        for name, kw, step_impl in LAYER_ROWS:
+            layer = TernaryScaleTensor(K, N, group_size=128, seed=1, device=dev, strength=16.0, backend="triton", **kw)
             layer.check_finite = False
-            if step_backend is not None:
-                orig = counter_ops.counter_update_
-
-                def forced(*a, _b=step_backend, _orig=orig, **k):
-                    k["backend"] = _b
-                    return _orig(*a, **k)
-                counter_ops.counter_update_ = forced
+            if step_impl == "torch":  # this instance only: its op-table lookup returns the torch-step table
+                ops = _torch_step_ops(dev)
+                layer._ops = lambda device, _ops=ops: _ops
 
             def run():
                 layer(x).backward(gy)
                 ternary_step(layer)
-            try:
-                rec[f"{name}_ms"] = _time(run, args.iters)
-            finally:
-                if step_backend is not None:
-                    counter_ops.counter_update_ = orig
+            rec[f"{name}_ms"] = _time(run, args.iters)
         for name in ("bigint", "counter-triton", "counter-torch"):
             rec[f"{name}_vs_dense"] = rec[f"{name}_ms"] / rec["dense_ms"]
         rows.append(rec)
@@ -101,14 +113,14 @@ def bench_layers(args, dev) -> list[dict]:
 
 def bench_steps(args, dev) -> list[dict]:
     from arbitor.data import BUNDLED_TEXT_PATH
-    from arbitor.main import TrainConfig, build_trainer
+    from arbitor.train import ModelSettings, TextConfig, TrainConfig, build_run
     torch.set_float32_matmul_precision("high")
     out = []
     for name, over in STEP_ROWS.items():
-        tcfg = TrainConfig(steps=args.steps + 5, batch=64, ctx=256, eval_interval=0, eval_batches=1,
-                           text_data=args.data or str(BUNDLED_TEXT_PATH), vocab="char")
+        tcfg = TrainConfig(steps=args.steps + 5, batch=64, ctx=256, eval_interval=0, eval_batches=1)
+        text = TextConfig(text_data=args.data or str(BUNDLED_TEXT_PATH), vocab="char")
         model = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256, **over)
-        tr = build_trainer(tcfg, None, "small", overrides=model, device=dev)
+        tr = build_run("text", tcfg, text, settings=ModelSettings(preset="small"), device=dev, model_fields=model)
         for _ in range(5):
             tr.train_step()
         torch.cuda.synchronize()
@@ -151,7 +163,7 @@ def to_markdown(meta: dict, layers: list[dict], steps: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None, help="text for part B (default: the bundled corpus)")
-    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--out-dir", default="benchmarks/results/counter")
     ap.add_argument("--device-name", default=None)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--steps", type=int, default=20)
@@ -170,8 +182,8 @@ def main(argv=None) -> int:
     steps = bench_steps(args, dev)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"counter-{tag}.json").write_text(json.dumps({"meta": meta, "layers": layers, "steps": steps}, indent=1))
-    (out / f"counter-{tag}.md").write_text(to_markdown(meta, layers, steps))
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "layers": layers, "steps": steps}, indent=1))
+    (out / f"{tag}.md").write_text(to_markdown(meta, layers, steps))
     print(to_markdown(meta, layers, steps))
     return 0
 

@@ -2,17 +2,22 @@
 
 Usage (CUDA machine)::
 
-    PYTHONPATH=. python benchmarks/bench_kernels.py [--dtype bf16] [--group-size 64] [--out-dir benchmarks/results]
+    PYTHONPATH=. python benchmarks/bench_kernels.py [--dtype bf16] [--group-size 64]
+                                                    [--out-dir benchmarks/results/kernels]
                                                     [--quick] [--no-torch-ref] [--device-name h100]
 
-Writes ``<out-dir>/kernels-<device>.json`` and ``<out-dir>/kernels-<device>.md``.
+Writes ``<out-dir>/<device>.json`` and ``<out-dir>/<device>.md`` (``--sign-agreement``:
+``<out-dir>/sign-agreement-<device>.json``).
 
 For each shape ``(M, K, N)``:
 
 * ``forward``   ternary ``y = x @ W_eff.T``   vs cuBLAS ``x @ W.T`` (bf16, same M, K, N)
-* ``grad_x``    ternary ``grad_y @ W_eff``    vs cuBLAS ``grad_y @ W``
+  (``arbitor.ternary.ops.linear_triton.ternary_forward``)
+* ``grad_x``    ternary ``grad_y @ W_eff``    vs cuBLAS ``grad_y @ W`` (``linear_triton.ternary_grad_x``)
 * ``corr``      direct correlation votes into ``corr_accum`` vs cuBLAS weight-gradient GEMM ``grad_y.T @ x``
-* ``torch_ref`` the torch reference backend for the same op (training shapes: forward and fused backward)
+  (``arbitor.ternary.ops.votes_triton.ternary_correlation_``)
+* ``torch_ref`` the torch reference backend for the same op (training shapes: forward, ``linear.linear_forward_torch``,
+  and backward, ``linear.linear_grad_x_torch`` + ``votes.bigint_votes_torch_``)
 
 Times are ``triton.testing.do_bench_cudagraph`` medians (ms): the op is captured in a CUDA
 graph and replayed, so Python launch overhead is excluded for both sides (decode rows also
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"], help="activation dtype")
     ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out-dir",
+                    default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kernels"))
     ap.add_argument("--device-name", default=None, help="tag used in the file names (default: from the GPU name)")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--no-torch-ref", action="store_true", help="skip the torch reference backend")
@@ -62,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     import triton
     from triton.testing import do_bench, do_bench_cudagraph
 
-    from arbitor.kernel import reference_ops, triton_ops
-    from arbitor.kernel.bigint_scale import bigint_scale
-    from arbitor.kernel.packing import pack_ternary
+    from arbitor.ternary.format import pack_ternary
+    from arbitor.ternary.ops.linear import linear_forward_torch, linear_grad_x_torch
+    from arbitor.ternary.ops.linear_triton import ternary_forward, ternary_grad_x
+    from arbitor.ternary.ops.votes import bigint_votes_torch_
+    from arbitor.ternary.ops.votes_triton import ternary_correlation_
 
     dev = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -99,27 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(M, K, device=dev, dtype=dtype)
         gy = torch.randn(M, N, device=dev, dtype=dtype)
         W = torch.randn(N, K, device=dev, dtype=dtype)
-        S = bigint_scale(E, corr, step + pending, gs, strength)
+        state = (T_packed, E, corr, step, pending, K, gs, strength)  # what every linear op reads
         flops = 2.0 * M * N * K
         decode_shape = M <= 16
         tern_bytes = N * K / 4 + N * (K // gs) * 9 + (M * K + M * N) * x.element_size()
         bf16_bytes = N * K * 2 + (M * K + M * N) * x.element_size()
 
         # correctness of the tuned kernels at this shape (vs the float32 torch reference on a row slice)
-        y = triton_ops.ternary_forward(x, T_packed, E, corr, step, pending, K, gs, strength)
+        y = ternary_forward(x, *state)
         sl = slice(0, min(M, 256))
-        y_ref = reference_ops.ternary_linear_forward(x[sl].float(), T_packed, S, K, gs)
+        y_ref = linear_forward_torch(x[sl].float(), *state)
         fwd_err = ((y[sl].float() - y_ref).norm() / y_ref.norm()).item()
         del y, y_ref
 
         ops = {}
-        ops["forward"] = (lambda: triton_ops.ternary_forward(x, T_packed, E, corr, step, pending, K, gs, strength),
-                          lambda: x @ W.t())
-        ops["grad_x"] = (lambda: triton_ops.ternary_grad_x(gy, T_packed, E, corr, step, pending, K, gs, strength),
-                         lambda: gy @ W)
+        ops["forward"] = (lambda: ternary_forward(x, *state), lambda: x @ W.t())
+        ops["grad_x"] = (lambda: ternary_grad_x(gy, *state), lambda: gy @ W)
         if not decode_shape:
             c_scratch = torch.zeros_like(corr)
-            ops["corr"] = (lambda: triton_ops.ternary_correlation_(gy, x, T_packed, c_scratch, K, gs),
+            ops["corr"] = (lambda: ternary_correlation_(gy, x, T_packed, c_scratch, K, gs),
                            lambda: gy.t() @ x)
         for name, (tern_fn, blas_fn) in ops.items():
             tern_fn()
@@ -141,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
         if not decode_shape and not args.no_torch_ref:
             c_ref = torch.zeros_like(corr)
-            # the reference copies a small CPU constant per call, which CUDA graphs cannot capture: eager timing
-            t_ref_f = bench_eager(lambda: reference_ops.ternary_linear_forward(x, T_packed, S, K, gs), rep=20)
-            t_ref_b = bench_eager(lambda: reference_ops.ternary_linear_backward(gy, x, T_packed, S, K, gs), rep=20)
-            t_tri_b = bench(lambda: (triton_ops.ternary_grad_x(gy, T_packed, E, corr, step, pending, K, gs, strength),
-                                     triton_ops.ternary_correlation_(gy, x, T_packed, c_ref, K, gs)))
+            c_torch = torch.zeros_like(corr)  # votes go into scratch accumulators, never into the state `corr`
+            # the torch reference backend is timed eagerly (do_bench), as it runs in a layer; backward = grad_x
+            # then the votes, the two ops the layer's torch backward calls (bigint rule)
+            t_ref_f = bench_eager(lambda: linear_forward_torch(x, *state), rep=20)
+            t_ref_b = bench_eager(lambda: (linear_grad_x_torch(gy, *state),
+                                           bigint_votes_torch_(gy, x, T_packed, c_torch, K, gs)), rep=20)
+            t_tri_b = bench(lambda: (ternary_grad_x(gy, *state),
+                                     ternary_correlation_(gy, x, T_packed, c_ref, K, gs)))
             row = {"op": "torch_ref", "M": M, "K": K, "N": N, "group_size": gs, "dtype": args.dtype,
                    "torch_forward_ms": t_ref_f, "torch_backward_ms": t_ref_b, "triton_backward_ms": t_tri_b,
                    "forward_speedup_vs_torch": t_ref_f / next(r["ternary_ms"] for r in rows
@@ -153,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                    "backward_speedup_vs_torch": t_ref_b / t_tri_b}
             rows.append(row)
             print(json.dumps(row), flush=True)
-        del t, T_packed, E, corr, x, gy, W, S
+        # free this shape's tensors before the next one (rebinding, not ``del``: the timing lambdas close over them)
+        t = T_packed = E = corr = x = gy = W = state = None
         torch.cuda.empty_cache()
 
     meta = {"device": gpu_name, "device_tag": tag, "torch": torch.__version__, "triton": triton.__version__,
@@ -163,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             "autotune": os.environ.get("ARB_TRITON_AUTOTUNE", "1"), "wall_s": round(time.time() - t_start, 1),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, f"kernels-{tag}.json"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{tag}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out_dir, f"kernels-{tag}.md"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{tag}.md"), "w") as f:
         f.write(to_markdown(meta, rows))
     print(to_markdown(meta, rows))
     return 0
@@ -174,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
 def sign_agreement(args, dev, tag: str, gpu_name: str) -> int:
     """How often the Triton votes differ from the torch reference on random N(0,1) data.
 
-    Both take ``sign`` of the same fp32 sums accumulated in a different order (the reference:
-    cuBLAS fp32 GEMM of the upcast inputs, TF32 off), so only sums within rounding error of 0
-    can disagree. Also checks that three Triton runs give identical votes.
+    Both take ``sign`` of the same fp32 sums accumulated in a different order (the reference,
+    ``votes.bigint_votes_torch_``: cuBLAS fp32 GEMM of the upcast inputs, TF32 off), so only sums
+    within rounding error of 0 can disagree. Also checks that three Triton runs
+    (``votes_triton.ternary_correlation_``) give identical votes.
     """
     import triton
-    from arbitor.kernel import reference_ops, triton_ops
-    from arbitor.kernel.packing import pack_ternary
+    from arbitor.ternary.format import pack_ternary
+    from arbitor.ternary.ops.votes import bigint_votes_torch_
+    from arbitor.ternary.ops.votes_triton import ternary_correlation_
     torch.backends.cuda.matmul.allow_tf32 = False
     gs = args.group_size
     out = []
@@ -194,10 +206,11 @@ def sign_agreement(args, dev, tag: str, gpu_name: str) -> int:
             runs = []
             for _ in range(3):
                 c = torch.zeros(N, K // gs, dtype=torch.int64, device=dev)
-                triton_ops.ternary_correlation_(gy, x, T_packed, c, K, gs)
+                ternary_correlation_(gy, x, T_packed, c, K, gs)
                 runs.append(c)
             deterministic = all(torch.equal(runs[0], r) for r in runs[1:])
-            ref = reference_ops.ternary_correlation(gy, x, T_packed, K, gs)
+            ref = torch.zeros(N, K // gs, dtype=torch.int64, device=dev)
+            bigint_votes_torch_(gy, x, T_packed, ref, K, gs)  # adds into zeros, so ref holds exactly the votes
             diff = (runs[0] - ref).abs()
             row = {"M": M, "K": K, "N": N, "group_size": gs, "dtype": str(dtype).replace("torch.", ""),
                    "deterministic_3_runs": deterministic,

@@ -2,14 +2,14 @@
 
 Usage (CUDA machine)::
 
-    PYTHONPATH=. python benchmarks/bench_scale.py [--preset 3b] [--out-dir benchmarks/results]
+    PYTHONPATH=. python benchmarks/bench_scale.py [--preset 3b] [--out-dir benchmarks/results/scale]
                                                   [--batches 8,16,24,32] [--ctx 512] [--steps 4]
 
-Writes ``<out-dir>/scale-<device>.json`` and ``.md``. In one process, in this order:
+Writes ``<out-dir>/<device>.json`` and ``<out-dir>/<device>.md``. In one process, in this order:
 
-1. the spec's 3-step memory probe at batch 1 x ctx 4 (``arbitor.probe.probe_memory``);
+1. the spec's 3-step memory probe at batch 1 x ctx 4 (``arbitor.train.probe.probe_memory``);
 2. the same probe at batch 8 x ctx 512;
-3. arbitor training throughput (forward, backward with streamed integer votes, ``ternary_step``)
+3. arbitor training throughput (forward, backward with streamed integer votes, ``arbitor.ternary.step.ternary_step``)
    at 8 x 512 and at larger batches while the peak stays <= 8 GiB (``--mem-cap-gb``);
    a ``torch.profiler`` table of where one step's GPU time goes;
 4. the same architecture as a dense bf16 PyTorch model (``nn.Linear`` weights in bf16, fused
@@ -33,12 +33,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arbitor.components import register_linear  # noqa: E402
+from arbitor.model.config import preset  # noqa: E402
+from arbitor.model.layers import register_linear  # noqa: E402
+from arbitor.model.text import ArbitorLM  # noqa: E402
+from arbitor.ternary.step import ternary_step  # noqa: E402
+from arbitor.train.probe import probe_memory  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
-from arbitor.config import preset  # noqa: E402
-from arbitor.kernel.ternary_scale import ternary_step  # noqa: E402
-from arbitor.model import ArbitorLM  # noqa: E402
-from arbitor.probe import probe_memory  # noqa: E402
 
 _MB = 2 ** 20
 
@@ -129,7 +129,7 @@ def _throughput(label, build, step_factory, cfg, batches, ctx, steps, cap_mb, re
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="3b")
-    ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "scale"))
     ap.add_argument("--device-name", default=None)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--batches", default="8,16,24,32")
@@ -177,8 +177,8 @@ def main(argv=None) -> int:
     report["total_s"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"scale-{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"scale-{tag}.md").write_text(markdown(report) + "\n")
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{tag}.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     return 0
 

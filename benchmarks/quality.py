@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=. python benchmarks/quality.py DATA_PATH [--steps 600] [--eval-at 100,200,...]
-        [--rows dense,bitnet,...] [--device cuda] [--out-dir benchmarks/results] [--parallel K]
+        [--rows dense,bitnet,...] [--device cuda] [--out-dir benchmarks/results/quality/<name>] [--parallel K]
         [--time-limit 520] [--shape nanogpt|tiny]
     PYTHONPATH=. python benchmarks/quality.py --aggregate OUT_DIR [--device-name h100]   # re-render
 
@@ -50,29 +50,17 @@ SHAPES = {
     "tiny": dict(model=dict(d_model=128, n_layers=1, n_heads=4, mlp_mult=2, max_ctx=32), batch=4, ctx=32),
 }
 
-# name -> (label, ModelConfig overrides, trainer hook settings)
-ROWS: dict[str, tuple[str, dict, dict]] = {
-    "dense": ("dense float, AdamW lr 1e-3", dict(linear="dense", dense_lr=1e-3), {}),
-    "bitnet": ("BitNet b1.58 QAT, AdamW lr 1e-3", dict(linear="bitnet", dense_lr=1e-3), {}),
+# name -> (label, ModelConfig changes; "ternary" holds the TernaryConfig changes)
+ROWS: dict[str, tuple[str, dict]] = {
+    "dense": ("dense float, AdamW lr 1e-3", dict(linear="dense", dense_lr=1e-3)),
+    "bitnet": ("BitNet b1.58 QAT, AdamW lr 1e-3", dict(linear="bitnet", dense_lr=1e-3)),
 }
 for _g in (32, 64, 128):
     for _s in (4, 16):
         ROWS[f"bigint-g{_g}-s{_s}"] = (f"arbitor bigint (spec), group {_g}, strength {_s}",
-                                       dict(update_rule="bigint", group_size=_g, strength=float(_s)), {})
-ROWS["legacy-g32"] = ("arbitor legacy T_accum/E_accum, group 32",
-                      dict(update_rule="legacy", group_size=32), {})
-ROWS["flip-g32-s16"] = ("arbitor flip (BigInt + hashed trit flips, rate 0.02), group 32, strength 16",
-                        dict(update_rule="flip", group_size=32, strength=16.0, flip_rate=0.02), {})
-ROWS["flip005-g32-s16"] = ("arbitor flip (rate 0.005), group 32, strength 16",
-                           dict(update_rule="flip", group_size=32, strength=16.0, flip_rate=0.005), {})
-ROWS["leaky32-g32-s16"] = ("arbitor bigint + leaky window 32 ballots, group 32, strength 16",
-                           dict(update_rule="bigint", group_size=32, strength=16.0), dict(window=32))
-ROWS["leaky128-g32-s16"] = ("arbitor bigint + leaky window 128 ballots, group 32, strength 16",
-                            dict(update_rule="bigint", group_size=32, strength=16.0), dict(window=128))
-ROWS["flipleaky64-g32-s16"] = ("arbitor flip rate 0.02 + leaky window 64, group 32, strength 16",
-                               dict(update_rule="flip", group_size=32, strength=16.0, flip_rate=0.02),
-                               dict(window=64))
-
+                                       dict(ternary=dict(update_rule="bigint", group_size=_g, strength=float(_s))))
+# The dense legacy rule, the stateless "flip" rule and the leaky window lost the study (docs/quality.md keeps
+# their rows as history) and were removed with arbitor 0.2.
 
 
 def counter_row(bits: int, rate: float, group: int, strength: float = 16.0) -> str:
@@ -81,7 +69,8 @@ def counter_row(bits: int, rate: float, group: int, strength: float = 16.0) -> s
     ROWS.setdefault(name, (
         f"arbitor counter (BigInt + trits on {bits}-bit packed counters, rate {rate:g}), group {group}, "
         f"strength {strength:g}",
-        dict(update_rule="counter", group_size=group, strength=strength, counter_bits=bits, counter_rate=rate), {}))
+        dict(ternary=dict(update_rule="counter", group_size=group, strength=strength, counter_bits=bits,
+                          counter_rate=rate))))
     return name
 
 
@@ -106,7 +95,7 @@ FLOAT_STATE_BYTES = 12  # fp32 weight + AdamW exp_avg + exp_avg_sq (gradients ar
 
 # ------------------------------------------------------------------------------------------ worker
 def _state_bytes_per_weight(model) -> dict:
-    from arbitor.kernel.ternary_audit import ternary_audit
+    from arbitor.ternary.audit import ternary_audit
     a = ternary_audit(model)
     fl = a["trainable_float_params"]
     weights = a["logical_ternary_weights"] + fl
@@ -118,13 +107,12 @@ def _state_bytes_per_weight(model) -> dict:
 
 def run_row(args) -> int:
     import torch
-    from arbitor.main import TrainConfig, build_trainer
-    from arbitor.kernel.gap_rules import leaky_window
+    from arbitor.train import ModelSettings, TextConfig, TrainConfig, build_run
 
     name = args.row
     if name not in ROWS:
         _parse_counter_row(name)
-    label, overrides, hooks = ROWS[name]
+    label, overrides = ROWS[name]
     shape = SHAPES[args.shape]
     out = Path(args.out_dir) / "rows"
     out.mkdir(parents=True, exist_ok=True)
@@ -135,10 +123,10 @@ def run_row(args) -> int:
     eval_at = sorted({int(s) for s in args.eval_at.split(",") if s} | {args.steps})
     eval_at = [s for s in eval_at if s <= args.steps]
     tcfg = TrainConfig(steps=args.steps, batch=shape["batch"], ctx=shape["ctx"], eval_interval=0,
-                       eval_batches=args.eval_batches, val_fraction=0.1, seed=args.seed, vocab="char",
-                       text_data=args.data, schedule=args.schedule, warmup_steps=args.warmup_steps,
-                       min_rate_ratio=args.min_rate_ratio)
-    rec = {"name": name, "label": label, "overrides": overrides, "hooks": hooks, "shape": args.shape,
+                       eval_batches=args.eval_batches, seed=args.seed, schedule=args.schedule,
+                       warmup_steps=args.warmup_steps, min_rate_ratio=args.min_rate_ratio)
+    text = TextConfig(text_data=args.data, vocab="char", val_fraction=0.1)
+    rec = {"name": name, "label": label, "overrides": overrides, "shape": args.shape,
            "batch": shape["batch"], "ctx": shape["ctx"], "steps_target": args.steps, "evals": [],
            "status": "running", "step": 0}
 
@@ -148,8 +136,10 @@ def run_row(args) -> int:
         os.replace(tmp, path)
 
     try:
-        ovr = dict(shape["model"], **overrides, seed=args.seed)  # --seed: model init and data order
-        trainer = build_trainer(tcfg, None, "small", overrides=ovr, device=args.device)
+        # the "small" preset's ternary settings, the shape's size, the row's changes; --seed (TrainConfig.seed)
+        # seeds the model init and the data order
+        trainer = build_run("text", tcfg, text, ModelSettings(preset="small"), device=args.device,
+                            model_fields=dict(shape["model"], **overrides))
         rec.update(_state_bytes_per_weight(trainer.model))
         rec["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
         if dev.type == "cuda":
@@ -158,7 +148,6 @@ def run_row(args) -> int:
         rec["evals"].append({"step": 0, "tokens": 0, **first})
         save()
         train_time = 0.0
-        window = hooks.get("window")
         last_loss = float("nan")
         while trainer.step < args.steps:
             if time.time() > args.deadline:
@@ -172,8 +161,6 @@ def run_row(args) -> int:
             except FloatingPointError as exc:
                 rec["status"] = f"diverged: {exc}"[:200]
                 break
-            if window:
-                leaky_window(trainer.model, window)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             train_time += time.perf_counter() - t0
@@ -269,8 +256,7 @@ def aggregate(out_dir: Path, device_name: str | None = None, command: str = "", 
                    and e["val_loss"] < 6]
             if not pts:
                 continue
-            style = "-" if r["name"] in ("dense", "bitnet") else ("--" if "leaky" in r["name"] or "flip" in
-                                                                   r["name"] else ":")
+            style = "-" if r["name"] in ("dense", "bitnet") else ("--" if r["name"].startswith("counter") else ":")
             ax.plot(*zip(*pts), style, marker="o", ms=3, lw=2 if r["name"] in ("dense", "bitnet") else 1.2,
                     label=r["name"])
         ax.set_xlabel("step (x %d tokens)" % result.get("tokens_per_step", 0))
@@ -295,13 +281,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--out-dir", default="benchmarks/results/quality/latest")
     ap.add_argument("--parallel", type=int, default=0, help="rows at a time (0: all)")
     ap.add_argument("--time-limit", type=float, default=520.0, help="seconds; workers stop at their next step")
     ap.add_argument("--shape", default="nanogpt", choices=sorted(SHAPES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
-                    help="every row alike: AdamW lr and the ternary counter/flip rates (TrainConfig.schedule)")
+                    help="every row alike: AdamW lr and the ternary rules' rates (TrainConfig.schedule)")
     ap.add_argument("--warmup-steps", type=int, default=0)
     ap.add_argument("--min-rate-ratio", type=float, default=0.1)
     ap.add_argument("--row", help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""Run every Triton ternary kernel once on odd shapes, for ``compute-sanitizer`` (CUDA only).
+"""Run the Triton linear, vote and scale kernels once on odd shapes, for ``compute-sanitizer`` (CUDA only).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
         python benchmarks/sanitize_kernels.py
@@ -6,7 +6,8 @@
 Without the caching allocator every tensor is its own allocation, so an out-of-bounds
 read or write by a kernel lands outside it and memcheck reports it. Covers: group
 inside / equal to / spanning K tiles, M/N/K tails, decode M, strided x, all dtypes,
-and the default (untuned) configs.
+and the default (untuned) configs. Kernels: ``arbitor.ternary.ops.linear_triton`` (``ternary_forward``,
+``ternary_grad_x``, ``ternary_scale``) and ``arbitor.ternary.ops.votes_triton`` (``ternary_correlation_``).
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import sys
 
 import torch
 
-from arbitor.kernel import triton_ops
-from arbitor.kernel.packing import pack_ternary
+from arbitor.ternary.format import pack_ternary
+from arbitor.ternary.ops import linear_triton, votes_triton
 
 CASES = [  # M, K, N, group_size, config
     (37, 96, 45, 16, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64)),
@@ -42,10 +43,10 @@ def main() -> int:
             step = torch.tensor(3, dtype=torch.int64, device=dev)
             xs = torch.randn(M, 2 * K, device=dev, dtype=dtype)[:, ::2]  # strided
             gy = torch.randn(M, N, device=dev, dtype=dtype)
-            triton_ops.ternary_forward(xs, T_packed, E, corr, step, 1, K, gs, 4.0, config=cfg)
-            triton_ops.ternary_grad_x(gy, T_packed, E, corr, step, 1, K, gs, 4.0, config=cfg)
-            triton_ops.ternary_correlation_(gy, xs, T_packed, corr, K, gs, config=cfg)
-            triton_ops.ternary_scale(E, corr, step, 1, gs, 4.0)
+            linear_triton.ternary_forward(xs, T_packed, E, corr, step, 1, K, gs, 4.0, config=cfg)
+            linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, 1, K, gs, 4.0, config=cfg)
+            votes_triton.ternary_correlation_(gy, xs, T_packed, corr, K, gs, config=cfg)
+            linear_triton.ternary_scale(E, corr, step, 1, gs, 4.0)
             n += 4
     torch.cuda.synchronize()
     print(f"sanitize_kernels: {n} kernel launches completed")

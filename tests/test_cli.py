@@ -32,8 +32,8 @@ def _err(capsys, argv):
     (["train", "--text-data", TEXT, "--device", "cuda:7"], "CUDA"),
     (["train", "--text-data", TEXT, "--backend", "triton"], "needs CUDA"),
     (["train", "--text-data", TEXT, "--steps", "0"], "must be > 0"),
-    (["train", "--text-data", TEXT, "--update-rule", "counter", "--counter-bits", "3"], "counter_bits must be"),
-    (["train", "--text-data", TEXT, "--update-rule", "adam"], "update_rule must be"),
+    (["train", "--text-data", TEXT, "--update-rule", "counter", "--counter-bits", "3"], "--counter-bits: invalid choice"),
+    (["train", "--text-data", TEXT, "--update-rule", "adam"], "--update-rule: invalid choice"),
     (["sample", "--run", "RUNS/nothing"], "run directory not found"),
     (["audit", "--preset", "gigantic"], "unknown preset"),
     (["audit"], "--layer IN OUT or --preset NAME"),
@@ -104,7 +104,8 @@ def test_training_script_accepts_spec_flags(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / "spec" / "config.json").read_text())
-    assert cfg["model"]["group_size"] == 8 and cfg["model"]["strength"] == 4.0 and cfg["model"]["backend"] == "torch"
+    t = cfg["model"]["ternary"]
+    assert t["group_size"] == 8 and t["strength"] == 4.0 and t["backend"] == "torch"
     r = subprocess.run(cmd[:-1] + ["--resume", "--steps", "4", "--no-progress"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
@@ -119,7 +120,7 @@ def test_train_with_the_counter_rule(capsys, tmp_path):
             "--run", "c", "--runs-dir", str(tmp_path), "--no-progress", "--update-rule", "counter",
             "--counter-bits", "4", "--counter-rate", "0.5", "--group-size", "32"]
     assert main(argv) == 0
-    cfg = json.loads((tmp_path / "c" / "config.json").read_text())["model"]
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())["model"]["ternary"]
     assert (cfg["update_rule"], cfg["counter_bits"], cfg["counter_rate"]) == ("counter", 4, 0.5)
 
 

@@ -3,15 +3,19 @@ import pytest
 import torch
 
 from arbitor.data import BUNDLED_TEXT_PATH
-from arbitor.main import TrainConfig, build_trainer
+from arbitor.ternary.layer import TernaryScaleTensor
+from arbitor.ternary.step import ternary_step
+from arbitor.train import ModelSettings, TextConfig, TrainConfig, build_run
+
+TEXT = TextConfig(text_data=str(BUNDLED_TEXT_PATH))
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_cuda_memory_does_not_grow_across_steps(backend):
-    tcfg = TrainConfig(steps=6, batch=8, ctx=64, text_data=str(BUNDLED_TEXT_PATH), eval_batches=2)
-    tr = build_trainer(tcfg, None, "small", {"backend": backend}, device="cuda")
+    tcfg = TrainConfig(steps=6, batch=8, ctx=64, eval_batches=2)
+    tr = build_run("text", tcfg, TEXT, ModelSettings(preset="small", backend=backend), device="cuda")
     tr.train_step()
     torch.cuda.synchronize()
     allocated = []
@@ -27,9 +31,9 @@ def test_cuda_memory_does_not_grow_across_steps(backend):
 
 
 def test_cuda_matches_cpu_closely():
-    tcfg = TrainConfig(steps=3, batch=4, ctx=32, text_data=str(BUNDLED_TEXT_PATH), eval_batches=2)
-    cpu = build_trainer(tcfg, None, "tiny", {"backend": "torch"})
-    gpu = build_trainer(tcfg, None, "tiny", {"backend": "torch"}, device="cuda")
+    tcfg = TrainConfig(steps=3, batch=4, ctx=32, eval_batches=2)
+    cpu = build_run("text", tcfg, TEXT, ModelSettings(backend="torch"))
+    gpu = build_run("text", tcfg, TEXT, ModelSettings(backend="torch"), device="cuda")
     for _ in range(3):
         lc, lg = cpu.train_step()["text"], gpu.train_step()["text"]
         assert abs(lc - lg) < 1e-3 * max(1.0, abs(lc)), (lc, lg)
@@ -37,9 +41,8 @@ def test_cuda_matches_cpu_closely():
 
 def test_counter_rule_on_cuda_matches_cpu_state():
     """The counter rule on CUDA (Triton grad_x, cuBLAS grad_W) moves the same trits/counters as on the CPU."""
-    from arbitor.kernel.ternary_scale import TernaryScaleTensor, ternary_step
     torch.backends.cuda.matmul.allow_tf32 = False
-    layers = {dev: TernaryScaleTensor(256, 96, group_size=32, seed=4, update="counter", counter_bits=4,
+    layers = {dev: TernaryScaleTensor(256, 96, group_size=32, seed=4, update_rule="counter", counter_bits=4,
                                       counter_rate=0.5, device=dev) for dev in ("cpu", "cuda")}
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(64, 256, generator=g) for _ in range(3)]

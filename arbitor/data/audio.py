@@ -21,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from . import DataError
+from .errors import DataError
 
 __all__ = ["load_audio", "read_wav", "synthetic_audio", "DEFAULT_SAMPLE_RATE"]
 

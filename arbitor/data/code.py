@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 from typing import Optional, Union
 
-from . import DataError
+from .errors import DataError
 
 __all__ = ["load_code", "default_code_files"]
 

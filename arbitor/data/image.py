@@ -26,7 +26,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from . import DataError
+from .errors import DataError
 
 __all__ = ["ImageSet", "load_images", "synthetic_digits", "IMAGE_SUFFIXES"]
 

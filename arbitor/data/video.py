@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import DataError
+from .errors import DataError
 from .image import IMAGE_SUFFIXES, load_images, read_image
 
 __all__ = ["load_video", "moving_digits"]

@@ -51,29 +51,38 @@ def _loss_record(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k == "step" or k == "loss" or k.startswith(("loss/", "val"))}
 
 
-def run_case(name: str, args: list[str] | None = None) -> dict:
-    """Run one case in a pinned subprocess; returns ``{"buffers": {name: sha256}, "metrics": [...]}``."""
+def run_pinned(args: list[str], cwd: Path = ROOT) -> None:
+    """``python -m arbitor ARGS`` in ``cwd`` under ``PINNED_ENV``; ``RuntimeError`` with its stderr if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "arbitor", *args], cwd=cwd, env=dict(os.environ, **PINNED_ENV),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"arbitor {' '.join(args[:1])}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+
+
+def fingerprint(run_dir: Path) -> dict:
+    """``{"buffers": {name: sha256 of dtype, shape and bytes}, "metrics": [loss records]}`` of a run directory."""
+    import torch
     from safetensors.torch import load_file
-    args = CASES[name] if args is None else args
+    tensors = load_file(Path(run_dir) / "checkpoint.safetensors")
+    buffers = {}
+    for key in sorted(tensors):
+        if not key.startswith("model."):
+            continue
+        t = tensors[key].contiguous()
+        h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        buffers[key[len("model."):]] = h.hexdigest()
+    metrics = [_loss_record(json.loads(line)) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    return {"buffers": buffers, "metrics": metrics}
+
+
+def run_case(name: str) -> dict:
+    """Run one case in a pinned subprocess; returns its ``fingerprint``."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / name
-        env = dict(os.environ, **PINNED_ENV)
-        cmd = [sys.executable, "-m", "arbitor", *args, "--run", str(run_dir)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-        tensors = load_file(run_dir / "checkpoint.safetensors")
-        buffers = {}
-        for key in sorted(tensors):
-            if not key.startswith("model."):
-                continue
-            t = tensors[key].contiguous()
-            h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(__import__("torch").uint8).numpy().tobytes())
-            buffers[key[len("model."):]] = h.hexdigest()
-        metrics = [_loss_record(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
-    return {"buffers": buffers, "metrics": metrics}
+        run_pinned([*CASES[name], "--run", str(run_dir)])
+        return fingerprint(run_dir)
 
 
 def record() -> None:

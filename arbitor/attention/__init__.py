@@ -1,4 +1,0 @@
-"""Attention modules."""
-from .context_attention import ContextAttention, KVCache
-
-__all__ = ["ContextAttention", "KVCache"]

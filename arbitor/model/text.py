@@ -1,0 +1,124 @@
+"""The ARB text model: a small GPT whose every weight is ternary.
+
+    idx [B, T] --SparseTernaryEmbedding--> x [B, T, D]
+    for each Block:
+        x = x + ContextAttention(norm(x))        # causal MHA, ternary Q/K/V/O + ternary gate
+        x = x + LTIInjection(norm(x))            # fixed-decay EMA bank, ternary readout
+        x = x + MLP(norm(x))                     # ternary up/down, squared ReLU
+    logits = TextDecoder(x)                      # RMSNorm + ternary head
+
+Projections come from ``cfg.linear`` (``layers.LINEAR_FACTORIES``); with the default
+``"ternary"`` the model has zero trainable float parameters (``ternary_audit``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ternary.embedding import SparseTernaryEmbedding
+from .attention import ContextAttention, KVCache
+from .config import ModelConfig
+from .decoders import DECODERS
+from .layers import MLP, LTIInjection, RMSNorm
+
+__all__ = ["Block", "ArbitorLM"]
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block with LTI injection. ``[B, T, D] -> [B, T, D]``."""
+
+    def __init__(self, cfg: ModelConfig, seed: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm()
+        self.attn = ContextAttention(cfg, seed)
+        self.lti = LTIInjection(cfg, seed + 10) if cfg.lti_decays else None
+        self.mlp = MLP(cfg, seed + 20)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm(x), cache, layer)
+        if self.lti is not None:
+            state = cache.lti[layer] if cache is not None and len(cache.lti) > layer else None
+            out, new_state = self.lti(self.norm(x), state)
+            if cache is not None:
+                cache.lti[layer:layer + 1] = [new_state]
+            x = x + out
+        return x + self.mlp(self.norm(x))
+
+
+class ArbitorLM(nn.Module):
+    """Token ids ``[B, T]`` -> next-token logits ``[B, T, vocab_size]``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        s = cfg.seed * 1000
+        t = cfg.ternary
+        self.embed = SparseTernaryEmbedding(cfg.vocab_size, cfg.d_model, cfg.embedding_group_size,
+                                            update_rule=cfg.embedding_update_rule, zero_fraction=t.zero_fraction,
+                                            strength=t.strength, ballot_prior=t.ballot_prior, seed=s)
+        self.blocks = nn.ModuleList(Block(cfg, s + 100 * (i + 1)) for i in range(cfg.n_layers))
+        self.decoders = nn.ModuleDict({name: DECODERS[name](cfg, s + 99 + 7 * i)
+                                       for i, name in enumerate(cfg.decoders)})
+
+    def hidden(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """``idx [B, T]`` -> final hidden states ``[B, T, D]``."""
+        past = cache.length if cache is not None else 0
+        if past + idx.shape[1] > self.cfg.max_ctx:
+            raise ValueError(f"sequence of {past + idx.shape[1]} tokens exceeds max_ctx={self.cfg.max_ctx}")
+        x = self.embed(idx).to(getattr(torch, self.cfg.compute_dtype))
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        for i, block in enumerate(self.blocks):
+            # checkpointing keeps only each block's input; its inside is recomputed in backward (the
+            # recomputed forward reads the same integer state: a layer's own votes land after it)
+            x = checkpoint(block, x, None, i, use_reentrant=False) if recompute else block(x, cache, i)
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        """Returns ``(logits [B, T, V], loss or None)`` (loss: mean nats/token of the text decoder).
+
+        With ``targets`` and ``cfg.loss_chunk_tokens > 0`` the logits are not materialised (``None``).
+        """
+        h = self.hidden(idx)
+        text = self.decoders["text"]
+        if targets is None:
+            return text(h), None
+        # with a chunked loss the full logits are never built (the point of chunking): logits = None
+        logits = None if self.cfg.loss_chunk_tokens else text(h)
+        return logits, text.loss(h, targets)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` after ``idx [B, T0]`` with a KV cache; returns ``[B, T0 + new]``.
+
+        ``temperature == 0`` picks the most likely token (greedy). When the context would pass
+        ``max_ctx`` the cache is rebuilt from the last ``max_ctx // 2`` tokens.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            cache = KVCache()
+            h = self.hidden(idx[:, -self.cfg.max_ctx:], cache)
+            out = idx
+            for _ in range(max_new_tokens):
+                logits = self.decoders["text"](h[:, -1]).float()
+                if temperature == 0:
+                    nxt = logits.argmax(-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None and top_k < logits.shape[-1]:
+                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                out = torch.cat([out, nxt], dim=1)
+                if cache.length + 1 > self.cfg.max_ctx:
+                    cache = KVCache()
+                    h = self.hidden(out[:, -(self.cfg.max_ctx // 2):], cache)
+                else:
+                    h = self.hidden(nxt, cache)
+            return out
+        finally:
+            self.train(was_training)

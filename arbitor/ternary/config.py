@@ -1,0 +1,69 @@
+"""``TernaryConfig``: every setting of a ternary layer in one place.
+
+A model config nests one (``ModelConfig.ternary``); ``TernaryScaleTensor.from_config`` builds a layer
+from it, so the model code never copies layer settings field by field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .format import COUNTER_BITS
+from .ops.backend import requested_backend
+from .rules import RULE_SETTINGS, RULES
+from .rules.counter import MAX_COUNTER_RATE
+from .scale import MAX_STRENGTH
+
+__all__ = ["TernaryConfig", "check_finite_enabled"]
+
+
+@dataclass(frozen=True)
+class TernaryConfig:
+    group_size: int = 64             # weights per scale group (power of two >= 4 dividing in_features)
+    strength: Optional[float] = None  # S = 2**(E + strength*mean_corr); None: ARB_BIGINT_CORR_STRENGTH, else 4.0
+    zero_fraction: float = 1.0 / 3.0  # share of zero trits at init
+    update_rule: str = "bigint"      # "bigint" (the spec: only scales move) or "counter" (trits on packed counters)
+    counter_bits: int = 4            # counter only: bits per weight of C_packed (1, 2, 4 or 8)
+    counter_rate: float = 0.5        # counter only: rungs per ballot per unit of row-RMS gradient (times the
+                                     # schedule's rate factor)
+    ballot_prior: int = 0            # step_counter starts at this many zero-vote ballots: damps the first
+                                     # ballots' jump (one unanimous ballot otherwise moves S by 2**strength)
+    backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        g = self.group_size
+        if not (isinstance(g, int) and not isinstance(g, bool) and g >= 4 and g & (g - 1) == 0):
+            raise ValueError(f"group_size must be a power of two >= 4, got {g!r}")
+        if self.strength is not None and not (0.0 <= self.strength <= MAX_STRENGTH):
+            raise ValueError(f"strength must be in [0, {MAX_STRENGTH:g}], got {self.strength}")
+        if not (0.0 <= self.zero_fraction < 1.0):
+            raise ValueError(f"zero_fraction must be in [0, 1), got {self.zero_fraction}")
+        if self.update_rule not in RULES:
+            raise ValueError(f"update_rule must be one of {', '.join(RULES)}, got {self.update_rule!r}")
+        if self.counter_bits not in COUNTER_BITS:
+            raise ValueError(f"counter_bits must be one of {', '.join(map(str, COUNTER_BITS))}, got {self.counter_bits!r}")
+        if not (math.isfinite(self.counter_rate) and 0.0 <= self.counter_rate <= MAX_COUNTER_RATE):
+            raise ValueError(f"counter_rate must be in [0, {MAX_COUNTER_RATE:g}], got {self.counter_rate}")
+        if not (isinstance(self.ballot_prior, int) and self.ballot_prior >= 0):
+            raise ValueError(f"ballot_prior must be a non-negative int, got {self.ballot_prior!r}")
+        if self.backend is not None:
+            requested_backend(self.backend)
+
+    def rule_settings(self) -> dict[str, Any]:
+        """The settings of the chosen rule (e.g. ``counter_bits``/``counter_rate`` for ``counter``)."""
+        return {name: getattr(self, name) for name in RULE_SETTINGS[self.update_rule]}
+
+    def replace(self, **changes: Any) -> "TernaryConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_finite_enabled() -> bool:
+    """``ARB_CHECK_FINITE`` (default on): ternary layers refuse to cast votes from non-finite gradients."""
+    return os.environ.get("ARB_CHECK_FINITE", "1").strip() not in ("0", "false", "no")

@@ -1,0 +1,294 @@
+"""``SparseTernaryEmbedding``: a ternary embedding table trained on the rows a batch touched.
+
+Each row ``v`` of the table is ``T[v] * S[v]`` with ternary ``T[v]`` (packed 2 bits
+per entry, ``packing.py``) and one scale per group of ``group_size`` consecutive
+entries. Only rows that appear in a batch are read, receive gradient and are
+updated; the rest of the table is untouched (no ``[vocab, dim]`` float gradient is
+ever built -- the backward makes a ``[touched_rows, dim]`` one).
+
+Two update rules (``update_rule=``), selectable per model (``ModelConfig.embedding_update_rule``):
+
+``"bigint"`` -- the spec's follow-up: the same BigInt correlation scaling as the dense
+``TernaryScaleTensor`` layers (the vote of ``ops/votes.py``), with the ballot counted per row::
+
+    buffers:  T_packed uint8 [V, ceil(D/4)], E int8 [V, G], corr_accum int64 [V, G],
+              step_counter int64 [V]   (ballots *this row* took part in)
+    S[v, g] = 2 ** (E[v, g] + strength * corr_accum[v, g] / (step_counter[v] * group_size))
+
+A backward that touches row ``v`` is one ballot for that row: it adds the group vote
+``-sum_{k in g} sign(dL/dW[v, k]) * T[v, k]`` (in ``[-G, G]``) to ``corr_accum[v, g]`` and 1
+to ``step_counter[v]`` -- both at once, streamed during the backward, so
+``mean_corr`` is in [-1, 1] at every moment and ``state_dict()`` is always consistent.
+A per-row counter keeps rare tokens' scales as responsive as frequent ones'.
+``T`` and ``E`` stay fixed.
+
+``"legacy"`` -- the spec's original sparse tables (the spec keeps them for embeddings and VQ
+codebooks): integer sign accumulators that flip a trit or step an exponent when a threshold is
+crossed::
+
+    buffers:  T_packed uint8 [V, ceil(D/4)], E int8 [V, G], T_accum int8 [V, D], E_accum int16 [V, G]
+    S[v, g] = 2 ** E[v, g]
+
+During backward every touched entry adds ``-sign(dL/dW[v, k])`` to ``T_accum[v, k]``
+(saturating at +-127) and every touched group adds its group vote
+``-sum sign(dL/dW) * T`` to ``E_accum[v, g]`` (saturating at the int16 range). The
+per-step update (``ternary_step()``, once per optimisation step, on the touched rows):
+
+* ``T_accum[v, k] >= t_threshold`` and ``T[v, k] < +1``: the trit moves up one
+  (-1 -> 0 or 0 -> +1), ``T_accum[v, k] = 0``;
+  ``T_accum[v, k] <= -t_threshold`` and ``T[v, k] > -1``: it moves down one, reset to 0.
+  (A saturated trit keeps its accumulator: its push goes to the group's exponent.)
+* ``E_accum[v, g] >= e_threshold``: ``E[v, g] += 1`` (the group scale doubles),
+  ``E_accum[v, g] = 0``; ``<= -e_threshold``: ``E[v, g] -= 1``; reset to 0.
+
+Defaults: ``t_threshold = 4`` consistent ballots per flip and ``e_threshold = 4 *
+group_size`` (a group-wide unanimous push held for four ballots). Both are integers.
+
+Initialisation (seeded, ``init.py``): ``T`` as in ``TernaryScaleTensor`` (``zero_fraction`` zeros,
++-1 equally likely otherwise); ``E`` drawn per group as ``a`` or ``a+1`` so that the
+expected entry variance is ``init_var`` (default 1: unit-variance embeddings). A ``bigint`` table's
+per-row ``step_counter`` starts at ``ballot_prior`` zero-vote ballots.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import check_finite_enabled
+from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
+from .init import draw_exponents, draw_trits
+from .ops.votes import group_votes
+from .scale import E_MAX, E_MIN, bigint_scale, check_strength, default_strength
+
+__all__ = ["SparseTernaryEmbedding", "EMBEDDING_RULES"]
+
+EMBEDDING_RULES = ("bigint", "legacy")
+_INT16_MAX = 32767
+
+
+class _EmbeddingFn(torch.autograd.Function):
+    """``out[b, t] = W[idx[b, t]]``; backward sends votes of the touched rows into the integer state."""
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, idx: torch.Tensor, module: "SparseTernaryEmbedding") -> torch.Tensor:
+        rows, inv = torch.unique(idx.reshape(-1), return_inverse=True)
+        w = module.rows_weight(rows)                       # [U, D] float32
+        out = w.index_select(0, inv).view(*idx.shape, module.dim)
+        ctx.save_for_backward(rows, inv)
+        ctx.module = module
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        rows, inv = ctx.saved_tensors
+        module: SparseTernaryEmbedding = ctx.module
+        if module.voting:
+            if module.check_finite and not bool(torch.isfinite(grad_out).all()):
+                raise FloatingPointError("non-finite gradient reaching SparseTernaryEmbedding: refusing to cast votes")
+            grad_rows = torch.zeros(rows.numel(), module.dim, dtype=torch.float32, device=grad_out.device)
+            grad_rows.index_add_(0, inv, grad_out.reshape(-1, module.dim).to(torch.float32))
+            module._cast_ballot(rows, grad_rows)
+        return None, None, None
+
+
+class SparseTernaryEmbedding(nn.Module):
+    """Ternary embedding table ``[num_embeddings, dim]`` with integer-only training state.
+
+    Args:
+        num_embeddings: V, vocabulary size.
+        dim: D, embedding width (multiple of ``group_size``).
+        group_size: entries per scale group (power of two >= 4).
+        update_rule: ``"bigint"`` or ``"legacy"`` (module doc).
+        zero_fraction: share of zero trits at init.
+        strength: BigInt strength (``"bigint"`` mode); default from ``ARB_BIGINT_CORR_STRENGTH``.
+        t_threshold, e_threshold: legacy flip thresholds (``e_threshold`` default ``4 * group_size``).
+        init_var: target variance of the initial entries.
+        ballot_prior: zero-vote ballots each row's ``step_counter`` starts with (``bigint``).
+        seed: seed of the ``T``/``E`` draw.
+
+    Shapes: ``idx`` int64 ``[...]`` -> float32 ``[..., dim]``.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int, group_size: int = 8, *, update_rule: str = "bigint",
+                 zero_fraction: float = 1.0 / 3.0, strength: Optional[float] = None, t_threshold: int = 4,
+                 e_threshold: Optional[int] = None, init_var: float = 1.0, ballot_prior: int = 0, seed: int = 0,
+                 device: Optional[torch.device | str] = None) -> None:
+        super().__init__()
+        if update_rule not in EMBEDDING_RULES:
+            raise ValueError(f"embedding update_rule must be one of {', '.join(EMBEDDING_RULES)}, got {update_rule!r}")
+        check_group_size(dim, group_size)
+        if not (isinstance(ballot_prior, int) and ballot_prior >= 0):
+            raise ValueError(f"ballot_prior must be a non-negative int, got {ballot_prior!r}")
+        if not (isinstance(t_threshold, int) and 1 <= t_threshold <= 127):
+            raise ValueError(f"t_threshold must be an int in [1, 127], got {t_threshold!r}")
+        e_threshold = 4 * group_size if e_threshold is None else e_threshold
+        if not (isinstance(e_threshold, int) and 1 <= e_threshold <= _INT16_MAX):
+            raise ValueError(f"e_threshold must be an int in [1, {_INT16_MAX}], got {e_threshold!r}")
+        self.num_embeddings, self.dim, self.group_size = num_embeddings, dim, group_size
+        self.in_features = dim  # rows * in_features == logical weights (audit convention)
+        self.n_groups = dim // group_size
+        self.update_rule = update_rule
+        self.zero_fraction = float(zero_fraction)
+        self.strength = check_strength(strength) if strength is not None else default_strength()
+        self.t_threshold, self.e_threshold = t_threshold, e_threshold
+        self._voting = True
+        self.check_finite = check_finite_enabled()
+        self._ballots_since_step = 0
+        self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
+
+        dev = torch.device(device) if device is not None else None
+        if (dev if dev is not None else torch.empty(0).device).type == "meta":  # shapes only (audits)
+            packed = torch.empty(packed_shape(num_embeddings, dim), dtype=torch.uint8, device="meta")
+            E = torch.empty(num_embeddings, self.n_groups, dtype=torch.int8, device="meta")
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            packed = pack_ternary(draw_trits(num_embeddings, dim, zero_fraction, gen))
+            E = draw_exponents(init_var / (1.0 - zero_fraction), num_embeddings, self.n_groups, gen)
+        self.register_buffer("T_packed", packed.to(dev))
+        self.register_buffer("E", E.to(dev))
+        if update_rule == "bigint":
+            self.register_buffer("corr_accum", torch.zeros(num_embeddings, self.n_groups, dtype=torch.int64, device=dev))
+            self.register_buffer("step_counter", torch.full((num_embeddings,), ballot_prior, dtype=torch.int64,
+                                                            device=dev))
+        else:
+            self.register_buffer("T_accum", torch.zeros(num_embeddings, dim, dtype=torch.int8, device=dev))
+            self.register_buffer("E_accum", torch.zeros(num_embeddings, self.n_groups, dtype=torch.int16, device=dev))
+
+    # ------------------------------------------------------------------ weights
+    def logical_ternary_weights(self) -> int:
+        return self.num_embeddings * self.dim
+
+    def rows_scale(self, rows: torch.Tensor) -> torch.Tensor:
+        """``S`` of the given rows: float32 ``[len(rows), n_groups]``."""
+        E = self.E.index_select(0, rows)
+        if self.update_rule == "legacy":
+            return torch.exp2(E.to(torch.float32))
+        ballots = self.step_counter.index_select(0, rows).unsqueeze(1)
+        return bigint_scale(E, self.corr_accum.index_select(0, rows), ballots, self.group_size, self.strength)
+
+    def rows_weight(self, rows: torch.Tensor) -> torch.Tensor:
+        """Effective rows ``T * S``: float32 ``[len(rows), dim]``."""
+        t = unpack_ternary(self.T_packed.index_select(0, rows), self.dim, torch.float32)
+        S = self.rows_scale(rows)
+        return (t.view(-1, self.n_groups, self.group_size) * S.unsqueeze(-1)).view(-1, self.dim)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` int64 ``[...]`` -> ``[..., dim]`` float32."""
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"SparseTernaryEmbedding expects integer token ids, got {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
+            raise IndexError(f"token id out of range [0, {self.num_embeddings}): min {int(idx.min())}, "
+                             f"max {int(idx.max())}")
+        idx = idx.to(torch.int64)
+        train = self.training and self.voting and torch.is_grad_enabled()
+        anchor = torch.empty(0, device=idx.device, requires_grad=train)
+        out = _EmbeddingFn.apply(anchor, idx, self)
+        return out if train else out.detach()
+
+    # ------------------------------------------------------------------ training
+    @property
+    def voting(self) -> bool:
+        """Whether a backward through this table casts a ballot (``set_voting``)."""
+        return self._voting
+
+    def set_voting(self, on: bool) -> None:
+        """Let backward passes cast ballots (``True``, default) or not (``False``)."""
+        self._voting = bool(on)
+
+    def set_rate_factor(self, factor: float) -> None:
+        """Neither embedding rule has a step size: schedules leave the table alone."""
+
+    @property
+    def pending_ballots(self) -> int:
+        """Ballots cast since the last ``ternary_step()`` (``bigint`` counts them at once, per row)."""
+        return self._ballots_since_step if self.update_rule == "legacy" else 0
+
+    def _cast_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor) -> None:
+        """One ballot from the touched ``rows`` with their summed gradient ``grad_rows [U, D]``."""
+        t = unpack_ternary(self.T_packed.index_select(0, rows), self.dim)
+        group_vote = group_votes(grad_rows, t, self.group_size)  # [U, G]
+        if self.update_rule == "bigint":
+            self.corr_accum.index_add_(0, rows, group_vote)
+            self.step_counter.index_add_(0, rows, torch.ones_like(rows))
+        else:
+            sgn = torch.sign(grad_rows)
+            ta = self.T_accum.index_select(0, rows).to(torch.int16) - sgn.to(torch.int16)
+            self.T_accum.index_copy_(0, rows, ta.clamp_(-127, 127).to(torch.int8))
+            ea = self.E_accum.index_select(0, rows).to(torch.int32) + group_vote.to(torch.int32)
+            self.E_accum.index_copy_(0, rows, ea.clamp_(-_INT16_MAX, _INT16_MAX).to(torch.int16))
+            self._touched.append(rows)
+        self._ballots_since_step += 1
+
+    def ternary_step(self) -> int:
+        """Per-step update. Legacy: apply the threshold flips to the rows touched since the last call.
+
+        Returns the number of ballots cast since the last call (BigInt ballots are already counted).
+        """
+        n = self._ballots_since_step
+        self._ballots_since_step = 0
+        if self.update_rule == "legacy" and self._touched:
+            rows = torch.unique(torch.cat(self._touched))
+            self._touched = []
+            self._apply_legacy_thresholds(rows)
+        return n
+
+    def _apply_legacy_thresholds(self, rows: torch.Tensor) -> None:
+        t = unpack_ternary(self.T_packed.index_select(0, rows), self.dim, torch.int8).to(torch.int16)
+        ta = self.T_accum.index_select(0, rows)
+        up = (ta >= self.t_threshold) & (t < 1)
+        down = (ta <= -self.t_threshold) & (t > -1)
+        moved = up | down
+        t = t + up.to(torch.int16) - down.to(torch.int16)
+        self.T_packed.index_copy_(0, rows, pack_ternary(t.to(torch.int8)))
+        self.T_accum.index_copy_(0, rows, ta.masked_fill(moved, 0))
+        ea = self.E_accum.index_select(0, rows)
+        e_up = ea >= self.e_threshold
+        e_down = ea <= -self.e_threshold
+        E = self.E.index_select(0, rows).to(torch.int16) + e_up.to(torch.int16) - e_down.to(torch.int16)
+        self.E.index_copy_(0, rows, E.clamp_(E_MIN, E_MAX).to(torch.int8))
+        self.E_accum.index_copy_(0, rows, ea.masked_fill(e_up | e_down, 0))
+
+    def discard_pending_ballots(self) -> None:
+        self._ballots_since_step = 0
+        self._touched = []
+
+    def validate_state(self) -> Optional[str]:
+        """Invariants of the integer state; a description of the first violation, or None."""
+        try:
+            validate_packed(self.T_packed, self.dim)
+        except ValueError as exc:
+            return str(exc)
+        if self.T_packed.shape != torch.Size(packed_shape(self.num_embeddings, self.dim)):
+            return f"T_packed has shape {tuple(self.T_packed.shape)}"
+        if self.E.numel() and (int(self.E.min()) < E_MIN or int(self.E.max()) > E_MAX):
+            return f"E outside [{E_MIN}, {E_MAX}]"
+        if self.update_rule == "bigint":
+            if int(self.step_counter.min()) < 0:
+                return "negative step_counter"
+            bound = self.step_counter.unsqueeze(1) * self.group_size
+            if bool((self.corr_accum.abs() > bound).any()):
+                return "|corr_accum| exceeds step_counter*group_size for some row: corrupt or mismatched state"
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name, buf in self._buffers.items():
+            key = prefix + name
+            if key in state_dict and state_dict[key].dtype != buf.dtype:
+                error_msgs.append(f"{key}: expected dtype {buf.dtype}, got {state_dict[key].dtype}")
+        n_err = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if len(error_msgs) == n_err:
+            problem = self.validate_state()
+            if problem:
+                error_msgs.append(f"{prefix}: {problem}")
+        self.discard_pending_ballots()
+
+    def extra_repr(self) -> str:
+        extra = (f", t_threshold={self.t_threshold}, e_threshold={self.e_threshold}" if self.update_rule == "legacy"
+                 else f", strength={self.strength}")
+        return (f"{self.num_embeddings}, {self.dim}, group_size={self.group_size}, "
+                f"update_rule={self.update_rule!r}{extra}")

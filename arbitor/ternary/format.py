@@ -1,0 +1,199 @@
+"""The packed ternary format: ``T_packed``, documented bit by bit.
+
+This module is the one place that defines how ternary weights are stored.
+Every other piece of arbitor (the torch reference ops, the Triton kernels,
+checkpoints, the audit) reads and writes exactly this layout.
+
+Layout
+------
+A ternary weight matrix ``T`` of shape ``[out_features, in_features]`` with
+entries in ``{-1, 0, +1}`` is stored as a ``torch.uint8`` tensor
+
+    T_packed: [out_features, ceil(in_features / 4)]
+
+* rows are output features (one row of ``T`` -> one row of ``T_packed``);
+* each row is packed along ``in_features``, **4 weights per byte**;
+* weight ``k`` of a row lives in byte ``k // 4`` at bits
+  ``2 * (k % 4)`` (low bit) and ``2 * (k % 4) + 1`` (high bit), i.e. the
+  first weight of a byte occupies the two least-significant bits::
+
+      bit:    7 6 | 5 4 | 3 2 | 1 0
+      weight: k+3 | k+2 | k+1 |  k      (k = 4 * byte_index)
+
+* each weight is a 2-bit code:
+
+      code 0b00 ->  0
+      code 0b01 -> +1
+      code 0b10 -> -1
+      code 0b11 -> invalid (never written; ``unpack_ternary`` maps it to 0,
+                   ``validate_packed`` rejects it)
+
+  so ``value = (code & 1) - (code >> 1)``, a branch-free decode that the
+  Triton kernels use as well;
+* when ``in_features`` is not a multiple of 4, the trailing codes of the
+  last byte of each row are 0 (padding weights are zeros);
+* the tensor is contiguous, row-major (C order).
+
+Per-weight counters: ``C_packed`` (``update_rule="counter"`` only)
+------------------------------------------------------------------
+The ``counter`` update rule (``rules/counter.py``) keeps one unsigned ``b``-bit counter
+per weight, ``b = counter_bits`` in ``{1, 2, 4, 8}``, packed the same way as ``T_packed``:
+
+    C_packed: [out_features, ceil(in_features * b / 8)] uint8
+
+* ``8 // b`` counters per byte; counter ``k`` of a row lives in byte ``k // (8 // b)``
+  at bits ``b * (k % (8 // b))`` .. ``b * (k % (8 // b)) + b - 1`` (first counter in the
+  least-significant bits, as for trits);
+* values are plain unsigned integers in ``[0, 2**b)``; padding counters are 0.
+
+For ``b = 2`` the byte layout is identical to ``T_packed``'s (4 per byte).
+
+Scale groups
+------------
+A scale group is ``group_size`` consecutive weights of one row (one ``E`` and one
+``corr_accum`` entry each, ``scale.py``). ``group_size`` is a power of two >= 4 that
+divides ``in_features`` (``check_group_size``), so every group starts on a byte boundary
+of ``T_packed`` and covers ``group_size // 4`` whole bytes, and the GPU kernels tile
+groups evenly. Ragged last groups are not supported.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
+           "COUNTER_BITS", "check_counter_bits", "counter_packed_shape", "pack_counters", "unpack_counters",
+           "check_group_size"]
+
+CODE_ZERO = 0b00
+CODE_POS = 0b01
+CODE_NEG = 0b10
+
+_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+
+
+def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
+    """Shape of ``T_packed`` for a ``[out_features, in_features]`` ternary matrix."""
+    return out_features, (in_features + 3) // 4
+
+
+def pack_ternary(t: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """Pack a ternary matrix into ``T_packed``.
+
+    Args:
+        t: ``[out_features, in_features]`` integer or float tensor whose
+           entries are exactly -1, 0 or +1.
+        check: validate the values (a host sync on GPU); internal callers whose values are
+           in range by construction pass False.
+    Returns:
+        ``[out_features, ceil(in_features / 4)]`` uint8, contiguous.
+    """
+    if t.dim() != 2:
+        raise ValueError(f"pack_ternary expects a 2-D [out_features, in_features] tensor, got shape {tuple(t.shape)}")
+    if check and (t.is_floating_point() or t.is_complex()):
+        if not torch.isfinite(t).all() or not torch.equal(t, t.round()):
+            raise ValueError("pack_ternary: float input must hold exact integers -1, 0, +1")
+    ti = t.to(torch.int8)
+    if check and ti.numel() and (ti.abs() > 1).any():
+        raise ValueError(f"pack_ternary: values must be in {{-1, 0, +1}}, got min {int(ti.min())} max {int(ti.max())}")
+    # +1 -> 0b01, -1 -> 0b10, 0 -> 0b00; the codes are then 2-bit fields, laid out as 2-bit counters
+    codes = torch.where(ti > 0, CODE_POS, torch.where(ti < 0, CODE_NEG, CODE_ZERO)).to(torch.uint8)
+    return pack_counters(codes, 2, check=False)
+
+
+def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """Decode ``T_packed`` back to ``[out_features, in_features]`` values in ``{-1, 0, +1}``.
+
+    Args:
+        packed: ``[out_features, ceil(in_features / 4)]`` uint8.
+        in_features: the logical row length (drops the padding weights).
+        dtype: dtype of the result (int8 by default; float dtypes are exact).
+    """
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_ternary: T_packed must be uint8, got {packed.dtype}")
+    if packed.dim() != 2:
+        raise ValueError(f"unpack_ternary: T_packed must be 2-D, got shape {tuple(packed.shape)}")
+    if packed.shape[1] != (in_features + 3) // 4:
+        raise ValueError(
+            f"unpack_ternary: T_packed has {packed.shape[1]} bytes per row, "
+            f"in_features={in_features} needs {(in_features + 3) // 4}")
+    codes = unpack_counters(packed, in_features, 2, torch.int8)
+    return ((codes & 1) - (codes >> 1)).to(dtype)
+
+
+def validate_packed(packed: torch.Tensor, in_features: int) -> None:
+    """Raise ``ValueError`` if ``T_packed`` holds an invalid code (0b11) or non-zero padding."""
+    shifts = _SHIFTS.to(packed.device)
+    codes = (packed.unsqueeze(-1) >> shifts) & 3
+    if (codes == 3).any():
+        raise ValueError("T_packed holds the invalid 2-bit code 0b11 (corrupt ternary weights)")
+    pad = (-in_features) % 4
+    if pad and packed.numel():
+        tail = codes[:, -1, 4 - pad:]
+        if (tail != 0).any():
+            raise ValueError("T_packed has non-zero padding codes after in_features (corrupt ternary weights)")
+
+
+COUNTER_BITS = (1, 2, 4, 8)
+
+
+def check_counter_bits(bits: int) -> int:
+    """Raise ``ValueError`` unless ``bits`` is a supported counter width; returns counters per byte."""
+    if bits not in COUNTER_BITS:
+        raise ValueError(f"counter_bits must be one of {COUNTER_BITS}, got {bits!r}")
+    return 8 // bits
+
+
+def counter_packed_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int]:
+    """Shape of ``C_packed`` for ``[out_features, in_features]`` counters of ``bits`` bits."""
+    per = check_counter_bits(bits)
+    return out_features, (in_features + per - 1) // per
+
+
+def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
+    """Pack unsigned counters ``[rows, K]`` with values in ``[0, 2**bits)`` -> uint8 ``[rows, ceil(K*bits/8)]``.
+
+    ``check=False`` skips the range check (a host sync on GPU) for values in range by construction.
+    """
+    per = check_counter_bits(bits)
+    if c.dim() != 2:
+        raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
+    if check and c.numel() and (int(c.min()) < 0 or int(c.max()) >= (1 << bits)):
+        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(c.min())} "
+                         f"max {int(c.max())}")
+    ci = c.to(torch.uint8)
+    rows, k = ci.shape
+    pad = (-k) % per
+    if pad:
+        ci = torch.nn.functional.pad(ci, (0, pad))
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=ci.device)
+    # each field stays inside its byte and the fields are disjoint: the sum is the bitwise or
+    return (ci.view(rows, -1, per) << shifts).sum(dim=-1, dtype=torch.uint8).contiguous()
+
+
+def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: torch.dtype = torch.int16) -> torch.Tensor:
+    """Decode ``C_packed`` -> ``[rows, in_features]`` unsigned counter values (``dtype``)."""
+    per = check_counter_bits(bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise TypeError(f"unpack_counters: C_packed must be a 2-D uint8 tensor, got {packed.dtype} "
+                        f"{tuple(packed.shape)}")
+    if packed.shape[1] != (in_features + per - 1) // per:
+        raise ValueError(f"unpack_counters: C_packed has {packed.shape[1]} bytes per row, in_features={in_features} "
+                         f"with {bits}-bit counters needs {(in_features + per - 1) // per}")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    vals = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return vals.reshape(packed.shape[0], -1)[:, :in_features].to(dtype)
+
+
+def check_group_size(in_features: int, group_size: int) -> None:
+    """Raise ``ValueError`` unless ``group_size`` is a power of two >= 4 dividing ``in_features`` (module doc)."""
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 4 or group_size & (group_size - 1):
+        raise ValueError(f"group_size must be a power of two >= 4, got {group_size!r}")
+    if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features <= 0:
+        raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+    if in_features % group_size:
+        hint = math.gcd(in_features, 1 << 12)
+        fix = f"e.g. group_size={hint}" if hint >= 4 else "in_features is not a multiple of 4: pad the features"
+        raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}; pick a group_size "
+                         f"dividing it ({fix})")

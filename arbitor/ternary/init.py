@@ -1,0 +1,60 @@
+"""Seeded initial integer state: trits and per-group exponents.
+
+Every ternary table (``TernaryScaleTensor``, ``SparseTernaryEmbedding``) starts from these two draws,
+made on the CPU from its own ``torch.Generator`` so a model is reproducible from its seed alone.
+
+* ``T``: each weight is 0 with probability ``zero_fraction`` (default 1/3) and +1 / -1 with equal
+  probability otherwise.
+* ``E``: given the target variance ``s2`` of one entry's scale (``S**2``), each group draws
+  ``E = a`` or ``a + 1`` with ``a = floor(log4(s2))`` and ``P(a + 1) = (s2 / 4**a - 1) / 3``, which makes
+  the expected ``S**2 = 4**E`` exactly ``s2``. A dense layer wants ``Var(W_eff) = 1 / in_features``; with
+  ``T`` as above ``Var(W_eff) = (1 - zero_fraction) * S**2``, so ``s2 = 1 / (in_features * (1 -
+  zero_fraction))`` (e.g. ``in_features=512``: ``s2 = 2.93e-3``, ``a = -5``, ``P = 0.69``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .format import pack_ternary, packed_shape
+from .scale import E_MAX, E_MIN
+
+__all__ = ["draw_trits", "draw_exponents", "draw_packed_trits", "dense_scale_variance"]
+
+# rows of T drawn (as float) at a time, so a 3B-weight model never materialises a whole float T
+_DRAW_ELEMS = 1 << 22
+
+
+def draw_trits(rows: int, cols: int, zero_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Seeded initial trits ``[rows, cols]``: 0 with probability ``zero_fraction``, else +-1 equally likely."""
+    u = torch.rand(rows, cols, generator=gen, device="cpu")
+    return torch.where(u < zero_fraction, 0, torch.where(u < zero_fraction + (1.0 - zero_fraction) / 2, 1, -1))
+
+
+def draw_packed_trits(rows: int, cols: int, zero_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """``draw_trits`` packed into ``T_packed`` ``[rows, ceil(cols/4)]`` uint8, drawn in row chunks."""
+    packed = torch.empty(packed_shape(rows, cols), dtype=torch.uint8, device="cpu")
+    step = max(1, _DRAW_ELEMS // cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        packed[r0:r1] = pack_ternary(draw_trits(r1 - r0, cols, zero_fraction, gen))
+    return packed
+
+
+def draw_exponents(s2: float, rows: int, groups: int, gen: torch.Generator) -> torch.Tensor:
+    """Seeded int8 exponents ``[rows, groups]`` whose ``4 ** E`` has expectation exactly ``s2``.
+
+    Raises ``ValueError`` if the result would leave ``[E_MIN, E_MAX]``.
+    """
+    a = math.floor(math.log(s2, 4))
+    p_up = (s2 / 4.0 ** a - 1.0) / 3.0
+    E = a + (torch.rand(rows, groups, generator=gen, device="cpu") < p_up).to(torch.int64)
+    if E.numel() and (E.min() < E_MIN or E.max() > E_MAX):
+        raise ValueError(f"initial exponents out of [{E_MIN}, {E_MAX}] (target S**2 = {s2:g})")
+    return E.to(torch.int8)
+
+
+def dense_scale_variance(in_features: int, zero_fraction: float) -> float:
+    """The ``S**2`` that gives a dense layer ``Var(W_eff) = 1 / in_features`` (module doc)."""
+    return 1.0 / (in_features * (1.0 - zero_fraction))

@@ -1,0 +1,341 @@
+"""``TernaryScaleTensor``: the dense pure-ternary linear layer with BigInt correlation scaling.
+
+Persistent state (buffers, no ``nn.Parameter``)::
+
+    T_packed     uint8 [out_features, ceil(in_features/4)]   ternary weights, 2 bits each (format.py)
+    E            int8  [out_features, n_groups]               fixed exponent per scale group
+    corr_accum   int64 [out_features, n_groups]               summed correlation votes
+    step_counter int64 []                                     ballots counted so far
+    + the update rule's own buffers (``counter``: C_packed, hash_key; rules/)
+
+with ``n_groups = in_features // group_size``. A scale group is ``group_size`` consecutive weights
+along ``in_features`` within one output row. The effective weight is ``W_eff = T * S`` with ``S`` from
+``scale.py``.
+
+Layers: kernel -> op (``ops/``: torch reference or Triton, one signature) -> ``_TernaryLinearFn``
+(the autograd function: saves only ``x``, recomputes ``W_eff`` in backward) -> ``TernaryScaleTensor``
+(the module: owns the buffers, holds one ``UpdateRule`` object).
+
+Ballots (the vote unit)
+-----------------------
+One *ballot* is one backward pass through the layer that casts votes. Every rule adds to each group
+``vote = -sum_{k in group} sign(dL/dW_eff[k]) * T[k]``, an integer in ``[-group_size, group_size]``
+(``ops/votes.py``; positive: a larger ``S`` lowers the loss); the ``counter`` rule also moves trits.
+``step_counter`` counts ballots, so ``mean_corr = corr_accum / (ballots * group_size)`` is the average
+vote per weight and always lies in [-1, 1] -- with one backward per step, with gradient accumulation
+(k micro-batch backwards = k ballots), and with several loss components (one ballot each).
+
+Streaming: votes go straight into ``corr_accum`` during backward (no float gradient buffer is ever
+kept). The ballot is counted as *pending* and folded into ``step_counter`` by the explicit per-step
+call ``ternary_step()`` (or the module-level ``ternary_step(model)``). Until then ``S`` is computed
+with ``step_counter + pending`` so ``mean_corr`` stays in [-1, 1] at every moment. Because updates are
+streamed, a forward run after a backward in the same step (the next micro-batch, or the next loss
+component's backward) already sees that ballot: the rule is online, applied the moment a ballot is cast.
+
+Initialisation (seeded): ``T`` and ``E`` from ``init.py`` (``Var(W_eff)`` near ``1/in_features``);
+``step_counter`` starts at ``ballot_prior`` zero-vote ballots.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from .config import TernaryConfig, check_finite_enabled
+from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
+from .init import dense_scale_variance, draw_exponents, draw_packed_trits
+from .ops.backend import TernaryOps, get_ops, requested_backend
+from .ops.linear import expand_weight
+from .rules import TernaryState, UpdateRule, make_rule
+from .scale import E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength
+
+__all__ = ["TernaryScaleTensor"]
+
+_FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
+_BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
+
+
+class _TernaryLinearFn(torch.autograd.Function):
+    """``y = x @ W_eff.T``; saves only ``x``; backward recomputes ``W_eff`` and casts the layer's ballot."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, vote_anchor: Optional[torch.Tensor], layer: "TernaryScaleTensor"):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, layer.in_features)
+        y = layer._ops(x.device).linear_forward(x2, *layer._scale_state(), layer.in_features, layer.group_size,
+                                                layer.strength)
+        ctx.save_for_backward(x)
+        ctx.layer = layer
+        return y.reshape(*lead, layer.out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        layer: TernaryScaleTensor = ctx.layer
+        if layer.check_finite and not bool(torch.isfinite(grad_y).all()):
+            raise FloatingPointError(
+                f"non-finite (NaN/inf) gradient reaching {layer.extra_repr()}: refusing to cast votes "
+                "(lower the loss scale / learning signal, or set ARB_CHECK_FINITE=0 to skip this check)")
+        need_grad_x = ctx.needs_input_grad[0]
+        cast_votes = layer.voting
+        if not (need_grad_x or cast_votes):
+            return None, None, None
+        gy2 = grad_y.reshape(-1, layer.out_features).to(x.dtype)
+        x2 = x.reshape(-1, layer.in_features)
+        ops = layer._ops(x.device)
+        grad_x = None
+        if need_grad_x:  # with the scale of the forward: this ballot is cast after
+            grad_x = ops.linear_grad_x(gy2, *layer._scale_state(), layer.in_features, layer.group_size,
+                                       layer.strength).reshape(x.shape)
+        if cast_votes:
+            layer._cast_ballot(gy2, x2, ops)
+        return grad_x, None, None
+
+
+class TernaryScaleTensor(nn.Module):
+    """Pure-ternary linear layer ``y = x @ (T * S).T`` with integer-only training state.
+
+    Args:
+        in_features: K, size of the last input dimension.
+        out_features: N, size of the output's last dimension.
+        group_size: weights per scale group along ``in_features`` (power of two >= 4 dividing K).
+        update_rule: ``"bigint"`` (the spec's default) or ``"counter"`` (``rules/``), or an ``UpdateRule``.
+        counter_bits, counter_rate: settings of the ``counter`` rule (``rules/counter.py``).
+        strength: ``ARB_BIGINT_CORR_STRENGTH`` override (default: the environment, else 4.0).
+        zero_fraction: share of zeros in the initial ``T`` (default 1/3), in [0, 1).
+        ballot_prior: zero-vote ballots ``step_counter`` starts with (damps the first ballots).
+        seed: seed for ``T`` and ``E``; ``None`` draws one from torch's global RNG
+            (so ``torch.manual_seed`` makes models reproducible).
+        device: where the buffers live (``"meta"``: shapes only, for audits of huge models).
+        backend: ``ARB_TERNARY_BACKEND`` override for this layer (``torch``/``triton``/``auto``).
+
+    Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 64, *,
+                 update_rule: Union[str, UpdateRule] = "bigint", strength: Optional[float] = None,
+                 zero_fraction: float = 1.0 / 3.0, ballot_prior: int = 0, seed: Optional[int] = None,
+                 device: Optional[Union[torch.device, str]] = None, backend: Optional[str] = None,
+                 **rule_settings: Any) -> None:
+        super().__init__()
+        if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
+            raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
+        check_group_size(in_features, group_size)
+        if not (0.0 <= zero_fraction < 1.0):
+            raise ValueError(f"zero_fraction must be in [0, 1), got {zero_fraction}")
+        if not (isinstance(ballot_prior, int) and ballot_prior >= 0):
+            raise ValueError(f"ballot_prior must be a non-negative int, got {ballot_prior!r}")
+        if isinstance(update_rule, UpdateRule):
+            if rule_settings:
+                raise ValueError(f"give the settings {sorted(rule_settings)} to the UpdateRule object, not the layer")
+            self.rule = update_rule
+        else:
+            self.rule = make_rule(update_rule, **rule_settings)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        self.n_groups = in_features // group_size
+        self.zero_fraction = float(zero_fraction)
+        self.strength = check_strength(strength) if strength is not None else default_strength()
+        self.backend = requested_backend(backend) if backend is not None else None
+        self._voting = True          # False: backward passes grad_x on but casts no ballot
+        self.check_finite = check_finite_enabled()
+        self._pending_ballots = 0   # ballots cast since the last ternary_step()
+        self._host_counter: Optional[int] = None  # host mirror of step_counter for the overflow check
+        dev = torch.device(device) if device is not None else None
+        meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
+        if seed is None:
+            seed = 0 if meta else int(torch.randint(0, 2 ** 62, (), dtype=torch.int64, device="cpu"))
+        self.seed = int(seed)
+
+        if meta:
+            T_packed = torch.empty(packed_shape(out_features, in_features), dtype=torch.uint8, device="meta")
+            E = torch.empty(out_features, self.n_groups, dtype=torch.int8, device="meta")
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            T_packed = draw_packed_trits(out_features, in_features, self.zero_fraction, gen)
+            E = draw_exponents(dense_scale_variance(in_features, self.zero_fraction), out_features, self.n_groups, gen)
+        self.register_buffer("T_packed", T_packed.to(dev))
+        self.register_buffer("E", E.to(dev))
+        self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
+        self.register_buffer("step_counter", torch.full((), ballot_prior, dtype=torch.int64, device=dev))
+        for name, buf in self.rule.buffers(out_features, in_features, self.seed, dev).items():
+            self.register_buffer(name, buf)
+        self.register_state_dict_pre_hook(_refuse_pending_ballots)
+
+    @classmethod
+    def from_config(cls, in_features: int, out_features: int, cfg: TernaryConfig, *, seed: Optional[int] = None,
+                    device: Optional[Union[torch.device, str]] = None) -> "TernaryScaleTensor":
+        """A layer with every setting from a ``TernaryConfig``."""
+        return cls(in_features, out_features, cfg.group_size, update_rule=cfg.update_rule, strength=cfg.strength,
+                   zero_fraction=cfg.zero_fraction, ballot_prior=cfg.ballot_prior, seed=seed, device=device,
+                   backend=cfg.backend, **cfg.rule_settings())
+
+    # ------------------------------------------------------------- forward
+    def _ops(self, device: torch.device) -> TernaryOps:
+        return get_ops(device, self.backend)
+
+    def _scale_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``(T_packed, E, corr_accum, step_counter, pending)``: what every linear op reads."""
+        return self.T_packed, self.E, self.corr_accum, self.step_counter, self._pending_ballots
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"TernaryScaleTensor expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"TernaryScaleTensor({self.in_features}->{self.out_features}): input last dimension must be "
+                             f"{self.in_features}, got shape {tuple(x.shape)}")
+        if x.dtype not in _FLOAT_INPUTS:
+            raise TypeError(f"TernaryScaleTensor: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != self.T_packed.device:
+            raise RuntimeError(f"TernaryScaleTensor: input is on {x.device} but the layer's buffers are on "
+                               f"{self.T_packed.device}; move one of them (model.to(device))")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_features] -> [..., out_features]``."""
+        self._check_input(x)
+        anchor = None
+        if self.training and self._voting and torch.is_grad_enabled() and not x.requires_grad:
+            # Votes are cast in backward, which autograd runs only if some input requires grad:
+            # an empty anchor makes the output part of the graph without computing grad_x.
+            anchor = torch.empty(0, device=x.device, requires_grad=True)
+        return _TernaryLinearFn.apply(x, anchor, self)
+
+    # ------------------------------------------------------------- ballots
+    def _state(self) -> TernaryState:
+        return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.in_features,
+                            self.out_features, self.group_size, self._host_ballots(),
+                            {name: getattr(self, name) for name in self.rule.buffer_dtypes})
+
+    def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
+        """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule; counted as pending."""
+        self.rule.ballot(self._state(), grad_y, x, ops)
+        self._pending_ballots += 1
+
+    def _host_ballots(self) -> int:
+        if self._host_counter is None:
+            self._host_counter = int(self.step_counter)
+        return self._host_counter + self._pending_ballots
+
+    @property
+    def voting(self) -> bool:
+        """Whether a backward through this layer casts a ballot (``set_voting``)."""
+        return self._voting
+
+    def set_voting(self, on: bool) -> None:
+        """Let backward passes cast ballots (``True``, default) or only pass ``grad_x`` on (``False``)."""
+        self._voting = bool(on)
+
+    def set_rate_factor(self, factor: float) -> None:
+        """Scale the rule's step size for the following ballots (a schedule's one door into a layer)."""
+        self.rule.set_rate_factor(factor)
+
+    @property
+    def update_rule(self) -> str:
+        """The name of the layer's update rule."""
+        return self.rule.name
+
+    @property
+    def pending_ballots(self) -> int:
+        """Ballots cast since the last ``ternary_step()``."""
+        return self._pending_ballots
+
+    def ternary_step(self) -> int:
+        """Fold the pending ballots into ``step_counter`` (and run the rule's per-step part).
+
+        Returns how many ballots were folded. Raises ``OverflowError`` before ``ballots * group_size``
+        could pass 2**62 (``scale.py``).
+        """
+        pending = self._pending_ballots
+        if pending == 0:
+            return 0
+        if self._host_counter is None:
+            self._host_counter = int(self.step_counter)
+        total = self._host_counter + pending
+        if total * self.group_size > MAX_VOTE_TOTAL:
+            raise OverflowError(
+                f"{self.extra_repr()}: step_counter would reach {total} ballots; ballots*group_size must stay "
+                f"below 2**62 so corr_accum cannot overflow int64")
+        self.step_counter.add_(pending)
+        self._host_counter = total
+        self._pending_ballots = 0
+        self.rule.fold(self._state())
+        return pending
+
+    def discard_pending_ballots(self) -> None:
+        """Forget the count of pending ballots (after restoring ``corr_accum`` from elsewhere)."""
+        self._pending_ballots = 0
+
+    # --------------------------------------------------------------- views
+    def scale(self) -> torch.Tensor:
+        """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (``scale.py``)."""
+        return bigint_scale(self.E, self.corr_accum, self.step_counter + self._pending_ballots, self.group_size,
+                            self.strength)
+
+    def mean_corr(self) -> torch.Tensor:
+        """``corr_accum / (ballots * group_size)`` as float64, 0 before any ballot."""
+        n = float(self.step_counter) + self._pending_ballots
+        if n == 0:
+            return torch.zeros_like(self.corr_accum, dtype=torch.float64)
+        return self.corr_accum.to(torch.float64) / (n * self.group_size)
+
+    def ternary(self) -> torch.Tensor:
+        """The ternary matrix ``T`` as int8 ``[out_features, in_features]``."""
+        return unpack_ternary(self.T_packed, self.in_features)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense ``W_eff = T * S`` ``[out_features, in_features]`` (allocates the full matrix: debugging/export)."""
+        return expand_weight(self.T_packed, self.scale(), self.in_features, self.group_size, dtype)
+
+    # --------------------------------------------------------- state dicts
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name, dtype in {**_BUFFER_DTYPES, **self.rule.buffer_dtypes}.items():
+            key = prefix + name
+            if key in state_dict and state_dict[key].dtype != dtype:
+                error_msgs.append(f"{key}: expected dtype {dtype}, got {state_dict[key].dtype} (a float or "
+                                  "re-typed checkpoint cannot be loaded into integer ternary state)")
+        n_err = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in self._buffers):
+            problem = self.validate_state()
+            if problem:
+                error_msgs.append(f"{prefix}: {problem}")
+        self._pending_ballots = 0
+        self._host_counter = None
+        self.rule.forget_host_copies()
+
+    def validate_state(self) -> Optional[str]:
+        """Check the integer state's invariants; returns a description of the first violation or None."""
+        try:
+            validate_packed(self.T_packed, self.in_features)
+        except ValueError as exc:
+            return str(exc)
+        if self.E.numel() and (int(self.E.min()) < E_MIN or int(self.E.max()) > E_MAX):
+            return f"E outside [{E_MIN}, {E_MAX}]"
+        problem = self.rule.validate(self._state())
+        if problem:
+            return problem
+        n = int(self.step_counter)
+        if n < 0:
+            return f"step_counter is negative ({n})"
+        if n * self.group_size > MAX_VOTE_TOTAL:
+            return f"step_counter={n} exceeds the bound 2**62/group_size"
+        if self.corr_accum.numel() and int(self.corr_accum.abs().max()) > n * self.group_size:
+            return (f"|corr_accum| exceeds step_counter*group_size={n * self.group_size} "
+                    "(each ballot adds at most group_size): corrupt or mismatched state")
+        return None
+
+    def extra_repr(self) -> str:
+        settings = "".join(f", {k}={v}" for k, v in self.rule.settings().items())
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"update_rule={self.rule.name!r}, strength={self.strength}{settings}")
+
+
+def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:
+    if module._pending_ballots:
+        raise RuntimeError(
+            f"{prefix or 'TernaryScaleTensor'}: {module._pending_ballots} ballot(s) cast since the last ternary_step(); "
+            "call ternary_step(model) before state_dict() so step_counter matches corr_accum")

@@ -1,0 +1,33 @@
+"""Row blocks: how the plain-torch ops bound their float temporaries.
+
+The torch reference ops (and the counter rule's ``grad_W`` pass on every backend) walk the output
+features in row blocks, so that the largest float temporary is one ``[block_rows, in_features]`` tile
+of ``W_eff`` or ``grad_W`` -- never the whole matrix. ``block_rows = max(1, ARB_TORCH_BLOCK_ELEMS //
+in_features)`` with a default budget of 2**22 elements (16 MiB of float32).
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["block_rows_for", "row_blocks"]
+
+_DEFAULT_BLOCK_ELEMS = 1 << 22
+
+
+def block_rows_for(in_features: int, out_features: int) -> int:
+    """Rows of ``W_eff`` / ``grad_W`` handled per block (module doc)."""
+    raw = os.environ.get("ARB_TORCH_BLOCK_ELEMS", "")
+    try:
+        budget = int(raw) if raw.strip() else _DEFAULT_BLOCK_ELEMS
+    except ValueError:
+        budget = 0
+    if budget < 1:
+        raise ValueError(f"ARB_TORCH_BLOCK_ELEMS must be a positive integer, got {raw!r}")
+    return max(1, min(out_features, budget // max(1, in_features)))
+
+
+def row_blocks(out_features: int, in_features: int):
+    """``(n0, n1)`` row ranges covering ``[0, out_features)`` in ``block_rows_for`` steps."""
+    step = block_rows_for(in_features, out_features)
+    for n0 in range(0, out_features, step):
+        yield n0, min(out_features, n0 + step)

@@ -1,0 +1,108 @@
+"""The ``counter`` rule's per-ballot op, plain-torch reference (the rule itself: ``rules/counter.py``).
+
+``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, key, ballot, ..., impl)`` walks the
+output rows in blocks (``blocks.py``). For each block it forms ``grad_W = grad_y.T @ x`` (``[rows,
+in_features]`` float32, cuBLAS on CUDA, freed after the block) and the per-row step scale
+``rate / rms(grad_W[n, :])``, then, per weight:
+
+* adds the BigInt scale votes (``votes.group_votes``, with the trits of the forward) into ``corr_accum``;
+* draws the counter-hashed uniform ``u`` (``hashing.counter_uniform``) and moves the ladder position
+  ``p = (T + 1) * L + C`` by its stochastically rounded, row-normalised step (``counter_block``);
+* writes ``T_packed`` / ``C_packed`` back in place.
+
+One ``grad_W`` pass serves both the scales and the trits, so this rule needs no separate vote op.
+``impl="torch"`` does the per-weight part with plain torch ops (``counter_block_torch_``, the
+reference); ``impl="triton"`` with one fused kernel (``counter_triton.py``). Both give the same
+integers for the same ``grad_W``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
+from .blocks import row_blocks
+from .hashing import counter_uniform
+from .votes import group_votes
+
+__all__ = ["counter_step_scale", "counter_block", "counter_block_torch_", "counter_ballot_"]
+
+
+def counter_step_scale(gw: torch.Tensor, rate: float) -> torch.Tensor:
+    """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32 (shared by the torch and Triton steps)."""
+    rms = gw.pow(2).mean(dim=1).sqrt_().clamp_min_(1e-30)
+    return torch.full_like(rms, rate).div_(rms)
+
+
+def counter_block(t: torch.Tensor, c: torch.Tensor, gw: torch.Tensor, u: torch.Tensor, rate: float,
+                  bits: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ballot's ladder step for a row block (``rules/counter.py``).
+
+    Args:
+        t: ``[rows, K]`` trits (any real dtype holding -1/0/+1).
+        c: ``[rows, K]`` counters in ``[0, 2**bits)``.
+        gw: ``[rows, K]`` float32 block of ``dL/dW_eff``.
+        u: ``[rows, K]`` float32 uniforms in ``[0, 1)``.
+        scale: ``counter_step_scale(gw, rate)`` if already computed.
+    Returns:
+        ``(new trits int8 [rows, K], new counters int16 [rows, K])``.
+    """
+    levels = 1 << bits
+    top = 3 * levels - 1
+    if scale is None:
+        scale = counter_step_scale(gw, rate)
+    steps = torch.floor(gw.abs() * scale[:, None] + u).clamp_(max=top).to(torch.int32)
+    p = (t.to(torch.int32) + 1) * levels + c.to(torch.int32)
+    p = (p - torch.sign(gw).to(torch.int32) * steps).clamp_(0, top)
+    t_new = torch.div(p, levels, rounding_mode="floor")
+    return (t_new - 1).to(torch.int8), (p - t_new * levels).to(torch.int16)
+
+
+def counter_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
+                         corr_accum: torch.Tensor, key: int, ballot: int, row0: int, in_features: int,
+                         group_size: int, bits: int) -> None:
+    """The reference per-weight step of one row block, in place (same contract as ``counter_block_triton_``).
+
+    ``gw [rows, K]`` float32, ``scale [rows]``; ``T_packed``/``C_packed``/``corr_accum`` are the block's rows;
+    ``row0`` is the block's first row in the layer (the hash index is global).
+    """
+    rows = gw.shape[0]
+    t = unpack_ternary(T_packed, in_features)
+    corr_accum += group_votes(gw, t, group_size)
+    c = unpack_counters(C_packed, in_features, bits)
+    u = counter_uniform(key, ballot, row0, row0 + rows, in_features, gw.device)
+    t_new, c_new = counter_block(t, c, gw, u, 0.0, bits, scale=scale)
+    T_packed.copy_(pack_ternary(t_new, check=False))  # in range by construction
+    C_packed.copy_(pack_counters(c_new, bits, check=False))
+
+
+def _block_fn(impl: str):
+    if impl == "triton":
+        from .counter_triton import counter_block_triton_
+        return counter_block_triton_
+    if impl == "torch":
+        return counter_block_torch_
+    raise ValueError(f"counter_ballot_: impl must be 'torch' or 'triton', got {impl!r}")
+
+
+def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
+                    corr_accum: torch.Tensor, key: int, ballot: int, in_features: int, group_size: int, bits: int,
+                    rate: float, impl: str = "torch") -> None:
+    """Apply one ballot of the ``counter`` rule in place.
+
+    Args:
+        grad_y: ``[tokens, out_features]`` upstream gradient.
+        x: ``[tokens, in_features]`` the layer's input.
+        T_packed: ``[out_features, ceil(in_features/4)]`` uint8 (moved in place).
+        C_packed: ``[out_features, ceil(in_features*bits/8)]`` uint8 (moved in place).
+        corr_accum: ``[out_features, in_features/group_size]`` int64 (this ballot's votes are added).
+        key, ballot: the hash key and this ballot's index.
+        rate: rungs per unit of row-RMS gradient (0: only the scale votes are cast).
+        impl: ``"torch"`` or ``"triton"`` for the per-weight step.
+    """
+    block_fn = _block_fn(impl)
+    gy = grad_y.to(x.dtype)
+    for n0, n1 in row_blocks(T_packed.shape[0], in_features):
+        gw = (gy[:, n0:n1].t() @ x).to(torch.float32).contiguous()
+        scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
+        block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], key, ballot, n0, in_features,
+                 group_size, bits)

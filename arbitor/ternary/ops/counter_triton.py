@@ -1,0 +1,120 @@
+"""Fused Triton kernel for the ``counter`` rule's per-ballot step, and its launcher.
+
+Given one row block of ``grad_W`` (``[rows, K]`` float32, from cuBLAS) and the per-row step
+scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32, computed by torch so both backends use
+the same number), one program handles a ``[BLOCK_R, BLOCK_K]`` tile of weights and does in
+registers what the plain-torch reference ``counter.counter_block_torch_`` does with ~50 torch kernels:
+
+1. decode the trits (``T_packed``, 2 bits) and counters (``C_packed``, ``BITS`` bits);
+2. cast the BigInt scale votes ``-sum_group sign(g) * T`` and add them to ``corr_accum``
+   (``BLOCK_K`` is a multiple of the group size, so each group belongs to one program: a plain
+   load-add-store, no atomics);
+3. draw ``u = (hash >> 8) * 2**-24`` from the same counter-based hash as
+   ``hashing.counter_uniform`` (lowbias32 in int64 lanes masked to 32 bits);
+4. move each ladder position ``p = (T+1)*L + C`` by ``-sign(g) * floor(|g| * scale + u)``,
+   clamped to ``[0, 3L)``;
+5. re-encode and store whole bytes of ``T_packed`` and ``C_packed`` (``BLOCK_K`` is a
+   multiple of 8: every byte belongs to one program; bytes past the row end are not written,
+   padding codes past ``K`` come out 0).
+
+Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
+equals the torch reference bit for bit on the CPU interpreter; on a GPU the compiler may
+fuse ``|g| * scale + u`` into one FMA, which can move a weight whose ``a + u`` lies within one
+rounding of an integer.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .hashing import hash_base
+from .triton_common import mix32
+
+__all__ = ["counter_step_kernel", "counter_block_triton_"]
+
+
+@triton.jit
+def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, rows, K, KB, CB, G, row0, base,
+                        BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    PER: tl.constexpr = 8 // BITS
+    L: tl.constexpr = 1 << BITS
+    TOP: tl.constexpr = 3 * L - 1
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    r_mask = r < rows
+    k_mask = k < K
+    mask = r_mask[:, None] & k_mask[None, :]
+    r64 = r.to(tl.int64)
+    g = tl.load(gw_ptr + r64[:, None] * K + k[None, :], mask=mask, other=0.0)
+    tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
+    code = (tb >> ((k % 4) * 2)[None, :]) & 3
+    t = (code & 1) - (code >> 1)
+    cb = tl.load(c_ptr + r64[:, None] * CB + (k // PER)[None, :], mask=mask, other=0).to(tl.int32)
+    c = (cb >> ((k % PER) * BITS)[None, :]) & (L - 1)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+
+    # 2. BigInt scale votes, one group per GS columns
+    NG: tl.constexpr = BLOCK_K // GS
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    gi = pid_k * NG + tl.arange(0, NG)
+    g_mask = r_mask[:, None] & (gi < G)[None, :]
+    corr_offs = r64[:, None] * G + gi[None, :]
+    old = tl.load(corr_ptr + corr_offs, mask=g_mask, other=0)
+    tl.store(corr_ptr + corr_offs, old + vote.to(tl.int64), mask=g_mask)
+
+    # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform
+    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
+    h = mix32(mix32((idx & 0xFFFFFFFF) ^ base.to(tl.int64)) ^ ((idx >> 32) & 0xFFFFFFFF))
+    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+    # 4. the ladder step
+    sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
+    a = tl.abs(g) * sc[:, None]
+    steps = tl.minimum(tl.floor(a + u), TOP).to(tl.int32)
+    p = (t + 1) * L + c - sgn * steps
+    p = tl.minimum(tl.maximum(p, 0), TOP)
+    tn = p // L - 1
+    cn = p - (tn + 1) * L
+    cn = tl.where(mask, cn, 0)
+    new_code = tl.where(mask, tl.where(tn > 0, 1, tl.where(tn < 0, 2, 0)), 0)
+
+    # 5. whole bytes back
+    KT: tl.constexpr = BLOCK_K // 4
+    tbytes = tl.sum(tl.reshape(new_code << ((k % 4) * 2)[None, :], (BLOCK_R, KT, 4)), axis=2)
+    bt = pid_k * KT + tl.arange(0, KT)
+    tl.store(t_ptr + r64[:, None] * KB + bt[None, :], tbytes.to(tl.uint8), mask=r_mask[:, None] & (bt < KB)[None, :])
+    KC: tl.constexpr = BLOCK_K // PER
+    cbytes = tl.sum(tl.reshape(cn << ((k % PER) * BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
+    bc = pid_k * KC + tl.arange(0, KC)
+    tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8), mask=r_mask[:, None] & (bc < CB)[None, :])
+
+
+def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
+                          corr_accum: torch.Tensor, key: int, ballot: int, row0: int, in_features: int,
+                          group_size: int, bits: int) -> None:
+    """Launch ``counter_step_kernel`` on one row block (views ``T_packed[n0:n1]`` etc., moved in place).
+
+    Args:
+        gw: ``[rows, K]`` float32 contiguous block of ``grad_W``.
+        scale: ``[rows]`` float32, ``rate / rms(gw[n, :])``.
+        T_packed, C_packed, corr_accum: the block's rows (contiguous row slices).
+        row0: the block's first row in the whole layer (the hash index is global).
+    """
+    rows, K = gw.shape
+    for name, tsr in (("gw", gw), ("scale", scale), ("T_packed", T_packed), ("C_packed", C_packed),
+                      ("corr_accum", corr_accum)):
+        if not tsr.is_contiguous():
+            raise ValueError(f"counter_block_triton_: {name} must be contiguous")
+        if tsr.device != gw.device:
+            raise RuntimeError(f"counter_block_triton_: {name} is on {tsr.device}, grad_W on {gw.device}")
+    if gw.dtype != torch.float32 or scale.dtype != torch.float32:
+        raise TypeError("counter_block_triton_: grad_W and scale must be float32")
+    block_k = max(128, group_size)
+    block_r = max(1, 2048 // block_k)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
+    counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, rows, K, T_packed.shape[1],
+                              C_packed.shape[1], corr_accum.shape[1], row0, hash_base(key, ballot),
+                              BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)

@@ -1,0 +1,361 @@
+"""Triton forward and grad-x kernels of the ternary linear layer, and their launchers.
+
+* ``ternary_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)``
+  ``x [M, K] -> y [M, N] = x @ W_eff.T`` (x's dtype);
+* ``ternary_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)``
+  ``grad_y [M, N] -> grad_x [M, K] = grad_y @ W_eff`` (grad_y's dtype);
+* ``ternary_scale(E, corr_accum, step_counter, pending, group_size, strength)`` the in-kernel ``S``
+  materialised as ``[N, G]`` float32 (tests / export; the linear kernels never write it).
+
+The plain-torch reference of the same ops is ``linear.py``; decode helpers and checks are in
+``triton_common.py``. ``x`` and ``grad_y`` may have any strides; ``T_packed``, ``E``, ``corr_accum``
+must be contiguous.
+
+Configs: on CUDA the forward and grad-x kernels are autotuned (``triton.autotune``)
+over small config sets keyed by ``(bucketed M, N, K, group_size, dtypes)`` for M > 16.
+M <= 16 (decode / GEMV) has its own memory-bound path: fixed tiles (one 16-row tile,
+narrow output tiles) and a split of the reduction dimension so that several programs per
+SM stream ``T_packed``; the fp32 partials are summed in a fixed order by a second small
+kernel (``_decode_config``). Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used,
+overridable per call with ``config=`` for tests. See ``docs/kernels.md``.
+
+fp32 inputs use ``input_precision="tf32x3"`` (about fp32 accuracy on tensor cores;
+``ARB_TRITON_FP32_PRECISION=ieee|tf32x3|tf32`` overrides); bf16/fp16 inputs use
+the tensor cores natively with fp32 accumulation, ``W_eff`` being rounded to the
+input dtype in registers.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_device, check_group_size_op,
+                            check_kernel_device, check_scalars, check_state, dot_precision, group_scale,
+                            grouped_pid, launch_cfg, load_bytes, load_group_state, weff_cast)
+
+__all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "ternary_fwd_kernel", "ternary_gradx_kernel",
+           "ternary_scale_kernel", "split_reduce_kernel"]
+
+
+@triton.jit
+def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
+                       M, N, K, G, KB,
+                       stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, K_PER_SPLIT,
+                       pending, strength, M_KEY,
+                       GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """``y[M, N] = x[M, K] @ (T * S)[N, K].T``, fp32 accumulation, ``y`` stored in its own dtype.
+
+    ``M_KEY`` is unused in the body: it is the bucketed M the autotuner keys on.
+    The packed bytes and group state of K step ``i + 1`` are loaded (into registers)
+    while step ``i`` is decoded and multiplied, so their latency is hidden; ``x`` is
+    pipelined through shared memory by Triton.
+
+    Split-K (decode path): program axis 1 selects the K range ``[s*K_PER_SPLIT,
+    (s+1)*K_PER_SPLIT)``; the fp32 partial is stored at ``y_ptr + s*stride_ys`` (a
+    ``[SPLIT, M, N]`` float32 workspace) and ``split_reduce_kernel`` sums the splits in
+    a fixed order. Without split, ``K_PER_SPLIT >= K`` and ``stride_ys = 0``.
+    """
+    pid_m, pid_n = grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    coef = ballot_coef(step_ptr, pending, strength, GS)
+    x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    row_off = offs_n.to(tl.int64) * KB
+    row_g = offs_n.to(tl.int64) * G
+
+    pid_s = tl.program_id(1)
+    k_start = pid_s * K_PER_SPLIT
+    k_end = tl.minimum(K, k_start + K_PER_SPLIT)
+    b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
+    e_next, c_next = load_group_state(e_ptr, corr_ptr, row_g, n_mask, k_start, G, GS, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        b, e, c = b_next, e_next, c_next
+        b_next = load_bytes(t_ptr, row_off, n_mask, k0 + BLOCK_K, KB, BLOCK_K)
+        e_next, c_next = load_group_state(e_ptr, corr_ptr, row_g, n_mask, k0 + BLOCK_K, G, GS, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=m_mask[:, None] & (offs_k < K)[None, :], other=0.0)
+        w = weff_cast(b, e, c, coef, x_ptr.dtype.element_ty, GS, BLOCK_N, BLOCK_K)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+
+    y_ptrs = y_ptr + pid_s.to(tl.int64) * stride_ys + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, gx_ptr,
+                         M, N, K, G, KB,
+                         stride_gm, stride_gn, stride_xm, stride_xk, stride_xs, N_PER_SPLIT,
+                         pending, strength, M_KEY,
+                         GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """``grad_x[M, K] = grad_y[M, N] @ (T * S)[N, K]``, fp32 accumulation; reduction over N
+    (weight rows), with the next N step's bytes and group state prefetched into registers.
+    Split-N (decode path) works as the forward's split-K: program axis 1 picks the N range
+    and the fp32 partial goes to ``gx_ptr + s*stride_xs``."""
+    pid_m, pid_k = grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k0 = pid_k * BLOCK_K
+    m_mask = offs_m < M
+    k_mask = offs_k < K
+    coef = ballot_coef(step_ptr, pending, strength, GS)
+    gy_row = gy_ptr + offs_m.to(tl.int64)[:, None] * stride_gm
+
+    pid_s = tl.program_id(1)
+    n_start = pid_s * N_PER_SPLIT
+    n_end = tl.minimum(N, n_start + N_PER_SPLIT)
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < n_end
+    b_next = load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K)
+    e_next, c_next = load_group_state(e_ptr, corr_ptr, offs_n.to(tl.int64) * G, n_mask, k0, G, GS, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        b, e, c = b_next, e_next, c_next
+        offs_n1 = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask1 = offs_n1 < n_end
+        b_next = load_bytes(t_ptr, offs_n1.to(tl.int64) * KB, n_mask1, k0, KB, BLOCK_K)
+        e_next, c_next = load_group_state(e_ptr, corr_ptr, offs_n1.to(tl.int64) * G, n_mask1, k0, G, GS, BLOCK_K)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        gy = tl.load(gy_row + offs_n[None, :] * stride_gn, mask=m_mask[:, None] & (offs_n < n_end)[None, :], other=0.0)
+        w = weff_cast(b, e, c, coef, gy_ptr.dtype.element_ty, GS, BLOCK_N, BLOCK_K)
+        acc = tl.dot(gy, w, acc, input_precision=DOT_PRECISION)
+
+    gx_ptrs = gx_ptr + pid_s.to(tl.int64) * stride_xs + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=m_mask[:, None] & k_mask[None, :])
+
+
+
+
+@triton.jit
+def ternary_scale_kernel(e_ptr, corr_ptr, step_ptr, s_ptr, NUMEL, pending, strength,
+                         GS: tl.constexpr, BLOCK: tl.constexpr):
+    """Writes the in-kernel scale ``S`` for every group (flat ``[N * G]``): for tests and export only."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < NUMEL
+    coef = ballot_coef(step_ptr, pending, strength, GS)
+    tl.store(s_ptr + offs, group_scale(e_ptr, corr_ptr, offs, mask, coef), mask=mask)
+
+
+@triton.jit
+def split_reduce_kernel(ws_ptr, out_ptr, MN, C, SPLIT, stride_om, stride_oc, BLOCK: tl.constexpr):
+    """``out[m, c] = sum_s ws[s, m, c]`` over the fp32 ``[SPLIT, M, C]`` workspace, in ascending ``s``
+    (a fixed order: the split-K/N decode path stays deterministic run to run)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    ptrs = ws_ptr + offs
+    for _ in range(0, SPLIT):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += MN
+    m = offs // C
+    c = offs % C
+    tl.store(out_ptr + m.to(tl.int64) * stride_om + c * stride_oc, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _m_key(M: int) -> int:
+    """Bucket M for the autotuner key so varying token counts do not re-tune: 16 for every
+    decode M <= 16 (one 16-row tile), else the next power of two."""
+    return 16 if M <= 16 else 1 << (M - 1).bit_length()
+
+
+def _autotune_enabled() -> bool:
+    """``ARB_TRITON_AUTOTUNE=0`` launches the fixed default config instead of timing candidates."""
+    return os.environ.get("ARB_TRITON_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no")
+
+
+def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_warps=warps, num_stages=stages)
+
+
+# Training shapes (M > 16), chosen from a sweep on H100 (docs/kernels.md). BLOCK_M = 256
+# amortises the in-register decode of each weight tile over more rows. fp32 inputs
+# (tf32x3) need smaller tiles; configs that do not fit in shared memory are skipped
+# by the autotuner (OutOfResources).
+_FWD_CONFIGS = [
+    _cfg(256, 128, 64, 8, 3), _cfg(256, 64, 64, 8, 4), _cfg(128, 128, 64, 4, 4),
+    _cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 4, 3),
+]
+# grad-x tiles are (BLOCK_M, BLOCK_K) outputs with BLOCK_N the reduction step.
+_GX_CONFIGS = [
+    _cfg(256, 128, 128, 8, 3), _cfg(256, 64, 128, 8, 3), _cfg(128, 64, 128, 4, 4),
+    _cfg(64, 32, 64, 4, 3), _cfg(128, 32, 64, 4, 3),
+]
+_KEY = ["M_KEY", "N", "K", "GS", "DOT_PRECISION"]
+
+if not INTERPRETED:
+    _fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(ternary_fwd_kernel)
+    _gx_tuned = triton.autotune(configs=_GX_CONFIGS, key=_KEY)(ternary_gradx_kernel)
+
+
+def _default_config(M: int, dtype: torch.dtype, kind: str) -> dict:
+    """The config used without autotuning (CUDA, ``ARB_TRITON_AUTOTUNE=0``), M > 16."""
+    configs = _FWD_CONFIGS if kind == "fwd" else _GX_CONFIGS
+    c = configs[3] if dtype == torch.float32 else configs[0]
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def _n_sm(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _decode_config(red: int, out_tiles_of, kind: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """Decode / GEMV path (M <= 16): fixed tiles plus a split of the reduction dim.
+
+    One 16-row tile (``BLOCK_M = 16``, tensor cores) and narrow output tiles;
+    ``out_tiles_of(cfg)`` counts the output tiles. The reduction (K for the forward, N
+    for grad-x) is split so that about 2 (forward) / 4 (grad-x) programs per SM stream
+    ``T_packed`` concurrently, each split keeping >= 2 steps; the fp32 partials are
+    summed in a fixed order by ``split_reduce_kernel`` (deterministic). Tiles and
+    targets come from a sweep on H100 (docs/kernels.md).
+    """
+    if kind == "fwd":
+        cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
+        step, per_sm = "BLOCK_K", 2
+    else:
+        cfg = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
+        step, per_sm = "BLOCK_N", 4
+    if dtype == torch.float32:
+        cfg[step] //= 2
+    if INTERPRETED:
+        cfg.update(INTERP_DEFAULT)
+    tiles = out_tiles_of(cfg)
+    want = max(1, (per_sm * _n_sm(device) + tiles - 1) // tiles)
+    cfg["SPLIT"] = max(1, min(want, red // (2 * cfg[step])))
+    return cfg
+
+
+
+
+
+# ----------------------------------------------------------------------------- launchers
+def _pick_config(config: Optional[dict], M: int, red: int, out_tiles_of, kind: str, dtype: torch.dtype,
+                 device: torch.device) -> Optional[dict]:
+    """Launch config: explicit ``config`` > decode path (M <= 16) > interpreter default >
+    fixed default (``ARB_TRITON_AUTOTUNE=0``) > ``None`` (autotune)."""
+    if config is not None:
+        return launch_cfg(config)
+    if M <= 16:
+        return _decode_config(red, out_tiles_of, kind, dtype, device)
+    if INTERPRETED:
+        return launch_cfg(None)
+    if not _autotune_enabled():
+        return launch_cfg(_default_config(M, dtype, kind))
+    return None
+
+
+def _split_len(red: int, split: int, step: int) -> tuple[int, int]:
+    """``(length per split rounded up to whole steps, number of non-empty splits)``."""
+    per = triton.cdiv(triton.cdiv(red, split), step) * step
+    return per, triton.cdiv(red, per)
+
+
+def _reduce_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
+    split, M, C = ws.shape
+    block = 1024
+    split_reduce_kernel[(triton.cdiv(M * C, block),)](ws, out, M * C, C, split, out.stride(0), out.stride(1),
+                                                      BLOCK=block)
+
+
+def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                   step_counter: torch.Tensor, pending: int, group_size: int, strength: float, N: int, G: int,
+                   K: int, kind: str, config: Optional[dict]) -> torch.Tensor:
+    """The shared launch of the forward (``kind="fwd"``: ``act = x [M, K]``, out ``[M, N]``, reduction
+    over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels:
+    autotuned when ``_pick_config`` returns None, else a fixed config with an optional split of the
+    reduction into fp32 partials summed by ``split_reduce_kernel``."""
+    fwd = kind == "fwd"
+    M = act.shape[0]
+    out_cols, red = (N, K) if fwd else (K, N)
+    out_block, red_block = ("BLOCK_N", "BLOCK_K") if fwd else ("BLOCK_K", "BLOCK_N")
+    res = torch.empty(M, out_cols, dtype=act.dtype, device=act.device)
+    if M == 0:
+        return res
+    consts = {"GS": group_size, "DOT_PRECISION": dot_precision(act.dtype)}
+    head = (act, T_packed, E, corr_accum, step_counter)
+    dims = (M, N, K, G, K // 4, act.stride(0), act.stride(1))
+    tail = (pending, float(strength), _m_key(M))
+
+    def out_tiles(c):
+        return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
+    cfg = _pick_config(config, M, red, out_tiles, kind, act.dtype, act.device)
+    if cfg is None:  # autotuned (CUDA only: the tuned wrappers do not exist under the interpreter)
+        tuned = _fwd_tuned if fwd else _gx_tuned
+        tuned[lambda meta: (out_tiles(meta), 1)](*head, res, *dims, res.stride(0), res.stride(1), 0, red, *tail,
+                                                  **consts)
+        return res
+    red_per, split = _split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
+    if split == 1:
+        out, out_strides = res, (res.stride(0), res.stride(1), 0)
+    else:
+        out, out_strides = torch.empty(split, M, out_cols, dtype=torch.float32, device=act.device), \
+            (out_cols, 1, M * out_cols)
+    kernel = ternary_fwd_kernel if fwd else ternary_gradx_kernel
+    kernel[(out_tiles(cfg), split)](*head, out, *dims, *out_strides, red_per, *tail, **consts, **cfg)
+    if split > 1:
+        _reduce_splits(out, res)
+    return res
+
+
+def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                    step_counter: torch.Tensor, pending: int, in_features: int, group_size: int, strength: float,
+                    *, config: Optional[dict] = None) -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ W_eff.T`` with ``W_eff = T * S`` expanded in-kernel (y in x's dtype).
+
+    ``config`` (``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``, ``num_stages``, ``SPLIT``) bypasses
+    the autotuner / decode heuristic.
+    """
+    N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
+    check_scalars(pending, strength)
+    check_act(x, "x", in_features, "in_features", T_packed.device)
+    return _launch_linear(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G, in_features,
+                          "fwd", config)
+
+
+def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                   step_counter: torch.Tensor, pending: int, in_features: int, group_size: int, strength: float,
+                   *, config: Optional[dict] = None) -> torch.Tensor:
+    """``grad_x [M, K] = grad_y [M, N] @ W_eff`` with ``W_eff`` expanded in-kernel (grad_y's dtype)."""
+    N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
+    check_scalars(pending, strength)
+    check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
+    return _launch_linear(grad_y, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
+                          in_features, "gx", config)
+
+
+
+
+def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: int,
+                  group_size: int, strength: float) -> torch.Tensor:
+    """The kernels' ``S`` ``[N, G]`` float32 (same device function the linear kernels use)."""
+    if not isinstance(E, torch.Tensor) or E.dim() != 2:
+        raise ValueError("triton ternary op: E must be a 2-D int8 tensor")
+    N, G = E.shape
+    check_group_size_op(G * group_size, group_size)
+    check_kernel_device(E.device)
+    for name, t, dtype in (("E", E, torch.int8), ("corr_accum", corr_accum, torch.int64)):
+        if t.dtype != dtype or tuple(t.shape) != (N, G) or not t.is_contiguous():
+            raise ValueError(f"triton ternary op: {name} must be contiguous {dtype} of shape {(N, G)}")
+        check_device(t, name, E.device)
+    if step_counter.dtype != torch.int64 or step_counter.numel() != 1:
+        raise TypeError("triton ternary op: step_counter must be a one-element int64 tensor")
+    check_device(step_counter, "step_counter", E.device)
+    check_scalars(pending, strength)
+    S = torch.empty(N, G, dtype=torch.float32, device=E.device)
+    if S.numel():
+        block = 1024
+        ternary_scale_kernel[(triton.cdiv(S.numel(), block),)](E, corr_accum, step_counter, S, S.numel(), pending,
+                                                               float(strength), GS=group_size, BLOCK=block)
+    return S
+
+

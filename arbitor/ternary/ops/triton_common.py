@@ -1,0 +1,315 @@
+"""What the Triton ternary kernels share: in-register decode of the packed state, launch checks and configs.
+
+Device functions (``@triton.jit``, inlined into the kernels of ``linear_triton.py``,
+``votes_triton.py`` and ``counter_triton.py``):
+
+* ``load_bytes`` / ``expand_bytes`` -- the 2-bit codes of a ``[BLOCK_N, BLOCK_K]`` weight tile
+  (layout: ``format.py``) decoded in registers with ``value = (code & 1) - (code >> 1)``;
+* ``load_group_state`` / ``scale_from_state`` / ``ballot_coef`` -- the per-group BigInt scale ``S``
+  (``scale.py``) expanded from ``E``, ``corr_accum`` and the ballot count ``step_counter + pending``;
+* ``weff_from`` / ``weff_cast`` / ``expand_bits16`` -- the ``W_eff = T * S`` tile in the dot's input type;
+* ``grouped_pid`` -- the standard grouped program order of Triton matmuls;
+* ``mix32`` -- the counter-based hash of ``hashing.py`` on int64 lanes.
+
+``W_eff`` is never written to global memory.
+
+In-kernel scale (``scale_from_state``)::
+
+    coef = strength / (float64(ballots) * group_size)     (0 when ballots == 0)
+    q    = float32(float64(corr_accum) * coef)            (float64 product, rounded once)
+    S    = exp2_f32(q) * 2**E                             (2**E built exactly from the exponent bits)
+
+``E`` is an integer in [-100, 100], so ``2**E`` is an exact normal float32; only
+the fractional part ``exp2(q)`` with ``|q| <= strength <= 20`` is approximated.
+Error against the float64 reference ``float32(exp2(E + strength*corr/(ballots*gs)))``
+(relative): float32 rounding of ``strength`` (a kernel scalar argument) and of
+``q`` each contribute ``<= ln2 * |q| * 2**-24``, the float32 ``exp2``
+(``ex2.approx.f32`` on NVIDIA, <= 2 ulp) ``<= 2**-22``, and the reference's own
+rounding ``2**-24``: in total ``<= 2**-22 + 2**-24 + 2*ln2*20*2**-24 < 1.2e-6``
+for any ``strength <= 20`` (``< 4.5e-7`` at the default strength 4). Tests check
+``1.5e-6``.
+
+Tiling: ``group_size`` (``GS``) and ``BLOCK_K`` are powers of two; when ``GS >= BLOCK_K``
+a K tile lies inside one group per output row and the scale is a ``[BLOCK_N]`` vector,
+otherwise the tile holds ``BLOCK_K // GS`` whole groups per row and the scale is a
+``[BLOCK_N, BLOCK_K // GS]`` tile broadcast over the group. Both cases keep every group on
+whole bytes (``GS >= 4``).
+
+Host side: the launchers' input checks (device, dtype, shape, group size, contiguity of the
+state buffers; a clear ``TypeError``/``ValueError``/``RuntimeError`` before any kernel could
+read out of bounds), the dot precision (``ARB_TRITON_FP32_PRECISION``), and ``INTERPRETED``:
+True when the kernels were built for the CPU interpreter (``TRITON_INTERPRET=1`` at import).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..format import check_group_size
+from ..scale import MAX_STRENGTH
+
+__all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes", "expand_bytes", "load_group_state",
+           "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32",
+           "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
+           "check_kernel_device", "check_group_size_op"]
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
+
+
+@triton.jit
+def ballot_coef(step_ptr, pending, strength, GS: tl.constexpr):
+    """``strength / (ballots * GS)`` as a float64 scalar, 0.0 while ``ballots == 0``."""
+    ballots = tl.load(step_ptr).to(tl.int64) + pending
+    denom = ballots.to(tl.float64) * GS
+    coef = strength / tl.maximum(denom, 1.0)  # fp32 scalar / fp64 -> fp64
+    return tl.where(denom > 0.0, coef, 0.0)
+
+
+@triton.jit
+def load_bytes(t_ptr, row_off, n_mask, k0, KB, BLOCK_K: tl.constexpr):
+    """The ``BLOCK_K // 4`` packed bytes of columns ``k0 .. k0+BLOCK_K`` of rows ``row_off / KB``:
+    int32 ``[BLOCK_N, BLOCK_K // 4]`` (contiguous per row; bytes past the row end read as 0)."""
+    offs_b = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+    b = tl.load(t_ptr + row_off[:, None] + offs_b[None, :], mask=n_mask[:, None] & (offs_b < KB)[None, :], other=0)
+    return b.to(tl.int32)
+
+
+@triton.jit
+def expand_bytes(b, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode ``[BLOCK_N, BLOCK_K // 4]`` packed bytes into int32 ternary values ``[BLOCK_N, BLOCK_K]``.
+
+    Weight ``4*i + j`` is the 2-bit code at bits ``2j, 2j+1`` of byte ``i``;
+    ``value = (code & 1) - (code >> 1)`` = ``bit 2j`` minus ``bit 2j+1``. The four
+    code planes are put back in column order with ``tl.interleave`` (an in-register
+    join + reshape): ``interleave(interleave(v0, v2), interleave(v1, v3))``.
+    """
+    v0 = (b & 1) - ((b >> 1) & 1)
+    v1 = ((b >> 2) & 1) - ((b >> 3) & 1)
+    v2 = ((b >> 4) & 1) - ((b >> 5) & 1)
+    v3 = ((b >> 6) & 1) - ((b >> 7) & 1)
+    return tl.interleave(tl.interleave(v0, v2), tl.interleave(v1, v3))
+
+
+@triton.jit
+def load_group_state(e_ptr, corr_ptr, row_g, n_mask, k0, G, GS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``(E, corr_accum)`` of the groups under columns ``k0 .. k0+BLOCK_K``: ``[BLOCK_N]`` when
+    ``GS >= BLOCK_K`` (one group), else ``[BLOCK_N, BLOCK_K // GS]``. Groups ``>= G`` read 0."""
+    if GS >= BLOCK_K:
+        g = k0 // GS
+        mask = n_mask & (g < G)
+        offs = row_g + g
+    else:
+        offs_g = k0 // GS + tl.arange(0, BLOCK_K // GS)
+        mask = n_mask[:, None] & (offs_g < G)[None, :]
+        offs = row_g[:, None] + offs_g[None, :]
+    e = tl.load(e_ptr + offs, mask=mask, other=0)
+    c = tl.load(corr_ptr + offs, mask=mask, other=0)
+    return e, c
+
+
+@triton.jit
+def scale_from_state(e, c, coef):
+    """BigInt scale ``S = exp2(float32(corr * coef)) * 2**E`` (float32; see module doc)."""
+    q = (c.to(tl.int64).to(tl.float64) * coef).to(tl.float32)
+    pow2_e = ((e.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # exact 2**E for E in [-126, 127]
+    return tl.exp2(q) * pow2_e
+
+
+@triton.jit
+def group_scale(e_ptr, corr_ptr, offs, mask, coef):
+    """Per-group BigInt scale ``S`` (float32) at flat ``[N, G]`` offsets ``offs``."""
+    e = tl.load(e_ptr + offs, mask=mask, other=0)
+    c = tl.load(corr_ptr + offs, mask=mask, other=0)
+    return scale_from_state(e, c, coef)
+
+
+@triton.jit
+def weff_from(b, e, c, coef, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``W_eff`` tile ``[BLOCK_N, BLOCK_K]`` float32 from packed bytes and the groups' ``(E, corr)``."""
+    t = expand_bytes(b, BLOCK_N, BLOCK_K).to(tl.float32)
+    s = scale_from_state(e, c, coef)
+    if GS >= BLOCK_K:
+        w = t * s[:, None]
+    else:
+        NG: tl.constexpr = BLOCK_K // GS
+        w = tl.reshape(tl.reshape(t, (BLOCK_N, NG, GS)) * s[:, :, None], (BLOCK_N, BLOCK_K))
+    return w
+
+
+@triton.jit
+def expand_bits16(b, sbits, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """16-bit float ``W_eff`` bit patterns ``[BLOCK_N, BLOCK_K]`` (int16) straight from packed bytes.
+
+    ``sbits``: the bit pattern of the (positive) scale in the input's 16-bit float type,
+    broadcastable to ``[BLOCK_N, BLOCK_K // 4]``. For code ``c`` of plane ``j``: the
+    magnitude is ``sbits`` when ``c != 0`` (bit ``2j`` or ``2j+1`` set) and the sign
+    bit is the code's high bit moved to bit 15 -- ``T * S`` rounded to the input dtype,
+    bit for bit, without any float arithmetic per weight.
+    """
+    m0 = ((b | (b >> 1)) & 1) * sbits | ((b << 14) & 0x8000)
+    m1 = (((b >> 2) | (b >> 3)) & 1) * sbits | ((b << 12) & 0x8000)
+    m2 = (((b >> 4) | (b >> 5)) & 1) * sbits | ((b << 10) & 0x8000)
+    m3 = (((b >> 6) | (b >> 7)) & 1) * sbits | ((b << 8) & 0x8000)
+    w = tl.interleave(tl.interleave(m0, m2), tl.interleave(m1, m3))
+    return w.to(tl.int16)
+
+
+@triton.jit
+def weff_cast(b, e, c, coef, dtype: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``W_eff`` tile ``[BLOCK_N, BLOCK_K]`` in ``dtype`` (the dot's input type).
+
+    16-bit types with ``GS >= BLOCK_K`` (one scale per row in the tile) use the bit
+    construction of ``expand_bits16``; otherwise the float path of ``weff_from``.
+    Both give ``float32(T * S)`` rounded once to ``dtype``.
+    """
+    if dtype != tl.float32 and GS >= BLOCK_K:
+        s = scale_from_state(e, c, coef)
+        sbits = s.to(dtype).to(tl.int16, bitcast=True).to(tl.int32)
+        w = expand_bits16(b, sbits[:, None], BLOCK_N, BLOCK_K).to(dtype, bitcast=True)
+    else:
+        w = weff_from(b, e, c, coef, GS, BLOCK_N, BLOCK_K).to(dtype)
+    return w
+
+
+@triton.jit
+def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Program id -> ``(pid_m, pid_n)`` with ``GROUP_M`` row tiles walked together (L2 reuse of the
+    weight tiles), the standard Triton matmul ordering."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+
+
+@triton.jit
+def mix32(x):
+    """lowbias32 on int64 lanes holding values in ``[0, 2**32)``: the same function as
+    ``hashing.mix32``. A product may wrap int64, but its low 32 bits (all that is kept) are exact."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+#: True when the kernels were built for the CPU interpreter (``TRITON_INTERPRET=1`` at import time).
+INTERPRETED: bool = type(mix32).__name__ == "InterpretedFunction"
+
+
+def _fp32_precision() -> str:
+    value = os.environ.get("ARB_TRITON_FP32_PRECISION", "tf32x3").strip().lower() or "tf32x3"
+    if value not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"ARB_TRITON_FP32_PRECISION must be ieee, tf32x3 or tf32; got {value!r}")
+    return value
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    return _fp32_precision() if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
+
+
+
+
+def check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
+    if t.device != device:
+        raise RuntimeError(f"triton ternary op: {name} is on {t.device} but the weights are on {device}")
+
+
+def check_kernel_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        if INTERPRETED:
+            raise RuntimeError("triton ternary op: arbitor.ternary.ops.triton_common was imported with TRITON_INTERPRET=1 "
+                               "(CPU interpreter); restart without it to run on CUDA")
+        return
+    if device.type == "cpu" and INTERPRETED:
+        return
+    raise RuntimeError(
+        f"triton ternary op: tensors on {device} need CUDA, or TRITON_INTERPRET=1 set before "
+        "arbitor.ternary.ops.triton_common is first imported (CPU interpreter); use ARB_TERNARY_BACKEND=torch otherwise")
+
+
+def check_group_size_op(in_features: int, group_size: int) -> None:
+    try:
+        check_group_size(in_features, group_size)
+    except ValueError as exc:
+        raise ValueError(f"triton ternary op: {exc}") from None
+
+
+def check_state(T_packed: torch.Tensor, in_features: int, group_size: int, E: Optional[torch.Tensor],
+                 corr_accum: torch.Tensor, step_counter: Optional[torch.Tensor]) -> tuple[int, int]:
+    """Validate the integer state; returns ``(N, G)``."""
+    check_group_size_op(in_features, group_size)
+    if not isinstance(T_packed, torch.Tensor) or T_packed.dtype != torch.uint8 or T_packed.dim() != 2:
+        raise TypeError(f"triton ternary op: T_packed must be a 2-D uint8 tensor, got "
+                        f"{getattr(T_packed, 'dtype', type(T_packed))} {tuple(getattr(T_packed, 'shape', ()))}")
+    N = T_packed.shape[0]
+    G = in_features // group_size
+    if T_packed.shape[1] != in_features // 4:
+        raise ValueError(f"triton ternary op: T_packed has {T_packed.shape[1]} bytes per row, in_features="
+                         f"{in_features} needs {in_features // 4}")
+    if not T_packed.is_contiguous():
+        raise ValueError("triton ternary op: T_packed must be contiguous")
+    device = T_packed.device
+    check_kernel_device(device)
+    named = [("corr_accum", corr_accum, torch.int64)] + ([("E", E, torch.int8)] if E is not None else [])
+    for name, t, dtype in named:
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
+            raise TypeError(f"triton ternary op: {name} must be a {dtype} tensor, got {getattr(t, 'dtype', type(t))}")
+        if tuple(t.shape) != (N, G):
+            raise ValueError(f"triton ternary op: {name} must have shape {(N, G)} (out_features, in_features // "
+                             f"group_size), got {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError(f"triton ternary op: {name} must be contiguous")
+        check_device(t, name, device)
+    if step_counter is not None:
+        if not isinstance(step_counter, torch.Tensor) or step_counter.dtype != torch.int64 or step_counter.numel() != 1:
+            raise TypeError("triton ternary op: step_counter must be a one-element int64 tensor")
+        check_device(step_counter, "step_counter", device)
+    return N, G
+
+
+def check_scalars(pending: int, strength: float) -> None:
+    if not isinstance(pending, int) or isinstance(pending, bool) or not (0 <= pending < 2 ** 31):
+        raise ValueError(f"triton ternary op: pending must be an int in [0, 2**31), got {pending!r}")
+    if not isinstance(strength, (int, float)) or not (0.0 <= float(strength) <= MAX_STRENGTH):
+        raise ValueError(f"triton ternary op: strength must be a number in [0, {MAX_STRENGTH}], got {strength!r}")
+
+
+def check_act(t: torch.Tensor, name: str, cols: int, colname: str, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"triton ternary op: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOATS:
+        raise TypeError(f"triton ternary op: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.dim() != 2 or t.shape[1] != cols:
+        raise ValueError(f"triton ternary op: {name} must be 2-D [M, {colname}={cols}], got {tuple(t.shape)}")
+    check_device(t, name, device)
+
+
+
+
+def launch_cfg(config: Optional[dict]) -> dict:
+    """Fixed launch config (interpreter / explicit ``config=``)."""
+    cfg = dict(INTERP_DEFAULT, GROUP_M=1)
+    if INTERPRETED:
+        cfg.update(num_warps=4, num_stages=1)
+    if config:
+        unknown = set(config) - {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SPLIT"}
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        cfg.update(config)
+        if not (isinstance(cfg.get("SPLIT", 1), int) and cfg.get("SPLIT", 1) >= 1):
+            raise ValueError(f"SPLIT must be a positive int, got {cfg['SPLIT']!r}")
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+        v = cfg[key]
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{key} must be a power of two >= 16, got {v}")
+    return cfg

@@ -1,0 +1,102 @@
+"""The update-rule protocol: how one ternary layer's ballots change its integer state.
+
+A ``TernaryScaleTensor`` holds one ``UpdateRule`` object (never a rule name it branches on). The layer
+owns every buffer and the BigInt scale bookkeeping all rules share -- ``T_packed``, ``E``,
+``corr_accum``, ``step_counter`` and the pending-ballot count (``layer.py``, ``scale.py``); the rule
+owns what is particular to it:
+
+* ``buffers()`` -- the extra state it needs (registered on the layer under these names, so it is in
+  the layer's ``state_dict``), with ``buffer_dtypes`` for checkpoint checks;
+* ``ballot(state, grad_y, x, ops)`` -- one backward's ballot, given the layer's buffers as a
+  ``TernaryState`` view, the upstream gradient and the saved input, applied through the op table
+  ``ops`` (``ops/backend.py``: the torch reference or the Triton kernels, one signature);
+* ``fold(state)`` -- its part of the per-step call ``ternary_step()`` (after the layer folded the step's
+  ballots into ``step_counter``);
+* ``extra_state_bytes`` / ``validate`` -- its bytes per layer for the audit and its invariants for
+  ``validate_state`` (checked on every checkpoint load);
+* ``set_rate_factor(f)`` -- the single door through which a step-size schedule reaches a rule:
+  the rule's float step size (if it has one) becomes ``base * f`` for the ballots that follow.
+
+Ballots are *online*: ``ballot()`` applies its update at once, so a later micro-batch's forward sees it.
+A *step-boundary* mode, in which a step's ballots are gathered into pending buffers and applied together
+by ``fold()``, is the room this protocol leaves for rank-invariant data-parallel training.
+
+A rule object belongs to one layer (the layer builds it), like a parameter group of an optimizer: it may
+cache host-side copies of constants of that layer.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+
+__all__ = ["TernaryState", "UpdateRule"]
+
+
+@dataclass
+class TernaryState:
+    """A view of one layer's integer state handed to its rule (the tensors are the layer's buffers).
+
+    ``T_packed [N, ceil(K/4)]`` uint8, ``E [N, G]`` int8, ``corr_accum [N, G]`` int64, ``step_counter []``
+    int64, ``extra`` the rule's own buffers; ``ballot`` is the index of the ballot being cast (the
+    number of ballots before it: ``step_counter`` plus the pending ones), a Python int.
+    """
+
+    T_packed: torch.Tensor
+    E: torch.Tensor
+    corr_accum: torch.Tensor
+    step_counter: torch.Tensor
+    in_features: int
+    out_features: int
+    group_size: int
+    ballot: int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class UpdateRule(ABC):
+    """Base class of the update rules (module doc)."""
+
+    name: ClassVar[str]
+    #: dtype of every buffer ``buffers()`` returns (checked when a state dict is loaded)
+    buffer_dtypes: ClassVar[dict[str, torch.dtype]] = {}
+
+    def __init__(self) -> None:
+        self.rate_factor = 1.0
+
+    def buffers(self, out_features: int, in_features: int, seed: int,
+                device: Optional[torch.device]) -> dict[str, torch.Tensor]:
+        """The rule's initial extra buffers (none by default)."""
+        return {}
+
+    @abstractmethod
+    def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
+        """Cast one ballot: ``grad_y [M, N]``, ``x [M, K]`` (same dtype), applied in place."""
+
+    def fold(self, state: TernaryState) -> None:
+        """The rule's part of the per-step call (nothing for online rules)."""
+
+    def set_rate_factor(self, factor: float) -> None:
+        """Scale the rule's step size by ``factor`` for the ballots that follow (schedules)."""
+        self.rate_factor = float(factor)
+
+    def extra_state_bytes(self, out_features: int, in_features: int) -> int:
+        """Bytes of the rule's extra buffers for a ``[out_features, in_features]`` layer."""
+        return sum(b.numel() * b.element_size()
+                   for b in self.buffers(out_features, in_features, 0, torch.device("meta")).values())
+
+    def validate(self, state: TernaryState) -> Optional[str]:
+        """The first violated invariant of the rule's buffers, or None."""
+        return None
+
+    def forget_host_copies(self) -> None:
+        """Drop host-side copies of the layer's state (its buffers were just replaced by a load)."""
+
+    def settings(self) -> dict[str, Any]:
+        """The rule's settings (for ``extra_repr`` and configs)."""
+        return {}
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({body})"

@@ -1,0 +1,103 @@
+"""``counter``: BigInt scales plus trits that train on small packed per-weight counters.
+
+The scales move exactly as in ``bigint`` (the same votes, cast with the trits of the forward). The
+trits are driven by a packed per-weight counter ``C`` of ``b = counter_bits`` bits (``C_packed``,
+layout in ``format.py``). Trit and counter together are one integer *position* on a ladder of
+``3 * L`` rungs, ``L = 2**b``::
+
+    p = (T + 1) * L + C          T = p // L - 1,  C = p % L,   p in [0, 3L)
+
+so each trit value owns ``L`` consecutive rungs. Every ballot moves each position by a
+stochastically rounded, row-normalised gradient step::
+
+    g     = dL/dW_eff[n, k]                      (one block of grad_W, never stored)
+    a     = rate * |g| / rms(g[n, :])            (rungs; its expectation is the step)
+    steps = floor(a + u),  u = hash(hash_key, ballot, n, k) * 2**-24     (ops/hashing.py)
+    p    <- clamp(p - sign(g) * steps, 0, 3L - 1)
+
+``E[steps] = a`` exactly (for ``a < 3L``), so in expectation this is SGD with a per-row
+RMS-normalised step of ``rate`` rungs on a latent integer weight whose ternary read-out is ``T``.
+A weight must collect about ``L`` rungs of net drift before its trit changes, so gradient noise no
+longer flips trits back and forth, and a saturated ``+-1`` needs ``L`` opposite rungs to come back
+(hysteresis, like the clipped latent weight of QAT). Initial ``C`` is ``L // 2`` (the middle of each
+trit's rungs). ``rate = counter_rate * rate_factor``: a schedule scales it through
+``set_rate_factor``. The draw is keyed by the integer state (``hash_key``, the ballot index), so runs
+are reproducible and resume bit-exactly.
+
+State: the BigInt state + ``b / 8`` bytes per weight (``C_packed``) + the int64 ``hash_key``; ``b = 4``
+with group 64 is 0.25 + 0.5 + 9/64 = 0.89 bytes per weight. The op is ``ops.counter_ballot_``: one
+``grad_W`` pass per row block casts the scale votes and moves the trits (torch reference or one fused
+Triton kernel per block).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from ..format import check_counter_bits, counter_packed_shape, pack_counters
+from .base import TernaryState, UpdateRule
+
+__all__ = ["CounterRule", "MAX_COUNTER_RATE"]
+
+MAX_COUNTER_RATE = 64.0
+_KEY_SALT = 0x5DEECE66D  # hash_key = seed ^ salt: a layer's draws differ from its init draws
+
+
+class CounterRule(UpdateRule):
+    """Trits on packed ``counter_bits``-bit counters, stepped by ``counter_rate`` rungs (module doc)."""
+
+    name = "counter"
+    buffer_dtypes = {"C_packed": torch.uint8, "hash_key": torch.int64}
+
+    def __init__(self, counter_bits: int = 4, counter_rate: float = 0.5) -> None:
+        super().__init__()
+        check_counter_bits(counter_bits)
+        if not (isinstance(counter_rate, (int, float)) and math.isfinite(counter_rate)
+                and 0.0 <= counter_rate <= MAX_COUNTER_RATE):
+            raise ValueError(f"counter_rate must be in [0, {MAX_COUNTER_RATE:g}], got {counter_rate!r}")
+        self.counter_bits = int(counter_bits)
+        self.counter_rate = float(counter_rate)
+        self._host_key: Optional[int] = None  # hash_key never changes: read from the device once
+
+    @property
+    def rate(self) -> float:
+        """The step size of the next ballots: ``counter_rate * rate_factor`` rungs per unit of row-RMS gradient."""
+        return self.counter_rate * self.rate_factor
+
+    def buffers(self, out_features: int, in_features: int, seed: int,
+                device: Optional[torch.device]) -> dict[str, torch.Tensor]:
+        bits = self.counter_bits
+        if device is not None and torch.device(device).type == "meta":
+            C = torch.empty(counter_packed_shape(out_features, in_features, bits), dtype=torch.uint8, device="meta")
+        else:  # every counter starts mid-ladder: L // 2
+            mid = torch.full((out_features, in_features), 1 << (bits - 1), dtype=torch.uint8, device=device)
+            C = pack_counters(mid, bits, check=False)
+        key = torch.tensor(seed ^ _KEY_SALT, dtype=torch.int64, device=device)
+        return {"C_packed": C, "hash_key": key}
+
+    def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
+        if self._host_key is None:
+            self._host_key = int(state.extra["hash_key"])
+        ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, self._host_key,
+                            state.ballot, state.in_features, state.group_size, self.counter_bits, self.rate)
+
+    def forget_host_copies(self) -> None:
+        """Drop cached host copies (the layer's buffers were replaced, e.g. by ``load_state_dict``)."""
+        self._host_key = None
+
+    def validate(self, state: TernaryState) -> Optional[str]:
+        C = state.extra["C_packed"]
+        bits = self.counter_bits
+        shape = counter_packed_shape(state.out_features, state.in_features, bits)
+        if tuple(C.shape) != shape:
+            return f"C_packed has shape {tuple(C.shape)}, {bits}-bit counters need {shape}"
+        tail = state.in_features % (8 // bits)
+        if tail and C.numel() and bool((C[:, -1] >> (tail * bits)).any()):
+            return "C_packed has non-zero padding counters after in_features (corrupt counter state)"
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        return {"counter_bits": self.counter_bits, "counter_rate": self.counter_rate}
+

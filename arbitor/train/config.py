@@ -1,0 +1,57 @@
+"""``TrainConfig``: the training loop's settings, shared by every task (text, multimodal).
+
+Each field is also a command-line flag (``settings.py``: help text and bounds declared once, here).
+What a task trains on (text file, vocabulary, modality weights...) is the task's own config
+(``text.TextConfig``, ``multimodal.MultimodalConfig``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .schedule import SCHEDULES, rate_factor
+from .settings import check_settings, setting
+
+__all__ = ["TrainConfig", "IDENTITY_FIELDS"]
+
+# Fields that a resumed run must share with the run it continues: a bit-exact continuation needs them.
+IDENTITY_FIELDS = ("batch", "ctx", "seed", "schedule", "warmup_steps", "min_rate_ratio")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = setting(1000, "total optimisation steps (a resumed run continues up to this number)", positive=True)
+    batch: int = setting(16, "sequences per step", positive=True)
+    ctx: int = setting(64, "tokens (bytes or patches) per sequence", positive=True)
+    eval_interval: int = setting(250, "validate every N steps and at the end; 0 = only at the start and the end",
+                                 low=0)
+    eval_batches: int = setting(8, "validation batches per evaluation (fixed windows, the same every time)",
+                                positive=True)
+    log_interval: int = setting(10, "write a train record every N steps (and at the end); 0 = none", low=0)
+    save_interval: Optional[int] = setting(None, "checkpoint every N steps and at the end; 0 = only at the end "
+                                                 "(default: with every evaluation)", low=0)
+    no_save: bool = setting(False, "write no checkpoint; print the memory lines instead (logical_ternary_weights, "
+                                   "training_state_mb, after_cuda_mb, step i alloc_mb/reserved_mb/peak_mb)")
+    seed: int = setting(0, "seed of the model init, the data order and the modality draws", low=0, high=2 ** 62)
+    # step-size schedule, applied alike to AdamW's lr (float baselines) and to the ternary rules' step sizes
+    # (a pure function of the step, so resume stays exact; schedule.py). The cosine decay spans `steps`.
+    schedule: str = setting("constant", "step-size schedule for AdamW lr and the ternary rules' rates",
+                            choices=SCHEDULES)
+    warmup_steps: int = setting(0, "cosine: linear warm-up steps", low=0)
+    min_rate_ratio: float = setting(0.1, "cosine: the factor reached at the last step", low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints (0: only at the end)."""
+        return self.eval_interval if self.save_interval is None else self.save_interval
+
+    def rate_factor(self, step: int) -> float:
+        """The schedule's multiplier for the step that follows ``step`` completed steps (1.0 when constant)."""
+        return rate_factor(self.schedule, step, self.steps, self.warmup_steps, self.min_rate_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

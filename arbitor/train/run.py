@@ -1,0 +1,249 @@
+"""Runs on disk: build a new run or resume one, for either task, and load a run for sampling.
+
+``build_run(kind, tcfg, task_cfg, model_settings, run_dir, resume, device)`` does everything
+``arbitor train`` / ``arbitor pretrain`` do before the loop: load the data (only what the task uses),
+build the model from its preset and the ``ModelSettings`` overrides, and -- with ``resume`` -- restore
+the trainer from ``<run>/checkpoint.safetensors`` after checking that the run is the same one:
+
+* the task kind (a text run is not continued by ``pretrain``, nor the reverse);
+* the fields of ``TrainConfig`` that shape the batches and schedule (``config.IDENTITY_FIELDS``), every
+  field of the task's config, the preset and any model setting given again;
+* the data itself: the text's sha256 (text), the modality layout (multimodal).
+
+Any difference is a ``CheckpointError`` naming the setting: a bit-exact continuation needs the same
+value. A run directory that holds a checkpoint is only continued with ``resume`` and never
+overwritten when its checkpoint cannot be loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..data import DataError, load_modality
+from ..model.config import ConfigError, ModelConfig, preset
+from ..model.multimodal import ModalitySpec, MultimodalARB
+from ..model.text import ArbitorLM
+from ..ternary.embedding import EMBEDDING_RULES
+from ..ternary.format import COUNTER_BITS
+from ..ternary.ops.backend import resolve_backend
+from ..ternary.rules import RULES
+from ..ternary.rules.counter import MAX_COUNTER_RATE
+from ..ternary.scale import MAX_STRENGTH
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint
+from .config import IDENTITY_FIELDS, TrainConfig
+from .multimodal import MultimodalConfig, MultimodalTask, modality_specs
+from .settings import check_settings, flag_name, setting
+from .text import TextConfig, TextTask, build_dataset
+from .trainer import Trainer
+
+__all__ = ["ModelSettings", "TASK_CONFIGS", "build_run", "load_run", "fit_config", "RunError"]
+
+TASK_CONFIGS = {"text": TextConfig, "multimodal": MultimodalConfig}
+TaskConfig = Union[TextConfig, MultimodalConfig]
+RunError = (DataError, ConfigError, CheckpointError)
+
+
+@dataclass
+class ModelSettings:
+    """The model settings a run may set on top of its preset (``None``: the preset's, or the checkpoint's)."""
+
+    preset: Optional[str] = setting(None, "model preset: tiny, small, base, medium, 3b (default tiny, or the "
+                                          "checkpoint's with --resume)")
+    group_size: Optional[int] = setting(None, "scale-group size of the ternary layers and the embedding "
+                                              "(power of two >= 4)", low=4)
+    strength: Optional[float] = setting(None, "BigInt strength: S = 2**(E + strength*mean_corr)", low=0.0,
+                                        high=MAX_STRENGTH)
+    update_rule: Optional[str] = setting(None, "update rule of the dense ternary layers: bigint (the spec's) or "
+                                               "counter (docs/quality.md)", choices=tuple(RULES))
+    counter_bits: Optional[int] = setting(None, "counter rule: bits per weight of the packed counters",
+                                          choices=COUNTER_BITS)
+    counter_rate: Optional[float] = setting(None, "counter rule: rungs per ballot per unit of row-RMS gradient",
+                                            low=0.0, high=MAX_COUNTER_RATE)
+    embedding_update_rule: Optional[str] = setting(None, "update rule of the sparse embedding",
+                                                   choices=EMBEDDING_RULES)
+    backend: Optional[str] = setting(None, "ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)",
+                                     choices=("auto", "torch", "triton"))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def ternary_changes(self) -> dict[str, Any]:
+        """The ``TernaryConfig`` fields these settings change."""
+        return {k: getattr(self, k) for k in ("group_size", "strength", "update_rule", "counter_bits", "counter_rate",
+                                              "backend") if getattr(self, k) is not None}
+
+    def model_changes(self) -> dict[str, Any]:
+        """The other ``ModelConfig`` fields these settings change."""
+        out = {}
+        if self.embedding_update_rule is not None:
+            out["embedding_update_rule"] = self.embedding_update_rule
+        if self.group_size is not None:
+            out["embedding_group_size"] = self.group_size
+        return out
+
+    def differences(self, cfg: ModelConfig) -> list[str]:
+        """Settings given here that ``cfg`` does not have (``name=saved`` vs ``asked``)."""
+        out = []
+        for k, v in self.ternary_changes().items():
+            if getattr(cfg.ternary, k) != v:
+                out.append(f"{k}={getattr(cfg.ternary, k)!r}, you asked for {v!r}")
+        for k, v in self.model_changes().items():
+            if getattr(cfg, k) != v:
+                out.append(f"{k}={getattr(cfg, k)!r}, you asked for {v!r}")
+        return out
+
+
+def fit_config(cfg: ModelConfig, ctx: int, device: torch.device) -> ModelConfig:
+    """``cfg`` with ``max_ctx`` raised to ``ctx`` if needed; ``ConfigError`` if its ternary backend cannot
+    run on ``device``."""
+    if cfg.linear == "ternary":
+        try:
+            resolve_backend(device, cfg.ternary.backend)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(" ".join(str(exc).split())) from None
+    return cfg.replace(max_ctx=ctx) if cfg.max_ctx < ctx else cfg
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def _check_same(saved: dict[str, Any], asked: dict[str, Any], what: str) -> None:
+    for key, value in asked.items():
+        if key in saved and saved[key] != value:
+            raise CheckpointError(f"--resume: the checkpoint was trained with {flag_name(key)[2:]}={saved[key]!r}, "
+                                  f"not {value!r}; a bit-exact continuation needs the same {what}")
+
+
+def _build_model(kind: str, cfg: ModelConfig, task_cfg: TaskConfig, specs: list[ModalitySpec]) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    if kind == "text":
+        return ArbitorLM(cfg)
+    return MultimodalARB(cfg, specs, task_cfg.vq_update_rule)
+
+
+def build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Optional[ModelSettings] = None,
+              run_dir: Optional[Path] = None, resume: bool = False, device: Union[str, torch.device] = "cpu",
+              components=None, model_fields: Optional[dict[str, Any]] = None) -> Trainer:
+    """A ready ``Trainer`` for a new run, or for ``run_dir``'s checkpoint with ``resume`` (module doc).
+
+    ``settings``: the command-line model settings; ``model_fields``: any other ``ModelConfig`` field
+    changes (Python API: e.g. ``{"linear": "dense", "d_model": 384, "ternary": {"group_size": 32}}``);
+    ``components`` replaces a text task's default loss component. Raises ``DataError`` / ``ConfigError`` /
+    ``CheckpointError`` with a one-line reason.
+    """
+    model_fields = dict(model_fields or {})
+    settings = settings or ModelSettings()
+    ternary_fields = {**settings.ternary_changes(), **model_fields.pop("ternary", {})}
+    if kind not in TASK_CONFIGS:
+        raise ConfigError(f"unknown task {kind!r}; choose one of {', '.join(TASK_CONFIGS)}")
+    dev = _device(device)
+    ckpt = None
+    if run_dir is not None:
+        path = Path(run_dir) / CHECKPOINT_NAME
+        if resume:
+            ckpt = load_checkpoint(path)
+        elif path.exists():
+            raise CheckpointError(f"{path} already exists; pass --resume to continue it or choose another --run "
+                                  "(arbitor never overwrites a checkpoint)")
+    saved_task: dict[str, Any] = {}
+    if ckpt is not None:
+        model_state, model_cfg, train_state, other, meta = ckpt
+        saved_task = train_state.get("task", {})
+        if saved_task.get("kind") != kind:
+            raise CheckpointError(f"--resume: {path} is a {saved_task.get('kind')!r} run, not a {kind!r} run "
+                                  f"(use arbitor {'train' if saved_task.get('kind') == 'text' else 'pretrain'})")
+        saved_t = train_state["train_config"]
+        _check_same({k: saved_t.get(k, getattr(TrainConfig, k, None)) for k in IDENTITY_FIELDS},
+                    {k: getattr(tcfg, k) for k in IDENTITY_FIELDS}, "value")
+        _check_same(saved_task.get("config", {}), dataclasses.asdict(task_cfg), "data")
+        saved_preset = train_state.get("preset")
+        if settings.preset is not None and settings.preset != saved_preset:
+            raise CheckpointError(f"--resume: the checkpoint was trained with preset {saved_preset!r}, "
+                                  f"not {settings.preset!r}")
+        cfg = ModelConfig.from_dict(model_cfg)
+        diff = settings.differences(cfg) + [f"{k}={getattr(cfg, k)!r}, you asked for {v!r}"
+                                            for k, v in model_fields.items() if getattr(cfg, k) != v] \
+            + [f"{k}={getattr(cfg.ternary, k)!r}, you asked for {v!r}"
+               for k, v in ternary_fields.items() if getattr(cfg.ternary, k) != v]
+        if diff:
+            raise CheckpointError(f"--resume: the checkpoint has {diff[0]}")
+        preset_name = saved_preset
+    # ------------------------------------------------------------------ data and task
+    if kind == "text":
+        vocab, data = build_dataset(task_cfg, tcfg.ctx, tcfg.seed, saved_task.get("vocab"))
+        if saved_task.get("text_sha256") not in (None, data.text_sha256):
+            raise CheckpointError("--resume: the training text differs from the one this checkpoint was trained on "
+                                  "(sha256 mismatch); a bit-exact continuation needs the same text")
+        task = TextTask(task_cfg, vocab, data, components)
+        specs: list[ModalitySpec] = []
+        vocab_size = vocab.vocab_size
+    else:
+        datasets = {m: load_modality(m, task_cfg.data[m], tcfg.ctx, task_cfg.val_fraction, tcfg.seed,
+                                     task_cfg.max_code_bytes) for m in task_cfg.active}
+        specs = modality_specs(task_cfg, datasets)
+        task = MultimodalTask(task_cfg, datasets, tcfg.seed)
+        vocab_size = 256 + sum(s.num_codes for s in specs)
+        if ckpt is not None and task.checkpoint_state()["modalities"] != saved_task.get("modalities"):
+            raise CheckpointError("--resume: the modalities' layout (codes, patch sizes) differs from the checkpoint's")
+    # ------------------------------------------------------------------ model
+    if ckpt is None:
+        preset_name = settings.preset or "tiny"
+        fields = {"vocab_size": vocab_size, "seed": tcfg.seed, **settings.model_changes(), **model_fields}
+        cfg = preset(preset_name, ternary=ternary_fields, **fields)
+    elif cfg.vocab_size != vocab_size:
+        raise CheckpointError(f"checkpoint vocab_size {cfg.vocab_size} != vocabulary size {vocab_size}")
+    cfg = fit_config(cfg, tcfg.ctx, dev)
+    model = _build_model(kind, cfg, task_cfg, specs)
+    if kind == "multimodal" and ckpt is None:
+        gen = torch.Generator().manual_seed(tcfg.seed + 31)
+        for s in specs:
+            model.vq[s.name].init_from_data(datasets[s.name].train, gen)
+    trainer = Trainer(model, task, tcfg, run_dir=run_dir, device=dev, preset=preset_name)
+    if ckpt is not None:
+        trainer.restore(model_state, train_state, other, meta)
+        _truncate_metrics(Path(run_dir) / "metrics.jsonl", trainer.step)
+    elif run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        stale = Path(run_dir) / "metrics.jsonl"
+        if stale.exists():
+            stale.unlink()
+    return trainer
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint's ``step`` (a run that died between checkpoints)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def load_run(run_dir: Path, device: Union[str, torch.device] = "cpu"):
+    """``(model, vocab, train_state)`` of a text run's checkpoint, for sampling."""
+    from ..data import build_vocab
+    model_state, model_cfg, train_state, _, _ = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    task = train_state.get("task", {})
+    if task.get("kind") != "text":
+        raise CheckpointError(f"{run_dir} is a {task.get('kind')!r} run; sampling needs a text run "
+                              "(arbitor train)")
+    cfg = ModelConfig.from_dict(model_cfg)
+    vocab = build_vocab("", spec=task["vocab"])
+    model = ArbitorLM(cfg)
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint in {run_dir} does not fit its own config: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    return model.to(device), vocab, train_state

@@ -1,0 +1,215 @@
+"""The one ``Trainer``: loss-component routing, the per-step update, evaluation, runs on disk.
+
+A ``Trainer`` trains a model on a ``Task`` (``text.TextTask`` or ``multimodal.MultimodalTask``). One
+optimisation step (``Trainer.train_step``):
+
+1. the schedule's factor for this step reaches AdamW and the ternary rules (``Updater.set_rate_factor``);
+2. the task draws a batch and names the components that train on it;
+3. one forward pass per component (components of a step may share it through ``shared``);
+4. for each component with weight ``w > 0``: ``w`` backward passes of that component's loss alone, with
+   only the layers on its route voting (``route_ballots``) -- the votes stream straight into each layer's
+   integer state during backward (no float gradient buffer is kept for ternary layers);
+5. the per-step update: ``Updater.step()`` folds the ballots (``ternary_step``) and steps AdamW for the
+   float baselines;
+6. cleanup: every step tensor released before returning, so nothing allocated in step N is alive in step
+   N+1 (tested with ``LiveTensorTracker``).
+
+``fit()`` runs steps to ``TrainConfig.steps``: a train record every ``log_interval`` steps, validation
+at step 0, every ``eval_interval`` and at the end (with ``loss.png`` and the task's artifacts), a
+checkpoint every ``checkpoint_interval`` and at the end. ``save()``/``restore()`` make a resumed run
+bit-exact: the model's integer buffers, the step, the tokens seen, torch's RNG, the task's samplers and
+AdamW's state (``checkpoint.py``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..ternary.step import ternary_layers
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, save_checkpoint
+from .components import route_ballots
+from .config import TrainConfig
+from .plots import plot_metrics
+from .probe import MemoryMeter
+from .task import Task
+from .updater import Updater
+
+__all__ = ["Trainer", "memory_mb"]
+
+
+def memory_mb(device: torch.device) -> float:
+    """Allocated memory in MiB: CUDA allocator on GPU, resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):  # pragma: no cover - non-Linux
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Runs optimisation steps of ``model`` on ``task`` and keeps a run directory up to date (module doc)."""
+
+    def __init__(self, model: nn.Module, task: Task, tcfg: TrainConfig, run_dir: Optional[Path] = None,
+                 device: Optional[torch.device] = None, preset: Optional[str] = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = model.to(self.device)
+        self.task = task
+        self.tcfg = tcfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.preset = preset          # recorded in checkpoints
+        self.step = 0
+        self.tokens_seen = 0
+        self.updater = Updater(model, model.cfg.dense_lr)
+        self.history: list[dict[str, Any]] = []
+        self.last_components: list = []    # the components the last step trained
+        self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step (module doc); returns the loss of each component trained (floats)."""
+        model = self.model
+        model.train()
+        stale = [type(m).__name__ for m in ternary_layers(model) if m.pending_ballots]
+        if stale:
+            raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
+                               "after the last backward); call ternary_step(model) first")
+        self.updater.set_rate_factor(self.tcfg.rate_factor(self.step))
+        batch, components = self.task.next_batch(self.tcfg.batch, self.device)
+        shared: dict = {}
+        losses = {c.name: c.fn(model, batch, shared) for c in components}
+        passes = [c for c in components for _ in range(c.weight)]
+        for i, comp in enumerate(passes):
+            with route_ballots(model, comp):
+                losses[comp.name].backward(retain_graph=i < len(passes) - 1)
+        out = {name: float(loss.detach()) for name, loss in losses.items()}
+        self.last_components, self.last_parts = components, shared.get("parts", {})
+        del losses, shared, batch  # nothing of this step's graph may outlive it
+        self.updater.step()
+        self.step += 1
+        self.tokens_seen += self.tcfg.batch * self.tcfg.ctx
+        if not all(math.isfinite(v) for v in out.values()):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {out}")
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The task's validation metrics on fixed held-out windows."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model, self.tcfg.batch, self.tcfg.eval_batches, self.device,
+                                      self.tcfg.seed)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ run directory
+    def _metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.run_dir is not None:
+            with open(self._metrics_path(), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self) -> Path:
+        """Atomically write ``<run>/checkpoint.safetensors`` and ``<run>/config.json``."""
+        if self.run_dir is None:
+            raise ValueError("Trainer.save() needs a run_dir")
+        if any(m.pending_ballots for m in ternary_layers(self.model)):
+            raise RuntimeError("Trainer.save(): ballots are pending (save between steps)")
+        extra = {"rng.torch": torch.get_rng_state(), **self.task.rng_tensors()}
+        optim, groups = self.updater.state_tensors()
+        extra.update(optim)
+        task = {"kind": self.task.kind, "config": self.task.config(), **self.task.checkpoint_state()}
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
+                 "task": task, "preset": self.preset}
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.model.state_dict(), self.model.cfg.to_dict(), state, extra,
+                        {"optim_groups": groups})
+        cfg_json = {"preset": self.preset, "model": self.model.cfg.to_dict(), "train": self.tcfg.to_dict(),
+                    "task": task, "step": self.step}
+        atomic_write_bytes(self.run_dir / "config.json", json.dumps(cfg_json, indent=2).encode())
+        return path
+
+    def restore(self, model_state: dict, train_state: dict, other: dict, meta: dict) -> None:
+        """Load the state read by ``load_checkpoint`` into this trainer (bit-exact continuation)."""
+        try:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in model_state.items()}, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not fit this model: {' '.join(str(exc).split())[:300]}") from None
+        try:
+            self.task.load_rng_tensors(other)
+            torch.set_rng_state(other["rng.torch"])
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint lacks the sampler state {exc.args[0]!r}") from None
+        self.step = int(train_state["step"])
+        self.tokens_seen = int(train_state["tokens_seen"])
+        self.updater.load_state_tensors(other, meta.get("optim_groups", "[]"), self.device)
+
+    def plot(self) -> Optional[Path]:
+        """``<run>/loss.png`` from metrics.jsonl (``plots.py``)."""
+        if self.run_dir is None or not self._metrics_path().exists():
+            return None
+        return plot_metrics(self._metrics_path(), self.run_dir / "loss.png", f"arbitor {self.run_dir.name}")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, steps: Optional[int] = None, progress: bool = True,
+            print_fn=print) -> dict[str, float]:
+        """Train until ``self.step == steps`` (default ``tcfg.steps``); returns the last evaluation (module doc)."""
+        from tqdm import tqdm
+        tcfg = self.tcfg
+        target = tcfg.steps if steps is None else steps
+        meter = MemoryMeter(self.model, self.device, print_fn) if tcfg.no_save else None
+        if meter is not None:
+            meter.header()
+        last_eval: dict[str, float] = {}
+        if self.step == 0 and target > 0:  # the untrained model's validation starts the curve
+            last_eval = self.evaluate()
+            self.log({"step": 0, **last_eval})
+            tqdm.write(f"step 0: {self.task.format_eval(last_eval)}")
+        bar = tqdm(total=target, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        t_last, tok_last = time.perf_counter(), self.tokens_seen
+        try:
+            while self.step < target:
+                losses = meter.step(self.step, self.train_step)[0] if meter is not None else self.train_step()
+                bar.update(1)
+                total = sum(losses.values())
+                at_end = self.step == target
+                if tcfg.log_interval and (self.step % tcfg.log_interval == 0 or at_end):
+                    now = time.perf_counter()
+                    tps = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
+                    t_last, tok_last = now, self.tokens_seen
+                    mem = memory_mb(self.device)
+                    rec = {"step": self.step, "loss": total, "tokens_per_s": tps, "mem_mb": mem,
+                           "tokens_seen": self.tokens_seen, **self.task.log_fields(self.last_components)}
+                    rec.update({f"loss/{k}": v for k, v in losses.items()})
+                    rec.update({f"parts/{c}/{k}": v for c, parts in self.last_parts.items() for k, v in parts.items()})
+                    self.log(rec)
+                    bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tps:,.0f}", mem=f"{mem:,.0f}MB")
+                if (tcfg.eval_interval and self.step % tcfg.eval_interval == 0) or at_end:
+                    last_eval = self.evaluate()
+                    self.log({"step": self.step, **last_eval})
+                    bar.write(f"step {self.step}: {self.task.format_eval(last_eval)}")
+                    if self.run_dir is not None:
+                        self.plot()
+                        self.task.artifacts(self.model, self.run_dir, self.step, tcfg.ctx)
+                interval = tcfg.checkpoint_interval
+                if self.run_dir is not None and not tcfg.no_save and ((interval and self.step % interval == 0)
+                                                                      or at_end):
+                    self.save()
+        finally:
+            bar.close()
+        return last_eval
+

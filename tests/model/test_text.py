@@ -1,0 +1,123 @@
+"""The ARB text model: shapes, purity (audit for every preset), sampling with the KV cache."""
+import pytest
+import torch
+
+from arbitor.model.config import PRESETS, ConfigError, ModelConfig, preset
+from arbitor.ternary.audit import ternary_audit
+from arbitor.ternary.layer import TernaryScaleTensor
+from arbitor.ternary.step import ternary_step
+from arbitor.model.text import ArbitorLM
+
+
+def tiny(ternary=None, **kw):
+    return ArbitorLM(preset("tiny", ternary=ternary, **kw))
+
+
+def test_forward_shapes_and_loss():
+    m = tiny()
+    idx = torch.randint(0, 256, (2, 16))
+    logits, loss = m(idx, idx)
+    assert logits.shape == (2, 16, 256)
+    # a fresh model is near uniform: ln(256) = 5.55
+    assert 4.5 < loss.item() < 7.5
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_audit_zero_trainable_float_params_every_preset(name):
+    with torch.device("meta"):  # shapes only: the 3.12B preset audits without drawing 3e9 weights
+        m = ArbitorLM(preset(name))
+    rep = ternary_audit(m)
+    assert rep["trainable_float_params"] == 0 and rep["pure_ternary"]
+    assert list(m.parameters()) == []
+    cfg = m.cfg
+    n_ternary_layers = sum(isinstance(x, TernaryScaleTensor) for x in m.modules())
+    assert n_ternary_layers == cfg.n_layers * (5 + 2 + (1 if cfg.lti_decays else 0)) + 1
+    assert rep["state_bytes"]["corr_accum"] > 0 and rep["state_bytes"]["T_packed"] > 0
+    assert rep["frozen_float_elements"] == cfg.n_layers * len(cfg.lti_decays)
+
+
+@pytest.mark.parametrize("linear", ["dense", "bitnet"])
+def test_float_baseline_factories_are_not_pure(linear):
+    m = tiny(linear=linear)
+    rep = ternary_audit(m)
+    assert rep["trainable_float_params"] > 0 and not rep["pure_ternary"]
+    assert sum(isinstance(x, TernaryScaleTensor) for x in m.modules()) == 0
+    idx = torch.randint(0, 256, (2, 8))
+    _, loss = m(idx, idx)
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("rule,keys", [("bigint", {"corr_accum", "step_counter"}),
+                                      ("counter", {"corr_accum", "hash_key", "C_packed"})])
+def test_update_rule_reaches_every_ternary_layer(rule, keys):
+    m = tiny(ternary={"update_rule": rule, "counter_bits": 2})
+    layers = [x for x in m.modules() if isinstance(x, TernaryScaleTensor)]
+    assert all(layer.update_rule == rule and keys <= set(dict(layer.named_buffers())) for layer in layers)
+    assert ternary_audit(m)["trainable_float_params"] == 0
+    if rule == "counter":
+        assert all(layer.rule.counter_bits == 2 for layer in layers)
+
+
+def test_backward_votes_everywhere_and_no_float_grad():
+    m = tiny()
+    idx = torch.randint(0, 256, (2, 16))
+    _, loss = m(idx, idx)
+    loss.backward()
+    layers = [x for x in m.modules() if isinstance(x, TernaryScaleTensor)]
+    assert all(layer.pending_ballots == 1 for layer in layers)
+    ternary_step(m)
+    assert all(int(layer.step_counter) == m.cfg.ternary.ballot_prior + 1 for layer in layers)
+    assert all(bool(layer.corr_accum.ne(0).any()) for layer in layers)
+    assert int(m.embed.step_counter[idx.unique()].min()) == m.cfg.ternary.ballot_prior + 1
+
+
+def test_cached_generation_matches_full_recompute():
+    m = tiny().eval()
+    prompt = torch.randint(0, 256, (1, 5))
+    out = m.generate(prompt, 12, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            logits, _ = m(seq)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
+
+
+def test_generation_past_max_ctx_and_top_k():
+    m = ArbitorLM(preset("tiny", max_ctx=16))
+    g = torch.Generator().manual_seed(0)
+    out = m.generate(torch.zeros(2, 3, dtype=torch.long), 30, temperature=1.0, top_k=5, generator=g)
+    assert out.shape == (2, 33)
+    assert m.training  # restored
+
+
+def test_registered_decoder_is_built_from_the_config():
+    from arbitor.model.decoders import DECODERS, TextDecoder, register_decoder
+
+    class ShoutDecoder(TextDecoder):   # a stand-in for a new modality's head
+        modality = "shout"
+
+    register_decoder("shout", ShoutDecoder)
+    try:
+        m = tiny(decoders=("text", "shout"))
+        assert isinstance(m.decoders["shout"], ShoutDecoder)
+        h = m.hidden(torch.randint(0, 256, (1, 4)))
+        assert m.decoders["shout"](h).shape == (1, 4, 256)
+        assert ModelConfig.from_dict(m.cfg.to_dict()) == m.cfg
+    finally:
+        del DECODERS["shout"]
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        preset("tiny", decoders=("text", "shout"))
+
+
+def test_config_roundtrip_and_errors():
+    c = preset("small", ternary={"group_size": 8})
+    assert c.ternary.group_size == 8 and c.ternary.strength == 16.0
+    assert ModelConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"d_modl": 3})

@@ -1,0 +1,100 @@
+"""The counter ballot op: the fused Triton step (``counter_triton.py``) against the torch reference
+(``counter.py``).
+
+CPU: Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported, as in
+``test_linear_votes.py``); the results must be identical integers. GPU (``-m gpu``): the compiled
+kernel on realistic shapes, where an FMA may move a weight sitting on a rounding boundary.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from arbitor.ternary.format import counter_packed_shape, pack_counters, pack_ternary  # noqa: E402
+from arbitor.ternary.ops.counter import counter_ballot_, counter_block_torch_, counter_step_scale  # noqa: E402
+from arbitor.ternary.ops.counter_triton import counter_block_triton_  # noqa: E402
+from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
+
+interp = pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1 (CPU interpreter)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs CUDA")
+
+
+def _state(N, K, gs, bits, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    T = pack_ternary(torch.randint(-1, 2, (N, K), generator=g))
+    C = pack_counters(torch.randint(0, 1 << bits, (N, K), generator=g), bits)
+    corr = torch.randint(-50, 50, (N, K // gs), generator=g)
+    gw = torch.randn(N, K, generator=g) * torch.rand(N, 1, generator=g)
+    gw[0, : min(K, 5)] = 0.0  # exact zeros never move and never vote
+    return [t.to(device) for t in (gw, T, C, corr)]
+
+
+@interp
+@pytest.mark.parametrize("N,K,gs,bits,rate", [
+    (5, 36, 4, 1, 0.7),       # K not a multiple of 8: padding counters/codes in the last bytes
+    (3, 36, 4, 2, 1.0),
+    (7, 96, 32, 4, 0.5),
+    (2, 256, 256, 8, 20.0),   # one group wider than 128 columns: BLOCK_K grows to the group
+    (9, 200, 8, 4, 3.0),      # several programs along K, a ragged last tile
+])
+def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
+    gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
+    scale = counter_step_scale(gw, rate)
+    ref = [t.clone() for t in (T, C, corr)]
+    counter_block_torch_(gw, scale, *ref, key=12345, ballot=7, row0=3, in_features=K, group_size=gs, bits=bits)
+    out = [t.clone() for t in (T, C, corr)]
+    counter_block_triton_(gw, scale, *out, key=12345, ballot=7, row0=3, in_features=K, group_size=gs, bits=bits)
+    for name, a, b in zip(("T_packed", "C_packed", "corr_accum"), ref, out):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ref[0], T) and not torch.equal(ref[2], corr)   # the step did move something
+
+
+@interp
+def test_counter_ballot_impls_agree_over_row_blocks(monkeypatch):
+    monkeypatch.setenv("ARB_TORCH_BLOCK_ELEMS", str(3 * 64))  # 3 rows per block: several blocks, row0 > 0
+    g = torch.Generator().manual_seed(0)
+    x, gy = torch.randn(11, 64, generator=g), torch.randn(11, 10, generator=g)
+    _, T, C, corr = _state(10, 64, 16, 4, seed=1)
+    states = {}
+    for impl in ("torch", "triton"):
+        s = [t.clone() for t in (T, C, corr)]
+        counter_ballot_(gy, x, *s, key=99, ballot=4, in_features=64, group_size=16, bits=4, rate=0.8, impl=impl)
+        states[impl] = s
+    for a, b in zip(states["torch"], states["triton"]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="impl"):
+        counter_ballot_(gy, x, T, C, corr, 1, 1, 64, 16, 4, 0.5, impl="tilelang")
+
+
+def test_triton_counter_block_rejects_bad_operands():
+    gw, T, C, corr = _state(4, 32, 8, 2, seed=0)
+    scale = counter_step_scale(gw, 1.0)
+    with pytest.raises(TypeError, match="float32"):
+        counter_block_triton_(gw.double(), scale, T, C, corr, 1, 1, 0, 32, 8, 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        counter_block_triton_(gw.t().contiguous().t(), scale, T, C, corr, 1, 1, 0, 32, 8, 2)
+    assert counter_packed_shape(4, 32, 2) == tuple(C.shape)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("N,K,gs,bits", [(1536, 384, 128, 4), (384, 1536, 64, 2), (1000, 520, 8, 1)])
+def test_triton_counter_block_on_cuda(N, K, gs, bits):
+    gw, T, C, corr = _state(N, K, gs, bits, seed=1, device="cuda")
+    scale = counter_step_scale(gw, 0.5)
+    ref = [t.clone() for t in (T, C, corr)]
+    counter_block_torch_(gw, scale, *ref, key=5, ballot=11, row0=0, in_features=K, group_size=gs, bits=bits)
+    out = [t.clone() for t in (T, C, corr)]
+    counter_block_triton_(gw, scale, *out, key=5, ballot=11, row0=0, in_features=K, group_size=gs, bits=bits)
+    torch.cuda.synchronize()
+    assert torch.equal(ref[2], out[2])                          # votes: integer, exact
+    for a, b in zip(ref[:2], out[:2]):
+        assert (a != b).float().mean().item() < 1e-4            # an FMA may flip a boundary case

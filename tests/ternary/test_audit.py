@@ -1,0 +1,44 @@
+import torch
+from torch import nn
+
+from arbitor.cli import main
+from arbitor.ternary.audit import format_audit, ternary_audit
+from arbitor.ternary.layer import TernaryScaleTensor
+
+
+def test_one_layer_bytes_are_exact():
+    K, N, g = 1024, 384, 64
+    rep = ternary_audit(TernaryScaleTensor(K, N, group_size=g, seed=0))
+    groups = N * K // g
+    assert rep["logical_ternary_weights"] == K * N
+    assert rep["state_bytes"]["T_packed"] == K * N // 4          # 2 bits per weight
+    assert rep["state_bytes"]["E"] == groups                      # int8
+    assert rep["state_bytes"]["corr_accum"] == 8 * groups         # int64
+    assert rep["state_bytes"]["step_counter"] == 8
+    assert rep["training_state_bytes"] == K * N // 4 + 9 * groups + 8
+    assert rep["trainable_float_params"] == 0 and rep["pure_ternary"]
+
+
+def test_float_parameters_and_frozen_buffers_are_reported():
+    model = nn.Sequential(TernaryScaleTensor(64, 32, group_size=16, seed=0), nn.Linear(32, 4))
+    model.register_buffer("decay", torch.ones(10))
+    model.register_buffer("T_accum", torch.zeros(5, 3, dtype=torch.int8))
+    rep = ternary_audit(model)
+    assert rep["trainable_float_params"] == 32 * 4 + 4 and not rep["pure_ternary"]
+    assert rep["trainable_float_param_names"] == ["1.weight", "1.bias"]
+    assert rep["frozen_float_elements"] == 10 and rep["frozen_float_bytes"] == 40
+    assert rep["state_bytes"]["T_accum"] == 15
+    model[1].requires_grad_(False)
+    rep = ternary_audit(model)
+    assert rep["trainable_float_params"] == 0 and rep["frozen_float_elements"] == 10 + 132
+    text = format_audit(rep)
+    assert "trainable float params" in text and "T_accum" in text
+
+
+def test_cli_audit_table_and_errors(capsys):
+    assert main(["audit", "--layer", "256", "128", "--group-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "32,768" in out and "8,192 B" in out and "trainable float params   0" in out
+    assert main(["audit", "--layer", "100", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a multiple of group_size" in err

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arbitor.ternary.format import (counter_packed_shape, pack_counters, pack_ternary, packed_shape, unpack_counters,
+                                    unpack_ternary, validate_packed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(out_f=st.integers(1, 9), in_f=st.integers(1, 41), seed=st.integers(0, 2 ** 31 - 1))
+def test_round_trip_any_shape(out_f, in_f, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(-1, 2, (out_f, in_f), generator=g, dtype=torch.int8)
+    packed = pack_ternary(t)
+    assert packed.dtype == torch.uint8 and packed.is_contiguous()
+    assert tuple(packed.shape) == packed_shape(out_f, in_f) == (out_f, (in_f + 3) // 4)
+    assert torch.equal(unpack_ternary(packed, in_f), t)
+    assert torch.equal(unpack_ternary(packed, in_f, torch.float32), t.float())
+    validate_packed(packed, in_f)
+
+
+def test_bit_layout_is_as_documented():
+    # weights k..k+3 of a byte sit at bits 0-1, 2-3, 4-5, 6-7; +1 -> 0b01, -1 -> 0b10, 0 -> 0b00
+    t = torch.tensor([[1, -1, 0, 1, -1]])
+    packed = pack_ternary(t)
+    assert packed.tolist() == [[0b01_00_10_01, 0b00_00_00_10]]
+
+
+def test_float_input_and_errors():
+    assert torch.equal(pack_ternary(torch.tensor([[1.0, -1.0, 0.0]])), pack_ternary(torch.tensor([[1, -1, 0]])))
+    with pytest.raises(ValueError, match="values must be in"):
+        pack_ternary(torch.tensor([[2, 0]]))
+    with pytest.raises(ValueError, match="exact integers"):
+        pack_ternary(torch.tensor([[0.5, 0.0]]))
+    with pytest.raises(ValueError, match="2-D"):
+        pack_ternary(torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match="uint8"):
+        unpack_ternary(torch.zeros(2, 2, dtype=torch.int8), 8)
+    with pytest.raises(ValueError, match="bytes per row"):
+        unpack_ternary(torch.zeros(2, 2, dtype=torch.uint8), 9)
+
+
+def test_validate_rejects_invalid_code_and_padding():
+    bad = torch.tensor([[0b11]], dtype=torch.uint8)
+    with pytest.raises(ValueError, match="0b11"):
+        validate_packed(bad, 4)
+    padded = torch.tensor([[0b01_00_00_00]], dtype=torch.uint8)  # 4th weight set but in_features=3
+    with pytest.raises(ValueError, match="padding"):
+        validate_packed(padded, 3)
+
+
+# ------------------------------------------------------------------ per-weight counters (C_packed)
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.sampled_from([1, 2, 4, 8]), rows=st.integers(1, 5), k=st.integers(1, 37), seed=st.integers(0, 999))
+def test_counter_round_trip_any_shape(bits, rows, k, seed):
+    c = torch.randint(0, 1 << bits, (rows, k), generator=torch.Generator().manual_seed(seed))
+    packed = pack_counters(c, bits)
+    assert packed.dtype == torch.uint8 and tuple(packed.shape) == counter_packed_shape(rows, k, bits)
+    assert torch.equal(unpack_counters(packed, k, bits).to(torch.int64), c)
+    per = 8 // bits
+    if k % per:  # padding counters are zero
+        assert int(packed[:, -1].max() >> ((k % per) * bits)) == 0
+
+
+def test_counter_bit_layout_is_as_documented():
+    # 4-bit counters 3, 10, 7: byte 0 = 3 | 10 << 4, byte 1 = 7
+    assert pack_counters(torch.tensor([[3, 10, 7]]), 4).tolist() == [[3 | 10 << 4, 7]]
+    # 2-bit counters share T_packed's byte layout: first counter in the low bits
+    assert pack_counters(torch.tensor([[1, 2, 3, 0, 1]]), 2).tolist() == [[1 | 2 << 2 | 3 << 4, 1]]
+
+
+def test_counter_packing_errors():
+    with pytest.raises(ValueError, match="counter_bits"):
+        pack_counters(torch.zeros(2, 4, dtype=torch.int64), 3)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        pack_counters(torch.tensor([[4]]), 2)
+    with pytest.raises(ValueError, match="bytes per row"):
+        unpack_counters(torch.zeros(2, 3, dtype=torch.uint8), 16, 4)
