@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -17,7 +16,7 @@ from .rules import RULE_SETTINGS, RULES
 from .rules.counter import MAX_COUNTER_RATE
 from .scale import MAX_STRENGTH
 
-__all__ = ["TernaryConfig", "check_finite_enabled"]
+__all__ = ["TernaryConfig"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,3 @@ class TernaryConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-def check_finite_enabled() -> bool:
-    """``ARB_CHECK_FINITE`` (default on): ternary layers refuse to cast votes from non-finite gradients."""
-    return os.environ.get("ARB_CHECK_FINITE", "1").strip() not in ("0", "false", "no")

@@ -2,9 +2,13 @@
 
 Each row ``v`` of the table is ``T[v] * S[v]`` with ternary ``T[v]`` (packed 2 bits
 per entry, ``packing.py``) and one scale per group of ``group_size`` consecutive
-entries. Only rows that appear in a batch are read, receive gradient and are
-updated; the rest of the table is untouched (no ``[vocab, dim]`` float gradient is
-ever built -- the backward makes a ``[touched_rows, dim]`` one).
+entries. Only rows that appear in a batch receive votes and ballots; the rest of the
+table is untouched. A large table reads and votes only the touched rows (``torch.unique``:
+its float gradient is ``[touched_rows, dim]``, never ``[vocab, dim]``); a small one
+(``DENSE_TABLE_ELEMS``: the byte and character vocabularies) reads and votes all rows,
+untouched rows having a zero gradient and no ballot, which avoids the host sync of
+``torch.unique``. Both give the same integers. A ballot whose gradient holds a NaN or an
+infinity casts nothing and is counted in ``nonfinite``.
 
 Two update rules (``update_rule=``), selectable per model (``ModelConfig.embedding_update_rule``):
 
@@ -56,7 +60,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import check_finite_enabled
 from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
 from .init import draw_exponents, draw_trits
 from .ops.votes import group_votes
@@ -68,12 +71,21 @@ EMBEDDING_RULES = ("bigint", "legacy")
 _INT16_MAX = 32767
 
 
+# Tables of at most this many entries are read and voted whole (no torch.unique, so no host sync; rows a
+# batch did not touch get a zero gradient, hence no vote, and no ballot).
+DENSE_TABLE_ELEMS = 1 << 22
+
+
 class _EmbeddingFn(torch.autograd.Function):
     """``out[b, t] = W[idx[b, t]]``; backward sends votes of the touched rows into the integer state."""
 
     @staticmethod
     def forward(ctx, anchor: torch.Tensor, idx: torch.Tensor, module: "SparseTernaryEmbedding") -> torch.Tensor:
-        rows, inv = torch.unique(idx.reshape(-1), return_inverse=True)
+        flat = idx.reshape(-1)
+        if module.dense:   # every row: no data-dependent shapes
+            rows, inv = torch.arange(module.num_embeddings, device=idx.device), flat
+        else:              # only the rows the batch touches (torch.unique: one host sync)
+            rows, inv = torch.unique(flat, return_inverse=True)
         w = module.rows_weight(rows)                       # [U, D] float32
         out = w.index_select(0, inv).view(*idx.shape, module.dim)
         ctx.save_for_backward(rows, inv)
@@ -85,11 +97,11 @@ class _EmbeddingFn(torch.autograd.Function):
         rows, inv = ctx.saved_tensors
         module: SparseTernaryEmbedding = ctx.module
         if module.voting:
-            if module.check_finite and not bool(torch.isfinite(grad_out).all()):
-                raise FloatingPointError("non-finite gradient reaching SparseTernaryEmbedding: refusing to cast votes")
             grad_rows = torch.zeros(rows.numel(), module.dim, dtype=torch.float32, device=grad_out.device)
             grad_rows.index_add_(0, inv, grad_out.reshape(-1, module.dim).to(torch.float32))
-            module._cast_ballot(rows, grad_rows)
+            touched = torch.zeros(rows.numel(), dtype=torch.int64, device=grad_out.device)
+            touched.index_add_(0, inv, torch.ones_like(inv))
+            module._cast_ballot(rows, grad_rows, (touched > 0).to(torch.int64), torch.isfinite(grad_out).all())
         return None, None, None
 
 
@@ -133,8 +145,8 @@ class SparseTernaryEmbedding(nn.Module):
         self.zero_fraction = float(zero_fraction)
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.t_threshold, self.e_threshold = t_threshold, e_threshold
+        self.dense = num_embeddings * dim <= DENSE_TABLE_ELEMS  # see DENSE_TABLE_ELEMS
         self._voting = True
-        self.check_finite = check_finite_enabled()
         self._ballots_since_step = 0
         self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
 
@@ -155,6 +167,8 @@ class SparseTernaryEmbedding(nn.Module):
         else:
             self.register_buffer("T_accum", torch.zeros(num_embeddings, dim, dtype=torch.int8, device=dev))
             self.register_buffer("E_accum", torch.zeros(num_embeddings, self.n_groups, dtype=torch.int16, device=dev))
+        # ballots skipped because the gradient held a NaN or an infinity (such a ballot casts nothing)
+        self.register_buffer("nonfinite", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
 
     # ------------------------------------------------------------------ weights
     def logical_ternary_weights(self) -> int:
@@ -178,9 +192,13 @@ class SparseTernaryEmbedding(nn.Module):
         """``idx`` int64 ``[...]`` -> ``[..., dim]`` float32."""
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"SparseTernaryEmbedding expects integer token ids, got {idx.dtype}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
-            raise IndexError(f"token id out of range [0, {self.num_embeddings}): min {int(idx.min())}, "
-                             f"max {int(idx.max())}")
+        if idx.numel() and idx.device.type == "cpu":
+            if int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings:
+                raise IndexError(f"token id out of range [0, {self.num_embeddings}): min {int(idx.min())}, "
+                                 f"max {int(idx.max())}")
+        elif idx.numel():  # checked on the device, no host sync
+            torch._assert_async(((idx >= 0) & (idx < self.num_embeddings)).all(),
+                                f"SparseTernaryEmbedding: token id out of range [0, {self.num_embeddings})")
         idx = idx.to(torch.int64)
         train = self.training and self.voting and torch.is_grad_enabled()
         anchor = torch.empty(0, device=idx.device, requires_grad=train)
@@ -205,20 +223,25 @@ class SparseTernaryEmbedding(nn.Module):
         """Ballots cast since the last ``ternary_step()`` (``bigint`` counts them at once, per row)."""
         return self._ballots_since_step if self.update_rule == "legacy" else 0
 
-    def _cast_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor) -> None:
-        """One ballot from the touched ``rows`` with their summed gradient ``grad_rows [U, D]``."""
+    def _cast_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor, touched: torch.Tensor,
+                     ok: torch.Tensor) -> None:
+        """One ballot of ``rows`` with their summed gradient ``grad_rows [U, D]``; ``touched [U]`` (0/1) marks the
+        rows the batch used, ``ok`` (0-d bool) that the gradient is finite -- otherwise nothing is cast and the
+        ballot is counted in ``nonfinite``. No host sync."""
         t = unpack_ternary(self.T_packed.index_select(0, rows), self.dim)
-        group_vote = group_votes(grad_rows, t, self.group_size)  # [U, G]
+        okl = ok.to(torch.int64)
+        group_vote = group_votes(grad_rows, t, self.group_size) * okl  # [U, G]; untouched rows: no gradient, 0
         if self.update_rule == "bigint":
             self.corr_accum.index_add_(0, rows, group_vote)
-            self.step_counter.index_add_(0, rows, torch.ones_like(rows))
+            self.step_counter.index_add_(0, rows, touched * okl)
         else:
-            sgn = torch.sign(grad_rows)
-            ta = self.T_accum.index_select(0, rows).to(torch.int16) - sgn.to(torch.int16)
+            sgn = torch.sign(grad_rows).to(torch.int16) * okl.to(torch.int16)
+            ta = self.T_accum.index_select(0, rows).to(torch.int16) - sgn
             self.T_accum.index_copy_(0, rows, ta.clamp_(-127, 127).to(torch.int8))
             ea = self.E_accum.index_select(0, rows).to(torch.int32) + group_vote.to(torch.int32)
             self.E_accum.index_copy_(0, rows, ea.clamp_(-_INT16_MAX, _INT16_MAX).to(torch.int16))
             self._touched.append(rows)
+        self.nonfinite.add_(1 - okl)
         self._ballots_since_step += 1
 
     def ternary_step(self) -> int:
@@ -229,7 +252,9 @@ class SparseTernaryEmbedding(nn.Module):
         n = self._ballots_since_step
         self._ballots_since_step = 0
         if self.update_rule == "legacy" and self._touched:
-            rows = torch.unique(torch.cat(self._touched))
+            # a dense table applies the thresholds to every row: an untouched row has nothing pending (its
+            # accumulators were settled when it was last touched), so this equals the touched rows' update
+            rows = self._touched[0] if self.dense else torch.unique(torch.cat(self._touched))
             self._touched = []
             self._apply_legacy_thresholds(rows)
         return n
@@ -286,6 +311,7 @@ class SparseTernaryEmbedding(nn.Module):
             if problem:
                 error_msgs.append(f"{prefix}: {problem}")
         self.discard_pending_ballots()
+        self.nonfinite.zero_()
 
     def extra_repr(self) -> str:
         extra = (f", t_threshold={self.t_threshold}, e_threshold={self.e_threshold}" if self.update_rule == "legacy"

@@ -8,6 +8,10 @@ Persistent state (buffers, no ``nn.Parameter``)::
     step_counter int64 []                                     ballots counted so far
     + the update rule's own buffers (``counter``: C_packed, hash_key; rules/)
 
+and two non-persistent device counters of the current step: ``pending`` (ballots cast since the last
+``ternary_step()``) and ``nonfinite`` (ballots skipped because ``grad_y`` or ``x`` held a NaN or an
+infinity -- such a ballot casts no vote at all).
+
 with ``n_groups = in_features // group_size``. A scale group is ``group_size`` consecutive weights
 along ``in_features`` within one output row. The effective weight is ``W_eff = T * S`` with ``S`` from
 ``scale.py``.
@@ -28,7 +32,10 @@ vote per weight and always lies in [-1, 1] -- with one backward per step, with g
 Streaming: votes go straight into ``corr_accum`` during backward (no float gradient buffer is ever
 kept). The ballot is counted as *pending* and folded into ``step_counter`` by the explicit per-step
 call ``ternary_step()`` (or the module-level ``ternary_step(model)``). Until then ``S`` is computed
-with ``step_counter + pending`` so ``mean_corr`` stays in [-1, 1] at every moment. Because updates are
+with ``step_counter + pending`` so ``mean_corr`` stays in [-1, 1] at every moment. Both counters live
+on the device and no op reads a value back to the host, so a training step has no host-device sync;
+the layer keeps a host-side count of the ballots it cast (``pending_ballots``: an upper bound, skipped
+ballots included) for the checks that must not sync (stale ballots, the overflow bound). Because updates are
 streamed, a forward run after a backward in the same step (the next micro-batch, or the next loss
 component's backward) already sees that ballot: the rule is online, applied the moment a ballot is cast.
 
@@ -42,7 +49,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .config import TernaryConfig, check_finite_enabled
+from .config import TernaryConfig
 from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
 from .init import dense_scale_variance, draw_exponents, draw_packed_trits
 from .ops.backend import TernaryOps, get_ops, requested_backend
@@ -73,10 +80,6 @@ class _TernaryLinearFn(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         (x,) = ctx.saved_tensors
         layer: TernaryScaleTensor = ctx.layer
-        if layer.check_finite and not bool(torch.isfinite(grad_y).all()):
-            raise FloatingPointError(
-                f"non-finite (NaN/inf) gradient reaching {layer.extra_repr()}: refusing to cast votes "
-                "(lower the loss scale / learning signal, or set ARB_CHECK_FINITE=0 to skip this check)")
         need_grad_x = ctx.needs_input_grad[0]
         cast_votes = layer.voting
         if not (need_grad_x or cast_votes):
@@ -140,9 +143,8 @@ class TernaryScaleTensor(nn.Module):
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.backend = requested_backend(backend) if backend is not None else None
         self._voting = True          # False: backward passes grad_x on but casts no ballot
-        self.check_finite = check_finite_enabled()
-        self._pending_ballots = 0   # ballots cast since the last ternary_step()
-        self._host_counter: Optional[int] = None  # host mirror of step_counter for the overflow check
+        self._host_pending = 0       # ballots cast since the last ternary_step(), counted on the host
+        self._host_counter: Optional[int] = None  # host bound of step_counter for the overflow check
         dev = torch.device(device) if device is not None else None
         meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
         if seed is None:
@@ -160,6 +162,8 @@ class TernaryScaleTensor(nn.Module):
         self.register_buffer("E", E.to(dev))
         self.register_buffer("corr_accum", torch.zeros(out_features, self.n_groups, dtype=torch.int64, device=dev))
         self.register_buffer("step_counter", torch.full((), ballot_prior, dtype=torch.int64, device=dev))
+        self.register_buffer("pending", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        self.register_buffer("nonfinite", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
         for name, buf in self.rule.buffers(out_features, in_features, self.seed, dev).items():
             self.register_buffer(name, buf)
         self.register_state_dict_pre_hook(_refuse_pending_ballots)
@@ -176,9 +180,9 @@ class TernaryScaleTensor(nn.Module):
     def _ops(self, device: torch.device) -> TernaryOps:
         return get_ops(device, self.backend)
 
-    def _scale_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def _scale_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(T_packed, E, corr_accum, step_counter, pending)``: what every linear op reads."""
-        return self.T_packed, self.E, self.corr_accum, self.step_counter, self._pending_ballots
+        return self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -204,19 +208,14 @@ class TernaryScaleTensor(nn.Module):
 
     # ------------------------------------------------------------- ballots
     def _state(self) -> TernaryState:
-        return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.in_features,
-                            self.out_features, self.group_size, self._host_ballots(),
+        return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,
+                            self.in_features, self.out_features, self.group_size,
                             {name: getattr(self, name) for name in self.rule.buffer_dtypes})
 
     def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
-        """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule; counted as pending."""
+        """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule (counted on the device)."""
         self.rule.ballot(self._state(), grad_y, x, ops)
-        self._pending_ballots += 1
-
-    def _host_ballots(self) -> int:
-        if self._host_counter is None:
-            self._host_counter = int(self.step_counter)
-        return self._host_counter + self._pending_ballots
+        self._host_pending += 1
 
     @property
     def voting(self) -> bool:
@@ -238,44 +237,46 @@ class TernaryScaleTensor(nn.Module):
 
     @property
     def pending_ballots(self) -> int:
-        """Ballots cast since the last ``ternary_step()``."""
-        return self._pending_ballots
+        """Ballots cast since the last ``ternary_step()`` (host count, no sync; skipped ones included)."""
+        return self._host_pending
 
     def ternary_step(self) -> int:
-        """Fold the pending ballots into ``step_counter`` (and run the rule's per-step part).
+        """Fold the pending ballots into ``step_counter`` (and run the rule's per-step part), on the device.
 
-        Returns how many ballots were folded. Raises ``OverflowError`` before ``ballots * group_size``
-        could pass 2**62 (``scale.py``).
+        Returns how many ballots were cast since the last call (host count: those skipped for a non-finite
+        input included; ``nonfinite`` counts them). Raises ``OverflowError`` before ``ballots * group_size``
+        could pass 2**62 (``scale.py``), checked against the host bound -- no sync.
         """
-        pending = self._pending_ballots
-        if pending == 0:
+        cast = self._host_pending
+        if cast == 0:
             return 0
         if self._host_counter is None:
             self._host_counter = int(self.step_counter)
-        total = self._host_counter + pending
+        total = self._host_counter + cast
         if total * self.group_size > MAX_VOTE_TOTAL:
             raise OverflowError(
                 f"{self.extra_repr()}: step_counter would reach {total} ballots; ballots*group_size must stay "
                 f"below 2**62 so corr_accum cannot overflow int64")
-        self.step_counter.add_(pending)
+        self.step_counter.add_(self.pending)
+        self.pending.zero_()
         self._host_counter = total
-        self._pending_ballots = 0
+        self._host_pending = 0
         self.rule.fold(self._state())
-        return pending
+        return cast
 
     def discard_pending_ballots(self) -> None:
-        """Forget the count of pending ballots (after restoring ``corr_accum`` from elsewhere)."""
-        self._pending_ballots = 0
+        """Forget the pending ballots (after restoring ``corr_accum`` from elsewhere)."""
+        self._host_pending = 0
+        self.pending.zero_()
 
     # --------------------------------------------------------------- views
     def scale(self) -> torch.Tensor:
         """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (``scale.py``)."""
-        return bigint_scale(self.E, self.corr_accum, self.step_counter + self._pending_ballots, self.group_size,
-                            self.strength)
+        return bigint_scale(self.E, self.corr_accum, self.step_counter + self.pending, self.group_size, self.strength)
 
     def mean_corr(self) -> torch.Tensor:
         """``corr_accum / (ballots * group_size)`` as float64, 0 before any ballot."""
-        n = float(self.step_counter) + self._pending_ballots
+        n = float(self.step_counter + self.pending)
         if n == 0:
             return torch.zeros_like(self.corr_accum, dtype=torch.float64)
         return self.corr_accum.to(torch.float64) / (n * self.group_size)
@@ -299,13 +300,15 @@ class TernaryScaleTensor(nn.Module):
         n_err = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in self._buffers):
+        persistent = [n for n in self._buffers if n not in self._non_persistent_buffers_set]
+        if len(error_msgs) == n_err and all(prefix + n in state_dict for n in persistent):
             problem = self.validate_state()
             if problem:
                 error_msgs.append(f"{prefix}: {problem}")
-        self._pending_ballots = 0
+        self._host_pending = 0
         self._host_counter = None
-        self.rule.forget_host_copies()
+        self.pending.zero_()
+        self.nonfinite.zero_()
 
     def validate_state(self) -> Optional[str]:
         """Check the integer state's invariants; returns a description of the first violation or None."""
@@ -335,7 +338,7 @@ class TernaryScaleTensor(nn.Module):
 
 
 def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:
-    if module._pending_ballots:
+    if module._host_pending:
         raise RuntimeError(
-            f"{prefix or 'TernaryScaleTensor'}: {module._pending_ballots} ballot(s) cast since the last ternary_step(); "
+            f"{prefix or 'TernaryScaleTensor'}: {module._host_pending} ballot(s) cast since the last ternary_step(); "
             "call ternary_step(model) before state_dict() so step_counter matches corr_accum")

@@ -44,9 +44,11 @@ def make_layer(K=96, N=40, gs=16, seed=3, **kw):
 def test_buffers_dtypes_and_no_parameters():
     layer = TernaryScaleTensor(128, 24, group_size=32, seed=0)
     assert list(layer.parameters()) == []
-    bufs = dict(layer.named_buffers())
+    bufs = dict(layer.state_dict())
     assert {k: v.dtype for k, v in bufs.items()} == {
         "T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
+    # the step's device counters are buffers (they follow .to()) but not state: never in a checkpoint
+    assert {k for k, _ in layer.named_buffers()} - set(bufs) == {"pending", "nonfinite"}
     assert tuple(bufs["T_packed"].shape) == (24, 32)
     assert tuple(bufs["E"].shape) == tuple(bufs["corr_accum"].shape) == (24, 4)
     assert bufs["step_counter"].shape == ()
@@ -258,16 +260,24 @@ def test_bad_input_errors():
         TernaryScaleTensor(64, 8, group_size=16, zero_fraction=1.0)
 
 
+@pytest.mark.parametrize("where", ["grad_y", "x"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_grad_is_refused(bad):
+def test_a_non_finite_ballot_casts_nothing_and_is_counted(bad, where):
+    """A NaN or inf in the upstream gradient or in the layer's input (which a .sum() loss turns into a finite
+    grad_y but a non-finite grad_W) casts no vote; the ballot is counted in ``nonfinite``, not ``pending``."""
     layer = make_layer()
-    before = layer.corr_accum.clone()
-    x = torch.randn(2, layer.in_features, requires_grad=True)
+    before, steps = layer.corr_accum.clone(), int(layer.step_counter)
+    x = torch.randn(2, layer.in_features)
     g = torch.ones(2, layer.out_features)
-    g[1, 3] = bad
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        layer(x).backward(g)
-    assert torch.equal(layer.corr_accum, before) and layer.pending_ballots == 0
+    (g if where == "grad_y" else x)[1, 3] = bad
+    layer(x).backward(g)
+    assert int(layer.nonfinite) == 1 and int(layer.pending) == 0
+    assert torch.equal(layer.corr_accum, before)
+    assert layer.pending_ballots == 1                       # the host counts the ballot it cast
+    ternary_step(layer)
+    assert int(layer.step_counter) == steps and torch.equal(layer.corr_accum, before)
+    layer(torch.randn(2, layer.in_features)).backward(torch.ones(2, layer.out_features))  # a finite one counts
+    assert int(layer.pending) == 1 and not torch.equal(layer.corr_accum, before)
 
 
 def test_ternary_step_walks_nested_modules():

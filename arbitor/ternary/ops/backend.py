@@ -3,17 +3,20 @@
 Every op the ternary layers call exists as a plain-torch reference and as a Triton kernel, with one
 signature (``TernaryOps``):
 
-========================  =====================================  ===================================
-op                        torch reference                        Triton
-========================  =====================================  ===================================
-``linear_forward``        ``linear.linear_forward_torch``        ``linear_triton.ternary_forward``
-``linear_grad_x``         ``linear.linear_grad_x_torch``         ``linear_triton.ternary_grad_x``
-``bigint_votes_``         ``votes.bigint_votes_torch_``          ``votes_triton.ternary_correlation_``
+========================  =====================================  =============================================
+op                        torch reference                        Triton (CUDA)
+========================  =====================================  =============================================
+``linear_forward``        ``linear.linear_forward_torch``        ``linear_triton.ternary_forward``: fused kernel
+                                                                 up to 16 rows, else expand ``W_eff`` + cuBLAS
+``linear_grad_x``         ``linear.linear_grad_x_torch``         ``linear_triton.ternary_grad_x`` (the same)
+``bigint_ballot_``        ``votes.bigint_ballot_torch_``         ``votes_triton.bigint_ballot_triton_``: cuBLAS
+                                                                 ``grad_W`` chunks + a vote kernel
 ``counter_ballot_``       ``counter.counter_block_torch_``       ``counter_triton.counter_block_triton_``
-========================  =====================================  ===================================
+========================  =====================================  =============================================
 
-(the Triton linear and vote ops go through the ``torch.library`` custom ops of ``library.py``, so
-``torch.compile`` sees one opaque node per op).
+(the Triton ops go through the ``torch.library`` custom ops of ``library.py``, so ``torch.compile`` sees
+one opaque node per op). No op reads a value back to the host: the ballot counters (``pending``,
+``nonfinite``) and the decision to skip a non-finite ballot stay on the device.
 
 Values of ``ARB_TERNARY_BACKEND`` (or a layer's ``backend=``):
 
@@ -35,7 +38,7 @@ import torch
 
 from .counter import counter_ballot_
 from .linear import linear_forward_torch, linear_grad_x_torch
-from .votes import bigint_votes_torch_
+from .votes import bigint_ballot_torch_
 
 __all__ = ["BACKENDS", "TernaryOps", "TORCH_OPS", "requested_backend", "resolve_backend", "get_ops"]
 
@@ -49,20 +52,20 @@ class TernaryOps:
     * ``linear_forward(x [M, K], T_packed, E, corr_accum, step_counter, pending, in_features, group_size,
       strength) -> y [M, N]``
     * ``linear_grad_x(grad_y [M, N], <same state>) -> grad_x [M, K]``
-    * ``bigint_votes_(grad_y [M, N], x [M, K], T_packed, corr_accum, in_features, group_size) -> None``
-      (adds the votes into ``corr_accum``)
-    * ``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, key, ballot, in_features, group_size, bits,
-      rate) -> None`` (votes + ladder step, in place)
+    * ``bigint_ballot_(grad_y [M, N], x [M, K], T_packed, corr_accum, pending, nonfinite, in_features,
+      group_size) -> None`` (votes into ``corr_accum``; ``pending`` or ``nonfinite`` + 1)
+    * ``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
+      in_features, group_size, bits, rate) -> None`` (votes + ladder step, in place)
     """
 
     name: str
     linear_forward: Callable[..., torch.Tensor]
     linear_grad_x: Callable[..., torch.Tensor]
-    bigint_votes_: Callable[..., None]
+    bigint_ballot_: Callable[..., None]
     counter_ballot_: Callable[..., None]
 
 
-TORCH_OPS = TernaryOps("torch", linear_forward_torch, linear_grad_x_torch, bigint_votes_torch_,
+TORCH_OPS = TernaryOps("torch", linear_forward_torch, linear_grad_x_torch, bigint_ballot_torch_,
                        functools.partial(counter_ballot_, impl="torch"))
 
 
@@ -75,8 +78,7 @@ def _triton_ops() -> Optional[TernaryOps]:
         try:
             from . import library
             _TRITON["ops"] = TernaryOps("triton", library.ternary_linear_forward, library.ternary_linear_grad_x,
-                                        library.ternary_correlation_accumulate_,
-                                        functools.partial(counter_ballot_, impl="triton"))
+                                        library.bigint_ballot_, library.counter_ballot_)
         except Exception:  # pragma: no cover - depends on the installation
             _TRITON["ops"] = None
     return _TRITON["ops"]

@@ -1,17 +1,21 @@
-"""Row blocks: how the plain-torch ops bound their float temporaries.
+"""Row blocks: how the ops bound their float temporaries.
 
 The torch reference ops (and the counter rule's ``grad_W`` pass on every backend) walk the output
 features in row blocks, so that the largest float temporary is one ``[block_rows, in_features]`` tile
 of ``W_eff`` or ``grad_W`` -- never the whole matrix. ``block_rows = max(1, ARB_TORCH_BLOCK_ELEMS //
 in_features)`` with a default budget of 2**22 elements (16 MiB of float32).
+
+The GPU ballots form ``grad_W`` with cuBLAS in row chunks of at most ``ARB_GRADW_CHUNK_ELEMS`` elements
+(default 2**26: one whole layer of the ``3b`` preset, 128 MiB in bf16), each chunk freed before the next.
 """
 from __future__ import annotations
 
 import os
 
-__all__ = ["block_rows_for", "row_blocks"]
+__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows"]
 
 _DEFAULT_BLOCK_ELEMS = 1 << 22
+_DEFAULT_CHUNK_ELEMS = 1 << 26
 
 
 def block_rows_for(in_features: int, out_features: int) -> int:
@@ -31,3 +35,15 @@ def row_blocks(out_features: int, in_features: int):
     step = block_rows_for(in_features, out_features)
     for n0 in range(0, out_features, step):
         yield n0, min(out_features, n0 + step)
+
+
+def gradw_chunk_rows(out_features: int, in_features: int) -> int:
+    """Rows of ``grad_W`` a GPU ballot forms at a time (module doc)."""
+    raw = os.environ.get("ARB_GRADW_CHUNK_ELEMS", "")
+    try:
+        budget = int(raw) if raw.strip() else _DEFAULT_CHUNK_ELEMS
+    except ValueError:
+        budget = 0
+    if budget < 1:
+        raise ValueError(f"ARB_GRADW_CHUNK_ELEMS must be a positive integer, got {raw!r}")
+    return max(1, min(out_features, budget // max(1, in_features)))

@@ -1,7 +1,7 @@
 """The ``counter`` rule's per-ballot op, plain-torch reference (the rule itself: ``rules/counter.py``).
 
-``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, key, ballot, ..., impl)`` walks the
-output rows in blocks (``blocks.py``). For each block it forms ``grad_W = grad_y.T @ x`` (``[rows,
+``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key, ...,
+impl)`` walks the output rows in blocks (``blocks.py``). For each block it forms ``grad_W = grad_y.T @ x`` (``[rows,
 in_features]`` float32, cuBLAS on CUDA, freed after the block) and the per-row step scale
 ``rate / rms(grad_W[n, :])``, then, per weight:
 
@@ -10,7 +10,9 @@ in_features]`` float32, cuBLAS on CUDA, freed after the block) and the per-row s
   ``p = (T + 1) * L + C`` by its stochastically rounded, row-normalised step (``counter_block``);
 * writes ``T_packed`` / ``C_packed`` back in place.
 
-One ``grad_W`` pass serves both the scales and the trits, so this rule needs no separate vote op.
+One ``grad_W`` pass serves both the scales and the trits, so this rule needs no separate vote op. The
+ballot's index (``step_counter + pending``) and its hash base stay on the device, and a ballot with a
+non-finite ``grad_y`` or ``x`` moves nothing and is counted in ``nonfinite`` (``votes.ballot_ok``).
 ``impl="torch"`` does the per-weight part with plain torch ops (``counter_block_torch_``, the
 reference); ``impl="triton"`` with one fused kernel (``counter_triton.py``). Both give the same
 integers for the same ``grad_W``.
@@ -20,9 +22,9 @@ from __future__ import annotations
 import torch
 
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
-from .blocks import row_blocks
-from .hashing import counter_uniform
-from .votes import group_votes
+from .blocks import block_rows_for, gradw_chunk_rows
+from .hashing import hash_base, uniform_from_base
+from .votes import ballot_ok, count_ballot_, group_votes
 
 __all__ = ["counter_step_scale", "counter_block", "counter_block_torch_", "counter_ballot_"]
 
@@ -58,21 +60,22 @@ def counter_block(t: torch.Tensor, c: torch.Tensor, gw: torch.Tensor, u: torch.T
 
 
 def counter_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
-                         corr_accum: torch.Tensor, key: int, ballot: int, row0: int, in_features: int,
+                         corr_accum: torch.Tensor, base: torch.Tensor, ok: torch.Tensor, row0: int, in_features: int,
                          group_size: int, bits: int) -> None:
     """The reference per-weight step of one row block, in place (same contract as ``counter_block_triton_``).
 
     ``gw [rows, K]`` float32, ``scale [rows]``; ``T_packed``/``C_packed``/``corr_accum`` are the block's rows;
-    ``row0`` is the block's first row in the layer (the hash index is global).
+    ``base``: the ballot's hash base (``hashing.hash_base``); ``ok``: 0-d, the ballot counts; ``row0`` is the
+    block's first row in the layer (the hash index is global).
     """
     rows = gw.shape[0]
     t = unpack_ternary(T_packed, in_features)
-    corr_accum += group_votes(gw, t, group_size)
+    corr_accum += group_votes(gw, t, group_size) * ok
     c = unpack_counters(C_packed, in_features, bits)
-    u = counter_uniform(key, ballot, row0, row0 + rows, in_features, gw.device)
+    u = uniform_from_base(base, row0, row0 + rows, in_features, gw.device)
     t_new, c_new = counter_block(t, c, gw, u, 0.0, bits, scale=scale)
-    T_packed.copy_(pack_ternary(t_new, check=False))  # in range by construction
-    C_packed.copy_(pack_counters(c_new, bits, check=False))
+    T_packed.copy_(torch.where(ok, pack_ternary(t_new, check=False), T_packed))  # in range by construction
+    C_packed.copy_(torch.where(ok, pack_counters(c_new, bits, check=False), C_packed))
 
 
 def _block_fn(impl: str):
@@ -85,7 +88,8 @@ def _block_fn(impl: str):
 
 
 def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
-                    corr_accum: torch.Tensor, key: int, ballot: int, in_features: int, group_size: int, bits: int,
+                    corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
+                    nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
                     rate: float, impl: str = "torch") -> None:
     """Apply one ballot of the ``counter`` rule in place.
 
@@ -95,14 +99,32 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         T_packed: ``[out_features, ceil(in_features/4)]`` uint8 (moved in place).
         C_packed: ``[out_features, ceil(in_features*bits/8)]`` uint8 (moved in place).
         corr_accum: ``[out_features, in_features/group_size]`` int64 (this ballot's votes are added).
-        key, ballot: the hash key and this ballot's index.
+        step_counter, pending, nonfinite: the layer's int64 0-d counters (``pending`` or ``nonfinite`` +1).
+        hash_key: the layer's int64 0-d hash key; the ballot's index is ``step_counter + pending``.
         rate: rungs per unit of row-RMS gradient (0: only the scale votes are cast).
         impl: ``"torch"`` or ``"triton"`` for the per-weight step.
     """
     block_fn = _block_fn(impl)
+    ok = ballot_ok(grad_y, x)
+    base = hash_base(hash_key, step_counter + pending)
     gy = grad_y.to(x.dtype)
-    for n0, n1 in row_blocks(T_packed.shape[0], in_features):
-        gw = (gy[:, n0:n1].t() @ x).to(torch.float32).contiguous()
-        scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
-        block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], key, ballot, n0, in_features,
+    step = gradw_rows(impl, T_packed.shape[0], in_features)
+    for n0 in range(0, T_packed.shape[0], step):
+        n1 = min(T_packed.shape[0], n0 + step)
+        gw = gy[:, n0:n1].t() @ x
+        if impl == "torch" or gw.dtype == torch.float32:
+            gw = gw.to(torch.float32).contiguous()
+            scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
+        else:  # 16-bit grad_W straight from cuBLAS: the row RMS in fp32 without an fp32 copy
+            rms = torch.linalg.vector_norm(gw, dim=1, dtype=torch.float32).mul_(in_features ** -0.5)
+            scale = torch.full_like(rms, rate).div_(rms.clamp_min_(1e-30))
+        block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], base, ok, n0, in_features,
                  group_size, bits)
+    count_ballot_(ok, pending, nonfinite)
+
+
+def gradw_rows(impl: str, out_features: int, in_features: int) -> int:
+    """Rows of ``grad_W`` per block: the torch reference's float32 budget or the GPU path's chunk (``blocks.py``)."""
+    if impl == "triton":
+        return gradw_chunk_rows(out_features, in_features)
+    return block_rows_for(in_features, out_features)

@@ -1,23 +1,25 @@
 """Fused Triton kernel for the ``counter`` rule's per-ballot step, and its launcher.
 
-Given one row block of ``grad_W`` (``[rows, K]`` float32, from cuBLAS) and the per-row step
-scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32, computed by torch so both backends use
-the same number), one program handles a ``[BLOCK_R, BLOCK_K]`` tile of weights and does in
-registers what the plain-torch reference ``counter.counter_block_torch_`` does with ~50 torch kernels:
+Given one row block of ``grad_W`` (``[rows, K]``, from cuBLAS, any float dtype, read once) and the per-row
+step scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32), one program handles a ``[BLOCK_R, BLOCK_K]``
+tile of weights and does in registers what the plain-torch reference ``counter.counter_block_torch_`` does
+with ~50 torch kernels:
 
 1. decode the trits (``T_packed``, 2 bits) and counters (``C_packed``, ``BITS`` bits);
 2. cast the BigInt scale votes ``-sum_group sign(g) * T`` and add them to ``corr_accum``
    (``BLOCK_K`` is a multiple of the group size, so each group belongs to one program: a plain
    load-add-store, no atomics);
 3. draw ``u = (hash >> 8) * 2**-24`` from the same counter-based hash as
-   ``hashing.counter_uniform`` (lowbias32 in int64 lanes masked to 32 bits);
+   ``hashing.counter_uniform`` (lowbias32 in int64 lanes masked to 32 bits), with the ballot's hash base
+   read from the device (``hashing.hash_base`` of the layer's key and the ballot index: no host value);
 4. move each ladder position ``p = (T+1)*L + C`` by ``-sign(g) * floor(|g| * scale + u)``,
    clamped to ``[0, 3L)``;
 5. re-encode and store whole bytes of ``T_packed`` and ``C_packed`` (``BLOCK_K`` is a
    multiple of 8: every byte belongs to one program; bytes past the row end are not written,
    padding codes past ``K`` come out 0).
 
-Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
+Nothing is written when the ballot's ``ok`` flag (a device scalar: every ``grad_y`` and ``x`` entry
+finite) is 0. Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
 equals the torch reference bit for bit on the CPU interpreter; on a GPU the compiler may
 fuse ``|g| * scale + u`` into one FMA, which can move a weight whose ``a + u`` lies within one
 rounding of an integer.
@@ -28,15 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .hashing import hash_base
 from .triton_common import mix32
 
 __all__ = ["counter_step_kernel", "counter_block_triton_"]
 
 
 @triton.jit
-def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, rows, K, KB, CB, G, row0, base,
-                        BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, base_ptr, ok_ptr, rows, K, KB, CB, G, row0,
+                        stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
     PER: tl.constexpr = 8 // BITS
     L: tl.constexpr = 1 << BITS
     TOP: tl.constexpr = 3 * L - 1
@@ -44,11 +46,12 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, rows, K, KB, 
     pid_k = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    r_mask = r < rows
+    ok = tl.load(ok_ptr) != 0
+    r_mask = (r < rows) & ok
     k_mask = k < K
     mask = r_mask[:, None] & k_mask[None, :]
     r64 = r.to(tl.int64)
-    g = tl.load(gw_ptr + r64[:, None] * K + k[None, :], mask=mask, other=0.0)
+    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
     tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
     code = (tb >> ((k % 4) * 2)[None, :]) & 3
     t = (code & 1) - (code >> 1)
@@ -67,7 +70,8 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, rows, K, KB, 
 
     # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform
     idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
-    h = mix32(mix32((idx & 0xFFFFFFFF) ^ base.to(tl.int64)) ^ ((idx >> 32) & 0xFFFFFFFF))
+    base = tl.load(base_ptr).to(tl.int64)
+    h = mix32(mix32((idx & 0xFFFFFFFF) ^ base) ^ ((idx >> 32) & 0xFFFFFFFF))
     u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
     # 4. the ladder step
@@ -93,28 +97,32 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, rows, K, KB, 
 
 
 def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
-                          corr_accum: torch.Tensor, key: int, ballot: int, row0: int, in_features: int,
-                          group_size: int, bits: int) -> None:
+                          corr_accum: torch.Tensor, base: torch.Tensor, ok: torch.Tensor, row0: int,
+                          in_features: int, group_size: int, bits: int) -> None:
     """Launch ``counter_step_kernel`` on one row block (views ``T_packed[n0:n1]`` etc., moved in place).
 
     Args:
-        gw: ``[rows, K]`` float32 contiguous block of ``grad_W``.
+        gw: ``[rows, K]`` float block of ``grad_W`` (rows contiguous; any float dtype).
         scale: ``[rows]`` float32, ``rate / rms(gw[n, :])``.
         T_packed, C_packed, corr_accum: the block's rows (contiguous row slices).
+        base: int64 0-d, the ballot's hash base (``hashing.hash_base``); ok: 0-d, nonzero if the ballot counts.
         row0: the block's first row in the whole layer (the hash index is global).
     """
     rows, K = gw.shape
-    for name, tsr in (("gw", gw), ("scale", scale), ("T_packed", T_packed), ("C_packed", C_packed),
-                      ("corr_accum", corr_accum)):
+    for name, tsr in (("scale", scale), ("T_packed", T_packed), ("C_packed", C_packed), ("corr_accum", corr_accum)):
         if not tsr.is_contiguous():
             raise ValueError(f"counter_block_triton_: {name} must be contiguous")
+    for name, tsr in (("scale", scale), ("T_packed", T_packed), ("C_packed", C_packed), ("corr_accum", corr_accum),
+                      ("base", base), ("ok", ok)):
         if tsr.device != gw.device:
             raise RuntimeError(f"counter_block_triton_: {name} is on {tsr.device}, grad_W on {gw.device}")
-    if gw.dtype != torch.float32 or scale.dtype != torch.float32:
-        raise TypeError("counter_block_triton_: grad_W and scale must be float32")
+    if gw.stride(1) != 1:
+        raise ValueError("counter_block_triton_: grad_W rows must be contiguous")
+    if not gw.is_floating_point() or scale.dtype != torch.float32:
+        raise TypeError("counter_block_triton_: grad_W must be a float tensor and scale float32")
     block_k = max(128, group_size)
     block_r = max(1, 2048 // block_k)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
-    counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, rows, K, T_packed.shape[1],
-                              C_packed.shape[1], corr_accum.shape[1], row0, hash_base(key, ballot),
+    counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, base, ok, rows, K, T_packed.shape[1],
+                              C_packed.shape[1], corr_accum.shape[1], row0, gw.stride(0),
                               BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)

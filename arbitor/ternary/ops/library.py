@@ -1,35 +1,38 @@
-"""``torch.library`` custom ops over the Triton launchers (``linear_triton.py``, ``votes_triton.py``), with fake impls.
+"""``torch.library`` custom ops over the Triton launchers, with fake impls (shapes for ``torch.compile``).
 
-Registered ops (namespace ``arbitor``):
+Registered ops (namespace ``arbitor``; ``pending`` and the other counters are int64 0-d device tensors):
 
-* ``arbitor::ternary_linear_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features,
-  group_size, strength) -> y``                                 ``x [M, K] -> y [M, N]``, pure
+* ``arbitor::ternary_linear_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size,
+  strength) -> y``                                      ``x [M, K] -> y [M, N]``, pure
 * ``arbitor::ternary_linear_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features,
-  group_size, strength) -> grad_x``                            ``grad_y [M, N] -> grad_x [M, K]``, pure
-* ``arbitor::ternary_correlation_accumulate_(grad_y, x, T_packed, corr_accum, in_features, group_size)``
-  mutates ``corr_accum`` ``[N, K // group_size]`` int64 in place, returns nothing.
+  group_size, strength) -> grad_x``                     ``grad_y [M, N] -> grad_x [M, K]``, pure
+* ``arbitor::bigint_ballot_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)``
+  mutates ``corr_accum``, ``pending``, ``nonfinite``
+* ``arbitor::counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite,
+  hash_key, in_features, group_size, bits, rate)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
+  ``pending``, ``nonfinite``
 
-Going through these ops makes the Triton backend opaque to ``torch.compile``
-(Dynamo records one node per op and uses the fake impl for shapes; Inductor
-calls the real kernel), and lets ``torch.library.opcheck`` validate the schemas.
-The in-place vote accumulation is declared with ``mutates_args=("corr_accum",)``
-so functionalization orders it after the grad-x read of the pre-vote scale.
+Going through these ops makes the Triton backend opaque to ``torch.compile`` (Dynamo records one node per
+op and uses the fake impl for shapes; Inductor calls the real kernel), and lets ``torch.library.opcheck``
+validate the schemas. The in-place ballots declare what they mutate, so functionalization orders them
+after the grad-x read of the pre-ballot scale.
 """
 from __future__ import annotations
 
 import torch
 
+from .counter import counter_ballot_ as _counter_ballot
 from .linear_triton import ternary_forward, ternary_grad_x
-from .votes_triton import ternary_correlation_
+from .votes_triton import bigint_ballot_triton_
 
-__all__ = ["ternary_linear_forward", "ternary_linear_grad_x", "ternary_correlation_accumulate_"]
+__all__ = ["ternary_linear_forward", "ternary_linear_grad_x", "bigint_ballot_", "counter_ballot_"]
 
 
 @torch.library.custom_op("arbitor::ternary_linear_forward", mutates_args=())
 def ternary_linear_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                           step_counter: torch.Tensor, pending: int, in_features: int, group_size: int,
+                           step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
                            strength: float) -> torch.Tensor:
-    """``y [M, N] = x [M, K] @ (T * S).T`` (Triton forward kernel)."""
+    """``y [M, N] = x [M, K] @ (T * S).T`` (``linear_triton.ternary_forward``)."""
     return ternary_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)
 
 
@@ -41,9 +44,9 @@ def _(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size
 
 @torch.library.custom_op("arbitor::ternary_linear_grad_x", mutates_args=())
 def ternary_linear_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                          step_counter: torch.Tensor, pending: int, in_features: int, group_size: int,
+                          step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
                           strength: float) -> torch.Tensor:
-    """``grad_x [M, K] = grad_y [M, N] @ (T * S)`` (Triton grad-x kernel)."""
+    """``grad_x [M, K] = grad_y [M, N] @ (T * S)`` (``linear_triton.ternary_grad_x``)."""
     return ternary_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)
 
 
@@ -53,13 +56,30 @@ def _(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group
     return grad_y.new_empty(grad_y.shape[0], in_features)
 
 
-@torch.library.custom_op("arbitor::ternary_correlation_accumulate_", mutates_args=("corr_accum",))
-def ternary_correlation_accumulate_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor,
-                                    corr_accum: torch.Tensor, in_features: int, group_size: int) -> None:
-    """``corr_accum += votes`` (Triton direct correlation kernel)."""
-    ternary_correlation_(grad_y, x, T_packed, corr_accum, in_features, group_size)
+@torch.library.custom_op("arbitor::bigint_ballot_", mutates_args=("corr_accum", "pending", "nonfinite"))
+def bigint_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
+                   pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int) -> None:
+    """One ``bigint`` ballot (``votes_triton.bigint_ballot_triton_``)."""
+    bigint_ballot_triton_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)
 
 
-@ternary_correlation_accumulate_.register_fake
-def _(grad_y, x, T_packed, corr_accum, in_features, group_size):
+@bigint_ballot_.register_fake
+def _(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size):
+    return None
+
+
+@torch.library.custom_op("arbitor::counter_ballot_",
+                         mutates_args=("T_packed", "C_packed", "corr_accum", "pending", "nonfinite"))
+def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
+                    corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
+                    nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
+                    rate: float) -> None:
+    """One ``counter`` ballot with the fused Triton step (``counter.counter_ballot_(impl="triton")``)."""
+    _counter_ballot(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
+                    in_features, group_size, bits, rate, impl="triton")
+
+
+@counter_ballot_.register_fake
+def _(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key, in_features,
+      group_size, bits, rate):
     return None

@@ -1,4 +1,4 @@
-"""Triton forward and grad-x kernels of the ternary linear layer, and their launchers.
+"""Triton forward and grad-x kernels of the ternary linear layer, the ``W_eff`` expand kernel, and their launchers.
 
 * ``ternary_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)``
   ``x [M, K] -> y [M, N] = x @ W_eff.T`` (x's dtype);
@@ -33,19 +33,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_device, check_group_size_op,
-                            check_kernel_device, check_scalars, check_state, dot_precision, group_scale,
-                            grouped_pid, launch_cfg, load_bytes, load_group_state, weff_cast)
+from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
+                            check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
+                            exact_scale, expand_bytes, float64_bits, group_scale, grouped_pid, launch_cfg,
+                            load_bytes, load_group_state, round_to, weff_cast)
 
-__all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "ternary_fwd_kernel", "ternary_gradx_kernel",
-           "ternary_scale_kernel", "split_reduce_kernel"]
+__all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
+           "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel", "split_reduce_kernel", "FUSED_MAX_M"]
+
+#: ``linear_forward`` / ``linear_grad_x`` run the fused kernels up to this many rows (decode) and expand
+#: ``W_eff`` once into a transient buffer for cuBLAS above it (training shapes; docs/kernels.md).
+FUSED_MAX_M = 16
 
 
 @triton.jit
-def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
+def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr,
                        M, N, K, G, KB,
                        stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, K_PER_SPLIT,
-                       pending, strength, M_KEY,
+                       strength, M_KEY,
                        GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """``y[M, N] = x[M, K] @ (T * S)[N, K].T``, fp32 accumulation, ``y`` stored in its own dtype.
@@ -66,7 +71,7 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    coef = ballot_coef(step_ptr, pending, strength, GS)
+    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
     x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     row_off = offs_n.to(tl.int64) * KB
     row_g = offs_n.to(tl.int64) * G
@@ -91,10 +96,10 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, y_ptr,
 
 
 @triton.jit
-def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, gx_ptr,
+def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, gx_ptr,
                          M, N, K, G, KB,
                          stride_gm, stride_gn, stride_xm, stride_xk, stride_xs, N_PER_SPLIT,
-                         pending, strength, M_KEY,
+                         strength, M_KEY,
                          GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """``grad_x[M, K] = grad_y[M, N] @ (T * S)[N, K]``, fp32 accumulation; reduction over N
@@ -108,7 +113,7 @@ def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, gx_ptr,
     k0 = pid_k * BLOCK_K
     m_mask = offs_m < M
     k_mask = offs_k < K
-    coef = ballot_coef(step_ptr, pending, strength, GS)
+    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
     gy_row = gy_ptr + offs_m.to(tl.int64)[:, None] * stride_gm
 
     pid_s = tl.program_id(1)
@@ -137,13 +142,41 @@ def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, gx_ptr,
 
 
 @triton.jit
-def ternary_scale_kernel(e_ptr, corr_ptr, step_ptr, s_ptr, NUMEL, pending, strength,
+def ternary_scale_kernel(e_ptr, corr_ptr, step_ptr, pending_ptr, s_ptr, NUMEL, strength,
                          GS: tl.constexpr, BLOCK: tl.constexpr):
     """Writes the in-kernel scale ``S`` for every group (flat ``[N * G]``): for tests and export only."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < NUMEL
-    coef = ballot_coef(step_ptr, pending, strength, GS)
+    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
     tl.store(s_ptr + offs, group_scale(e_ptr, corr_ptr, offs, mask, coef), mask=mask)
+
+
+@triton.jit
+def expand_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, w_ptr, N, K, G, KB, strength_bits,
+                  GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+    """``W_eff[n, k] = T[n, k] * S[n, k // GS]`` into ``w_ptr`` (``[N, K]`` contiguous, its own dtype).
+
+    ``S`` is computed per group exactly as ``scale.bigint_scale`` (float64, ``exact_scale``) and ``T * S``
+    rounded once to the output dtype, so the result equals ``TernaryScaleTensor.effective_weight(dtype)``
+    bit for bit. ``BLOCK_K`` is a multiple of ``GS`` (whole groups per program)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k0 = pid_k * BLOCK_K
+    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
+    NG: tl.constexpr = BLOCK_K // GS
+    offs_g = k0 // GS + tl.arange(0, NG)
+    g_mask = n_mask[:, None] & (offs_g < G)[None, :]
+    g_offs = offs_n.to(tl.int64)[:, None] * G + offs_g[None, :]
+    e = tl.load(e_ptr + g_offs, mask=g_mask, other=0)
+    c = tl.load(corr_ptr + g_offs, mask=g_mask, other=0)
+    sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP)                 # [BLOCK_N, NG] float32
+    t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
+    w = tl.reshape(tl.reshape(t.to(tl.float32), (BLOCK_N, NG, GS)) * sc[:, :, None], (BLOCK_N, BLOCK_K))
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :]
+    tl.store(ptrs, round_to(w, w_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_k < K)[None, :])
 
 
 @triton.jit
@@ -268,7 +301,7 @@ def _reduce_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                   step_counter: torch.Tensor, pending: int, group_size: int, strength: float, N: int, G: int,
+                   step_counter: torch.Tensor, pending: torch.Tensor, group_size: int, strength: float, N: int, G: int,
                    K: int, kind: str, config: Optional[dict]) -> torch.Tensor:
     """The shared launch of the forward (``kind="fwd"``: ``act = x [M, K]``, out ``[M, N]``, reduction
     over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels:
@@ -282,9 +315,9 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
     if M == 0:
         return res
     consts = {"GS": group_size, "DOT_PRECISION": dot_precision(act.dtype)}
-    head = (act, T_packed, E, corr_accum, step_counter)
+    head = (act, T_packed, E, corr_accum, step_counter, pending)
     dims = (M, N, K, G, K // 4, act.stride(0), act.stride(1))
-    tail = (pending, float(strength), _m_key(M))
+    tail = (float(strength), _m_key(M))
 
     def out_tiles(c):
         return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
@@ -307,35 +340,71 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
     return res
 
 
-def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                    step_counter: torch.Tensor, pending: int, in_features: int, group_size: int, strength: float,
-                    *, config: Optional[dict] = None) -> torch.Tensor:
-    """``y [M, N] = x [M, K] @ W_eff.T`` with ``W_eff = T * S`` expanded in-kernel (y in x's dtype).
+def _expand_config(group_size: int) -> tuple[int, int, int]:
+    """``(BLOCK_N, BLOCK_K, num_warps)`` of ``expand_kernel``: whole groups per program, ~8K weights each."""
+    block_k = max(128, group_size)
+    return max(1, 8192 // block_k), block_k, 4
 
-    ``config`` (``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``, ``num_stages``, ``SPLIT``) bypasses
-    the autotuner / decode heuristic.
+
+def expand_weight_triton(T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                         step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
+                         strength: float, dtype: torch.dtype) -> torch.Tensor:
+    """``W_eff = T * S`` as a new ``[N, K]`` tensor of ``dtype`` (equal to ``effective_weight(dtype)`` bit for bit)."""
+    N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
+    check_scalars(pending, strength)
+    W = torch.empty(N, in_features, dtype=dtype, device=T_packed.device)
+    if W.numel():
+        bn, bk, warps = _expand_config(group_size)
+        grid = (triton.cdiv(N, bn), triton.cdiv(in_features, bk))
+        expand_kernel[grid](T_packed, E, corr_accum, step_counter, pending, W, N, in_features, G, in_features // 4,
+                            float64_bits(strength), GS=group_size, BLOCK_N=bn, BLOCK_K=bk, INTERP=INTERPRETED,
+                            num_warps=warps)
+    return W
+
+
+def _fused(M: int, config: Optional[dict], path: str) -> bool:
+    if path not in ("auto", "fused", "expand"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'expand', got {path!r}")
+    return path == "fused" or (path == "auto" and (config is not None or M <= FUSED_MAX_M))
+
+
+def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                    step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
+                    strength: float, *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ W_eff.T`` (y in x's dtype).
+
+    ``path="auto"``: up to ``FUSED_MAX_M`` rows the fused kernel decodes ``T_packed`` and the scale in
+    registers (memory-bound decode); above it ``W_eff`` is expanded once into a transient buffer of x's dtype
+    (``expand_weight_triton``) and cuBLAS multiplies. ``config`` (``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``,
+    ``num_stages``, ``SPLIT``) forces the fused kernel with that launch config.
     """
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
     check_act(x, "x", in_features, "in_features", T_packed.device)
+    if not _fused(x.shape[0], config, path):
+        W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                                 x.dtype)
+        return x @ W.t()
     return _launch_linear(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G, in_features,
                           "fwd", config)
 
 
 def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                   step_counter: torch.Tensor, pending: int, in_features: int, group_size: int, strength: float,
-                   *, config: Optional[dict] = None) -> torch.Tensor:
-    """``grad_x [M, K] = grad_y [M, N] @ W_eff`` with ``W_eff`` expanded in-kernel (grad_y's dtype)."""
+                   step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
+                   strength: float, *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
+    """``grad_x [M, K] = grad_y [M, N] @ W_eff`` (grad_y's dtype); paths as ``ternary_forward``."""
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
     check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
+    if not _fused(grad_y.shape[0], config, path):
+        W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                                 grad_y.dtype)
+        return grad_y @ W
     return _launch_linear(grad_y, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
                           in_features, "gx", config)
 
 
-
-
-def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: int,
+def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
                   group_size: int, strength: float) -> torch.Tensor:
     """The kernels' ``S`` ``[N, G]`` float32 (same device function the linear kernels use)."""
     if not isinstance(E, torch.Tensor) or E.dim() != 2:
@@ -347,14 +416,12 @@ def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch
         if t.dtype != dtype or tuple(t.shape) != (N, G) or not t.is_contiguous():
             raise ValueError(f"triton ternary op: {name} must be contiguous {dtype} of shape {(N, G)}")
         check_device(t, name, E.device)
-    if step_counter.dtype != torch.int64 or step_counter.numel() != 1:
-        raise TypeError("triton ternary op: step_counter must be a one-element int64 tensor")
-    check_device(step_counter, "step_counter", E.device)
+    check_counter_tensor(step_counter, "step_counter", E.device)
     check_scalars(pending, strength)
     S = torch.empty(N, G, dtype=torch.float32, device=E.device)
     if S.numel():
         block = 1024
-        ternary_scale_kernel[(triton.cdiv(S.numel(), block),)](E, corr_accum, step_counter, S, S.numel(), pending,
+        ternary_scale_kernel[(triton.cdiv(S.numel(), block),)](E, corr_accum, step_counter, pending, S, S.numel(),
                                                                float(strength), GS=group_size, BLOCK=block)
     return S
 

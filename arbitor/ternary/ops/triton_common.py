@@ -43,11 +43,13 @@ True when the kernels were built for the CPU interpreter (``TRITON_INTERPRET=1``
 from __future__ import annotations
 
 import os
+import struct
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from ..format import check_group_size
 from ..scale import MAX_STRENGTH
@@ -55,16 +57,18 @@ from ..scale import MAX_STRENGTH
 __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes", "expand_bytes", "load_group_state",
            "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32",
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
-           "check_kernel_device", "check_group_size_op"]
+           "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
+           "round_to"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
 
 
 @triton.jit
-def ballot_coef(step_ptr, pending, strength, GS: tl.constexpr):
-    """``strength / (ballots * GS)`` as a float64 scalar, 0.0 while ``ballots == 0``."""
-    ballots = tl.load(step_ptr).to(tl.int64) + pending
+def ballot_coef(step_ptr, pending_ptr, strength, GS: tl.constexpr):
+    """``strength / (ballots * GS)`` as a float64 scalar, 0.0 while ``ballots == 0`` (``ballots = step_counter +
+    pending``, both read from the device: no host value that changes per ballot)."""
+    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
     denom = ballots.to(tl.float64) * GS
     coef = strength / tl.maximum(denom, 1.0)  # fp32 scalar / fp64 -> fp64
     return tl.where(denom > 0.0, coef, 0.0)
@@ -118,6 +122,35 @@ def scale_from_state(e, c, coef):
     q = (c.to(tl.int64).to(tl.float64) * coef).to(tl.float32)
     pow2_e = ((e.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # exact 2**E for E in [-126, 127]
     return tl.exp2(q) * pow2_e
+
+
+@triton.jit
+def exact_scale(e, c, ballots, strength_bits, GS: tl.constexpr, INTERP: tl.constexpr):
+    """``S`` exactly as ``scale.bigint_scale`` computes it: ``float32(exp2(float64(E) + strength * corr /
+    (ballots * GS)))``, all in float64 (``strength_bits``: the int64 bit pattern of the float64 strength, since
+    Triton passes float scalars as float32). One per group: cheap next to the group's weights. ``INTERP``: the
+    CPU interpreter has no libdevice; numpy's float64 exp2 stands in there."""
+    strength = strength_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    denom = ballots.to(tl.float64) * GS
+    mean = tl.where(denom > 0.0, c.to(tl.float64) / tl.maximum(denom, 1.0), 0.0)
+    q = e.to(tl.float64) + strength * mean
+    if INTERP:
+        s = tl.exp2(q)
+    else:
+        s = libdevice.exp2(q)  # float64 exp2 (__nv_exp2), as torch's exp2 on a double CUDA tensor
+    return s.to(tl.float32)
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr):
+    """float32 ``x`` rounded once, to nearest even, to ``dtype``. bf16 is rounded with integer ops (the CPU
+    interpreter's own bf16 conversion truncates); other types by the cast."""
+    if dtype == tl.bfloat16:
+        b = x.to(tl.uint32, bitcast=True)
+        b = b + (((b >> 16) & 1) + 0x7FFF)
+        return (b >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
 
 
 @triton.jit
@@ -271,15 +304,25 @@ def check_state(T_packed: torch.Tensor, in_features: int, group_size: int, E: Op
             raise ValueError(f"triton ternary op: {name} must be contiguous")
         check_device(t, name, device)
     if step_counter is not None:
-        if not isinstance(step_counter, torch.Tensor) or step_counter.dtype != torch.int64 or step_counter.numel() != 1:
-            raise TypeError("triton ternary op: step_counter must be a one-element int64 tensor")
-        check_device(step_counter, "step_counter", device)
+        check_counter_tensor(step_counter, "step_counter", device)
     return N, G
 
 
-def check_scalars(pending: int, strength: float) -> None:
-    if not isinstance(pending, int) or isinstance(pending, bool) or not (0 <= pending < 2 ** 31):
-        raise ValueError(f"triton ternary op: pending must be an int in [0, 2**31), got {pending!r}")
+def float64_bits(value: float) -> int:
+    """The int64 bit pattern of ``value`` as a float64 (see ``exact_scale``)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def check_counter_tensor(t: torch.Tensor, name: str, device: torch.device) -> None:
+    """A one-element int64 counter on ``device`` (``step_counter``, ``pending``, ``nonfinite``...)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.numel() != 1:
+        raise TypeError(f"triton ternary op: {name} must be a one-element int64 tensor, got "
+                        f"{getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
+    check_device(t, name, device)
+
+
+def check_scalars(pending: torch.Tensor, strength: float) -> None:
+    check_counter_tensor(pending, "pending", pending.device if isinstance(pending, torch.Tensor) else None)
     if not isinstance(strength, (int, float)) or not (0.0 <= float(strength) <= MAX_STRENGTH):
         raise ValueError(f"triton ternary op: strength must be a number in [0, {MAX_STRENGTH}], got {strength!r}")
 
@@ -292,8 +335,6 @@ def check_act(t: torch.Tensor, name: str, cols: int, colname: str, device: torch
     if t.dim() != 2 or t.shape[1] != cols:
         raise ValueError(f"triton ternary op: {name} must be 2-D [M, {colname}={cols}], got {tuple(t.shape)}")
     check_device(t, name, device)
-
-
 
 
 def launch_cfg(config: Optional[dict]) -> dict:

@@ -1,136 +1,103 @@
-"""Triton correlation-vote kernel of the ``bigint`` rule, and its launcher.
+"""The ``bigint`` ballot on the GPU: cuBLAS ``grad_W``, a Triton vote kernel, a Triton apply kernel.
 
-``ternary_correlation_(grad_y, x, T_packed, corr_accum, in_features, group_size)`` adds
-``vote[n, g] = -sum_{k in g} sign((grad_y.T @ x)[n, k]) * T[n, k]`` (``votes.py``, the plain-torch
-reference) into ``corr_accum`` in place, without ever writing ``grad_W`` to global memory.
+``bigint_ballot_triton_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)``:
 
-The kernel reduces each ``grad_W`` element over *all* of M inside one program, in a fixed
-order (``BLOCK_M`` chunks, ascending), with fp32 accumulation; the launcher picks its tile
-sizes from a fixed table (``_corr_config``, never by timing), so the float value whose sign is
-taken does not change from run to run. Votes are integers added with int64 atomics, which
-commute exactly.
+1. ``grad_W = grad_y.T @ x`` by cuBLAS in the activations' dtype (bf16 on the fast path, fp32
+   accumulation inside the GEMM), in row chunks (``blocks.gradw_chunk_rows``), each freed before the next;
+2. ``ballot_vote_kernel`` reads a chunk once with the trits, and writes the group votes
+   ``-sum_{k in g} sign(grad_W[n, k]) * T[n, k]`` (``votes.py``, the plain-torch reference) as int32 into a
+   ``[N, G]`` scratch, and raises a device flag if any ``grad_W`` entry is not finite (a NaN or inf in
+   ``grad_y`` or ``x`` reaches every entry of its row or column);
+3. ``apply_ballot_kernel`` adds the votes into ``corr_accum`` and counts the ballot in ``pending`` -- or,
+   when the flag is up, skips the ballot and counts it in ``nonfinite``. No value reaches the host.
+
+The sign of a bf16 ``grad_W`` entry is the sign of cuBLAS's fp32 accumulator (bf16 keeps fp32's exponent
+range), so the votes are those of the fp32 ``grad_W`` up to the reduction order: entries within rounding of
+0 can flip (``docs/kernels.md``). cuBLAS picks its algorithm from the shape, so the votes are deterministic
+run to run on one device and software stack.
 """
 from __future__ import annotations
-
-import os
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (INTERPRETED, INTERP_DEFAULT, check_act, check_state, dot_precision, expand_bytes,
-                            launch_cfg, load_bytes)
+from .blocks import gradw_chunk_rows
+from .triton_common import check_act, check_counter_tensor, check_state, expand_bytes, load_bytes
 
-__all__ = ["ternary_correlation_", "ternary_corr_kernel"]
+__all__ = ["bigint_ballot_triton_", "ballot_vote_kernel", "apply_ballot_kernel"]
 
 
 @triton.jit
-def ternary_corr_kernel(gy_ptr, x_ptr, t_ptr, corr_ptr,
-                        M, N, K, G, KB,
-                        stride_gm, stride_gn, stride_xm, stride_xk,
-                        GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``corr_accum[n, g] += -sum_{k in g} sign(sum_m grad_y[m, n] * x[m, k]) * T[n, k]``.
-
-    One program owns the ``[BLOCK_N, BLOCK_K]`` tile of ``grad_W = grad_y.T @ x`` and
-    reduces it over all of M (ascending ``BLOCK_M`` chunks, fp32 accumulation in
-    registers). ``sign`` of an exactly-zero (or NaN) sum is 0, so such a weight
-    casts no vote. Votes are summed per group in registers and added with int64
-    atomics (exact and order-independent): several programs share a group when
-    ``GS > BLOCK_K``.
-    """
-    pid_n = tl.program_id(0)
+def ballot_vote_kernel(gw_ptr, t_ptr, votes_ptr, bad_ptr, rows, K, KB, G, stride_g,
+                       GS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Group votes of one ``[rows, K]`` ``grad_W`` chunk (row stride ``stride_g``) into int32 ``votes``; ``bad``
+    (int32) set to 1 if any entry is not finite. ``BLOCK_K`` is a multiple of ``GS``: each group belongs to one
+    program (plain stores, no atomics for the votes)."""
+    pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    k0 = pid_k * BLOCK_K
-    n_mask = offs_n < N
-    k_mask = offs_k < K
-
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < M
-        m64 = offs_m.to(tl.int64)[:, None]
-        gy = tl.load(gy_ptr + m64 * stride_gm + offs_n[None, :] * stride_gn,
-                     mask=m_mask[:, None] & n_mask[None, :], other=0.0)
-        x = tl.load(x_ptr + m64 * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(tl.trans(gy), x, acc, input_precision=DOT_PRECISION)
-
-    sgn = (acc > 0.0).to(tl.int32) - (acc < 0.0).to(tl.int32)
-    t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
-    prod = sgn * t
-    row_g = offs_n.to(tl.int64) * G
-    if GS >= BLOCK_K:
-        vote = -tl.sum(prod, axis=1)
-        tl.atomic_add(corr_ptr + row_g + k0 // GS, vote.to(tl.int64), mask=n_mask, sem="relaxed")
-    else:
-        NG: tl.constexpr = BLOCK_K // GS
-        vote = -tl.sum(tl.reshape(prod, (BLOCK_N, NG, GS)), axis=2)
-        offs_g = k0 // GS + tl.arange(0, NG)
-        tl.atomic_add(corr_ptr + row_g[:, None] + offs_g[None, :], vote.to(tl.int64),
-                      mask=n_mask[:, None] & (offs_g < G)[None, :], sem="relaxed")
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    r_mask = r < rows
+    mask = r_mask[:, None] & (k < K)[None, :]
+    r64 = r.to(tl.int64)
+    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
+    bad = tl.sum(tl.sum(((g != g) | (tl.abs(g) == float("inf"))).to(tl.int32), axis=1), axis=0)
+    if bad > 0:
+        tl.atomic_max(bad_ptr, 1)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+    t = expand_bytes(load_bytes(t_ptr, r64 * KB, r_mask, pid_k * BLOCK_K, KB, BLOCK_K), BLOCK_R, BLOCK_K)
+    NG: tl.constexpr = BLOCK_K // GS
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    gi = pid_k * NG + tl.arange(0, NG)
+    tl.store(votes_ptr + r64[:, None] * G + gi[None, :], vote, mask=r_mask[:, None] & (gi < G)[None, :])
 
 
+@triton.jit
+def apply_ballot_kernel(votes_ptr, corr_ptr, bad_ptr, pending_ptr, nonfinite_ptr, NUMEL, BLOCK: tl.constexpr):
+    """``corr_accum += votes`` and ``pending += 1`` -- or, if ``bad``, nothing but ``nonfinite += 1``."""
+    pid = tl.program_id(0)
+    ok = tl.load(bad_ptr) == 0
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = (offs < NUMEL) & ok
+    c = tl.load(corr_ptr + offs, mask=mask, other=0)
+    v = tl.load(votes_ptr + offs, mask=mask, other=0)
+    tl.store(corr_ptr + offs, c + v.to(tl.int64), mask=mask)
+    if pid == 0:
+        okv = ok.to(tl.int64)
+        tl.store(pending_ptr, tl.load(pending_ptr) + okv)
+        tl.store(nonfinite_ptr, tl.load(nonfinite_ptr) + (1 - okv))
 
 
-def _corr_config(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """Fixed (never timed) tile table for the correlation kernel: deterministic per shape/dtype/GPU."""
-    if INTERPRETED or device.type != "cuda":
-        return dict(INTERP_DEFAULT, num_warps=4, num_stages=1)
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    if dtype == torch.float32:
-        bm, bn, bk, warps, stages = 32, 128, 128, 8, 3
-        if triton.cdiv(N, bn) * triton.cdiv(K, bk) < n_sm:
-            bn, bk, warps = 64, 64, 4
-    else:
-        bm, bn, bk, warps, stages = 64, 128, 128, 8, 3
-        if triton.cdiv(N, bn) * triton.cdiv(K, bk) < n_sm:
-            bn, bk, warps = 64, 128, 4
-            if triton.cdiv(N, bn) * triton.cdiv(K, bk) < n_sm:
-                bk = 64
-    env = os.environ.get("ARB_TRITON_CORR_CONFIG", "").strip()
-    if env:  # "BLOCK_M,BLOCK_N,BLOCK_K,num_warps,num_stages" -- for benchmarking the table itself
-        try:
-            bm, bn, bk, warps, stages = (int(v) for v in env.split(","))
-        except ValueError:
-            raise ValueError(f"ARB_TRITON_CORR_CONFIG must be 5 comma-separated ints, got {env!r}") from None
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+def _vote_config(group_size: int) -> tuple[int, int]:
+    block_k = max(128, group_size)
+    return max(1, 4096 // block_k), block_k
 
 
-
-
-def ternary_correlation_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
-                         in_features: int, group_size: int, *, config: Optional[dict] = None) -> torch.Tensor:
-    """Add ``vote[n, g] = -sum_{k in g} sign((grad_y.T @ x)[n, k]) * T[n, k]`` into ``corr_accum`` (in place).
-
-    Args:
-        grad_y: ``[M, N]`` float; x: ``[M, K]`` same dtype; T_packed ``[N, K/4]`` uint8;
-        corr_accum: ``[N, K // group_size]`` int64, updated in place and returned.
-    """
+def bigint_ballot_triton_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
+                          pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int) -> None:
+    """One ``bigint`` ballot in place (module doc): ``grad_y [M, N]``, ``x [M, K]`` of one float dtype."""
     N, G = check_state(T_packed, in_features, group_size, None, corr_accum, None)
-    check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
-    check_act(x, "x", in_features, "in_features", T_packed.device)
+    device = T_packed.device
+    check_act(grad_y, "grad_y", N, "out_features", device)
+    check_act(x, "x", in_features, "in_features", device)
+    check_counter_tensor(pending, "pending", device)
+    check_counter_tensor(nonfinite, "nonfinite", device)
     if grad_y.shape[0] != x.shape[0]:
         raise ValueError(f"triton ternary op: grad_y has {grad_y.shape[0]} rows but x has {x.shape[0]}")
     if grad_y.dtype != x.dtype:
         raise TypeError(f"triton ternary op: grad_y ({grad_y.dtype}) and x ({x.dtype}) must share a dtype")
-    M = x.shape[0]
-    if M == 0:
-        return corr_accum  # every grad_W entry is 0: sign 0, no votes
-    if config is not None:
-        cfg = launch_cfg(config)
-        cfg.pop("GROUP_M")
-        if cfg.pop("SPLIT", 1) != 1:
-            raise ValueError("the correlation kernel takes no SPLIT (each program reduces all of M)")
-    else:
-        cfg = _corr_config(M, N, in_features, x.dtype, x.device)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(in_features, cfg["BLOCK_K"]))
-    ternary_corr_kernel[grid](grad_y, x, T_packed, corr_accum, M, N, in_features, G, in_features // 4,
-                              grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1),
-                              GS=group_size, DOT_PRECISION=dot_precision(x.dtype), **cfg)
-    return corr_accum
-
-
+    votes = torch.empty(N, G, dtype=torch.int32, device=device)
+    bad = torch.zeros((), dtype=torch.int32, device=device)
+    block_r, block_k = _vote_config(group_size)
+    step = gradw_chunk_rows(N, in_features)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        gw = grad_y[:, n0:n1].t() @ x          # [rows, K]: cuBLAS, x's dtype, fp32 accumulation
+        grid = (triton.cdiv(n1 - n0, block_r), triton.cdiv(in_features, block_k))
+        ballot_vote_kernel[grid](gw, T_packed[n0:n1], votes[n0:n1], bad, n1 - n0, in_features, in_features // 4, G,
+                                 gw.stride(0), GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
+        del gw
+    block = 1024
+    apply_ballot_kernel[(max(1, triton.cdiv(N * G, block)),)](votes, corr_accum, bad, pending, nonfinite, N * G,
+                                                             BLOCK=block)

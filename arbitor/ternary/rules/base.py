@@ -9,7 +9,9 @@ owns what is particular to it:
   the layer's ``state_dict``), with ``buffer_dtypes`` for checkpoint checks;
 * ``ballot(state, grad_y, x, ops)`` -- one backward's ballot, given the layer's buffers as a
   ``TernaryState`` view, the upstream gradient and the saved input, applied through the op table
-  ``ops`` (``ops/backend.py``: the torch reference or the Triton kernels, one signature);
+  ``ops`` (``ops/backend.py``: the torch reference or the Triton kernels, one signature). The op counts the
+  ballot in ``pending`` -- or, when ``grad_y`` or ``x`` holds a NaN or an infinity, casts nothing and counts
+  it in ``nonfinite``; all on the device;
 * ``fold(state)`` -- its part of the per-step call ``ternary_step()`` (after the layer folded the step's
   ballots into ``step_counter``);
 * ``extra_state_bytes`` / ``validate`` -- its bytes per layer for the audit and its invariants for
@@ -21,8 +23,7 @@ Ballots are *online*: ``ballot()`` applies its update at once, so a later micro-
 A *step-boundary* mode, in which a step's ballots are gathered into pending buffers and applied together
 by ``fold()``, is the room this protocol leaves for rank-invariant data-parallel training.
 
-A rule object belongs to one layer (the layer builds it), like a parameter group of an optimizer: it may
-cache host-side copies of constants of that layer.
+A rule object belongs to one layer (the layer builds it), like a parameter group of an optimizer.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
+from ..ops.votes import count_ballot_
+
 __all__ = ["TernaryState", "UpdateRule"]
 
 
@@ -40,19 +43,26 @@ class TernaryState:
     """A view of one layer's integer state handed to its rule (the tensors are the layer's buffers).
 
     ``T_packed [N, ceil(K/4)]`` uint8, ``E [N, G]`` int8, ``corr_accum [N, G]`` int64, ``step_counter []``
-    int64, ``extra`` the rule's own buffers; ``ballot`` is the index of the ballot being cast (the
-    number of ballots before it: ``step_counter`` plus the pending ones), a Python int.
+    int64; ``pending []`` int64 the ballots counted since the last ``ternary_step`` and ``nonfinite []`` int64
+    the ballots skipped for a non-finite input (both device counters: a ballot's index is ``step_counter +
+    pending``); ``extra`` the rule's own buffers.
     """
 
     T_packed: torch.Tensor
     E: torch.Tensor
     corr_accum: torch.Tensor
     step_counter: torch.Tensor
+    pending: torch.Tensor
+    nonfinite: torch.Tensor
     in_features: int
     out_features: int
     group_size: int
-    ballot: int = 0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def count_ballot(self, ok: torch.Tensor) -> None:
+        """Count this ballot on the device: ``pending += ok``, ``nonfinite += not ok`` (``ok``: 0-d bool, the
+        ballot's inputs were finite). Every ``ballot()`` does this once (the ops do it for the two rules)."""
+        count_ballot_(ok, self.pending, self.nonfinite)
 
 
 class UpdateRule(ABC):
@@ -89,9 +99,6 @@ class UpdateRule(ABC):
     def validate(self, state: TernaryState) -> Optional[str]:
         """The first violated invariant of the rule's buffers, or None."""
         return None
-
-    def forget_host_copies(self) -> None:
-        """Drop host-side copies of the layer's state (its buffers were just replaced by a load)."""
 
     def settings(self) -> dict[str, Any]:
         """The rule's settings (for ``extra_repr`` and configs)."""

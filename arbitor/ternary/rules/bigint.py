@@ -8,7 +8,7 @@
 and the scale follows ``S = 2 ** (E + strength * corr_accum / (ballots * group_size))`` (``scale.py``).
 No per-weight state beyond the packed trits: 0.25 bytes per weight + 9 bytes per group (``E`` int8 +
 ``corr_accum`` int64) + 8 bytes of ``step_counter``. There is no step size, so a schedule has nothing
-to scale. The vote op is ``ops.bigint_votes_`` (the Triton kernel never writes ``grad_W``).
+to scale. The op is ``ops.bigint_ballot_`` (on the GPU: cuBLAS ``grad_W`` + a Triton vote kernel).
 """
 from __future__ import annotations
 
@@ -27,4 +27,5 @@ class BigIntRule(UpdateRule):
     name = "bigint"
 
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
-        ops.bigint_votes_(grad_y, x, state.T_packed, state.corr_accum, state.in_features, state.group_size)
+        ops.bigint_ballot_(grad_y, x, state.T_packed, state.corr_accum, state.pending, state.nonfinite,
+                           state.in_features, state.group_size)

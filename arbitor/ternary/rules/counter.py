@@ -12,7 +12,8 @@ stochastically rounded, row-normalised gradient step::
 
     g     = dL/dW_eff[n, k]                      (one block of grad_W, never stored)
     a     = rate * |g| / rms(g[n, :])            (rungs; its expectation is the step)
-    steps = floor(a + u),  u = hash(hash_key, ballot, n, k) * 2**-24     (ops/hashing.py)
+    steps = floor(a + u),  u = hash(hash_key, ballot, n, k) * 2**-24     (ops/hashing.py; ballot =
+                                                                          step_counter + pending, on the device)
     p    <- clamp(p - sign(g) * steps, 0, 3L - 1)
 
 ``E[steps] = a`` exactly (for ``a < 3L``), so in expectation this is SGD with a per-row
@@ -59,7 +60,6 @@ class CounterRule(UpdateRule):
             raise ValueError(f"counter_rate must be in [0, {MAX_COUNTER_RATE:g}], got {counter_rate!r}")
         self.counter_bits = int(counter_bits)
         self.counter_rate = float(counter_rate)
-        self._host_key: Optional[int] = None  # hash_key never changes: read from the device once
 
     @property
     def rate(self) -> float:
@@ -78,14 +78,9 @@ class CounterRule(UpdateRule):
         return {"C_packed": C, "hash_key": key}
 
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
-        if self._host_key is None:
-            self._host_key = int(state.extra["hash_key"])
-        ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, self._host_key,
-                            state.ballot, state.in_features, state.group_size, self.counter_bits, self.rate)
-
-    def forget_host_copies(self) -> None:
-        """Drop cached host copies (the layer's buffers were replaced, e.g. by ``load_state_dict``)."""
-        self._host_key = None
+        ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, state.step_counter,
+                            state.pending, state.nonfinite, state.extra["hash_key"], state.in_features,
+                            state.group_size, self.counter_bits, self.rate)
 
     def validate(self, state: TernaryState) -> Optional[str]:
         C = state.extra["C_packed"]

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 from arbitor.ternary.format import counter_packed_shape, pack_counters, pack_ternary  # noqa: E402
 from arbitor.ternary.ops.counter import counter_ballot_, counter_block_torch_, counter_step_scale  # noqa: E402
+from arbitor.ternary.ops.hashing import hash_base  # noqa: E402
 from arbitor.ternary.ops.counter_triton import counter_block_triton_  # noqa: E402
 from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
 
@@ -37,6 +38,17 @@ def _state(N, K, gs, bits, seed, device="cpu"):
     return [t.to(device) for t in (gw, T, C, corr)]
 
 
+def _hash(key, ballot, device="cpu"):
+    """The ballot's device-side hash base and an ``ok`` flag, as the layer hands them to the block step."""
+    base = hash_base(torch.tensor(key, device=device), torch.tensor(ballot, device=device))
+    return base, torch.tensor(True, device=device)
+
+
+def _counters(device="cpu", step=4):
+    return (torch.tensor(step, device=device), torch.zeros((), dtype=torch.int64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device))
+
+
 @interp
 @pytest.mark.parametrize("N,K,gs,bits,rate", [
     (5, 36, 4, 1, 0.7),       # K not a multiple of 8: padding counters/codes in the last bytes
@@ -49,12 +61,24 @@ def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
     gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
     scale = counter_step_scale(gw, rate)
     ref = [t.clone() for t in (T, C, corr)]
-    counter_block_torch_(gw, scale, *ref, key=12345, ballot=7, row0=3, in_features=K, group_size=gs, bits=bits)
+    base, ok = _hash(12345, 7)
+    assert int(base) == hash_base(12345, 7)                           # the device hash == the host hash
+    counter_block_torch_(gw, scale, *ref, base=base, ok=ok, row0=3, in_features=K, group_size=gs, bits=bits)
     out = [t.clone() for t in (T, C, corr)]
-    counter_block_triton_(gw, scale, *out, key=12345, ballot=7, row0=3, in_features=K, group_size=gs, bits=bits)
+    counter_block_triton_(gw, scale, *out, base=base, ok=ok, row0=3, in_features=K, group_size=gs, bits=bits)
     for name, a, b in zip(("T_packed", "C_packed", "corr_accum"), ref, out):
         assert torch.equal(a, b), name
     assert not torch.equal(ref[0], T) and not torch.equal(ref[2], corr)   # the step did move something
+    if bits == 4:   # a 16-bit grad_W is read as is (the GPU path skips the fp32 copy): same integers for its values
+        gw16 = gw.to(torch.bfloat16)
+        ref16, out16 = [t.clone() for t in (T, C, corr)], [t.clone() for t in (T, C, corr)]
+        counter_block_torch_(gw16.float(), scale, *ref16, base, ok, 3, K, gs, bits)
+        counter_block_triton_(gw16, scale, *out16, base, ok, 3, K, gs, bits)
+        assert all(torch.equal(a, b) for a, b in zip(ref16, out16))
+    for fn in (counter_block_torch_, counter_block_triton_):     # a skipped ballot writes nothing
+        skip = [t.clone() for t in (T, C, corr)]
+        fn(gw, scale, *skip, base, torch.tensor(False), 3, K, gs, bits)
+        assert all(torch.equal(a, b) for a, b in zip(skip, (T, C, corr)))
 
 
 @interp
@@ -65,22 +89,25 @@ def test_counter_ballot_impls_agree_over_row_blocks(monkeypatch):
     _, T, C, corr = _state(10, 64, 16, 4, seed=1)
     states = {}
     for impl in ("torch", "triton"):
-        s = [t.clone() for t in (T, C, corr)]
-        counter_ballot_(gy, x, *s, key=99, ballot=4, in_features=64, group_size=16, bits=4, rate=0.8, impl=impl)
+        s = [t.clone() for t in (T, C, corr)] + list(_counters())
+        counter_ballot_(gy, x, *s, hash_key=torch.tensor(99), in_features=64, group_size=16, bits=4, rate=0.8,
+                        impl=impl)
         states[impl] = s
     for a, b in zip(states["torch"], states["triton"]):
         assert torch.equal(a, b)
+    assert int(states["torch"][4]) == 1 and int(states["torch"][5]) == 0        # pending +1, nonfinite +0
     with pytest.raises(ValueError, match="impl"):
-        counter_ballot_(gy, x, T, C, corr, 1, 1, 64, 16, 4, 0.5, impl="tilelang")
+        counter_ballot_(gy, x, T, C, corr, *_counters(), torch.tensor(1), 64, 16, 4, 0.5, impl="tilelang")
 
 
 def test_triton_counter_block_rejects_bad_operands():
     gw, T, C, corr = _state(4, 32, 8, 2, seed=0)
     scale = counter_step_scale(gw, 1.0)
+    base, ok = _hash(1, 1)
     with pytest.raises(TypeError, match="float32"):
-        counter_block_triton_(gw.double(), scale, T, C, corr, 1, 1, 0, 32, 8, 2)
+        counter_block_triton_(gw, scale.double(), T, C, corr, base, ok, 0, 32, 8, 2)
     with pytest.raises(ValueError, match="contiguous"):
-        counter_block_triton_(gw.t().contiguous().t(), scale, T, C, corr, 1, 1, 0, 32, 8, 2)
+        counter_block_triton_(gw.t().contiguous().t(), scale, T, C, corr, base, ok, 0, 32, 8, 2)
     assert counter_packed_shape(4, 32, 2) == tuple(C.shape)
 
 
@@ -91,9 +118,10 @@ def test_triton_counter_block_on_cuda(N, K, gs, bits):
     gw, T, C, corr = _state(N, K, gs, bits, seed=1, device="cuda")
     scale = counter_step_scale(gw, 0.5)
     ref = [t.clone() for t in (T, C, corr)]
-    counter_block_torch_(gw, scale, *ref, key=5, ballot=11, row0=0, in_features=K, group_size=gs, bits=bits)
+    base, ok = _hash(5, 11, "cuda")
+    counter_block_torch_(gw, scale, *ref, base=base, ok=ok, row0=0, in_features=K, group_size=gs, bits=bits)
     out = [t.clone() for t in (T, C, corr)]
-    counter_block_triton_(gw, scale, *out, key=5, ballot=11, row0=0, in_features=K, group_size=gs, bits=bits)
+    counter_block_triton_(gw, scale, *out, base=base, ok=ok, row0=0, in_features=K, group_size=gs, bits=bits)
     torch.cuda.synchronize()
     assert torch.equal(ref[2], out[2])                          # votes: integer, exact
     for a, b in zip(ref[:2], out[:2]):

@@ -24,12 +24,12 @@ import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from arbitor.ternary.format import pack_ternary  # noqa: E402
+from arbitor.ternary.format import pack_ternary, unpack_ternary  # noqa: E402
 from arbitor.ternary.layer import TernaryScaleTensor  # noqa: E402
 from arbitor.ternary.ops import linear_triton, votes_triton  # noqa: E402
 from arbitor.ternary.ops.linear import expand_weight, linear_grad_x_torch  # noqa: E402
 from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
-from arbitor.ternary.ops.votes import bigint_votes_torch_  # noqa: E402
+from arbitor.ternary.ops.votes import bigint_ballot_torch_  # noqa: E402
 from arbitor.ternary.scale import bigint_scale  # noqa: E402
 from arbitor.ternary.step import ternary_step  # noqa: E402
 
@@ -38,6 +38,20 @@ interp = pytest.mark.skipif(not INTERPRETED,
                             reason="CPU interpreter tests need TRITON_INTERPRET=1 before triton_common is imported")
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs CUDA")
+
+
+def P(n: int, device=CPU_DEV) -> torch.Tensor:
+    """A device counter (``pending``, ``nonfinite``) holding ``n``."""
+    return torch.tensor(n, dtype=torch.int64, device=device)
+
+
+def ballot(impl, gy, x, T_packed, corr, K, gs):
+    """One bigint ballot into ``corr`` (in place) by the torch reference or the Triton path; returns the
+    ``(pending, nonfinite)`` counters it left."""
+    pending, nonfinite = P(0, x.device), P(0, x.device)
+    fn = bigint_ballot_torch_ if impl == "torch" else votes_triton.bigint_ballot_triton_
+    fn(gy, x, T_packed, corr, pending, nonfinite, K, gs)
+    return int(pending), int(nonfinite)
 
 
 def make_state(N: int, K: int, gs: int, seed: int, device=CPU_DEV, corr_range: int = 60, steps: int = 7):
@@ -65,10 +79,11 @@ def ref_forward(x, T_packed, S, K, gs):
 
 def ref_backward(gy, x, T_packed, E, corr, step, pending, K, gs, strength=4.0):
     """``(S, (grad_x, votes))`` from the torch references."""
+    pending = P(pending, x.device)
     S = bigint_scale(E, corr, step + pending, gs, strength)
     gx = linear_grad_x_torch(gy, T_packed, E, corr, step, pending, K, gs, strength)
     votes = torch.zeros_like(corr)
-    bigint_votes_torch_(gy, x, T_packed, votes, K, gs)
+    ballot("torch", gy, x, T_packed, votes, K, gs)
     return S, (gx, votes)
 
 
@@ -92,15 +107,16 @@ def test_kernels_match_reference(M, K, N, gs, cfg):
     pending = 2
     S, (gx_ref, votes_ref) = ref_backward(gy, x, T_packed, E, corr, step, pending, K, gs)
 
-    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, pending, K, gs, 4.0, config=cfg)
-    y_ref = ref_forward(x, T_packed, S, K, gs)
-    torch.testing.assert_close(y, y_ref, rtol=3e-6, atol=1e-6)
-
-    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, pending, K, gs, 4.0, config=cfg)
-    torch.testing.assert_close(gx, gx_ref, rtol=3e-6, atol=1e-6)
+    for path in ("fused", "expand"):
+        kw = dict(config=cfg) if path == "fused" else dict(path="expand")
+        y = linear_triton.ternary_forward(x, T_packed, E, corr, step, P(pending), K, gs, 4.0, **kw)
+        y_ref = ref_forward(x, T_packed, S, K, gs)
+        torch.testing.assert_close(y, y_ref, rtol=3e-6, atol=1e-6)
+        gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, P(pending), K, gs, 4.0, **kw)
+        torch.testing.assert_close(gx, gx_ref, rtol=3e-6, atol=1e-6)
 
     c = corr.clone()
-    votes_triton.ternary_correlation_(gy, x, T_packed, c, K, gs, config=cfg)
+    assert ballot("triton", gy, x, T_packed, c, K, gs) == (1, 0)
     assert torch.equal(c - corr, votes_ref), "votes differ from the reference"
     # independent dense check of the sign convention
     gw = gy.t() @ x
@@ -120,9 +136,9 @@ def test_decode_split_path_matches_reference(M, cfg):
     S, (gx_ref, _) = ref_backward(gy, x, T_packed, E, corr, step, 0, K, gs)
     if cfg is None:  # the heuristic must actually split here (4 "SMs" on CPU)
         assert linear_triton._decode_config(K, lambda c: 3, "fwd", torch.float32, CPU_DEV)["SPLIT"] > 1
-    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, 0, K, gs, 4.0, config=cfg)
+    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, P(0), K, gs, 4.0, config=cfg)
     torch.testing.assert_close(y, ref_forward(x, T_packed, S, K, gs), rtol=3e-6, atol=1e-6)
-    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, 0, K, gs, 4.0, config=cfg)
+    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, P(0), K, gs, 4.0, config=cfg)
     torch.testing.assert_close(gx, gx_ref, rtol=3e-6, atol=1e-6)
 
 
@@ -137,30 +153,80 @@ def test_fp16_weight_tile_is_rounded_product(gs, bk):
     x = int_tensor((M, K), 3, dtype=torch.float16)
     S = bigint_scale(E, corr, step + 1, gs, 4.0)
     W16 = (t.float().view(N, -1, gs) * S[:, :, None]).view(N, K).half().float()
-    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, 1, K, gs, 4.0,
-                                   config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk))
+    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, P(1), K, gs, 4.0,
+                                      config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk))
     assert torch.equal(y, (x.float() @ W16.t()).half())
     gy = int_tensor((M, N), 4, dtype=torch.float16)
-    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, 1, K, gs, 4.0,
-                                   config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk))
+    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, P(1), K, gs, 4.0,
+                                      config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk))
     assert torch.equal(gx, (gy.float() @ W16).half())
 
 
 @interp
-def test_correlation_exact_zero_sum_casts_no_vote():
+@pytest.mark.parametrize("N,K,gs", [(37, 96, 16), (5, 40, 8), (19, 512, 256), (70, 36, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_expand_kernel_equals_effective_weight_bit_for_bit(N, K, gs, dtype):
+    """The expand path's ``W_eff`` is the layer's ``effective_weight(dtype)``, bit for bit (the scale in float64,
+    as ``bigint_scale``), at odd shapes, groups narrower and wider than a tile, extreme strengths and ballots."""
+    layer = TernaryScaleTensor(K, N, group_size=gs, seed=N + K, strength=16.0)
+    g = torch.Generator().manual_seed(K)
+    layer.step_counter.fill_(2 ** 40 + 3)
+    lim = (2 ** 40 + 4) * gs
+    layer.corr_accum.copy_((torch.rand(N, K // gs, generator=g, dtype=torch.float64) * 2 - 1).mul(lim).to(torch.int64))
+    layer.pending.fill_(1)
+    W = linear_triton.expand_weight_triton(layer.T_packed, layer.E, layer.corr_accum, layer.step_counter,
+                                           layer.pending, K, gs, layer.strength, dtype)
+    assert W.dtype == dtype and torch.equal(W, layer.effective_weight(dtype))
+    fresh = TernaryScaleTensor(K, N, group_size=gs, seed=1, strength=0.0)        # no ballots, strength 0
+    W0 = linear_triton.expand_weight_triton(fresh.T_packed, fresh.E, fresh.corr_accum, fresh.step_counter,
+                                            fresh.pending, K, gs, 0.0, dtype)
+    assert torch.equal(W0, fresh.effective_weight(dtype))
+
+
+@interp
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_exact_zero_sum_casts_no_vote(impl):
     """A grad_W entry that sums to exactly 0 has sign 0: its weight casts no vote."""
     M, K, N, gs = 4, 32, 16, 8
     t, T_packed, E, corr, step = make_state(N, K, gs, seed=3)
     x = torch.ones(M, K)
     gy = torch.tensor([[1.0], [-1.0], [2.0], [-2.0]]).expand(M, N).contiguous()  # columns sum to 0
     c = corr.clone()
-    votes_triton.ternary_correlation_(gy, x, T_packed, c, K, gs)
+    ballot(impl, gy, x, T_packed, c, K, gs)
     assert torch.equal(c, corr)
     gy[0, :5] += 1.0  # rows 0..4 now have grad_W = +1 everywhere -> vote = -sum(T)
-    votes_triton.ternary_correlation_(gy, x, T_packed, c, K, gs)
+    ballot(impl, gy, x, T_packed, c, K, gs)
     expect = torch.zeros_like(corr)
     expect[:5] = -t[:5].view(5, -1, gs).sum(-1)
     assert torch.equal(c - corr, expect)
+
+
+@interp
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("where", ["grad_y", "x"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_ballot_casts_nothing(impl, where, bad):
+    M, K, N, gs = 9, 64, 24, 16
+    _, T_packed, E, corr, step = make_state(N, K, gs, seed=4)
+    x, gy = int_tensor((M, K), 1), int_tensor((M, N), 2)
+    (gy if where == "grad_y" else x)[3, 5] = bad
+    c = corr.clone()
+    assert ballot(impl, gy, x, T_packed, c, K, gs) == (0, 1)
+    assert torch.equal(c, corr)
+
+
+@interp
+def test_vote_kernel_over_row_chunks(monkeypatch):
+    """grad_W formed in several row chunks (ARB_GRADW_CHUNK_ELEMS) gives the same votes as one pass."""
+    M, K, N, gs = 11, 96, 23, 32
+    _, T_packed, E, corr, step = make_state(N, K, gs, seed=6)
+    x, gy = int_tensor((M, K), 3), int_tensor((M, N), 4)
+    whole = corr.clone()
+    ballot("triton", gy, x, T_packed, whole, K, gs)
+    monkeypatch.setenv("ARB_GRADW_CHUNK_ELEMS", str(5 * K))                 # 5 rows per chunk
+    chunked = corr.clone()
+    ballot("triton", gy, x, T_packed, chunked, K, gs)
+    assert torch.equal(whole, chunked) and not torch.equal(whole, corr)
 
 
 @interp
@@ -172,12 +238,12 @@ def test_leading_dims_strides_and_dtype_roundtrip():
     x = big[:, ::2]  # stride (2K, 2)
     assert not x.is_contiguous()
     S = bigint_scale(E, corr, step, gs, 4.0)
-    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, 0, K, gs, 4.0)
+    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, P(0), K, gs, 4.0)
     torch.testing.assert_close(y, ref_forward(x.contiguous(), T_packed, S, K, gs),
                                rtol=3e-6, atol=1e-6)
     # fp16 here: Triton 3.6's interpreter computes bf16 tl.dot on the raw bits (wrong); bf16 is tested on the GPU
     xb = x.to(torch.float16)
-    yb = linear_triton.ternary_forward(xb, T_packed, E, corr, step, 0, K, gs, 4.0)
+    yb = linear_triton.ternary_forward(xb, T_packed, E, corr, step, P(0), K, gs, 4.0, path="fused")
     assert yb.dtype == torch.float16
     torch.testing.assert_close(yb.float(), ref_forward(xb, T_packed, S, K, gs).float(),
                                rtol=2e-2, atol=2e-2)
@@ -200,11 +266,11 @@ def test_leading_dims_strides_and_dtype_roundtrip():
 def test_empty_batch():
     K, N, gs = 32, 16, 8
     _, T_packed, E, corr, step = make_state(N, K, gs, seed=1)
-    y = linear_triton.ternary_forward(torch.empty(0, K), T_packed, E, corr, step, 0, K, gs, 4.0)
+    y = linear_triton.ternary_forward(torch.empty(0, K), T_packed, E, corr, step, P(0), K, gs, 4.0)
     assert y.shape == (0, N)
     c = corr.clone()
-    votes_triton.ternary_correlation_(torch.empty(0, N), torch.empty(0, K), T_packed, c, K, gs)
-    assert torch.equal(c, corr)
+    assert ballot("triton", torch.empty(0, N), torch.empty(0, K), T_packed, c, K, gs) == (1, 0)
+    assert torch.equal(c, corr)                         # an empty batch: every grad_W entry 0, no vote
 
 
 @interp
@@ -218,7 +284,7 @@ def test_in_kernel_scale_extremes():
         corr = (torch.rand(N, G, generator=g, dtype=torch.float64) * 2 - 1).mul(lim).to(torch.int64)
         corr[0, 0], corr[0, 1] = lim, -lim
         step = torch.tensor(max(ballots - 1, 0), dtype=torch.int64)
-        pending = 1 if ballots else 0
+        pending = P(1 if ballots else 0)
         S = linear_triton.ternary_scale(E, corr, step, pending, gs, strength)
         S_ref = bigint_scale(E, corr, step + pending, gs, strength)
         rel = (S.double() / S_ref.double() - 1).abs().max().item()
@@ -251,40 +317,42 @@ def test_bad_inputs_raise():
     x = torch.randn(5, K)
     f = linear_triton.ternary_forward
     with pytest.raises(ValueError, match="in_features"):
-        f(torch.randn(5, K + 4), T_packed, E, corr, step, 0, K, gs, 4.0)
+        f(torch.randn(5, K + 4), T_packed, E, corr, step, P(0), K, gs, 4.0)
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        f(x.double(), T_packed, E, corr, step, 0, K, gs, 4.0)
+        f(x.double(), T_packed, E, corr, step, P(0), K, gs, 4.0)
     with pytest.raises(ValueError, match="power of two"):
-        f(x, T_packed, E, corr, step, 0, K, 12, 4.0)
+        f(x, T_packed, E, corr, step, P(0), K, 12, 4.0)
     with pytest.raises(ValueError, match="multiple of group_size"):
-        f(x, T_packed, E, corr, step, 0, K, 64, 4.0)
+        f(x, T_packed, E, corr, step, P(0), K, 64, 4.0)
     with pytest.raises(ValueError, match="bytes per row"):
-        f(x, T_packed[:, :-1].contiguous(), E, corr, step, 0, K, gs, 4.0)
+        f(x, T_packed[:, :-1].contiguous(), E, corr, step, P(0), K, gs, 4.0)
     with pytest.raises(ValueError, match="contiguous"):
-        f(x, torch.cat([T_packed, T_packed], 1)[:, ::2], E, corr, step, 0, K, gs, 4.0)
+        f(x, torch.cat([T_packed, T_packed], 1)[:, ::2], E, corr, step, P(0), K, gs, 4.0)
     with pytest.raises(TypeError, match="int64"):
-        f(x, T_packed, E, corr.to(torch.int32), step, 0, K, gs, 4.0)
+        f(x, T_packed, E, corr.to(torch.int32), step, P(0), K, gs, 4.0)
     with pytest.raises(ValueError, match="shape"):
-        f(x, T_packed, E[:, :-1].contiguous(), corr, step, 0, K, gs, 4.0)
+        f(x, T_packed, E[:, :-1].contiguous(), corr, step, P(0), K, gs, 4.0)
     with pytest.raises(TypeError, match="uint8"):
-        f(x, T_packed.to(torch.int8), E, corr, step, 0, K, gs, 4.0)
+        f(x, T_packed.to(torch.int8), E, corr, step, P(0), K, gs, 4.0)
     with pytest.raises(TypeError, match="step_counter"):
         f(x, T_packed, E, corr, step.int(), 0, K, gs, 4.0)
-    with pytest.raises(ValueError, match="pending"):
-        f(x, T_packed, E, corr, step, -1, K, gs, 4.0)
+    with pytest.raises(TypeError, match="pending"):
+        f(x, T_packed, E, corr, step, 0, K, gs, 4.0)
     with pytest.raises(ValueError, match="strength"):
-        f(x, T_packed, E, corr, step, 0, K, gs, 25.0)
+        f(x, T_packed, E, corr, step, P(0), K, gs, 25.0)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        f(x, T_packed, E, corr, step, 0, K, gs, 4.0, config=dict(BLOCK_K=24))
+        f(x, T_packed, E, corr, step, P(0), K, gs, 4.0, config=dict(BLOCK_K=24))
     with pytest.raises(ValueError, match="rows"):
-        votes_triton.ternary_correlation_(torch.randn(4, N), x, T_packed, corr.clone(), K, gs)
+        ballot("triton", torch.randn(4, N), x, T_packed, corr.clone(), K, gs)
     with pytest.raises(TypeError, match="share a dtype"):
-        votes_triton.ternary_correlation_(torch.randn(5, N).half(), x, T_packed, corr.clone(), K, gs)
+        ballot("triton", torch.randn(5, N).half(), x, T_packed, corr.clone(), K, gs)
+    with pytest.raises(ValueError, match="path"):
+        f(x, T_packed, E, corr, step, P(0), K, gs, 4.0, path="cublas")
     with pytest.raises(ValueError, match="out_features"):
-        linear_triton.ternary_grad_x(torch.randn(5, N + 1), T_packed, E, corr, step, 0, K, gs, 4.0)
+        linear_triton.ternary_grad_x(torch.randn(5, N + 1), T_packed, E, corr, step, P(0), K, gs, 4.0)
     if hasattr(torch, "device") and torch.device("meta"):
         with pytest.raises(RuntimeError, match="is on meta"):
-            f(x.to("meta"), T_packed, E, corr, step, 0, K, gs, 4.0)
+            f(x.to("meta"), T_packed, E, corr, step, P(0), K, gs, 4.0)
 
 
 @interp
@@ -294,12 +362,17 @@ def test_custom_ops_opcheck_and_compile():
     M, K, N, gs = 16, 32, 16, 8
     _, T_packed, E, corr, step = make_state(N, K, gs, seed=5)
     x, gy = int_tensor((M, K), 1), int_tensor((M, N), 2)
+    utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.arbitor.ternary_linear_forward.default,
-                          (x, T_packed, E, corr, step, 1, K, gs, 4.0), test_utils=("test_schema", "test_faketensor"))
+                          (x, T_packed, E, corr, step, P(1), K, gs, 4.0), test_utils=utils)
     torch.library.opcheck(torch.ops.arbitor.ternary_linear_grad_x.default,
-                          (gy, T_packed, E, corr, step, 1, K, gs, 4.0), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.arbitor.ternary_correlation_accumulate_.default,
-                          (gy, x, T_packed, corr.clone(), K, gs), test_utils=("test_schema", "test_faketensor"))
+                          (gy, T_packed, E, corr, step, P(1), K, gs, 4.0), test_utils=utils)
+    torch.library.opcheck(torch.ops.arbitor.bigint_ballot_.default,
+                          (gy, x, T_packed, corr.clone(), P(0), P(0), K, gs), test_utils=utils)
+    C = torch.zeros(N, K // 2, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.arbitor.counter_ballot_.default,
+                          (gy, x, T_packed.clone(), C, corr.clone(), step, P(0), P(0), P(5), K, gs, 4, 0.5),
+                          test_utils=utils)
     assert library.ternary_linear_forward is not None
 
     def make():
@@ -335,26 +408,31 @@ def test_gpu_kernels_match_reference(M, K, N, gs, dtype):
     S, (gx_ref, _) = ref_backward(gy, x, T_packed, E, corr, step, 3, K, gs)
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     scale_y = S.abs().max().item() * K ** 0.5
-    y = linear_triton.ternary_forward(x, T_packed, E, corr, step, 3, K, gs, 4.0)
-    y_ref = ref_forward(x, T_packed, S, K, gs)
-    torch.testing.assert_close(y.float() / scale_y, y_ref.float() / scale_y, **tol)
     scale_x = S.abs().max().item() * N ** 0.5
-    gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, 3, K, gs, 4.0)
-    torch.testing.assert_close(gx.float() / scale_x, gx_ref.float() / scale_x, **tol)
-    # in-kernel S bound on the GPU (ex2.approx)
-    S_k = linear_triton.ternary_scale(E, corr, step, 3, gs, 4.0)
+    pend = P(3, dev)
+    for path in ("fused", "expand"):
+        y = linear_triton.ternary_forward(x, T_packed, E, corr, step, pend, K, gs, 4.0, path=path)
+        y_ref = ref_forward(x, T_packed, S, K, gs)
+        torch.testing.assert_close(y.float() / scale_y, y_ref.float() / scale_y, **tol)
+        gx = linear_triton.ternary_grad_x(gy, T_packed, E, corr, step, pend, K, gs, 4.0, path=path)
+        torch.testing.assert_close(gx.float() / scale_x, gx_ref.float() / scale_x, **tol)
+    # in-kernel S bound on the GPU (ex2.approx); the expand kernel's W_eff is exact
+    S_k = linear_triton.ternary_scale(E, corr, step, pend, gs, 4.0)
     assert (S_k.double() / S.double() - 1).abs().max().item() <= 1.5e-6
+    W = linear_triton.expand_weight_triton(T_packed, E, corr, step, pend, K, gs, 4.0, dtype)
+    assert torch.equal(W, (unpack_ternary(T_packed, K, torch.float32).view(N, -1, gs) * S[:, :, None]).view(N, K)
+                       .to(dtype))
 
     # votes: exact on integer-valued data, deterministic run to run on random data
     xi = int_tensor((M, K), 3, device=dev, dtype=dtype)
     gyi = int_tensor((M, N), 4, device=dev, dtype=dtype)
     _, (_, v_ref) = ref_backward(gyi, xi, T_packed, E, corr, step, 0, K, gs)
     c = torch.zeros_like(corr)
-    votes_triton.ternary_correlation_(gyi, xi, T_packed, c, K, gs)
+    ballot("triton", gyi, xi, T_packed, c, K, gs)
     assert torch.equal(c, v_ref)
     c1, c2 = torch.zeros_like(corr), torch.zeros_like(corr)
-    votes_triton.ternary_correlation_(gy, x, T_packed, c1, K, gs)
-    votes_triton.ternary_correlation_(gy, x, T_packed, c2, K, gs)
+    ballot("triton", gy, x, T_packed, c1, K, gs)
+    ballot("triton", gy, x, T_packed, c2, K, gs)
     assert torch.equal(c1, c2)
     _, (_, v_rand) = ref_backward(gy, x, T_packed, E, corr, step, 0, K, gs)
     # near-zero fp32 sums may take a different sign under a different summation order: rare

@@ -115,7 +115,7 @@ def _counter_layer(seed=3, **kw):
 
 def test_counter_layer_one_ballot_matches_independent_computation():
     layer = _counter_layer()
-    assert set(dict(layer.named_buffers())) == {"T_packed", "E", "corr_accum", "step_counter", "hash_key", "C_packed"}
+    assert set(layer.state_dict()) == {"T_packed", "E", "corr_accum", "step_counter", "hash_key", "C_packed"}
     T0 = layer.ternary().long()
     C0 = unpack_counters(layer.C_packed, 36, 2).long()
     assert torch.all(C0 == 2)                                # mid-ladder start: L // 2

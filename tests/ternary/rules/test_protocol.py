@@ -69,6 +69,7 @@ class _SignCountRule(UpdateRule):
 
     def ballot(self, state: TernaryState, grad_y, x, ops):
         state.extra["positive_ballots"] += (grad_y.sum() > 0).to(torch.int64)
+        state.count_ballot(torch.isfinite(grad_y).all())
 
     def validate(self, state):
         return "negative count" if int(state.extra["positive_ballots"]) < 0 else None
