@@ -156,16 +156,15 @@ def run_row(args) -> int:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            try:
-                losses = trainer.train_step()
-            except FloatingPointError as exc:
-                rec["status"] = f"diverged: {exc}"[:200]
-                break
+            losses = trainer.train_step()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             train_time += time.perf_counter() - t0
-            last_loss = sum(losses.values())
             if trainer.step in eval_at:
+                last_loss = float(sum(losses.values()))
+                if not math.isfinite(last_loss):
+                    rec["status"] = f"diverged: non-finite loss at step {trainer.step}"
+                    break
                 ev = trainer.evaluate()
                 rec["evals"].append({"step": trainer.step, "tokens": trainer.tokens_seen, "train_loss": last_loss,
                                      **ev})

@@ -35,7 +35,7 @@ def test_cuda_matches_cpu_closely():
     cpu = build_run("text", tcfg, TEXT, ModelSettings(backend="torch"))
     gpu = build_run("text", tcfg, TEXT, ModelSettings(backend="torch"), device="cuda")
     for _ in range(3):
-        lc, lg = cpu.train_step()["text"], gpu.train_step()["text"]
+        lc, lg = float(cpu.train_step()["text"]), float(gpu.train_step()["text"])
         assert abs(lc - lg) < 1e-3 * max(1.0, abs(lc)), (lc, lg)
 
 

@@ -147,7 +147,8 @@ class SparseTernaryEmbedding(nn.Module):
         self.t_threshold, self.e_threshold = t_threshold, e_threshold
         self.dense = num_embeddings * dim <= DENSE_TABLE_ELEMS  # see DENSE_TABLE_ELEMS
         self._voting = True
-        self._ballots_since_step = 0
+        self._anchors: dict = {}
+        self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
 
         dev = torch.device(device) if device is not None else None
@@ -201,7 +202,9 @@ class SparseTernaryEmbedding(nn.Module):
                                 f"SparseTernaryEmbedding: token id out of range [0, {self.num_embeddings})")
         idx = idx.to(torch.int64)
         train = self.training and self.voting and torch.is_grad_enabled()
-        anchor = torch.empty(0, device=idx.device, requires_grad=train)
+        if train:
+            self._dirty = True
+        anchor = self._anchor(idx.device, train)
         out = _EmbeddingFn.apply(anchor, idx, self)
         return out if train else out.detach()
 
@@ -218,10 +221,24 @@ class SparseTernaryEmbedding(nn.Module):
     def set_rate_factor(self, factor: float) -> None:
         """Neither embedding rule has a step size: schedules leave the table alone."""
 
+    def _anchor(self, device: torch.device, train: bool) -> torch.Tensor:
+        """An empty leaf (requiring grad when training) made once per device and mode: no tensor creation in a
+        compiled forward."""
+        key = (device, train)
+        if key not in self._anchors:
+            self._anchors[key] = torch.empty(0, device=device, requires_grad=train)
+        return self._anchors[key]
+
     @property
     def pending_ballots(self) -> int:
-        """Ballots cast since the last ``ternary_step()`` (``bigint`` counts them at once, per row)."""
-        return self._ballots_since_step if self.update_rule == "legacy" else 0
+        """Ballots whose update waits for ``ternary_step()``: the legacy flips of a dirty table (the ``bigint``
+        ballots are counted at once, per row)."""
+        return int(self._dirty and self.update_rule == "legacy")
+
+    @property
+    def dirty(self) -> bool:
+        """A forward since the last ``ternary_step()`` may have cast ballots (host flag, no sync)."""
+        return self._dirty
 
     def _cast_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor, touched: torch.Tensor,
                      ok: torch.Tensor) -> None:
@@ -242,15 +259,14 @@ class SparseTernaryEmbedding(nn.Module):
             self.E_accum.index_copy_(0, rows, ea.clamp_(-_INT16_MAX, _INT16_MAX).to(torch.int16))
             self._touched.append(rows)
         self.nonfinite.add_(1 - okl)
-        self._ballots_since_step += 1
 
     def ternary_step(self) -> int:
         """Per-step update. Legacy: apply the threshold flips to the rows touched since the last call.
 
-        Returns the number of ballots cast since the last call (BigInt ballots are already counted).
+        Returns 1 if the table was dirty (a forward may have cast ballots), else 0.
         """
-        n = self._ballots_since_step
-        self._ballots_since_step = 0
+        n = int(self._dirty)
+        self._dirty = False
         if self.update_rule == "legacy" and self._touched:
             # a dense table applies the thresholds to every row: an untouched row has nothing pending (its
             # accumulators were settled when it was last touched), so this equals the touched rows' update
@@ -276,7 +292,7 @@ class SparseTernaryEmbedding(nn.Module):
         self.E_accum.index_copy_(0, rows, ea.masked_fill(e_up | e_down, 0))
 
     def discard_pending_ballots(self) -> None:
-        self._ballots_since_step = 0
+        self._dirty = False
         self._touched = []
 
     def validate_state(self) -> Optional[str]:

@@ -33,9 +33,11 @@ Streaming: votes go straight into ``corr_accum`` during backward (no float gradi
 kept). The ballot is counted as *pending* and folded into ``step_counter`` by the explicit per-step
 call ``ternary_step()`` (or the module-level ``ternary_step(model)``). Until then ``S`` is computed
 with ``step_counter + pending`` so ``mean_corr`` stays in [-1, 1] at every moment. Both counters live
-on the device and no op reads a value back to the host, so a training step has no host-device sync;
-the layer keeps a host-side count of the ballots it cast (``pending_ballots``: an upper bound, skipped
-ballots included) for the checks that must not sync (stale ballots, the overflow bound). Because updates are
+on the device and no op reads a value back to the host, so a training step has no host-device sync and
+no Python side effect inside autograd (``torch.compile`` traces it). A forward that may lead to a
+ballot (training, voting, grad enabled) marks the layer *dirty* on the host: ``ternary_step()`` folds only
+dirty layers, and ``state_dict()`` refuses a dirty layer (its pending ballots are not folded yet). The
+overflow bound of ``step_counter`` is asserted on the device (``scale.py``). Because updates are
 streamed, a forward run after a backward in the same step (the next micro-batch, or the next loss
 component's backward) already sees that ballot: the rule is online, applied the moment a ballot is cast.
 
@@ -143,8 +145,8 @@ class TernaryScaleTensor(nn.Module):
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.backend = requested_backend(backend) if backend is not None else None
         self._voting = True          # False: backward passes grad_x on but casts no ballot
-        self._host_pending = 0       # ballots cast since the last ternary_step(), counted on the host
-        self._host_counter: Optional[int] = None  # host bound of step_counter for the overflow check
+        self._dirty = False          # a forward since the last ternary_step() may have cast ballots
+        self._anchors: dict[torch.device, torch.Tensor] = {}
         dev = torch.device(device) if device is not None else None
         meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
         if seed is None:
@@ -200,11 +202,19 @@ class TernaryScaleTensor(nn.Module):
         """``x [..., in_features] -> [..., out_features]``."""
         self._check_input(x)
         anchor = None
-        if self.training and self._voting and torch.is_grad_enabled() and not x.requires_grad:
-            # Votes are cast in backward, which autograd runs only if some input requires grad:
-            # an empty anchor makes the output part of the graph without computing grad_x.
-            anchor = torch.empty(0, device=x.device, requires_grad=True)
+        if self.training and self._voting and torch.is_grad_enabled():
+            self._dirty = True
+            if not x.requires_grad:
+                # Votes are cast in backward, which autograd runs only if some input requires grad:
+                # an empty anchor makes the output part of the graph without computing grad_x.
+                anchor = self._anchor(x.device)
         return _TernaryLinearFn.apply(x, anchor, self)
+
+    def _anchor(self, device: torch.device) -> torch.Tensor:
+        """An empty leaf that requires grad, made once per device (so a compiled forward creates none)."""
+        if device not in self._anchors:
+            self._anchors[device] = torch.empty(0, device=device, requires_grad=True)
+        return self._anchors[device]
 
     # ------------------------------------------------------------- ballots
     def _state(self) -> TernaryState:
@@ -215,7 +225,6 @@ class TernaryScaleTensor(nn.Module):
     def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
         """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule (counted on the device)."""
         self.rule.ballot(self._state(), grad_y, x, ops)
-        self._host_pending += 1
 
     @property
     def voting(self) -> bool:
@@ -237,36 +246,34 @@ class TernaryScaleTensor(nn.Module):
 
     @property
     def pending_ballots(self) -> int:
-        """Ballots cast since the last ``ternary_step()`` (host count, no sync; skipped ones included)."""
-        return self._host_pending
+        """Ballots counted since the last ``ternary_step()`` (reads the device counter: a sync)."""
+        return int(self.pending)
+
+    @property
+    def dirty(self) -> bool:
+        """A forward since the last ``ternary_step()`` may have cast ballots (host flag, no sync)."""
+        return self._dirty
 
     def ternary_step(self) -> int:
         """Fold the pending ballots into ``step_counter`` (and run the rule's per-step part), on the device.
 
-        Returns how many ballots were cast since the last call (host count: those skipped for a non-finite
-        input included; ``nonfinite`` counts them). Raises ``OverflowError`` before ``ballots * group_size``
-        could pass 2**62 (``scale.py``), checked against the host bound -- no sync.
+        Returns 1 if the layer was dirty (a forward may have cast ballots), else 0 -- no sync. That
+        ``step_counter * group_size`` stays below 2**62 (``scale.py``: ``corr_accum`` cannot overflow int64) is
+        asserted on the device: a breach stops the run with a device-side assertion.
         """
-        cast = self._host_pending
-        if cast == 0:
+        if not self._dirty:
             return 0
-        if self._host_counter is None:
-            self._host_counter = int(self.step_counter)
-        total = self._host_counter + cast
-        if total * self.group_size > MAX_VOTE_TOTAL:
-            raise OverflowError(
-                f"{self.extra_repr()}: step_counter would reach {total} ballots; ballots*group_size must stay "
-                f"below 2**62 so corr_accum cannot overflow int64")
         self.step_counter.add_(self.pending)
         self.pending.zero_()
-        self._host_counter = total
-        self._host_pending = 0
+        torch._assert_async(self.step_counter <= MAX_VOTE_TOTAL // self.group_size,
+                            "TernaryScaleTensor: step_counter * group_size would pass 2**62 (corr_accum overflow)")
+        self._dirty = False
         self.rule.fold(self._state())
-        return cast
+        return 1
 
     def discard_pending_ballots(self) -> None:
         """Forget the pending ballots (after restoring ``corr_accum`` from elsewhere)."""
-        self._host_pending = 0
+        self._dirty = False
         self.pending.zero_()
 
     # --------------------------------------------------------------- views
@@ -305,8 +312,7 @@ class TernaryScaleTensor(nn.Module):
             problem = self.validate_state()
             if problem:
                 error_msgs.append(f"{prefix}: {problem}")
-        self._host_pending = 0
-        self._host_counter = None
+        self._dirty = False
         self.pending.zero_()
         self.nonfinite.zero_()
 
@@ -338,7 +344,7 @@ class TernaryScaleTensor(nn.Module):
 
 
 def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:
-    if module._host_pending:
+    if module._dirty:
         raise RuntimeError(
-            f"{prefix or 'TernaryScaleTensor'}: {module._host_pending} ballot(s) cast since the last ternary_step(); "
+            f"{prefix or 'TernaryScaleTensor'}: ballots may have been cast since the last ternary_step(); "
             "call ternary_step(model) before state_dict() so step_counter matches corr_accum")

@@ -17,9 +17,10 @@ so the cost is negligible.
 Bounds (checked, never silent):
 * every ballot adds at most ``group_size`` in absolute value to each group, so
   ``|corr_accum| <= ballots * group_size`` and ``mean_corr`` is always in [-1, 1];
-* ``ballots * group_size`` must stay below ``MAX_VOTE_TOTAL = 2**62``;
-  ``ternary_step()`` raises ``OverflowError`` before that (at group_size 4096 that is ~1.1e15 ballots,
-  i.e. 35 years at a million ballots per second);
+* ``ballots * group_size`` must stay below ``MAX_VOTE_TOTAL = 2**62``; ``ternary_step()`` asserts it on
+  the device (no host sync; a breach stops the run with a device-side assertion), and every checkpoint
+  load checks it (``validate_state``). At group_size 4096 that is ~1.1e15 ballots, i.e. 35 years at a
+  million ballots per second;
 * ``E`` must lie in ``[E_MIN, E_MAX] = [-100, 100]`` so that
   ``2 ** (E +- strength)`` stays a normal float32 for any strength <= 20.
 """

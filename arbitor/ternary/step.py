@@ -6,7 +6,8 @@ integer training state that ballots change during backward. It implements ``Tern
 * ``ternary_step()`` -- fold this step's pending ballots (and apply deferred updates);
 * ``set_rate_factor(f)`` -- scale its update rule's step size for the next ballots (schedules);
 * ``set_voting(on)`` / ``voting`` -- whether a backward through it casts a ballot (loss routing);
-* ``pending_ballots`` and ``validate_state()``.
+* ``dirty`` -- a forward since the last ``ternary_step()`` may have cast ballots (a host flag: no sync);
+* ``pending_ballots`` (reads the device) and ``validate_state()``.
 
 A training loop calls, per optimisation step::
 
@@ -34,6 +35,9 @@ class TernaryModule(Protocol):
     def voting(self) -> bool: ...
 
     @property
+    def dirty(self) -> bool: ...
+
+    @property
     def pending_ballots(self) -> int: ...
 
     def ternary_step(self) -> int: ...
@@ -52,9 +56,9 @@ def ternary_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def ternary_step(model: nn.Module) -> int:
-    """The per-step update: fold every layer's pending ballots into its ``step_counter``.
+    """The per-step update: fold every layer's pending ballots into its ``step_counter`` (on the device).
 
-    Returns the number of layers that had ballots.
+    Returns the number of layers that were dirty (had a forward that may have cast ballots).
     """
     return sum(1 for m in ternary_layers(model) if m.ternary_step())
 

@@ -39,7 +39,7 @@ class LossComponent:
 
     ``fn(model, batch, shared) -> scalar loss``; ``shared`` is a per-step dict the components of one
     step may use to share a forward pass (e.g. ``shared["hidden"]``) or to report loss parts
-    (``shared["parts"][name] = {part: float}``, logged as ``parts/<name>/<part>``).
+    (``shared["parts"][name] = {part: 0-d tensor}``, logged as ``parts/<name>/<part>``).
     """
 
     name: str

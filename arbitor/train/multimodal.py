@@ -44,6 +44,7 @@ from ..ternary.embedding import EMBEDDING_RULES
 from .components import LossComponent
 from .settings import check_settings, setting
 from .task import Task
+from .text import to_device
 
 __all__ = ["MultimodalConfig", "MultimodalTask", "modality_specs"]
 
@@ -113,7 +114,7 @@ def _text_like_component(name: str) -> LossComponent:
 def _patch_component(name: str) -> LossComponent:
     def fn(model: MultimodalARB, batch: PatchBatch, shared: dict) -> torch.Tensor:
         out = model.patch_losses(name, batch.patches)
-        shared.setdefault("parts", {})[name] = {k: float(out[k].detach()) for k in ("codebook", "recon", "next")}
+        shared.setdefault("parts", {})[name] = {k: out[k].detach() for k in ("codebook", "recon", "next")}
         return out["codebook"] + out["recon"] + out["next"]
     return LossComponent(name, fn, 1)
 
@@ -143,8 +144,8 @@ class MultimodalTask(Task):
     @staticmethod
     def _to(batch: Any, device: torch.device) -> Any:
         if isinstance(batch, PatchBatch):
-            return PatchBatch(batch.patches.to(device))
-        return Batch(batch.x.to(device), batch.y.to(device))
+            return PatchBatch(to_device(batch.patches, device))
+        return Batch(to_device(batch.x, device), to_device(batch.y, device))
 
     def next_batch(self, batch_size: int, device: torch.device) -> tuple[Any, list[LossComponent]]:
         m = self.sample_modality()

@@ -22,7 +22,15 @@ from .components import LossComponent
 from .settings import check_settings, setting
 from .task import Task
 
-__all__ = ["TextConfig", "TextTask", "text_component", "build_dataset"]
+__all__ = ["TextConfig", "TextTask", "text_component", "build_dataset", "to_device"]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through pinned memory, asynchronously (a copy
+    from pageable memory would wait for the GPU to finish its queue: a host sync every step)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 @dataclass
@@ -83,7 +91,7 @@ class TextTask(Task):
 
     def next_batch(self, batch_size: int, device: torch.device) -> tuple[Batch, list[LossComponent]]:
         b = self.data.batch(batch_size)
-        return Batch(b.x.to(device), b.y.to(device)), self.components
+        return Batch(to_device(b.x, device), to_device(b.y, device)), self.components
 
     def evaluate(self, model: nn.Module, batch_size: int, eval_batches: int, device: torch.device,
                  seed: int) -> dict[str, float]:

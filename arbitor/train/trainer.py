@@ -14,6 +14,11 @@ optimisation step (``Trainer.train_step``):
 6. cleanup: every step tensor released before returning, so nothing allocated in step N is alive in step
    N+1 (tested with ``LiveTensorTracker``).
 
+A step reads nothing back from the device: the losses it returns are 0-d tensors, turned into numbers
+(and checked for NaN/inf) only when ``fit`` writes a record, every ``log_interval`` steps. A ballot with a
+non-finite input never votes (``ternary/ops/votes.py``), so the integer state of a run that met a NaN is
+the state before it; the record then raises ``FloatingPointError`` naming the step.
+
 ``fit()`` runs steps to ``TrainConfig.steps``: a train record every ``log_interval`` steps, validation
 at step 0, every ``eval_interval`` and at the end (with ``loss.png`` and the task's artifacts), a
 checkpoint every ``checkpoint_interval`` and at the end. ``save()``/``restore()`` make a resumed run
@@ -75,11 +80,12 @@ class Trainer:
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step (module doc); returns the loss of each component trained (floats)."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step (module doc); returns the loss of each component trained (0-d tensors, on
+        the device: ``float()`` them when needed, which waits for the step)."""
         model = self.model
         model.train()
-        stale = [type(m).__name__ for m in ternary_layers(model) if m.pending_ballots]
+        stale = [type(m).__name__ for m in ternary_layers(model) if m.dirty]
         if stale:
             raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
                                "after the last backward); call ternary_step(model) first")
@@ -91,14 +97,12 @@ class Trainer:
         for i, comp in enumerate(passes):
             with route_ballots(model, comp):
                 losses[comp.name].backward(retain_graph=i < len(passes) - 1)
-        out = {name: float(loss.detach()) for name, loss in losses.items()}
+        out = {name: loss.detach() for name, loss in losses.items()}
         self.last_components, self.last_parts = components, shared.get("parts", {})
         del losses, shared, batch  # nothing of this step's graph may outlive it
         self.updater.step()
         self.step += 1
         self.tokens_seen += self.tcfg.batch * self.tcfg.ctx
-        if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {out}")
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -127,7 +131,7 @@ class Trainer:
         """Atomically write ``<run>/checkpoint.safetensors`` and ``<run>/config.json``."""
         if self.run_dir is None:
             raise ValueError("Trainer.save() needs a run_dir")
-        if any(m.pending_ballots for m in ternary_layers(self.model)):
+        if any(m.dirty for m in ternary_layers(self.model)):
             raise RuntimeError("Trainer.save(): ballots are pending (save between steps)")
         extra = {"rng.torch": torch.get_rng_state(), **self.task.rng_tensors()}
         optim, groups = self.updater.state_tensors()
@@ -185,9 +189,12 @@ class Trainer:
             while self.step < target:
                 losses = meter.step(self.step, self.train_step)[0] if meter is not None else self.train_step()
                 bar.update(1)
-                total = sum(losses.values())
                 at_end = self.step == target
                 if tcfg.log_interval and (self.step % tcfg.log_interval == 0 or at_end):
+                    losses = {k: float(v) for k, v in losses.items()}       # waits for the step
+                    if not all(math.isfinite(v) for v in losses.values()):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
+                    total = sum(losses.values())
                     now = time.perf_counter()
                     tps = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     t_last, tok_last = now, self.tokens_seen
@@ -195,9 +202,11 @@ class Trainer:
                     rec = {"step": self.step, "loss": total, "tokens_per_s": tps, "mem_mb": mem,
                            "tokens_seen": self.tokens_seen, **self.task.log_fields(self.last_components)}
                     rec.update({f"loss/{k}": v for k, v in losses.items()})
-                    rec.update({f"parts/{c}/{k}": v for c, parts in self.last_parts.items() for k, v in parts.items()})
+                    rec.update({f"parts/{c}/{k}": float(v) for c, parts in self.last_parts.items()
+                                for k, v in parts.items()})
                     self.log(rec)
                     bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tps:,.0f}", mem=f"{mem:,.0f}MB")
+                del losses
                 if (tcfg.eval_interval and self.step % tcfg.eval_interval == 0) or at_end:
                     last_eval = self.evaluate()
                     self.log({"step": self.step, **last_eval})

@@ -1,0 +1,421 @@
+"""Speed of the arbitor training step against the strongest float baselines, on one GPU (issue 13).
+
+Usage (CUDA machine)::
+
+    PYTHONPATH=. python benchmarks/bench_speed.py [--parts layer,nanogpt,3b] [--out-dir benchmarks/results/speed]
+                                                  [--steps 10] [--quick] [--profile]
+
+Writes ``<out-dir>/<device>.json`` and ``.md``: one object with ``device``, ``torch``, ``triton``, ``command``
+and ``rows``; a row has ``name``, ``shape``, ``update_rule``, ``arbitor_ms``, ``baseline``, ``baseline_ms``,
+``ratio`` (baseline_ms / arbitor_ms: above 1 arbitor is faster), ``target_ratio`` and, for steps,
+``tokens_per_s``, ``baseline_tokens_per_s``, ``peak_mib``, ``baseline_peak_mib``. A second run with other
+``--parts`` adds its rows to the same file (each row is measured against its baseline in one process).
+
+Rows (bf16 activations everywhere; every number a median after warm-up):
+
+* ``layer_fwd`` -- one layer's forward at training shapes (M >= 4096): arbitor's op (expand ``W_eff`` +
+  cuBLAS) against cuBLAS bf16 ``x @ W.T``; CUDA-graph medians (``triton.testing.do_bench_cudagraph``).
+* ``layer_fwd_bwd`` -- forward + backward (grad-x + the rule's ballot) against the dense bf16 layer's
+  forward + backward (three cuBLAS GEMMs), for ``bigint`` and ``counter``; CUDA-graph medians.
+* ``step_nanogpt_vs_dense`` / ``step_nanogpt_vs_qat`` -- whole training steps of the nanoGPT
+  ``shakespeare_char`` shape (6 x 384, 6 heads, ctx 256, batch 64, arbitor's block) against the same
+  architecture with dense bf16 weights + fused AdamW and with the project's BitNet b1.58 QAT layer (and
+  torchao's ``bitnet_training`` when torchao imports), each ``torch.compile``d -- the faster of compiled and
+  eager is the baseline, and the faster of the QAT rows.
+* ``step_3b_8x512`` -- the ``3b`` preset at batch 8 x ctx 512 (bf16 activations, block checkpointing, chunked
+  loss, as the preset ships) against the same architecture in dense bf16 with fused AdamW, compiled, with
+  and without activation checkpointing (the faster is the baseline).
+
+A step is forward, backward and the per-step update (``ternary_step`` / AdamW) on batches already on the
+GPU (data loading is not timed in any row); tokens/s = batch x ctx x steps / synchronised wall time.
+Weights of the big models are drawn on the GPU (random, not the seeded CPU init: speed does not depend
+on the values).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._device import device_tag  # noqa: E402
+
+_MB = 2 ** 20
+LAYER_SHAPES = [(8192, 4096, 4096), (16384, 8192, 8192), (4096, 3072, 12288), (4096, 12288, 3072)]
+TARGETS = {"layer_fwd": 0.93, "layer_fwd_bwd": 0.93, "step_3b_8x512": 1.0, "step_nanogpt_vs_qat": 1.0,
+           "step_nanogpt_vs_dense": 0.8}
+NANOGPT = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256, vocab_size=65)
+RULES = {"bigint": dict(update_rule="bigint", group_size=64, strength=16.0),
+         "counter": dict(update_rule="counter", group_size=64, strength=16.0, counter_bits=4, counter_rate=0.5)}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _free():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _bench(fn, rep: int = 200) -> tuple[float, str]:
+    """Median ms of ``fn``: CUDA-graph replays when capture works, else event-timed eager calls."""
+    from triton.testing import do_bench, do_bench_cudagraph
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(do_bench_cudagraph(fn, rep=rep, return_mode="median")), "cudagraph"
+    except Exception as exc:  # noqa: BLE001 - report and fall back
+        print(f"  (no CUDA graph: {type(exc).__name__}: {str(exc)[:120]}; eager timing)", flush=True)
+        torch.cuda.synchronize()
+        return float(do_bench(fn, warmup=25, rep=rep, return_mode="median")), "eager"
+
+
+def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A model built on ``meta`` made real on ``device`` with random values: float parameters N(0, 1/fan_in)
+    in ``dtype``, ternary trits uniform, exponents around 2**-6, counters mid-ladder, frozen buffers rebuilt."""
+    from arbitor.ternary.format import pack_counters
+    from arbitor.ternary.layer import TernaryScaleTensor
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for m in model.modules():
+            for name, p in m.named_parameters(recurse=False):
+                p.data = p.data.to(dtype)
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]))
+            if hasattr(m, "T_packed"):
+                codes = torch.randint(0, 3, m.T_packed.shape + (4,), device=device, dtype=torch.uint8)
+                m.T_packed.copy_((codes << torch.tensor([0, 2, 4, 6], device=device, dtype=torch.uint8)).sum(-1,
+                                 dtype=torch.uint8))
+                m.E.copy_(torch.randint(-7, -5, m.E.shape, device=device, dtype=torch.int8))
+                for buf in ("corr_accum", "pending", "nonfinite", "T_accum", "E_accum"):
+                    if hasattr(m, buf):
+                        getattr(m, buf).zero_()
+                if hasattr(m, "step_counter"):
+                    m.step_counter.fill_(8)
+                if isinstance(m, TernaryScaleTensor) and hasattr(m, "C_packed"):
+                    bits = m.rule.counter_bits
+                    mid = torch.full((m.out_features, m.in_features), 1 << (bits - 1), dtype=torch.uint8,
+                                     device=device)
+                    m.C_packed.copy_(pack_counters(mid, bits, check=False))
+                    m.hash_key.fill_(12345)
+            if hasattr(m, "log_decays"):
+                m.log_decays.copy_(torch.log(torch.tensor(m.decays_for_bench, device=device)))
+    return model
+
+
+def _build(cfg, device, dtype=torch.bfloat16):
+    from arbitor.model.text import ArbitorLM
+    with torch.device("meta"):
+        model = ArbitorLM(cfg)
+    for m in model.modules():   # the frozen LTI decays are a buffer: remember their values before to_empty
+        if hasattr(m, "log_decays"):
+            m.decays_for_bench = list(cfg.lti_decays)
+    return _materialize(model, device, dtype).train()
+
+
+def _step_fn(model, compiled, kind: str):
+    """One training step closure over ``model`` (``kind``: "ternary" or "float": fused AdamW)."""
+    from arbitor.ternary.step import ternary_step
+    opt = None
+    if kind == "float":
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+    fwd = compiled if compiled is not None else model
+
+    def step(idx):
+        _, loss = fwd(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        ternary_step(model)
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def _time_steps(step, batches, steps: int, warmup: int) -> dict:
+    torch.cuda.synchronize()
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for i in range(steps):
+        loss = step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    b, c = batches[0].shape[0], batches[0].shape[1] - 1
+    return {"step_ms": 1000 * dt / steps, "tokens_per_s": b * c * steps / dt, "loss": float(loss),
+            "peak_mib": torch.cuda.max_memory_allocated() / _MB}
+
+
+def _profile(step, batch, top: int = 18) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    step(batch)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        step(batch)
+        torch.cuda.synchronize()
+    evs = [e for e in prof.key_averages() if e.device_time_total > 0]
+    rows = [{"name": e.key[:80], "calls": e.count, "cuda_ms": round(e.device_time_total / 1000, 3)}
+            for e in sorted(evs, key=lambda e: -e.self_device_time_total)[:top]]
+    return {"gpu_ms": round(sum(e.self_device_time_total for e in evs) / 1000, 2), "top": rows}
+
+
+def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, device, dtype=torch.bfloat16):
+    """tokens/s of ``cfg``'s model for each compile mode in ``compile_modes`` (None = eager); the best one."""
+    best = None
+    tried = []
+    for mode in compile_modes:
+        _free()
+        try:
+            model = _build(cfg, device, dtype)
+            compiled = torch.compile(model) if mode == "compile" else None
+            step = _step_fn(model, compiled, kind)
+            r = _time_steps(step, batches, steps, warmup)
+        except Exception as exc:  # noqa: BLE001 - a baseline mode that fails is reported, not fatal
+            tried.append({"mode": mode, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            print(f"  {label} [{mode}]: FAILED {tried[-1]['error']}", flush=True)
+            traceback.print_exc(limit=3)
+            continue
+        finally:
+            model = compiled = step = None
+        r["mode"] = mode
+        tried.append(r)
+        print(f"  {label} [{mode}]: {r['tokens_per_s']:,.0f} tok/s, step {r['step_ms']:.1f} ms, "
+              f"peak {r['peak_mib']:,.0f} MiB", flush=True)
+        if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
+            best = r
+    return best, tried
+
+
+# ----------------------------------------------------------------------------------------- parts
+def part_layer(args, device, add) -> None:
+    from arbitor.ternary.layer import TernaryScaleTensor
+    from arbitor.ternary.ops.backend import get_ops
+    shapes = LAYER_SHAPES[:2] if args.quick else LAYER_SHAPES
+    dtype = torch.bfloat16
+    for (M, K, N) in shapes:
+        _free()
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(M, K, device=device, dtype=dtype, generator=g)
+        gy = torch.randn(M, N, device=device, dtype=dtype, generator=g)
+        W = (torch.randn(N, K, device=device, dtype=dtype, generator=g) / K ** 0.5)
+        dense_ms, how = _bench(lambda: x @ W.t())
+        layers = {r: _materialize(TernaryScaleTensor(K, N, **RULES[r], device="meta"), device, dtype)
+                  for r in RULES}
+        layer = layers["bigint"]
+        ops = get_ops(device)
+        st = (layer.T_packed, layer.E, layer.corr_accum, layer.step_counter, layer.pending)
+        arb_ms, how_a = _bench(lambda: ops.linear_forward(x, *st, K, layer.group_size, layer.strength))
+        add({"name": "layer_fwd", "shape": f"{M}x{K}->{N}", "update_rule": "any", "arbitor_ms": arb_ms,
+             "baseline": f"cuBLAS bf16 x @ W.T ({how})", "baseline_ms": dense_ms, "timing": how_a})
+        xg = x.detach().requires_grad_(True)
+        Wg = W.detach().requires_grad_(True)
+
+        def dense_fb():
+            torch.autograd.grad(xg @ Wg.t(), (xg, Wg), gy)
+        dfb_ms, how_d = _bench(dense_fb)
+        for rule, lay in layers.items():
+            def arb_fb(lay=lay):
+                torch.autograd.grad(lay(xg), xg, gy)
+            afb_ms, how_b = _bench(arb_fb, rep=100)
+            lay.ternary_step()
+            add({"name": "layer_fwd_bwd", "shape": f"{M}x{K}->{N}", "update_rule": rule, "arbitor_ms": afb_ms,
+                 "baseline": f"dense bf16 layer fwd + bwd, 3 cuBLAS GEMMs ({how_d})", "baseline_ms": dfb_ms,
+                 "timing": how_b})
+        del x, gy, W, xg, Wg, layers, layer, st
+
+
+def part_nanogpt(args, device, add, profiles) -> None:
+    from arbitor.model.config import preset
+    batch, ctx, vocab = 64, 256, NANOGPT["vocab_size"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    batches = [torch.randint(0, vocab, (batch, ctx + 1), device=device, generator=gen) for _ in range(4)]
+    base = dict(NANOGPT, compute_dtype="bfloat16", seed=0)
+    modes = ["eager"] if args.quick else ["compile", "eager"]
+    dense, dense_tried = _measure_model("dense", preset("small", linear="dense", **base), "float", batches,
+                                        args.steps, args.warmup, modes, device)
+    qat, qat_tried = _measure_model("bitnet", preset("small", linear="bitnet", **base), "float", batches,
+                                    args.steps, args.warmup, modes, device)
+    ao = _torchao_bitnet(base, batches, args, device, modes)
+    qat_rows = [r for r in (qat, ao) if r is not None]
+    best_qat = max(qat_rows, key=lambda r: r["tokens_per_s"]) if qat_rows else None
+    for rule, tern in RULES.items():
+        cfg = preset("small", ternary=tern, **base)
+        arb, arb_tried = _measure_model(f"arbitor {rule}", cfg, "ternary", batches, args.steps, args.warmup,
+                                        modes, device)
+        if arb is None:
+            continue
+        if args.profile:
+            model = _build(cfg, device)
+            profiles[f"nanogpt_{rule}"] = _profile(_step_fn(model, None, "ternary"), batches[0])
+            model = None
+            _free()
+        for name, bl, label in (("step_nanogpt_vs_dense", dense, "dense bf16 + fused AdamW"),
+                                ("step_nanogpt_vs_qat", best_qat, "BitNet b1.58 QAT + fused AdamW")):
+            if bl is None:
+                continue
+            add({"name": name, "shape": f"6x384, batch {batch} x ctx {ctx}", "update_rule": rule,
+                 "arbitor_ms": arb["step_ms"], "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"],
+                 "peak_mib": arb["peak_mib"], "baseline": f"{label} ({bl.get('source', 'arbitor model')}, "
+                 f"{bl['mode']})", "baseline_ms": bl["step_ms"], "baseline_tokens_per_s": bl["tokens_per_s"],
+                 "baseline_peak_mib": bl["peak_mib"], "tried": {"arbitor": arb_tried, "dense": dense_tried,
+                                                                "qat": qat_tried}})
+
+
+def _torchao_bitnet(base, batches, args, device, modes):
+    """torchao's ``bitnet_training`` on the dense model (when torchao imports), its best mode."""
+    try:
+        from torchao import quantize_
+        from torchao.prototype.quantized_training import bitnet_training
+    except Exception as exc:  # noqa: BLE001
+        print(f"  torchao bitnet_training: not available ({type(exc).__name__}: {exc})", flush=True)
+        return None
+    from arbitor.model.config import preset
+    best = None
+    for mode in modes:
+        _free()
+        try:
+            model = _build(preset("small", linear="dense", **base), device)
+            quantize_(model, bitnet_training(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+            compiled = torch.compile(model) if mode == "compile" else None
+            r = _time_steps(_step_fn(model, compiled, "float"), batches, args.steps, args.warmup)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  torchao bitnet [{mode}]: FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            continue
+        r.update(mode=mode, source="torchao bitnet_training")
+        print(f"  torchao bitnet [{mode}]: {r['tokens_per_s']:,.0f} tok/s", flush=True)
+        if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
+            best = r
+    return best
+
+
+def part_3b(args, device, add, profiles) -> None:
+    from arbitor.model.config import preset
+    batch, ctx = 8, 512
+    gen = torch.Generator(device=device).manual_seed(0)
+    batches = [torch.randint(0, 256, (batch, ctx + 1), device=device, generator=gen) for _ in range(2)]
+    steps, warmup = max(3, args.steps // 2), 2
+    # dense fits without activation checkpointing (~25 GB of weights + AdamW, ~11 GB of activations at 8 x 512),
+    # which is the faster form: recomputing the blocks costs a forward
+    dense_modes = ["compile"] if args.quick else ["compile", "eager"]
+    dense_rows = []
+    for ckpt in (False,):
+        cfg = preset("3b", linear="dense", activation_checkpointing=ckpt)
+        best, tried = _measure_model(f"dense 3b ckpt={ckpt}", cfg, "float", batches, steps, warmup, dense_modes,
+                                     device)
+        if best is not None:
+            best["ckpt"] = ckpt
+            dense_rows.append(best)
+    dense = max(dense_rows, key=lambda r: r["tokens_per_s"]) if dense_rows else None
+    for rule, tern in RULES.items():
+        cfg = preset("3b", ternary=tern)
+        arb, tried = _measure_model(f"arbitor 3b {rule}", cfg, "ternary", batches, steps, warmup,
+                                    ["eager"] if args.quick else ["eager", "compile"], device)
+        if arb is None or dense is None:
+            continue
+        if args.profile and rule == "bigint":
+            model = _build(cfg, device)
+            profiles["3b_bigint"] = _profile(_step_fn(model, None, "ternary"), batches[0])
+            model = None
+            _free()
+        add({"name": "step_3b_8x512", "shape": "3b preset, batch 8 x ctx 512", "update_rule": rule,
+             "arbitor_ms": arb["step_ms"], "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"],
+             "peak_mib": arb["peak_mib"],
+             "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, activation checkpointing "
+                         f"{'on' if dense['ckpt'] else 'off'}",
+             "baseline_ms": dense["step_ms"], "baseline_tokens_per_s": dense["tokens_per_s"],
+             "baseline_peak_mib": dense["peak_mib"], "dense_tried": dense_rows, "arbitor_tried": tried})
+
+
+# ----------------------------------------------------------------------------------------- report
+def _render(res: dict) -> str:
+    lines = [f"# Training speed ({res['device']})", "", f"Device: {res['device_name']}; torch {res['torch']}, "
+             f"triton {res['triton']}.", "", f"Command: `{res['command']}`", "",
+             "ratio = baseline ms / arbitor ms (above 1: arbitor is faster).", "",
+             "| row | shape | rule | arbitor ms | baseline | baseline ms | ratio | target | tokens/s | peak MiB |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        tps = f"{r['tokens_per_s']:,.0f} vs {r['baseline_tokens_per_s']:,.0f}" if "tokens_per_s" in r else ""
+        peak = f"{r['peak_mib']:,.0f} vs {r['baseline_peak_mib']:,.0f}" if "peak_mib" in r else ""
+        lines.append(f"| {r['name']} | {r['shape']} | {r['update_rule']} | {r['arbitor_ms']:.3f} | {r['baseline']} | "
+                     f"{r['baseline_ms']:.3f} | {r['ratio']:.2f} | {r['target_ratio']:.2f} | {tps} | {peak} |")
+    if res.get("profiles"):
+        lines += ["", "## Where the arbitor step's GPU time goes (torch.profiler, one step, self time)", ""]
+        for key, prof in res["profiles"].items():
+            lines += [f"### {key}: {prof['gpu_ms']} ms of GPU time", "", "| kernel | calls | ms |", "|---|---:|---:|"]
+            lines += [f"| `{t['name']}` | {t['calls']} | {t['cuda_ms']} |" for t in prof["top"]]
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", default="layer,nanogpt,3b")
+    ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "speed"))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and no compiled baselines (a smoke run)")
+    ap.add_argument("--profile", action="store_true", help="add a torch.profiler table of the arbitor steps")
+    ap.add_argument("--device-name", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_speed.py needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    tag = args.device_name or device_tag(name)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{tag}.json"
+    res = json.loads(path.read_text()) if path.exists() else {"rows": [], "profiles": {}}
+    parts = [p for p in args.parts.split(",") if p]
+    res["rows"] = [r for r in res["rows"] if _part_of(r["name"]) not in parts]
+    res.update(device=tag, device_name=name, torch=torch.__version__, triton=triton.__version__,
+               python=platform.python_version(),
+               command="PYTHONPATH=. python benchmarks/bench_speed.py " + " ".join(argv if argv is not None
+                                                                               else sys.argv[1:]))
+
+    def add(row):
+        row["ratio"] = row["baseline_ms"] / row["arbitor_ms"]
+        row["target_ratio"] = TARGETS[row["name"]]
+        res["rows"].append(row)
+        print(f"{row['name']:>22} {row['shape']:>28} {row['update_rule']:>8}: arbitor {row['arbitor_ms']:.3f} ms, "
+              f"baseline {row['baseline_ms']:.3f} ms -> {row['ratio']:.2f}x (target {row['target_ratio']})",
+              flush=True)
+        path.write_text(json.dumps(res, indent=1))
+        (out / f"{tag}.md").write_text(_render(res))
+
+    for part in parts:
+        t = time.time()
+        try:
+            {"layer": lambda: part_layer(args, device, add),
+             "nanogpt": lambda: part_nanogpt(args, device, add, res["profiles"]),
+             "3b": lambda: part_3b(args, device, add, res["profiles"])}[part]()
+        except Exception:  # noqa: BLE001 - keep what the other parts measured
+            traceback.print_exc()
+        print(f"part {part}: {time.time() - t:.0f} s", flush=True)
+        _free()
+    path.write_text(json.dumps(res, indent=1))
+    (out / f"{tag}.md").write_text(_render(res))
+    print(_render(res))
+    return 0
+
+
+def _part_of(name: str) -> str:
+    return "layer" if name.startswith("layer") else ("3b" if "3b" in name else "nanogpt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
