@@ -43,8 +43,7 @@ from ..model.vq import code_usage
 from ..ternary.embedding import EMBEDDING_RULES
 from .components import LossComponent
 from .settings import check_settings, setting
-from .task import Task
-from .text import to_device
+from .task import Task, to_device
 
 __all__ = ["MultimodalConfig", "MultimodalTask", "modality_specs"]
 

@@ -24,7 +24,14 @@ from torch import nn
 
 from .components import LossComponent
 
-__all__ = ["Task"]
+__all__ = ["Task", "to_device"]
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through pinned memory, asynchronously (a copy
+    from pageable memory would wait for the GPU to finish its queue: a host sync every step)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class Task(ABC):

@@ -20,17 +20,10 @@ from torch import nn
 from ..data import Batch, TextDataset, Vocab, build_vocab, load_text
 from .components import LossComponent
 from .settings import check_settings, setting
-from .task import Task
+from .task import Task, to_device
 
-__all__ = ["TextConfig", "TextTask", "text_component", "build_dataset", "to_device"]
+__all__ = ["TextConfig", "TextTask", "text_component", "build_dataset"]
 
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``; a host tensor bound for a GPU goes through pinned memory, asynchronously (a copy
-    from pageable memory would wait for the GPU to finish its queue: a host sync every step)."""
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 @dataclass
