@@ -37,9 +37,7 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -122,13 +120,13 @@ def _build(cfg, device, dtype=torch.bfloat16):
     return _materialize(model, device, dtype).train()
 
 
-def _step_fn(model, compiled, kind: str):
+def _step_fn(model, compiled, kind: str, capturable: bool = False):
     """One training step closure over ``model`` (``kind``: "ternary" or "float": fused AdamW)."""
     from arbitor.ternary.step import ternary_step
     opt = None
     if kind == "float":
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True, capturable=capturable)
     fwd = compiled if compiled is not None else model
 
     def step(idx):
@@ -140,6 +138,27 @@ def _step_fn(model, compiled, kind: str):
             opt.zero_grad(set_to_none=True)
         return loss
     return step
+
+
+def _graphed(step, batches):
+    """The whole step (forward, backward, update) captured once as a CUDA graph and replayed on a static batch
+    buffer: no per-kernel launch cost (needs a step without host syncs)."""
+    static = batches[0].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step(static)
+
+    def replay(idx):
+        static.copy_(idx)
+        graph.replay()
+        return loss
+    return replay
 
 
 def _time_steps(step, batches, steps: int, warmup: int) -> dict:
@@ -179,8 +198,11 @@ def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, devi
         _free()
         try:
             model = _build(cfg, device, dtype)
-            compiled = torch.compile(model) if mode == "compile" else None
-            step = _step_fn(model, compiled, kind)
+            compiled = torch.compile(model) if mode.startswith("compile") else None
+            step = _step_fn(model, compiled, kind, capturable=mode.endswith("graph"))
+            if mode.endswith("graph"):
+                step(batches[0])      # compile / autotune outside the capture
+                step = _graphed(step, batches)
             r = _time_steps(step, batches, steps, warmup)
         except Exception as exc:  # noqa: BLE001 - a baseline mode that fails is reported, not fatal
             tried.append({"mode": mode, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -233,7 +255,7 @@ def part_layer(args, device, add) -> None:
             add({"name": "layer_fwd_bwd", "shape": f"{M}x{K}->{N}", "update_rule": rule, "arbitor_ms": afb_ms,
                  "baseline": f"dense bf16 layer fwd + bwd, 3 cuBLAS GEMMs ({how_d})", "baseline_ms": dfb_ms,
                  "timing": how_b})
-        del x, gy, W, xg, Wg, layers, layer, st
+        x = gy = W = xg = Wg = layers = layer = st = None  # freed before the next shape
 
 
 def part_nanogpt(args, device, add, profiles) -> None:
@@ -242,7 +264,7 @@ def part_nanogpt(args, device, add, profiles) -> None:
     gen = torch.Generator(device=device).manual_seed(0)
     batches = [torch.randint(0, vocab, (batch, ctx + 1), device=device, generator=gen) for _ in range(4)]
     base = dict(NANOGPT, compute_dtype="bfloat16", seed=0)
-    modes = ["eager"] if args.quick else ["compile", "eager"]
+    modes = ["eager", "graph"] if args.quick else ["compile", "compile-graph", "graph"]
     dense, dense_tried = _measure_model("dense", preset("small", linear="dense", **base), "float", batches,
                                         args.steps, args.warmup, modes, device)
     qat, qat_tried = _measure_model("bitnet", preset("small", linear="bitnet", **base), "float", batches,
@@ -254,6 +276,8 @@ def part_nanogpt(args, device, add, profiles) -> None:
         cfg = preset("small", ternary=tern, **base)
         arb, arb_tried = _measure_model(f"arbitor {rule}", cfg, "ternary", batches, args.steps, args.warmup,
                                         modes, device)
+        if args.check_graph and arb is not None:
+            _check_graph_state(cfg, batches, device)
         if arb is None:
             continue
         if args.profile:
@@ -298,6 +322,30 @@ def _torchao_bitnet(base, batches, args, device, modes):
         if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
             best = r
     return best
+
+
+def _check_graph_state(cfg, batches, device) -> None:
+    """The graphed step leaves the same integer state as the eager step (bit for bit) after 3 steps."""
+    states = []
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = _build(cfg, device)
+        if states:
+            model.load_state_dict(states[0][0])
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        step = _step_fn(model, None, "ternary")
+        if graph:
+            step = _graphed(step, batches[:1])       # its own 3 warm-up steps + capture: 4 steps, as below
+        else:
+            for _ in range(3):
+                step(batches[0])
+        for i in range(3):
+            step(batches[i % len(batches)])
+        torch.cuda.synchronize()
+        states.append((init, model.state_dict()))
+    a, b = states[0][1], states[1][1]
+    same = sum(torch.equal(a[k], b[k]) for k in a)
+    print(f"  graphed vs eager integer state after the same steps: {same}/{len(a)} tensors equal", flush=True)
 
 
 def part_3b(args, device, add, profiles) -> None:
@@ -367,6 +415,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="fewer shapes and no compiled baselines (a smoke run)")
     ap.add_argument("--profile", action="store_true", help="add a torch.profiler table of the arbitor steps")
+    ap.add_argument("--check-graph", action="store_true", help="compare the graphed step's state with eager's")
     ap.add_argument("--device-name", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

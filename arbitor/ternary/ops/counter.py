@@ -60,15 +60,20 @@ def counter_block(t: torch.Tensor, c: torch.Tensor, gw: torch.Tensor, u: torch.T
 
 
 def counter_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
-                         corr_accum: torch.Tensor, base: torch.Tensor, ok: torch.Tensor, row0: int, in_features: int,
-                         group_size: int, bits: int) -> None:
+                         corr_accum: torch.Tensor, hash_key: torch.Tensor, step_counter: torch.Tensor,
+                         pending: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int, group_size: int,
+                         bits: int) -> None:
     """The reference per-weight step of one row block, in place (same contract as ``counter_block_triton_``).
 
-    ``gw [rows, K]`` float32, ``scale [rows]``; ``T_packed``/``C_packed``/``corr_accum`` are the block's rows;
-    ``base``: the ballot's hash base (``hashing.hash_base``); ``ok``: 0-d, the ballot counts; ``row0`` is the
-    block's first row in the layer (the hash index is global).
+    ``gw [rows, K]`` float, ``scale [rows]`` float32; ``T_packed``/``C_packed``/``corr_accum`` are the block's
+    rows; the ballot's hash base is ``hashing.hash_base(hash_key, step_counter + pending)``; ``bad``: 0-d,
+    nonzero when the ballot does not count; ``row0`` is the block's first row in the layer (the hash index is
+    global).
     """
     rows = gw.shape[0]
+    gw = gw.to(torch.float32)
+    ok = bad == 0
+    base = hash_base(hash_key, step_counter + pending)
     t = unpack_ternary(T_packed, in_features)
     corr_accum += group_votes(gw, t, group_size) * ok
     c = unpack_counters(C_packed, in_features, bits)
@@ -105,22 +110,30 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         impl: ``"torch"`` or ``"triton"`` for the per-weight step.
     """
     block_fn = _block_fn(impl)
-    ok = ballot_ok(grad_y, x)
-    base = hash_base(hash_key, step_counter + pending)
+    n_out = T_packed.shape[0]
     gy = grad_y.to(x.dtype)
-    step = gradw_rows(impl, T_packed.shape[0], in_features)
-    for n0 in range(0, T_packed.shape[0], step):
-        n1 = min(T_packed.shape[0], n0 + step)
+    step = gradw_rows(impl, n_out, in_features)
+    fused_flag = impl == "triton" and x.dtype != torch.float32 and step >= n_out
+    if fused_flag:   # one 16-bit grad_W chunk: its row-scale pass also finds a non-finite entry
+        bad = torch.zeros((), dtype=torch.int32, device=x.device)
+    else:
+        bad = (~ballot_ok(grad_y, x)).to(torch.int32)
+    for n0 in range(0, n_out, step):
+        n1 = min(n_out, n0 + step)
         gw = gy[:, n0:n1].t() @ x
-        if impl == "torch" or gw.dtype == torch.float32:
+        if fused_flag:
+            from .counter_triton import row_scale_triton
+            scale = row_scale_triton(gw, rate, bad)
+        else:
             gw = gw.to(torch.float32).contiguous()
             scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
-        else:  # 16-bit grad_W straight from cuBLAS: the row RMS in fp32 without an fp32 copy
-            rms = torch.linalg.vector_norm(gw, dim=1, dtype=torch.float32).mul_(in_features ** -0.5)
-            scale = torch.full_like(rms, rate).div_(rms.clamp_min_(1e-30))
-        block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], base, ok, n0, in_features,
-                 group_size, bits)
-    count_ballot_(ok, pending, nonfinite)
+        block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], hash_key, step_counter, pending,
+                 bad, n0, in_features, group_size, bits)
+    if impl == "triton":
+        from .counter_triton import count_ballot_triton_
+        count_ballot_triton_(bad, pending, nonfinite)
+    else:
+        count_ballot_(bad == 0, pending, nonfinite)
 
 
 def gradw_rows(impl: str, out_features: int, in_features: int) -> int:

@@ -18,8 +18,10 @@ with ~50 torch kernels:
    multiple of 8: every byte belongs to one program; bytes past the row end are not written,
    padding codes past ``K`` come out 0).
 
-Nothing is written when the ballot's ``ok`` flag (a device scalar: every ``grad_y`` and ``x`` entry
-finite) is 0. Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
+Nothing is written when the ballot's ``bad`` flag (a device scalar: some ``grad_W`` entry not finite) is up.
+``row_scale_kernel`` computes the per-row step scale and that flag in one read of a 16-bit ``grad_W`` chunk;
+``count_ballot_kernel`` counts the ballot afterwards (``pending`` or ``nonfinite``) -- so a GPU ballot is
+one cuBLAS GEMM and three launches, with nothing read back to the host. Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
 equals the torch reference bit for bit on the CPU interpreter; on a GPU the compiler may
 fuse ``|g| * scale + u`` into one FMA, which can move a weight whose ``a + u`` lies within one
 rounding of an integer.
@@ -32,12 +34,13 @@ import triton.language as tl
 
 from .triton_common import mix32
 
-__all__ = ["counter_step_kernel", "counter_block_triton_"]
+__all__ = ["counter_step_kernel", "counter_block_triton_", "row_scale_kernel", "row_scale_triton",
+           "count_ballot_kernel", "count_ballot_triton_"]
 
 
 @triton.jit
-def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, base_ptr, ok_ptr, rows, K, KB, CB, G, row0,
-                        stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
+def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
+                        KB, CB, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_K: tl.constexpr):
     PER: tl.constexpr = 8 // BITS
     L: tl.constexpr = 1 << BITS
@@ -46,7 +49,7 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, base_ptr, ok_
     pid_k = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    ok = tl.load(ok_ptr) != 0
+    ok = tl.load(bad_ptr) == 0
     r_mask = (r < rows) & ok
     k_mask = k < K
     mask = r_mask[:, None] & k_mask[None, :]
@@ -70,7 +73,10 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, base_ptr, ok_
 
     # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform
     idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
-    base = tl.load(base_ptr).to(tl.int64)
+    key = tl.load(key_ptr).to(tl.int64)
+    ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
+    base = mix32(mix32((key & 0xFFFFFFFF) ^ mix32((key >> 32) & 0xFFFFFFFF)) ^ (ballot & 0xFFFFFFFF)
+                 ^ mix32((ballot >> 32) & 0xFFFFFFFF))                      # hashing.hash_base, on the device
     h = mix32(mix32((idx & 0xFFFFFFFF) ^ base) ^ ((idx >> 32) & 0xFFFFFFFF))
     u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
@@ -96,16 +102,62 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, base_ptr, ok_
     tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8), mask=r_mask[:, None] & (bc < CB)[None, :])
 
 
+@triton.jit
+def row_scale_kernel(gw_ptr, scale_ptr, bad_ptr, rows, K, stride_g, rate, BLOCK_K: tl.constexpr):
+    """Per row: ``scale = rate / max(rms(grad_W[n, :]), 1e-30)`` (float32, sum of squares in fp32) and the
+    ballot's ``bad`` flag (int32) set if any entry is not finite. One program per row."""
+    r = tl.program_id(0)
+    acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    nonfin = tl.zeros((BLOCK_K,), dtype=tl.int32)
+    row = gw_ptr + r.to(tl.int64) * stride_g
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        g = tl.load(row + k, mask=k < K, other=0.0).to(tl.float32)
+        acc += g * g
+        nonfin += ((g != g) | (tl.abs(g) == float("inf"))).to(tl.int32)
+    if tl.sum(nonfin, axis=0) > 0:
+        tl.atomic_max(bad_ptr, 1)
+    rms = tl.maximum(tl.sqrt(tl.sum(acc, axis=0) / K), 1e-30)
+    tl.store(scale_ptr + r, rate / rms)
+
+
+@triton.jit
+def count_ballot_kernel(bad_ptr, pending_ptr, nonfinite_ptr):
+    """``pending += 1`` -- or ``nonfinite += 1`` when the ballot's ``bad`` flag is up."""
+    bad = (tl.load(bad_ptr) != 0).to(tl.int64)
+    tl.store(pending_ptr, tl.load(pending_ptr) + (1 - bad))
+    tl.store(nonfinite_ptr, tl.load(nonfinite_ptr) + bad)
+
+
+def row_scale_triton(gw: torch.Tensor, rate: float, bad: torch.Tensor) -> torch.Tensor:
+    """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32, one read of a (16-bit) ``grad_W`` chunk; raises the
+    int32 ``bad`` flag when an entry is not finite."""
+    rows, K = gw.shape
+    scale = torch.empty(rows, dtype=torch.float32, device=gw.device)
+    if rows:
+        row_scale_kernel[(rows,)](gw, scale, bad, rows, K, gw.stride(0), float(rate),
+                                  BLOCK_K=min(4096, triton.next_power_of_2(max(K, 16))))
+    return scale
+
+
+def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: torch.Tensor) -> None:
+    """Count one ballot from its int32 ``bad`` flag (one launch)."""
+    count_ballot_kernel[(1,)](bad, pending, nonfinite)
+
+
 def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
-                          corr_accum: torch.Tensor, base: torch.Tensor, ok: torch.Tensor, row0: int,
-                          in_features: int, group_size: int, bits: int) -> None:
+                          corr_accum: torch.Tensor, hash_key: torch.Tensor, step_counter: torch.Tensor,
+                          pending: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int, group_size: int,
+                          bits: int) -> None:
     """Launch ``counter_step_kernel`` on one row block (views ``T_packed[n0:n1]`` etc., moved in place).
 
     Args:
         gw: ``[rows, K]`` float block of ``grad_W`` (rows contiguous; any float dtype).
         scale: ``[rows]`` float32, ``rate / rms(gw[n, :])``.
         T_packed, C_packed, corr_accum: the block's rows (contiguous row slices).
-        base: int64 0-d, the ballot's hash base (``hashing.hash_base``); ok: 0-d, nonzero if the ballot counts.
+        hash_key, step_counter, pending: the layer's int64 0-d tensors (the ballot's hash base is computed in
+            the kernel from the key and the ballot index ``step_counter + pending``).
+        bad: 0-d int tensor, nonzero: the ballot does not count (nothing is written).
         row0: the block's first row in the whole layer (the hash index is global).
     """
     rows, K = gw.shape
@@ -113,7 +165,7 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
         if not tsr.is_contiguous():
             raise ValueError(f"counter_block_triton_: {name} must be contiguous")
     for name, tsr in (("scale", scale), ("T_packed", T_packed), ("C_packed", C_packed), ("corr_accum", corr_accum),
-                      ("base", base), ("ok", ok)):
+                      ("hash_key", hash_key), ("step_counter", step_counter), ("pending", pending), ("bad", bad)):
         if tsr.device != gw.device:
             raise RuntimeError(f"counter_block_triton_: {name} is on {tsr.device}, grad_W on {gw.device}")
     if gw.stride(1) != 1:
@@ -123,6 +175,6 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
     block_k = max(128, group_size)
     block_r = max(1, 2048 // block_k)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
-    counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, base, ok, rows, K, T_packed.shape[1],
-                              C_packed.shape[1], corr_accum.shape[1], row0, gw.stride(0),
+    counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
+                              T_packed.shape[1], C_packed.shape[1], corr_accum.shape[1], row0, gw.stride(0),
                               BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)

@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 from arbitor.ternary.format import counter_packed_shape, pack_counters, pack_ternary  # noqa: E402
 from arbitor.ternary.ops.counter import counter_ballot_, counter_block_torch_, counter_step_scale  # noqa: E402
 from arbitor.ternary.ops.hashing import hash_base  # noqa: E402
-from arbitor.ternary.ops.counter_triton import counter_block_triton_  # noqa: E402
+from arbitor.ternary.ops.counter_triton import counter_block_triton_, row_scale_triton  # noqa: E402
 from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
 
 interp = pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1 (CPU interpreter)")
@@ -38,10 +38,11 @@ def _state(N, K, gs, bits, seed, device="cpu"):
     return [t.to(device) for t in (gw, T, C, corr)]
 
 
-def _hash(key, ballot, device="cpu"):
-    """The ballot's device-side hash base and an ``ok`` flag, as the layer hands them to the block step."""
-    base = hash_base(torch.tensor(key, device=device), torch.tensor(ballot, device=device))
-    return base, torch.tensor(True, device=device)
+def _hash(key, ballot, device="cpu", bad=0):
+    """``(hash_key, step_counter, pending, bad)`` device scalars as the layer hands them to the block step (the
+    ballot index ``step_counter + pending``)."""
+    t = lambda v, dt=torch.int64: torch.tensor(v, dtype=dt, device=device)  # noqa: E731
+    return t(key), t(ballot - 1), t(1), t(bad, torch.int32)
 
 
 def _counters(device="cpu", step=4):
@@ -61,23 +62,29 @@ def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
     gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
     scale = counter_step_scale(gw, rate)
     ref = [t.clone() for t in (T, C, corr)]
-    base, ok = _hash(12345, 7)
-    assert int(base) == hash_base(12345, 7)                           # the device hash == the host hash
-    counter_block_torch_(gw, scale, *ref, base=base, ok=ok, row0=3, in_features=K, group_size=gs, bits=bits)
+    hk = _hash(12345, 7)
+    assert int(hash_base(hk[0], hk[1] + hk[2])) == hash_base(12345, 7)   # the tensor hash == the host hash
+    counter_block_torch_(gw, scale, *ref, *hk, row0=3, in_features=K, group_size=gs, bits=bits)
     out = [t.clone() for t in (T, C, corr)]
-    counter_block_triton_(gw, scale, *out, base=base, ok=ok, row0=3, in_features=K, group_size=gs, bits=bits)
+    counter_block_triton_(gw, scale, *out, *hk, row0=3, in_features=K, group_size=gs, bits=bits)
     for name, a, b in zip(("T_packed", "C_packed", "corr_accum"), ref, out):
         assert torch.equal(a, b), name
     assert not torch.equal(ref[0], T) and not torch.equal(ref[2], corr)   # the step did move something
     if bits == 4:   # a 16-bit grad_W is read as is (the GPU path skips the fp32 copy): same integers for its values
         gw16 = gw.to(torch.bfloat16)
         ref16, out16 = [t.clone() for t in (T, C, corr)], [t.clone() for t in (T, C, corr)]
-        counter_block_torch_(gw16.float(), scale, *ref16, base, ok, 3, K, gs, bits)
-        counter_block_triton_(gw16, scale, *out16, base, ok, 3, K, gs, bits)
+        counter_block_torch_(gw16.float(), scale, *ref16, *hk, 3, K, gs, bits)
+        counter_block_triton_(gw16, scale, *out16, *hk, 3, K, gs, bits)
         assert all(torch.equal(a, b) for a, b in zip(ref16, out16))
+        sc16 = row_scale_triton(gw16, rate, bad := torch.zeros((), dtype=torch.int32))   # the fused row scale
+        torch.testing.assert_close(sc16, counter_step_scale(gw16.float(), rate), rtol=1e-6, atol=0)
+        assert int(bad) == 0
+        gw16[1, 2] = float("nan")
+        row_scale_triton(gw16, rate, bad)
+        assert int(bad) == 1
     for fn in (counter_block_torch_, counter_block_triton_):     # a skipped ballot writes nothing
         skip = [t.clone() for t in (T, C, corr)]
-        fn(gw, scale, *skip, base, torch.tensor(False), 3, K, gs, bits)
+        fn(gw, scale, *skip, *_hash(12345, 7, bad=1), 3, K, gs, bits)
         assert all(torch.equal(a, b) for a, b in zip(skip, (T, C, corr)))
 
 
@@ -103,11 +110,11 @@ def test_counter_ballot_impls_agree_over_row_blocks(monkeypatch):
 def test_triton_counter_block_rejects_bad_operands():
     gw, T, C, corr = _state(4, 32, 8, 2, seed=0)
     scale = counter_step_scale(gw, 1.0)
-    base, ok = _hash(1, 1)
+    hk = _hash(1, 1)
     with pytest.raises(TypeError, match="float32"):
-        counter_block_triton_(gw, scale.double(), T, C, corr, base, ok, 0, 32, 8, 2)
+        counter_block_triton_(gw, scale.double(), T, C, corr, *hk, 0, 32, 8, 2)
     with pytest.raises(ValueError, match="contiguous"):
-        counter_block_triton_(gw.t().contiguous().t(), scale, T, C, corr, base, ok, 0, 32, 8, 2)
+        counter_block_triton_(gw.t().contiguous().t(), scale, T, C, corr, *hk, 0, 32, 8, 2)
     assert counter_packed_shape(4, 32, 2) == tuple(C.shape)
 
 
@@ -118,10 +125,10 @@ def test_triton_counter_block_on_cuda(N, K, gs, bits):
     gw, T, C, corr = _state(N, K, gs, bits, seed=1, device="cuda")
     scale = counter_step_scale(gw, 0.5)
     ref = [t.clone() for t in (T, C, corr)]
-    base, ok = _hash(5, 11, "cuda")
-    counter_block_torch_(gw, scale, *ref, base=base, ok=ok, row0=0, in_features=K, group_size=gs, bits=bits)
+    hk = _hash(5, 11, "cuda")
+    counter_block_torch_(gw, scale, *ref, *hk, row0=0, in_features=K, group_size=gs, bits=bits)
     out = [t.clone() for t in (T, C, corr)]
-    counter_block_triton_(gw, scale, *out, base=base, ok=ok, row0=0, in_features=K, group_size=gs, bits=bits)
+    counter_block_triton_(gw, scale, *out, *hk, row0=0, in_features=K, group_size=gs, bits=bits)
     torch.cuda.synchronize()
     assert torch.equal(ref[2], out[2])                          # votes: integer, exact
     for a, b in zip(ref[:2], out[:2]):
