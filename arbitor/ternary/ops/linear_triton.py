@@ -11,9 +11,10 @@ The plain-torch reference of the same ops is ``linear.py``; decode helpers and c
 ``triton_common.py``. ``x`` and ``grad_y`` may have any strides; ``T_packed``, ``E``, ``corr_accum``
 must be contiguous.
 
-Configs: on CUDA the forward and grad-x kernels are autotuned (``triton.autotune``)
-over small config sets keyed by ``(bucketed M, N, K, group_size, dtypes)`` for M > 16.
-M <= 16 (decode / GEMV) has its own memory-bound path: fixed tiles (one 16-row tile,
+Dispatch (``path="auto"``): above ``FUSED_MAX_M`` rows the ``W_eff`` tile is expanded once into a
+transient buffer (``expand_kernel``) and cuBLAS multiplies -- 0.99-1.07x of cuBLAS bf16 on the H200
+(``benchmarks/results/speed``), where the fused kernels reached 0.40-0.45x. M <= 16 (decode / GEMV) keeps
+the fused kernels: fixed tiles (one 16-row tile,
 narrow output tiles) and a split of the reduction dimension so that several programs per
 SM stream ``T_packed``; the fp32 partials are summed in a fixed order by a second small
 kernel (``_decode_config``). Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used,
@@ -26,7 +27,6 @@ input dtype in registers.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -55,7 +55,7 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """``y[M, N] = x[M, K] @ (T * S)[N, K].T``, fp32 accumulation, ``y`` stored in its own dtype.
 
-    ``M_KEY`` is unused in the body: it is the bucketed M the autotuner keys on.
+    ``M_KEY`` is unused in the body (the bucketed M; kept so launch keys stay stable).
     The packed bytes and group state of K step ``i + 1`` are loaded (into registers)
     while step ``i`` is decoded and multiplied, so their latency is hidden; ``x`` is
     pipelined through shared memory by Triton.
@@ -196,46 +196,24 @@ def split_reduce_kernel(ws_ptr, out_ptr, MN, C, SPLIT, stride_om, stride_oc, BLO
 
 
 def _m_key(M: int) -> int:
-    """Bucket M for the autotuner key so varying token counts do not re-tune: 16 for every
-    decode M <= 16 (one 16-row tile), else the next power of two."""
+    """Bucket of M (a kernel argument the body ignores): 16 for every decode M <= 16, else the next power of 2."""
     return 16 if M <= 16 else 1 << (M - 1).bit_length()
 
 
-def _autotune_enabled() -> bool:
-    """``ARB_TRITON_AUTOTUNE=0`` launches the fixed default config instead of timing candidates."""
-    return os.environ.get("ARB_TRITON_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no")
-
-
-def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_warps=warps, num_stages=stages)
-
-
-# Training shapes (M > 16), chosen from a sweep on H100 (docs/kernels.md). BLOCK_M = 256
-# amortises the in-register decode of each weight tile over more rows. fp32 inputs
-# (tf32x3) need smaller tiles; configs that do not fit in shared memory are skipped
-# by the autotuner (OutOfResources).
-_FWD_CONFIGS = [
-    _cfg(256, 128, 64, 8, 3), _cfg(256, 64, 64, 8, 4), _cfg(128, 128, 64, 4, 4),
-    _cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 4, 3),
-]
-# grad-x tiles are (BLOCK_M, BLOCK_K) outputs with BLOCK_N the reduction step.
-_GX_CONFIGS = [
-    _cfg(256, 128, 128, 8, 3), _cfg(256, 64, 128, 8, 3), _cfg(128, 64, 128, 4, 4),
-    _cfg(64, 32, 64, 4, 3), _cfg(128, 32, 64, 4, 3),
-]
-_KEY = ["M_KEY", "N", "K", "GS", "DOT_PRECISION"]
-
-if not INTERPRETED:
-    _fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(ternary_fwd_kernel)
-    _gx_tuned = triton.autotune(configs=_GX_CONFIGS, key=_KEY)(ternary_gradx_kernel)
+# The fused kernels above 16 rows (reached with ``path="fused"`` or a ``config``; ``path="auto"`` expands
+# ``W_eff`` for cuBLAS there): one fixed tile per kind and dtype, from the H100 sweep of docs/kernels.md.
+# fp32 inputs (tf32x3) need smaller tiles.
+_DEFAULT_CONFIGS = {
+    ("fwd", False): dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    ("fwd", True): dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3),
+    ("gx", False): dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    ("gx", True): dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
+}
 
 
 def _default_config(M: int, dtype: torch.dtype, kind: str) -> dict:
-    """The config used without autotuning (CUDA, ``ARB_TRITON_AUTOTUNE=0``), M > 16."""
-    configs = _FWD_CONFIGS if kind == "fwd" else _GX_CONFIGS
-    c = configs[3] if dtype == torch.float32 else configs[0]
-    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    """The fused kernels' fixed launch config above 16 rows."""
+    return dict(_DEFAULT_CONFIGS[(kind, dtype == torch.float32)])
 
 
 def _n_sm(device: torch.device) -> int:
@@ -274,17 +252,14 @@ def _decode_config(red: int, out_tiles_of, kind: str, dtype: torch.dtype, device
 # ----------------------------------------------------------------------------- launchers
 def _pick_config(config: Optional[dict], M: int, red: int, out_tiles_of, kind: str, dtype: torch.dtype,
                  device: torch.device) -> Optional[dict]:
-    """Launch config: explicit ``config`` > decode path (M <= 16) > interpreter default >
-    fixed default (``ARB_TRITON_AUTOTUNE=0``) > ``None`` (autotune)."""
+    """Launch config: explicit ``config`` > decode path (M <= 16) > interpreter default > fixed default."""
     if config is not None:
         return launch_cfg(config)
     if M <= 16:
         return _decode_config(red, out_tiles_of, kind, dtype, device)
     if INTERPRETED:
         return launch_cfg(None)
-    if not _autotune_enabled():
-        return launch_cfg(_default_config(M, dtype, kind))
-    return None
+    return launch_cfg(_default_config(M, dtype, kind))
 
 
 def _split_len(red: int, split: int, step: int) -> tuple[int, int]:
@@ -304,9 +279,9 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
                    step_counter: torch.Tensor, pending: torch.Tensor, group_size: int, strength: float, N: int, G: int,
                    K: int, kind: str, config: Optional[dict]) -> torch.Tensor:
     """The shared launch of the forward (``kind="fwd"``: ``act = x [M, K]``, out ``[M, N]``, reduction
-    over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels:
-    autotuned when ``_pick_config`` returns None, else a fixed config with an optional split of the
-    reduction into fp32 partials summed by ``split_reduce_kernel``."""
+    over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels,
+    with a fixed config and an optional split of the reduction into fp32 partials summed by
+    ``split_reduce_kernel``."""
     fwd = kind == "fwd"
     M = act.shape[0]
     out_cols, red = (N, K) if fwd else (K, N)
@@ -322,11 +297,6 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
     def out_tiles(c):
         return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
     cfg = _pick_config(config, M, red, out_tiles, kind, act.dtype, act.device)
-    if cfg is None:  # autotuned (CUDA only: the tuned wrappers do not exist under the interpreter)
-        tuned = _fwd_tuned if fwd else _gx_tuned
-        tuned[lambda meta: (out_tiles(meta), 1)](*head, res, *dims, res.stride(0), res.stride(1), 0, red, *tail,
-                                                  **consts)
-        return res
     red_per, split = _split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
     if split == 1:
         out, out_strides = res, (res.stride(0), res.stride(1), 0)
