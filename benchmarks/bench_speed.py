@@ -349,6 +349,25 @@ def _check_graph_state(cfg, batches, device) -> None:
     print(f"  graphed vs eager integer state after the same steps: {same}/{len(a)} tensors equal", flush=True)
 
 
+def _probe(cfg, device, batch: int = 1, ctx: int = 4, steps: int = 3) -> dict:
+    """The spec's memory probe (3 steps at batch x ctx, peak and allocated MiB after each) on a model drawn on
+    the GPU."""
+    _free()
+    model = _build(cfg, device)
+    step = _step_fn(model, None, "ternary")
+    gen = torch.Generator(device=device).manual_seed(1)
+    rows = []
+    for i in range(steps):
+        torch.cuda.reset_peak_memory_stats()
+        step(torch.randint(0, 256, (batch, ctx + 1), device=device, generator=gen))
+        torch.cuda.synchronize()
+        rows.append({"step": i, "alloc_mib": torch.cuda.memory_allocated() / _MB,
+                     "peak_mib": torch.cuda.max_memory_allocated() / _MB})
+    model = step = None
+    _free()
+    return {"batch": batch, "ctx": ctx, "steps": rows, "peak_mib": max(r["peak_mib"] for r in rows)}
+
+
 def part_3b(args, device, add, profiles) -> None:
     from arbitor.model.config import preset
     batch, ctx = 8, 512
@@ -356,35 +375,28 @@ def part_3b(args, device, add, profiles) -> None:
     batches = [torch.randint(0, 256, (batch, ctx + 1), device=device, generator=gen) for _ in range(2)]
     steps, warmup = max(3, args.steps // 2), 2
     # dense fits without activation checkpointing (~25 GB of weights + AdamW, ~11 GB of activations at 8 x 512),
-    # which is the faster form: recomputing the blocks costs a forward
-    dense_modes = ["compile"] if args.quick else ["compile", "eager"]
-    dense_rows = []
-    for ckpt in (False,):
-        cfg = preset("3b", linear="dense", activation_checkpointing=ckpt)
-        best, tried = _measure_model(f"dense 3b ckpt={ckpt}", cfg, "float", batches, steps, warmup, dense_modes,
-                                     device)
-        if best is not None:
-            best["ckpt"] = ckpt
-            dense_rows.append(best)
-    dense = max(dense_rows, key=lambda r: r["tokens_per_s"]) if dense_rows else None
+    # its faster form (recomputing the blocks costs a forward); compiled, and compiled + CUDA graph
+    dense, dense_tried = _measure_model("dense 3b", preset("3b", linear="dense", activation_checkpointing=False),
+                                        "float", batches, steps, warmup, ["compile", "compile-graph"], device)
     for rule, tern in RULES.items():
         cfg = preset("3b", ternary=tern)
+        probe = _probe(cfg, device)
+        print(f"  arbitor 3b {rule}: probe 1 x 4 peak {probe['peak_mib']:,.0f} MiB", flush=True)
         arb, tried = _measure_model(f"arbitor 3b {rule}", cfg, "ternary", batches, steps, warmup,
-                                    ["eager"] if args.quick else ["eager", "compile"], device)
+                                    ["graph"] if rule == "counter" else ["graph", "compile-graph"], device)
         if arb is None or dense is None:
             continue
         if args.profile and rule == "bigint":
             model = _build(cfg, device)
-            profiles["3b_bigint"] = _profile(_step_fn(model, None, "ternary"), batches[0])
+            profiles["3b_bigint_eager"] = _profile(_step_fn(model, None, "ternary"), batches[0])
             model = None
             _free()
         add({"name": "step_3b_8x512", "shape": "3b preset, batch 8 x ctx 512", "update_rule": rule,
              "arbitor_ms": arb["step_ms"], "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"],
-             "peak_mib": arb["peak_mib"],
-             "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, activation checkpointing "
-                         f"{'on' if dense['ckpt'] else 'off'}",
+             "peak_mib": arb["peak_mib"], "probe_1x4": probe,
+             "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, no activation checkpointing",
              "baseline_ms": dense["step_ms"], "baseline_tokens_per_s": dense["tokens_per_s"],
-             "baseline_peak_mib": dense["peak_mib"], "dense_tried": dense_rows, "arbitor_tried": tried})
+             "baseline_peak_mib": dense["peak_mib"], "dense_tried": dense_tried, "arbitor_tried": tried})
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -32,10 +32,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import mix32
+from .triton_common import mix32u
 
 __all__ = ["counter_step_kernel", "counter_block_triton_", "row_scale_kernel", "row_scale_triton",
            "count_ballot_kernel", "count_ballot_triton_"]
+
+
+@triton.jit
+def _lo32(v):
+    """The low 32 bits of int64 ``v`` as uint32."""
+    return (v & 0xFFFFFFFF).to(tl.uint32)
 
 
 @triton.jit
@@ -71,13 +77,14 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     old = tl.load(corr_ptr + corr_offs, mask=g_mask, other=0)
     tl.store(corr_ptr + corr_offs, old + vote.to(tl.int64), mask=g_mask)
 
-    # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform
+    # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform (lowbias32 in uint32 lanes: the
+    #    hash is defined mod 2**32, so wrapping 32-bit products are exact and far cheaper than int64 ones)
     idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
     key = tl.load(key_ptr).to(tl.int64)
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    base = mix32(mix32((key & 0xFFFFFFFF) ^ mix32((key >> 32) & 0xFFFFFFFF)) ^ (ballot & 0xFFFFFFFF)
-                 ^ mix32((ballot >> 32) & 0xFFFFFFFF))                      # hashing.hash_base, on the device
-    h = mix32(mix32((idx & 0xFFFFFFFF) ^ base) ^ ((idx >> 32) & 0xFFFFFFFF))
+    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot)
+                  ^ mix32u(_lo32(ballot >> 32)))                            # hashing.hash_base, on the device
+    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
     u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
     # 4. the ladder step

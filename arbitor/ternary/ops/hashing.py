@@ -4,7 +4,7 @@ The ``counter`` rule rounds each weight's step stochastically with a uniform dra
 from a hash of the weight's coordinates instead of a generator keeps the draw a function of the
 integer state alone: runs are reproducible, resume bit-exactly, and a ballot gives the same draws on
 any device and in any process (the Triton kernel ``counter_triton.py`` computes the same hash with
-``triton_common.mix32``).
+``triton_common.mix32u``).
 
     base = hash_base(key, ballot)
     h    = mix32(mix32(lo32(idx) ^ base) ^ hi32(idx))      idx = row * in_features + column

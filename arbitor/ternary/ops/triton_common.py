@@ -9,7 +9,7 @@ Device functions (``@triton.jit``, inlined into the kernels of ``linear_triton.p
   (``scale.py``) expanded from ``E``, ``corr_accum`` and the ballot count ``step_counter + pending``;
 * ``weff_from`` / ``weff_cast`` / ``expand_bits16`` -- the ``W_eff = T * S`` tile in the dot's input type;
 * ``grouped_pid`` -- the standard grouped program order of Triton matmuls;
-* ``mix32`` -- the counter-based hash of ``hashing.py`` on int64 lanes.
+* ``mix32u`` -- the counter-based hash of ``hashing.py`` on uint32 lanes.
 
 ``W_eff`` is never written to global memory.
 
@@ -55,7 +55,7 @@ from ..format import check_group_size
 from ..scale import MAX_STRENGTH
 
 __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes", "expand_bytes", "load_group_state",
-           "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32",
+           "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32u",
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
            "round_to"]
@@ -225,18 +225,17 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def mix32(x):
-    """lowbias32 on int64 lanes holding values in ``[0, 2**32)``: the same function as
-    ``hashing.mix32``. A product may wrap int64, but its low 32 bits (all that is kept) are exact."""
+def mix32u(x):
+    """``hashing.mix32`` on uint32 lanes: the same function, with the wrapping 32-bit products it is defined by."""
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x * 0x7FEB352D
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x = x * 0x846CA68B
     return x ^ (x >> 16)
 
 
 #: True when the kernels were built for the CPU interpreter (``TRITON_INTERPRET=1`` at import time).
-INTERPRETED: bool = type(mix32).__name__ == "InterpretedFunction"
+INTERPRETED: bool = type(mix32u).__name__ == "InterpretedFunction"
 
 
 def _fp32_precision() -> str:
