@@ -378,25 +378,33 @@ def part_3b(args, device, add, profiles) -> None:
     # its faster form (recomputing the blocks costs a forward); compiled, and compiled + CUDA graph
     dense, dense_tried = _measure_model("dense 3b", preset("3b", linear="dense", activation_checkpointing=False),
                                         "float", batches, steps, warmup, ["compile", "compile-graph"], device)
-    for rule, tern in RULES.items():
-        cfg = preset("3b", ternary=tern)
-        probe = _probe(cfg, device)
-        print(f"  arbitor 3b {rule}: probe 1 x 4 peak {probe['peak_mib']:,.0f} MiB", flush=True)
-        arb, tried = _measure_model(f"arbitor 3b {rule}", cfg, "ternary", batches, steps, warmup,
-                                    ["graph"] if rule == "counter" else ["graph", "compile-graph"], device)
-        if arb is None or dense is None:
-            continue
-        if args.profile and rule == "bigint":
+    if dense is None:
+        return
+    # the preset as it ships (block checkpointing: the <= 3.2 GB row), then without checkpointing (faster, more
+    # memory); the riskier compile + capture last, so a failed capture cannot spoil the rows before it
+    variants = [(rule, ckpt, mode) for ckpt in (True, False) for rule in RULES for mode in ("graph",)]
+    variants += [("bigint", True, "compile-graph")]
+    for rule, ckpt, mode in variants:
+        cfg = preset("3b", ternary=RULES[rule], activation_checkpointing=ckpt)
+        probe = _probe(cfg, device) if ckpt and mode == "graph" else None
+        if probe:
+            print(f"  arbitor 3b {rule}: probe 1 x 4 peak {probe['peak_mib']:,.0f} MiB", flush=True)
+        if args.profile and rule == "bigint" and ckpt and mode == "graph":
             model = _build(cfg, device)
             profiles["3b_bigint_eager"] = _profile(_step_fn(model, None, "ternary"), batches[0])
             model = None
             _free()
-        add({"name": "step_3b_8x512", "shape": "3b preset, batch 8 x ctx 512", "update_rule": rule,
-             "arbitor_ms": arb["step_ms"], "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"],
-             "peak_mib": arb["peak_mib"], "probe_1x4": probe,
-             "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, no activation checkpointing",
+        arb, tried = _measure_model(f"arbitor 3b {rule} ckpt={ckpt}", cfg, "ternary", batches, steps, warmup, [mode],
+                                    device)
+        if arb is None:
+            continue
+        add({"name": "step_3b_8x512", "shape": "3b preset, batch 8 x ctx 512" + ("" if ckpt else
+                                                                                 ", no activation checkpointing"),
+             "update_rule": rule, "activation_checkpointing": ckpt, "arbitor_ms": arb["step_ms"],
+             "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"], "peak_mib": arb["peak_mib"],
+             "probe_1x4": probe, "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, no activation checkpointing",
              "baseline_ms": dense["step_ms"], "baseline_tokens_per_s": dense["tokens_per_s"],
-             "baseline_peak_mib": dense["peak_mib"], "dense_tried": dense_tried, "arbitor_tried": tried})
+             "baseline_peak_mib": dense["peak_mib"], "dense_tried": dense_tried})
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -452,7 +460,11 @@ def main(argv=None) -> int:
     def add(row):
         row["ratio"] = row["baseline_ms"] / row["arbitor_ms"]
         row["target_ratio"] = TARGETS[row["name"]]
-        res["rows"].append(row)
+        key = (row["name"], row["shape"], row["update_rule"])
+        same = [r for r in res["rows"] if (r["name"], r["shape"], r["update_rule"]) == key]
+        if same and same[0]["ratio"] >= row["ratio"]:   # a slower mode of a row already measured: keep the best
+            return
+        res["rows"] = [r for r in res["rows"] if (r["name"], r["shape"], r["update_rule"]) != key] + [row]
         print(f"{row['name']:>22} {row['shape']:>28} {row['update_rule']:>8}: arbitor {row['arbitor_ms']:.3f} ms, "
               f"baseline {row['baseline_ms']:.3f} ms -> {row['ratio']:.2f}x (target {row['target_ratio']})",
               flush=True)

@@ -45,7 +45,7 @@ class Decoder(nn.Module):
         total = h2.new_zeros((), dtype=torch.float32)
         for i in range(0, h2.shape[0], chunk_tokens):
             total = total + checkpoint(self._chunk_loss_sum, h2[i:i + chunk_tokens], t2[i:i + chunk_tokens],
-                                       use_reentrant=False)
+                                       use_reentrant=False, preserve_rng_state=False)
         return total / h2.shape[0]
 
     def _chunk_loss_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

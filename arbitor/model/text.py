@@ -73,7 +73,9 @@ class ArbitorLM(nn.Module):
         for i, block in enumerate(self.blocks):
             # checkpointing keeps only each block's input; its inside is recomputed in backward (the
             # recomputed forward reads the same integer state: a layer's own votes land after it)
-            x = checkpoint(block, x, None, i, use_reentrant=False) if recompute else block(x, cache, i)
+            # (no dropout anywhere: the recompute needs no saved RNG state, which also keeps the step graph-capturable)
+            x = (checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=False) if recompute
+                 else block(x, cache, i))
         return x
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
