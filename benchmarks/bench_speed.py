@@ -42,6 +42,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -140,15 +141,23 @@ def _step_fn(model, compiled, kind: str, capturable: bool = False):
     return step
 
 
-def _graphed(step, batches):
+def _graphed(step, batches, peak: Optional[dict] = None):
     """The whole step (forward, backward, update) captured once as a CUDA graph and replayed on a static batch
-    buffer: no per-kernel launch cost (needs a step without host syncs)."""
+    buffer: no per-kernel launch cost (needs a step without host syncs). ``peak["mib"]`` receives the peak of one
+    eager step before the capture (replays allocate nothing the allocator can see: their transient tensors live in
+    the graph's pool)."""
     static = batches[0].clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for i in range(3):
+            if i == 2 and peak is not None:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             step(static)
+        if peak is not None:
+            torch.cuda.synchronize()
+            peak["mib"] = torch.cuda.max_memory_allocated() / _MB
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -196,14 +205,17 @@ def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, devi
     tried = []
     for mode in compile_modes:
         _free()
+        base = torch.cuda.memory_allocated() / _MB     # what earlier rows left behind: not this model's
         try:
             model = _build(cfg, device, dtype)
             compiled = torch.compile(model) if mode.startswith("compile") else None
             step = _step_fn(model, compiled, kind, capturable=mode.endswith("graph"))
+            peak = {}
             if mode.endswith("graph"):
                 step(batches[0])      # compile / autotune outside the capture
-                step = _graphed(step, batches)
+                step = _graphed(step, batches, peak)
             r = _time_steps(step, batches, steps, warmup)
+            r["peak_mib"] = peak.get("mib", r["peak_mib"]) - base
         except Exception as exc:  # noqa: BLE001 - a baseline mode that fails is reported, not fatal
             tried.append({"mode": mode, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             print(f"  {label} [{mode}]: FAILED {tried[-1]['error']}", flush=True)
@@ -266,11 +278,13 @@ def part_nanogpt(args, device, add, profiles) -> None:
     base = dict(NANOGPT, compute_dtype="bfloat16", seed=0)
     modes = ["eager", "graph"] if args.quick else ["compile", "compile-graph", "graph"]
     float_modes = ["eager"] if args.quick else ["compile", "compile-graph"]
+    if args.best_modes:   # only the fastest form each model reached (benchmarks/results/speed: compile + CUDA graph)
+        modes, float_modes = ["compile-graph"], ["compile-graph"]
     dense, dense_tried = _measure_model("dense", preset("small", linear="dense", **base), "float", batches,
                                         args.steps, args.warmup, float_modes, device)
     qat, qat_tried = _measure_model("bitnet", preset("small", linear="bitnet", **base), "float", batches,
                                     args.steps, args.warmup, float_modes, device)
-    ao = _torchao_bitnet(base, batches, args, device, float_modes[:1])
+    ao = None if args.best_modes else _torchao_bitnet(base, batches, args, device, float_modes[:1])
     qat_rows = [r for r in (qat, ao) if r is not None]
     best_qat = max(qat_rows, key=lambda r: r["tokens_per_s"]) if qat_rows else None
     for rule, tern in RULES.items():
@@ -353,6 +367,7 @@ def _probe(cfg, device, batch: int = 1, ctx: int = 4, steps: int = 3) -> dict:
     """The spec's memory probe (3 steps at batch x ctx, peak and allocated MiB after each) on a model drawn on
     the GPU."""
     _free()
+    base = torch.cuda.memory_allocated() / _MB     # what earlier rows left behind: not this model's
     model = _build(cfg, device)
     step = _step_fn(model, None, "ternary")
     gen = torch.Generator(device=device).manual_seed(1)
@@ -361,8 +376,8 @@ def _probe(cfg, device, batch: int = 1, ctx: int = 4, steps: int = 3) -> dict:
         torch.cuda.reset_peak_memory_stats()
         step(torch.randint(0, 256, (batch, ctx + 1), device=device, generator=gen))
         torch.cuda.synchronize()
-        rows.append({"step": i, "alloc_mib": torch.cuda.memory_allocated() / _MB,
-                     "peak_mib": torch.cuda.max_memory_allocated() / _MB})
+        rows.append({"step": i, "alloc_mib": torch.cuda.memory_allocated() / _MB - base,
+                     "peak_mib": torch.cuda.max_memory_allocated() / _MB - base})
     model = step = None
     _free()
     return {"batch": batch, "ctx": ctx, "steps": rows, "peak_mib": max(r["peak_mib"] for r in rows)}
@@ -377,13 +392,14 @@ def part_3b(args, device, add, profiles) -> None:
     # dense fits without activation checkpointing (~25 GB of weights + AdamW, ~11 GB of activations at 8 x 512),
     # its faster form (recomputing the blocks costs a forward); compiled, and compiled + CUDA graph
     dense, dense_tried = _measure_model("dense 3b", preset("3b", linear="dense", activation_checkpointing=False),
-                                        "float", batches, steps, warmup, ["compile", "compile-graph"], device)
+                                        "float", batches, steps, warmup,
+                                        ["compile-graph"] if args.best_modes else ["compile", "compile-graph"], device)
     if dense is None:
         return
     # the preset as it ships (block checkpointing: the <= 3.2 GB row), then without checkpointing (faster, more
     # memory); the riskier compile + capture last, so a failed capture cannot spoil the rows before it
     variants = [(rule, ckpt, mode) for ckpt in (True, False) for rule in RULES for mode in ("graph",)]
-    variants += [("bigint", True, "compile-graph")]
+    variants += [] if args.best_modes else [("bigint", True, "compile-graph")]
     for rule, ckpt, mode in variants:
         cfg = preset("3b", ternary=RULES[rule], activation_checkpointing=ckpt)
         probe = _probe(cfg, device) if ckpt and mode == "graph" else None
@@ -437,6 +453,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes and no compiled baselines (a smoke run)")
     ap.add_argument("--profile", action="store_true", help="add a torch.profiler table of the arbitor steps")
     ap.add_argument("--check-graph", action="store_true", help="compare the graphed step's state with eager's")
+    ap.add_argument("--best-modes", action="store_true",
+                    help="measure each model only in the mode that was fastest in a full run (saves device time)")
     ap.add_argument("--device-name", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
