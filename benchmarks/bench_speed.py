@@ -42,13 +42,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arbitor.train.graph import GraphedStep  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
 
 _MB = 2 ** 20
@@ -141,33 +141,13 @@ def _step_fn(model, compiled, kind: str, capturable: bool = False):
     return step
 
 
-def _graphed(step, batches, peak: Optional[dict] = None):
-    """The whole step (forward, backward, update) captured once as a CUDA graph and replayed on a static batch
-    buffer: no per-kernel launch cost (needs a step without host syncs). ``peak["mib"]`` receives the peak of one
-    eager step before the capture (replays allocate nothing the allocator can see: their transient tensors live in
-    the graph's pool)."""
-    static = batches[0].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(3):
-            if i == 2 and peak is not None:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            step(static)
-        if peak is not None:
-            torch.cuda.synchronize()
-            peak["mib"] = torch.cuda.max_memory_allocated() / _MB
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = step(static)
-
-    def replay(idx):
-        static.copy_(idx)
-        graph.replay()
-        return loss
-    return replay
+def _graphed(step, batch) -> GraphedStep:
+    """``step`` captured as one CUDA graph (``arbitor/train/graph.py``): its 3 eager warm-up steps and the
+    capturing step run here, on ``batch``; every later call replays."""
+    graphed = GraphedStep(step)
+    for _ in range(graphed.warmup + 1):
+        graphed(batch)
+    return graphed
 
 
 def _time_steps(step, batches, steps: int, warmup: int) -> dict:
@@ -210,12 +190,13 @@ def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, devi
             model = _build(cfg, device, dtype)
             compiled = torch.compile(model) if mode.startswith("compile") else None
             step = _step_fn(model, compiled, kind, capturable=mode.endswith("graph"))
-            peak = {}
+            peak = None
             if mode.endswith("graph"):
                 step(batches[0])      # compile / autotune outside the capture
-                step = _graphed(step, batches, peak)
+                step = _graphed(step, batches[0])
+                peak = step.eager_peak_mib   # a replay's transients live in the graph's pool: unseen
             r = _time_steps(step, batches, steps, warmup)
-            r["peak_mib"] = peak.get("mib", r["peak_mib"]) - base
+            r["peak_mib"] = (r["peak_mib"] if peak is None else peak) - base
         except Exception as exc:  # noqa: BLE001 - a baseline mode that fails is reported, not fatal
             tried.append({"mode": mode, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             print(f"  {label} [{mode}]: FAILED {tried[-1]['error']}", flush=True)
@@ -350,9 +331,9 @@ def _check_graph_state(cfg, batches, device) -> None:
         init = {k: v.clone() for k, v in model.state_dict().items()}
         step = _step_fn(model, None, "ternary")
         if graph:
-            step = _graphed(step, batches[:1])       # its own 3 warm-up steps + capture: 4 steps, as below
+            step = _graphed(step, batches[0])      # 3 eager warm-up steps + the capturing step: 4 steps
         else:
-            for _ in range(3):
+            for _ in range(4):
                 step(batches[0])
         for i in range(3):
             step(batches[i % len(batches)])
@@ -426,7 +407,11 @@ def part_3b(args, device, add, profiles) -> None:
 # ----------------------------------------------------------------------------------------- report
 def _render(res: dict) -> str:
     lines = [f"# Training speed ({res['device']})", "", f"Device: {res['device_name']}; torch {res['torch']}, "
-             f"triton {res['triton']}.", "", f"Command: `{res['command']}`", "",
+             f"triton {res['triton']}.", ""]
+    commands = res.get("commands") or {"all parts": res["command"]}
+    lines += [f"Command ({part} rows): `{cmd}`" + ("  " if i < len(commands) - 1 else "")
+              for i, (part, cmd) in enumerate(commands.items())]
+    lines += ["",
              "ratio = baseline ms / arbitor ms (above 1: arbitor is faster).", "",
              "| row | shape | rule | arbitor ms | baseline | baseline ms | ratio | target | tokens/s | peak MiB |",
              "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -489,7 +474,9 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(res, indent=1))
         (out / f"{tag}.md").write_text(_render(res))
 
-    for part in parts:
+    commands = res.setdefault("commands", {})
+    for part in parts:     # a part re-measured replaces its rows; the others keep theirs and their command
+        commands[part] = res["command"]
         t = time.time()
         try:
             {"layer": lambda: part_layer(args, device, add),

@@ -41,6 +41,13 @@ class TrainConfig:
     warmup_steps: int = setting(0, "cosine: linear warm-up steps", low=0)
     min_rate_ratio: float = setting(0.1, "cosine: the factor reached at the last step", low=0.0, high=1.0)
 
+    # speed (docs/kernels.md). A graph-replayed step leaves the integer state of an eager one, bit for bit
+    # (tests/train/test_graph.py, on a GPU); compile fuses float ops (norms, softmax), so its activations --
+    # and through them an occasional ballot -- may differ in the last bits (still deterministic run to run)
+    compile: bool = setting(False, "torch.compile the model (in place; the first steps are slow while it compiles)")
+    cuda_graph: bool = setting(False, "capture the whole step (forward, backward, update) as one CUDA graph and "
+                                      "replay it: no launch overhead (CUDA device, text task, constant schedule)")
+
     def __post_init__(self) -> None:
         check_settings(self)
 

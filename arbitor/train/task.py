@@ -39,6 +39,10 @@ class Task(ABC):
 
     kind: ClassVar[str]
     components: list[LossComponent]
+    # True when every step trains all of ``components`` on a batch of one fixed shape, of dataclass type
+    # ``batch_type`` (what ``TrainConfig.cuda_graph`` needs: one captured step replays them all).
+    fixed_step: ClassVar[bool] = False
+    batch_type: ClassVar[Optional[type]] = None
 
     @abstractmethod
     def next_batch(self, batch_size: int, device: torch.device) -> tuple[Any, list[LossComponent]]:

@@ -73,6 +73,8 @@ class TextTask(Task):
     """Next-token prediction on one text (module doc); ``components`` default to ``[text_component()]``."""
 
     kind = "text"
+    fixed_step = True
+    batch_type = Batch
 
     def __init__(self, cfg: TextConfig, vocab: Vocab, data: TextDataset,
                  components: Optional[list[LossComponent]] = None) -> None:

@@ -27,6 +27,7 @@ AdamW's state (``checkpoint.py``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,12 +42,13 @@ from ..ternary.step import ternary_layers
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, save_checkpoint
 from .components import route_ballots
 from .config import TrainConfig
+from .graph import GraphedStep
 from .plots import plot_metrics
 from .probe import MemoryMeter
 from .task import Task
 from .updater import Updater
 
-__all__ = ["Trainer", "memory_mb"]
+__all__ = ["Trainer", "compile_blocks", "memory_mb"]
 
 
 def memory_mb(device: torch.device) -> float:
@@ -59,6 +61,17 @@ def memory_mb(device: torch.device) -> float:
     except (OSError, ValueError):  # pragma: no cover - non-Linux
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compile_blocks(model: nn.Module) -> list[nn.Module]:
+    """``torch.compile`` each element of the model's ``nn.ModuleList`` s (its transformer blocks), in place
+    (``Module.compile``: parameters, buffers and state_dict keys stay as they are); the whole model when it
+    has none. Per block, as torchtitan does: the tasks' loss components call methods of the model
+    (``model.hidden``), which a compiled ``model.__call__`` would never see. Returns the compiled modules."""
+    units = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst] or [model]
+    for m in units:
+        m.compile()
+    return units
 
 
 class Trainer:
@@ -78,19 +91,52 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
+        self.graphed: Optional[GraphedStep] = None
+        if tcfg.cuda_graph:
+            if not task.fixed_step:
+                raise ValueError(f"cuda_graph needs a task that trains the same components every step "
+                                 f"({task.kind!r} draws them per step); train without cuda_graph")
+            if tcfg.compile and getattr(model.cfg, "activation_checkpointing", False):
+                raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
+                                 "crosses the capture's stream); drop compile or activation_checkpointing")
+            if tcfg.schedule != "constant":
+                raise ValueError(f"cuda_graph needs schedule='constant' (got {tcfg.schedule!r}): a graph "
+                                 "replays the step sizes it was captured with")
+            if self.device.type != "cuda":
+                raise ValueError(f"cuda_graph needs a CUDA device (the run is on {self.device})")
+            self._batch_type = task.batch_type
+            self.updater.make_capturable()
+            self.graphed = GraphedStep(self._graph_step)
+        if tcfg.compile:
+            compile_blocks(self.model)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step (module doc); returns the loss of each component trained (0-d tensors, on
         the device: ``float()`` them when needed, which waits for the step)."""
-        model = self.model
-        model.train()
-        stale = [type(m).__name__ for m in ternary_layers(model) if m.dirty]
+        self.model.train()
+        stale = [type(m).__name__ for m in ternary_layers(self.model) if m.dirty]
         if stale:
             raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
                                "after the last backward); call ternary_step(model) first")
         self.updater.set_rate_factor(self.tcfg.rate_factor(self.step))
         batch, components = self.task.next_batch(self.tcfg.batch, self.device)
+        self.last_components = components
+        if self.graphed is None:
+            out, self.last_parts = self._step_on(batch, components)
+        else:   # a fixed-step task: the same components every step (checked in __init__)
+            fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+            out, self.last_parts = self.graphed(fields)
+            out = {k: v.clone() for k, v in out.items()}              # the graph overwrites its outputs
+            self.last_parts = {c: {k: v.clone() for k, v in p.items()} for c, p in self.last_parts.items()}
+        del batch
+        self.step += 1
+        self.tokens_seen += self.tcfg.batch * self.tcfg.ctx
+        return out
+
+    def _step_on(self, batch: Any, components: list) -> tuple[dict[str, torch.Tensor], dict]:
+        """Forward, backward passes and update of one step on ``batch`` (steps 3-6 of the module doc)."""
+        model = self.model
         shared: dict = {}
         losses = {c.name: c.fn(model, batch, shared) for c in components}
         passes = [c for c in components for _ in range(c.weight)]
@@ -98,12 +144,14 @@ class Trainer:
             with route_ballots(model, comp):
                 losses[comp.name].backward(retain_graph=i < len(passes) - 1)
         out = {name: loss.detach() for name, loss in losses.items()}
-        self.last_components, self.last_parts = components, shared.get("parts", {})
-        del losses, shared, batch  # nothing of this step's graph may outlive it
+        parts = shared.get("parts", {})
+        del losses, shared  # nothing of this step's graph may outlive it
         self.updater.step()
-        self.step += 1
-        self.tokens_seen += self.tcfg.batch * self.tcfg.ctx
-        return out
+        return out, parts
+
+    def _graph_step(self, fields: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """``_step_on`` for ``GraphedStep``: the batch arrives as its fields (static CUDA buffers)."""
+        return self._step_on(self._batch_type(**fields), self.task.components)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -38,6 +38,15 @@ class Updater:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.base_lr * factor
 
+    def make_capturable(self) -> None:
+        """Rebuild AdamW (before its first step) with ``capturable=True``, its step count on the device, so
+        a CUDA graph can replay ``step()`` (``graph.py``)."""
+        if self.optimizer is not None:
+            if self.optimizer.state:
+                raise RuntimeError("Updater.make_capturable(): AdamW has already stepped")
+            params = self.optimizer.param_groups[0]["params"]
+            self.optimizer = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=0.0, capturable=True)
+
     def step(self) -> None:
         """After all of a step's backward passes: fold the ballots, step AdamW, clear the float grads."""
         ternary_step(self.model)

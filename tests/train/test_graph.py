@@ -1,0 +1,110 @@
+"""``TrainConfig.cuda_graph`` / ``compile`` and ``GraphedStep``.
+
+CPU: the settings that cannot be graphed are refused with one line (Trainer and CLI, exit 2).
+GPU (``-m gpu``, through the device tool): a graph-replayed run leaves the integer state of an eager run
+bit for bit, for both update rules, and reports the same losses; a batch of another shape is refused.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from arbitor.data import BUNDLED_TEXT_PATH
+from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig, build_run
+from arbitor.train.graph import GraphedStep
+
+TEXT = TextConfig(text_data=str(BUNDLED_TEXT_PATH), max_chars=200_000)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({}, "cuda_graph needs a CUDA device (the run is on cpu)"),
+    ({"schedule": "cosine"}, "cuda_graph needs schedule='constant' (got 'cosine')"),
+])
+def test_cuda_graph_refusals_on_cpu(changes, message):
+    tcfg = TrainConfig(steps=2, batch=2, ctx=16, cuda_graph=True, **changes)
+    with pytest.raises(ValueError) as err:
+        build_run("text", tcfg, TEXT)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cuda_graph_refuses_a_task_that_draws_its_components():
+    tcfg = TrainConfig(steps=2, batch=2, ctx=16, cuda_graph=True)
+    with pytest.raises(ValueError, match="'multimodal' draws them per step"):
+        build_run("multimodal", tcfg, MultimodalConfig(text_data=str(BUNDLED_TEXT_PATH), codes=32))
+
+
+def test_cli_cuda_graph_on_cpu_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "arbitor", "train", "--steps", "2", "--batch", "2", "--ctx", "16",
+                           "--cuda-graph", "--device", "cpu", "--run", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "cuda_graph needs a CUDA device" in proc.stderr
+
+
+def test_compile_compiles_every_block_in_place():
+    tr = build_run("text", TrainConfig(steps=2, batch=2, ctx=16, compile=True), TEXT)
+    keys = list(tr.model.state_dict())
+    assert all(b._compiled_call_impl is not None for b in tr.model.blocks) and len(tr.model.blocks) >= 2
+    assert not any("_orig_mod" in k for k in keys)          # checkpoints keep their keys
+
+
+def test_graphed_step_refuses_host_tensors():
+    with pytest.raises(ValueError, match="every input must be a CUDA tensor"):
+        GraphedStep(lambda b: b)(torch.zeros(2))
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        GraphedStep(lambda b: b, warmup=0)
+
+
+def _run(rule: str, graph: bool, steps: int = 7):
+    tcfg = TrainConfig(steps=steps, batch=4, ctx=32, cuda_graph=graph, eval_interval=0, log_interval=0)
+    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda")
+    losses = [float(tr.train_step()["text"]) for _ in range(steps)]
+    torch.cuda.synchronize()
+    return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rule", ["bigint", "counter"])
+def test_graph_replayed_run_is_bit_identical_to_eager(rule):
+    _, eager_losses, eager = _run(rule, False)
+    tr, graph_losses, graphed = _run(rule, True)
+    assert tr.graphed.captured and tr.graphed.calls == 7        # 3 eager + capture + 3 replays
+    assert graph_losses == eager_losses
+    assert eager.keys() == graphed.keys()
+    assert [k for k in eager if not torch.equal(eager[k], graphed[k])] == []
+    moved = sum(int((a != b).sum()) for k, (a, b) in ((k, (eager[k], graphed[k])) for k in eager)
+                if k.endswith("T_packed"))
+    assert moved == 0
+
+
+@pytest.mark.gpu
+@cuda
+def test_graphed_step_refuses_another_shape():
+    w = torch.zeros((), device="cuda")
+
+    def step(batch):
+        w.add_(batch.sum())
+        return w
+    g = GraphedStep(step, warmup=1)
+    g(torch.ones(3, device="cuda"))
+    g(torch.ones(3, device="cuda"))
+    torch.cuda.synchronize()
+    assert float(w) == 6.0 and g.captured
+    with pytest.raises(ValueError, match=r"differ from the captured \[\(\(3,\), 'float32'\)\]"):
+        g(torch.ones(4, device="cuda"))
+
+
+@pytest.mark.gpu
+@cuda
+def test_compiled_graphed_run_trains_like_eager():
+    """compile fuses float ops, so the losses may differ in the last bits from eager's, not more."""
+    _, eager_losses, _ = _run("bigint", False, steps=6)
+    tcfg = TrainConfig(steps=6, batch=4, ctx=32, compile=True, cuda_graph=True, eval_interval=0, log_interval=0)
+    torch._dynamo.utils.counters.clear()
+    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule="bigint"), device="cuda")
+    losses = [float(tr.train_step()["text"]) for _ in range(6)]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1     # the blocks did run compiled
+    assert losses == pytest.approx(eager_losses, rel=2e-2), (losses, eager_losses)
