@@ -1,0 +1,34 @@
+"""The README's speed table is the one generated from benchmarks/results/speed/h200.json."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "benchmarks" / "speed_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_speed_table_matches_the_results_file():
+    assert _load().main(["--check"]) == 0
+
+
+def test_table_reports_range_target_and_miss(tmp_path):
+    mod = _load()
+    rows = [{"name": "layer_fwd", "shape": f"s{i}", "update_rule": "any", "ratio": r, "target_ratio": 0.93}
+            for i, r in enumerate((0.95, 0.91))]
+    res = {"device_name": "GPU X", "rows": rows}
+    line = mod.table(res).splitlines()[-1]
+    assert "| any | 2 | 0.91-0.95x | 0.93x | no |" in line
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{mod.START}\nold\n{mod.END}\nb\n")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    assert mod.main(["--check", "--readme", str(readme), "--results", str(path)]) == 1
+    assert mod.main(["--readme", str(readme), "--results", str(path)]) == 0
+    assert mod.main(["--check", "--readme", str(readme), "--results", str(path)]) == 0
+    assert readme.read_text().startswith("a\n") and readme.read_text().endswith("\nb\n")
