@@ -66,29 +66,40 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     from .ternary.audit import ternary_audit
     from .train.config import TrainConfig
     from .train.run import TASK_CONFIGS, ModelSettings, RunError, build_run
+    from .train import distributed
     from .train.settings import from_args
-    run_dir = _run_path(args, args.resume, "text" if kind == "text" else "pretrain")
+    from .ternary.parallel import PeerError
     try:
         tcfg = from_args(TrainConfig, args)
         task_cfg = from_args(TASK_CONFIGS[kind], args)
         settings = from_args(ModelSettings, args)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = distributed.init_from_env(args.device, tcfg.dist_timeout)   # torchrun: one process per device
+        run_dir = distributed.broadcast_object(_run_path(args, args.resume, "text" if kind == "text" else "pretrain"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         trainer = build_run(kind, tcfg, task_cfg, settings, run_dir, resume=args.resume, device=device)
     except RunError as exc:
         raise UserError(str(exc)) from None
     except (ValueError, RuntimeError) as exc:  # e.g. a backend that cannot run on this device
         raise UserError(_one_line(exc)) from None
+    main_rank = distributed.is_main()
     report = ternary_audit(trainer.model)
-    print(f"run {run_dir}: preset {trainer.preset}, {report['logical_ternary_weights']:,} ternary weights, "
-          f"{report['training_state_bytes']:,} B integer training state, "
-          f"{report['trainable_float_params']:,} trainable float params; {trainer.task.summary()}; "
-          f"starting at step {trainer.step} of {tcfg.steps}", flush=True)
+    if main_rank:
+        procs = f"; {trainer.world} processes x grad_accum {tcfg.grad_accum}" if trainer.micro_per_step > 1 else ""
+        print(f"run {run_dir}: preset {trainer.preset}, {report['logical_ternary_weights']:,} ternary weights, "
+              f"{report['training_state_bytes']:,} B integer training state, "
+              f"{report['trainable_float_params']:,} trainable float params; {trainer.task.summary()}{procs}; "
+              f"starting at step {trainer.step} of {tcfg.steps}", flush=True)
     if trainer.step >= tcfg.steps:
         raise UserError(f"{run_dir} is already at step {trainer.step}; pass a larger --steps to continue it")
-    result = trainer.fit(progress=not args.no_progress)
+    try:
+        result = trainer.fit(progress=not args.no_progress)
+    except PeerError as exc:
+        raise UserError(_one_line(exc)) from None
     saved = "" if tcfg.no_save else f", {run_dir}/checkpoint.safetensors"
-    print(f"done: step {trainer.step}, {trainer.task.format_eval(result)}; "
-          f"{run_dir}/metrics.jsonl, {run_dir}/loss.png{saved}")
+    if main_rank:
+        print(f"done: step {trainer.step}, {trainer.task.format_eval(result)}; "
+              f"{run_dir}/metrics.jsonl, {run_dir}/loss.png{saved}")
+    distributed.shutdown()
     return 0
 
 

@@ -150,6 +150,10 @@ class SparseTernaryEmbedding(nn.Module):
         self._anchors: dict = {}
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
+        self._max_ballots: Optional[int] = None  # step-boundary mode (set_step_mode); None: online
+        self._gathered_names: tuple[str, ...] = ()
+        self._ballots_in_step = 0
+        self._ballot_hook = None
 
         dev = torch.device(device) if device is not None else None
         if (dev if dev is not None else torch.empty(0).device).type == "meta":  # shapes only (audits)
@@ -248,7 +252,9 @@ class SparseTernaryEmbedding(nn.Module):
         t = unpack_ternary(self.T_packed.index_select(0, rows), self.dim)
         okl = ok.to(torch.int64)
         group_vote = group_votes(grad_rows, t, self.group_size) * okl  # [U, G]; untouched rows: no gradient, 0
-        if self.update_rule == "bigint":
+        if self._max_ballots is not None:
+            self._gather_ballot(rows, grad_rows, touched, okl, group_vote)
+        elif self.update_rule == "bigint":
             self.corr_accum.index_add_(0, rows, group_vote)
             self.step_counter.index_add_(0, rows, touched * okl)
         else:
@@ -260,13 +266,110 @@ class SparseTernaryEmbedding(nn.Module):
             self._touched.append(rows)
         self.nonfinite.add_(1 - okl)
 
+    # ------------------------------------------------------------------ step-boundary mode
+    def set_step_mode(self, max_ballots: Optional[int]) -> None:
+        """``None``: online ballots (default); an int: step-boundary mode with at most ``max_ballots`` ballots per
+        step over all processes (``rules/base.py``). Gathered per step, as non-persistent buffers:
+        ``bigint``: ``vote_sum [V, G]`` and ``touch_sum [V]`` (ballots per row), sent as int32; ``legacy``:
+        ``sign_sum [V, D]`` (sent as int8: at most 127 ballots) and ``vote_sum [V, G]`` int32."""
+        if self._dirty:
+            raise RuntimeError("set_step_mode: ballots are pending; call ternary_step() first")
+        for name in self._gathered_names:
+            del self._buffers["gather_" + name]
+            self._non_persistent_buffers_set.discard("gather_" + name)
+        self._gathered_names = ()
+        self._max_ballots = None if max_ballots is None else int(max_ballots)
+        if max_ballots is None:
+            return
+        from .rules.base import check_wire_bound
+        B = self._max_ballots
+        if B < 1:
+            raise ValueError(f"set_step_mode: max_ballots must be >= 1 or None, got {max_ballots!r}")
+        dev = self.T_packed.device
+        V, G = self.num_embeddings, self.n_groups
+        check_wire_bound("vote_sum", B * self.group_size, torch.int32)
+        if self.update_rule == "bigint":
+            bufs = {"vote_sum": torch.zeros(V, G, dtype=torch.int64, device=dev),
+                    "touch_sum": torch.zeros(V, dtype=torch.int64, device=dev)}
+        else:
+            check_wire_bound("sign_sum", B, torch.int8)
+            bufs = {"vote_sum": torch.zeros(V, G, dtype=torch.int32, device=dev),
+                    "sign_sum": torch.zeros(V, self.dim, dtype=torch.int16, device=dev)}
+        for name, buf in bufs.items():
+            self.register_buffer("gather_" + name, buf, persistent=False)
+        self._gathered_names = tuple(bufs)
+        self._ballots_in_step = 0
+
+    @property
+    def step_mode(self) -> Optional[int]:
+        return self._max_ballots
+
+    def gathered(self) -> dict[str, torch.Tensor]:
+        return {name: self._buffers["gather_" + name] for name in self._gathered_names}
+
+    def _gather_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor, touched: torch.Tensor, okl: torch.Tensor,
+                       group_vote: torch.Tensor) -> None:
+        if self._ballots_in_step >= self._max_ballots:
+            raise RuntimeError(f"SparseTernaryEmbedding: more than max_ballots={self._max_ballots} ballots in one "
+                               "step (step-boundary mode); call ternary_step() or raise max_ballots")
+        g = self.gathered()
+        g["vote_sum"].index_add_(0, rows, group_vote.to(g["vote_sum"].dtype))
+        if self.update_rule == "bigint":
+            g["touch_sum"].index_add_(0, rows, touched * okl)
+        else:
+            g["sign_sum"].index_add_(0, rows, torch.sign(grad_rows).to(torch.int16) * okl.to(torch.int16))
+        self._ballots_in_step += 1
+        if self._ballot_hook is not None:
+            self._ballot_hook(self)
+
+    def set_ballot_slot(self, slot: int) -> None:
+        """Tables draw nothing at random: the slot of a ballot does not matter (``TernaryScaleTensor``'s does)."""
+
+    def set_slot_base(self, base: int) -> None:
+        """See ``set_ballot_slot``."""
+
+    def set_ballot_hook(self, hook) -> None:
+        """``hook(self)`` after every ballot (data-parallel overlap, ``parallel.py``); ``None`` removes it."""
+        self._ballot_hook = hook
+
+    def reduce_tensors(self) -> list[tuple[torch.Tensor, torch.dtype]]:
+        """What a data-parallel all-reduce sums for this table, with the dtype to send it in."""
+        wire = {"vote_sum": torch.int32, "touch_sum": torch.int32, "sign_sum": torch.int8}
+        return [(buf, wire[name]) for name, buf in self.gathered().items()] + [(self.nonfinite, torch.int64)]
+
+    def load_reduced(self, tensors: list[torch.Tensor]) -> None:
+        """Take the all-reduced sums of ``reduce_tensors()``; ``ternary_step`` applies them."""
+        for (buf, _), t in zip(self.reduce_tensors(), tensors):
+            buf.copy_(t)
+        self._dirty = True
+
+    def _apply_gathered(self) -> None:
+        g = self.gathered()
+        if self.update_rule == "bigint":
+            self.corr_accum += g["vote_sum"]
+            self.step_counter += g["touch_sum"]
+        else:   # the saturating accumulators take the step's sums once, then the thresholds act on every row
+            ta = self.T_accum.to(torch.int32) - g["sign_sum"].to(torch.int32)
+            self.T_accum.copy_(ta.clamp_(-127, 127).to(torch.int8))
+            ea = self.E_accum.to(torch.int32) + g["vote_sum"]
+            self.E_accum.copy_(ea.clamp_(-_INT16_MAX, _INT16_MAX).to(torch.int16))
+            self._apply_legacy_thresholds(torch.arange(self.num_embeddings, device=self.T_packed.device))
+        for buf in g.values():
+            buf.zero_()
+        self._ballots_in_step = 0
+
     def ternary_step(self) -> int:
         """Per-step update. Legacy: apply the threshold flips to the rows touched since the last call.
+        Step-boundary mode: apply the step's gathered (and, data-parallel, all-reduced) ballots.
 
         Returns 1 if the table was dirty (a forward may have cast ballots), else 0.
         """
         n = int(self._dirty)
         self._dirty = False
+        if self._max_ballots is not None:
+            if n:
+                self._apply_gathered()
+            return n
         if self.update_rule == "legacy" and self._touched:
             # a dense table applies the thresholds to every row: an untouched row has nothing pending (its
             # accumulators were settled when it was last touched), so this equals the touched rows' update
@@ -294,6 +397,9 @@ class SparseTernaryEmbedding(nn.Module):
     def discard_pending_ballots(self) -> None:
         self._dirty = False
         self._touched = []
+        for buf in self.gathered().values():
+            buf.zero_()
+        self._ballots_in_step = 0
 
     def validate_state(self) -> Optional[str]:
         """Invariants of the integer state; a description of the first violation, or None."""

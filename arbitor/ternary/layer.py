@@ -147,6 +147,13 @@ class TernaryScaleTensor(nn.Module):
         self._voting = True          # False: backward passes grad_x on but casts no ballot
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._anchors: dict[torch.device, torch.Tensor] = {}
+        # step-boundary mode (set_step_mode): None = online; else the most ballots one step may gather
+        self._max_ballots: Optional[int] = None
+        self._gathered_names: tuple[str, ...] = ()
+        self._ballots_in_step = 0    # ballots gathered since the last ternary_step (host count)
+        self._slot_base = 0          # global index of this process's first ballot of the step
+        self._slot: Optional[int] = None  # set_ballot_slot: the next ballot's global index in the step
+        self._ballot_hook = None     # set_ballot_hook: called after each gathered ballot (parallel.py)
         dev = torch.device(device) if device is not None else None
         meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
         if seed is None:
@@ -183,8 +190,10 @@ class TernaryScaleTensor(nn.Module):
         return get_ops(device, self.backend)
 
     def _scale_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(T_packed, E, corr_accum, step_counter, pending)``: what every linear op reads."""
-        return self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending
+        """``(T_packed, E, corr_accum, step_counter, pending)``: what every linear op reads (step-boundary mode:
+        no pending ballots -- the step-start state)."""
+        pending = self.pending if self._max_ballots is None else self.no_pending
+        return self.T_packed, self.E, self.corr_accum, self.step_counter, pending
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -224,7 +233,78 @@ class TernaryScaleTensor(nn.Module):
 
     def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
         """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule (counted on the device)."""
-        self.rule.ballot(self._state(), grad_y, x, ops)
+        if self._max_ballots is None:
+            self.rule.ballot(self._state(), grad_y, x, ops)
+            return
+        if self._ballots_in_step >= self._max_ballots:
+            raise RuntimeError(f"TernaryScaleTensor: more than max_ballots={self._max_ballots} ballots in one step "
+                               "(step-boundary mode); call ternary_step() or raise max_ballots")
+        slot = self._slot if self._slot is not None else self._slot_base + self._ballots_in_step
+        self._slot = None
+        self.rule.gather(self._state(), self.gathered(), grad_y, x, ops, self.step_counter + slot)
+        self._ballots_in_step += 1
+        if self._ballot_hook is not None:
+            self._ballot_hook(self)
+
+    # ------------------------------------------------------------- step-boundary mode
+    def set_step_mode(self, max_ballots: Optional[int]) -> None:
+        """``None``: online ballots (default). An int: step-boundary mode, at most ``max_ballots`` ballots per step
+        (summed over every process of a data-parallel group) -- ``rules/base.py``, ``ops/gather.py``. The
+        gather buffers are non-persistent buffers (``gather_<name>``), zero between steps."""
+        if self._dirty:
+            raise RuntimeError("set_step_mode: ballots are pending; call ternary_step() first")
+        for name in self._gathered_names:
+            del self._buffers["gather_" + name]
+            self._non_persistent_buffers_set.discard("gather_" + name)
+        self._gathered_names = ()
+        self._max_ballots = None if max_ballots is None else int(max_ballots)
+        if max_ballots is None:
+            return
+        if self._max_ballots < 1:
+            raise ValueError(f"set_step_mode: max_ballots must be >= 1 or None, got {max_ballots!r}")
+        bufs = self.rule.gather_buffers(self._state(), self._max_ballots)
+        for name, buf in bufs.items():
+            self.register_buffer("gather_" + name, buf, persistent=False)
+        if "no_pending" not in self._buffers:
+            self.register_buffer("no_pending", torch.zeros_like(self.pending), persistent=False)
+        self._gathered_names = tuple(bufs)
+        self._ballots_in_step = 0
+
+    @property
+    def step_mode(self) -> Optional[int]:
+        """``None`` (online) or the step-boundary mode's ``max_ballots``."""
+        return self._max_ballots
+
+    def gathered(self) -> dict[str, torch.Tensor]:
+        """The step-boundary gather buffers by name (empty when online)."""
+        return {name: self._buffers["gather_" + name] for name in self._gathered_names}
+
+    def set_ballot_slot(self, slot: int) -> None:
+        """The global index, within the step, of the next ballot this layer casts (its counter-hash draw is keyed
+        by ``step_counter + slot``); set by a data-parallel loop so draws do not depend on the rank."""
+        self._slot = int(slot)
+
+    def set_slot_base(self, base: int) -> None:
+        """Without ``set_ballot_slot``, the k-th ballot of a step takes slot ``base + k`` (a rank's offset)."""
+        self._slot_base = int(base)
+
+    def set_ballot_hook(self, hook) -> None:
+        """``hook(self)`` after every gathered ballot (how ``parallel.py`` overlaps its all-reduce with the rest of
+        the backward); ``None`` removes it."""
+        self._ballot_hook = hook
+
+    def reduce_tensors(self) -> list[tuple[torch.Tensor, torch.dtype]]:
+        """What a data-parallel all-reduce sums for this layer, with the dtype to send it in: the gather buffers
+        and the ballot counts (``pending``, ``nonfinite``)."""
+        wire = self.rule.wire_dtypes(self._max_ballots or 1)
+        return [(buf, wire[name]) for name, buf in self.gathered().items()] + [
+            (self.pending, torch.int64), (self.nonfinite, torch.int64)]
+
+    def load_reduced(self, tensors: list[torch.Tensor]) -> None:
+        """Take the all-reduced sums of ``reduce_tensors()`` (same order); ``ternary_step`` then applies them."""
+        for (buf, _), t in zip(self.reduce_tensors(), tensors):
+            buf.copy_(t)
+        self._dirty = True
 
     @property
     def voting(self) -> bool:
@@ -268,6 +348,12 @@ class TernaryScaleTensor(nn.Module):
         torch._assert_async(self.step_counter <= MAX_VOTE_TOTAL // self.group_size,
                             "TernaryScaleTensor: step_counter * group_size would pass 2**62 (corr_accum overflow)")
         self._dirty = False
+        if self._max_ballots is not None:
+            gathered = self.gathered()
+            self.rule.apply_gathered(self._state(), gathered)
+            for buf in gathered.values():
+                buf.zero_()
+            self._ballots_in_step = 0
         self.rule.fold(self._state())
         return 1
 
@@ -275,15 +361,19 @@ class TernaryScaleTensor(nn.Module):
         """Forget the pending ballots (after restoring ``corr_accum`` from elsewhere)."""
         self._dirty = False
         self.pending.zero_()
+        for buf in self.gathered().values():
+            buf.zero_()
+        self._ballots_in_step = 0
 
     # --------------------------------------------------------------- views
     def scale(self) -> torch.Tensor:
         """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (``scale.py``)."""
-        return bigint_scale(self.E, self.corr_accum, self.step_counter + self.pending, self.group_size, self.strength)
+        return bigint_scale(self.E, self.corr_accum, self.step_counter + self._scale_state()[4], self.group_size,
+                            self.strength)
 
     def mean_corr(self) -> torch.Tensor:
         """``corr_accum / (ballots * group_size)`` as float64, 0 before any ballot."""
-        n = float(self.step_counter + self.pending)
+        n = float(self.step_counter + self._scale_state()[4])
         if n == 0:
             return torch.zeros_like(self.corr_accum, dtype=torch.float64)
         return self.corr_accum.to(torch.float64) / (n * self.group_size)
@@ -312,8 +402,7 @@ class TernaryScaleTensor(nn.Module):
             problem = self.validate_state()
             if problem:
                 error_msgs.append(f"{prefix}: {problem}")
-        self._dirty = False
-        self.pending.zero_()
+        self.discard_pending_ballots()
         self.nonfinite.zero_()
 
     def validate_state(self) -> Optional[str]:

@@ -24,7 +24,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["TernaryModule", "ternary_layers", "ternary_step", "set_rate_factor"]
+__all__ = ["TernaryModule", "ternary_layers", "ternary_step", "set_rate_factor", "set_step_mode"]
 
 
 @runtime_checkable
@@ -71,3 +71,11 @@ def set_rate_factor(model: nn.Module, factor: float) -> None:
     """
     for m in ternary_layers(model):
         m.set_rate_factor(factor)
+
+
+def set_step_mode(model: nn.Module, max_ballots: Optional[int]) -> None:
+    """Every ternary module to the online mode (``None``) or the step-boundary mode with at most ``max_ballots``
+    ballots per step (``rules/base.py``): what gradient accumulation and data parallelism need so that the
+    result does not depend on how a step's micro-batches are split (``parallel.py``)."""
+    for m in ternary_layers(model):
+        m.set_step_mode(max_ballots)

@@ -41,6 +41,16 @@ class TrainConfig:
     warmup_steps: int = setting(0, "cosine: linear warm-up steps", low=0)
     min_rate_ratio: float = setting(0.1, "cosine: the factor reached at the last step", low=0.0, high=1.0)
 
+    # gradient accumulation and data parallelism (docs/distributed.md). A step is grad_accum micro-batches on
+    # each of the world_size processes (torchrun); when that is more than one, every micro-batch computes
+    # against the step-start state and the step's ballots are summed and applied together, so W processes x
+    # grad_accum A give the model 1 process x grad_accum W*A gives, bit for bit.
+    grad_accum: int = setting(1, "micro-batches per step on each process (the global batch is batch x grad_accum x "
+                                 "processes)", positive=True, high=127)
+    state_check_interval: int = setting(100, "data-parallel: compare a digest of every layer's state across "
+                                             "processes every N steps (0: never)", low=0)
+    dist_timeout: float = setting(600.0, "data-parallel: seconds a process waits for the others before it stops "
+                                         "with an error", positive=True)
     # speed (docs/kernels.md). A graph-replayed step leaves the integer state of an eager one, bit for bit
     # (tests/train/test_graph.py, on a GPU); compile fuses float ops (norms, softmax), so its activations --
     # and through them an occasional ballot -- may differ in the last bits (still deterministic run to run)

@@ -151,6 +151,12 @@ class MultimodalTask(Task):
         self.counts[m] += 1
         return self._to(self.datasets[m].batch(batch_size), device), [self.by_name[m]]
 
+    def batch_at(self, batch_size: int, device: torch.device, key: int) -> tuple[Any, list[LossComponent]]:
+        gen = torch.Generator().manual_seed(key)
+        m = self.modalities[int(torch.multinomial(self.probs, 1, generator=gen))]
+        self.counts[m] += 1
+        return self._to(self.datasets[m].batch(batch_size, "train", gen), device), [self.by_name[m]]
+
     def evaluate(self, model: nn.Module, batch_size: int, eval_batches: int, device: torch.device,
                  seed: int) -> dict[str, float]:
         res: dict[str, float] = {}

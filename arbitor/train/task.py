@@ -49,6 +49,17 @@ class Task(ABC):
         """This step's batch (on ``device``) and the components that train on it."""
 
     @abstractmethod
+    def batch_at(self, batch_size: int, device: torch.device, key: int) -> tuple[Any, list[LossComponent]]:
+        """The batch and components of the micro-batch keyed ``key`` -- a pure function of the key (its own
+        generator, seeded with it): what gradient accumulation and data parallelism draw, so that a
+        micro-batch's data does not depend on which process draws it (``trainer.py``)."""
+
+    @property
+    def passes(self) -> int:
+        """The most backward passes one micro-batch runs (the sum of the components' weights)."""
+        return max(1, sum(c.weight for c in self.components))
+
+    @abstractmethod
     def evaluate(self, model: nn.Module, batch_size: int, eval_batches: int, device: torch.device,
                  seed: int) -> dict[str, float]:
         """Validation metrics (the model is in eval mode, gradients off)."""

@@ -88,6 +88,10 @@ class TextTask(Task):
         b = self.data.batch(batch_size)
         return Batch(to_device(b.x, device), to_device(b.y, device)), self.components
 
+    def batch_at(self, batch_size: int, device: torch.device, key: int) -> tuple[Batch, list[LossComponent]]:
+        b = self.data.batch(batch_size, "train", torch.Generator().manual_seed(key))
+        return Batch(to_device(b.x, device), to_device(b.y, device)), self.components
+
     def evaluate(self, model: nn.Module, batch_size: int, eval_batches: int, device: torch.device,
                  seed: int) -> dict[str, float]:
         gen = torch.Generator().manual_seed(10_007 + seed)

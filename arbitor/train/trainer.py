@@ -38,7 +38,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..ternary.parallel import TernaryDataParallel
 from ..ternary.step import ternary_layers
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, save_checkpoint
 from .components import route_ballots
 from .config import TrainConfig
@@ -91,7 +93,17 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
+        # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.micro_per_step = tcfg.grad_accum * self.world
+        self.sync: Optional[TernaryDataParallel] = None
+        if self.micro_per_step > 1:
+            self.sync = TernaryDataParallel(self.model, micro_batches=tcfg.grad_accum, passes=task.passes,
+                                            check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout)
         self.graphed: Optional[GraphedStep] = None
+        if tcfg.cuda_graph and self.micro_per_step > 1:
+            raise ValueError(f"cuda_graph needs one micro-batch per step (grad_accum {tcfg.grad_accum} x "
+                             f"{self.world} process(es)); train without cuda_graph")
         if tcfg.cuda_graph:
             if not task.fixed_step:
                 raise ValueError(f"cuda_graph needs a task that trains the same components every step "
@@ -120,6 +132,11 @@ class Trainer:
             raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
                                "after the last backward); call ternary_step(model) first")
         self.updater.set_rate_factor(self.tcfg.rate_factor(self.step))
+        if self.sync is not None:
+            out = self._micro_batched_step()
+            self.step += 1
+            self.tokens_seen += self.tcfg.batch * self.tcfg.ctx * self.micro_per_step
+            return out
         batch, components = self.task.next_batch(self.tcfg.batch, self.device)
         self.last_components = components
         if self.graphed is None:
@@ -149,6 +166,77 @@ class Trainer:
         self.updater.step()
         return out, parts
 
+    def _micro_key(self, g: int) -> int:
+        """The data key of global micro-batch ``g`` of this step: a function of (seed, step, g) only."""
+        return (self.tcfg.seed * 0x9E3779B1 + self.step * self.micro_per_step + g) % (2 ** 63)
+
+    def _micro_batched_step(self) -> dict[str, torch.Tensor]:
+        """A step of ``grad_accum`` micro-batches on each of ``world`` processes (step-boundary mode).
+
+        Global micro-batch ``g = rank * grad_accum + j`` draws its batch from ``_micro_key(g)`` and casts its
+        ``p``-th backward's ballots in slot ``g * passes + p``; each loss is divided by the global micro-batch
+        count (float baselines then get the mean gradient; ternary ballots only see signs and row-normalised
+        magnitudes). The per-micro-batch losses of all processes are gathered in ``g`` order and averaged in
+        that order, so the reported loss is bit-identical for any split of the same micro-batches."""
+        model, tcfg, sync = self.model, self.tcfg, self.sync
+        names = [c.name for c in self.task.components]
+        K, P = self.micro_per_step, self.task.passes
+        rows = torch.zeros(tcfg.grad_accum, 2 * len(names), dtype=torch.float32)   # [loss..., trained...]
+        rows = rows.to(self.device)
+        trained: list = []
+        for j in range(tcfg.grad_accum):
+            g = self.rank * tcfg.grad_accum + j
+            batch, components = self.task.batch_at(tcfg.batch, self.device, self._micro_key(g))
+            with sync.micro_batch(j):
+                shared: dict = {}
+                losses = {c.name: c.fn(model, batch, shared) for c in components}
+                passes = [c for c in components for _ in range(c.weight)]
+                for p, comp in enumerate(passes):
+                    sync.set_slot(g * P + p)
+                    with route_ballots(model, comp):
+                        (losses[comp.name] / K).backward(retain_graph=p < len(passes) - 1)
+            for name, loss in losses.items():
+                i = names.index(name)
+                rows[j, i] = loss.detach().float()
+                rows[j, len(names) + i] = 1.0
+            trained += [c for c in components if c not in trained]
+            del losses, shared, batch
+        all_rows = self._gather_rows(rows)                       # [K, 2C], in global micro-batch order
+        out = {}
+        for i, name in enumerate(names):
+            n = all_rows[:, len(names) + i].sum()
+            if self.task.fixed_step or float(n) > 0:   # a drawn component may be absent (that check syncs)
+                total = torch.zeros((), dtype=torch.float32, device=all_rows.device)
+                for k in range(K):                               # a fixed order: the same sum for any split
+                    total = total + all_rows[k, i]
+                out[name] = total / n
+        self.last_components, self.last_parts = trained, {}   # loss parts: logged for one-micro-batch steps only
+        self._reduce_float_grads()
+        sync.reduce()
+        self.updater.step()
+        sync.after_step()
+        return out
+
+    def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return rows
+        import torch.distributed as dist
+        buf = [torch.empty_like(rows) for _ in range(self.world)]
+        sync = self.sync
+        sync._collective(lambda: dist.all_gather(buf, rows), "gather of the step's losses")
+        return torch.cat(buf)
+
+    def _reduce_float_grads(self) -> None:
+        """Float baselines: sum the (already 1/K-scaled) gradients over processes -- DDP's job, not bit-exact
+        across splits (a float sum depends on its order)."""
+        if self.world == 1 or self.updater.optimizer is None:
+            return
+        import torch.distributed as dist
+        for group in self.updater.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.sync._collective(lambda p=p: dist.all_reduce(p.grad), "all-reduce of float gradients")
+
     def _graph_step(self, fields: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
         """``_step_on`` for ``GraphedStep``: the batch arrives as its fields (static CUDA buffers)."""
         return self._step_on(self._batch_type(**fields), self.task.components)
@@ -171,7 +259,7 @@ class Trainer:
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             with open(self._metrics_path(), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -181,13 +269,15 @@ class Trainer:
             raise ValueError("Trainer.save() needs a run_dir")
         if any(m.dirty for m in ternary_layers(self.model)):
             raise RuntimeError("Trainer.save(): ballots are pending (save between steps)")
+        path = self.run_dir / CHECKPOINT_NAME
+        if self.rank != 0:          # every rank holds the same state; rank 0 writes it
+            return path
         extra = {"rng.torch": torch.get_rng_state(), **self.task.rng_tensors()}
         optim, groups = self.updater.state_tensors()
         extra.update(optim)
         task = {"kind": self.task.kind, "config": self.task.config(), **self.task.checkpoint_state()}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
-                 "task": task, "preset": self.preset}
-        path = self.run_dir / CHECKPOINT_NAME
+                 "task": task, "preset": self.preset, "micro_batches_per_step": self.micro_per_step}
         save_checkpoint(path, self.model.state_dict(), self.model.cfg.to_dict(), state, extra,
                         {"optim_groups": groups})
         cfg_json = {"preset": self.preset, "model": self.model.cfg.to_dict(), "train": self.tcfg.to_dict(),
@@ -206,13 +296,21 @@ class Trainer:
             torch.set_rng_state(other["rng.torch"])
         except KeyError as exc:
             raise CheckpointError(f"checkpoint lacks the sampler state {exc.args[0]!r}") from None
+        saved = int(train_state.get("micro_batches_per_step", 1))
+        if saved != self.micro_per_step:
+            fits = saved % self.world == 0
+            use = f"{saved // self.world} x {self.world}" if fits else f"{saved} x 1"
+            raise CheckpointError(
+                f"the checkpoint was trained with {saved} micro-batch(es) per step (grad_accum x processes), this "
+                f"run has {self.micro_per_step} ({self.tcfg.grad_accum} x {self.world}); resume with grad_accum "
+                f"{use} process(es) so the step stays the same")
         self.step = int(train_state["step"])
         self.tokens_seen = int(train_state["tokens_seen"])
         self.updater.load_state_tensors(other, meta.get("optim_groups", "[]"), self.device)
 
     def plot(self) -> Optional[Path]:
         """``<run>/loss.png`` from metrics.jsonl (``plots.py``)."""
-        if self.run_dir is None or not self._metrics_path().exists():
+        if self.run_dir is None or self.rank != 0 or not self._metrics_path().exists():
             return None
         return plot_metrics(self._metrics_path(), self.run_dir / "loss.png", f"arbitor {self.run_dir.name}")
 
@@ -230,8 +328,10 @@ class Trainer:
         if self.step == 0 and target > 0:  # the untrained model's validation starts the curve
             last_eval = self.evaluate()
             self.log({"step": 0, **last_eval})
-            tqdm.write(f"step 0: {self.task.format_eval(last_eval)}")
-        bar = tqdm(total=target, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+            if self.rank == 0:
+                tqdm.write(f"step 0: {self.task.format_eval(last_eval)}")
+        bar = tqdm(total=target, initial=self.step, disable=not progress or self.rank != 0, unit="step",
+                   dynamic_ncols=True)
         t_last, tok_last = time.perf_counter(), self.tokens_seen
         try:
             while self.step < target:
@@ -258,8 +358,9 @@ class Trainer:
                 if (tcfg.eval_interval and self.step % tcfg.eval_interval == 0) or at_end:
                     last_eval = self.evaluate()
                     self.log({"step": self.step, **last_eval})
-                    bar.write(f"step {self.step}: {self.task.format_eval(last_eval)}")
-                    if self.run_dir is not None:
+                    if self.rank == 0:
+                        bar.write(f"step {self.step}: {self.task.format_eval(last_eval)}")
+                    if self.run_dir is not None and self.rank == 0:
                         self.plot()
                         self.task.artifacts(self.model, self.run_dir, self.step, tcfg.ctx)
                 interval = tcfg.checkpoint_interval

@@ -19,9 +19,15 @@ owns what is particular to it:
 * ``set_rate_factor(f)`` -- the single door through which a step-size schedule reaches a rule:
   the rule's float step size (if it has one) becomes ``base * f`` for the ballots that follow.
 
-Ballots are *online*: ``ballot()`` applies its update at once, so a later micro-batch's forward sees it.
-A *step-boundary* mode, in which a step's ballots are gathered into pending buffers and applied together
-by ``fold()``, is the room this protocol leaves for rank-invariant data-parallel training.
+Two modes (the layer chooses; ``TernaryScaleTensor.set_step_mode``):
+
+* *online* (default): ``ballot()`` applies its update at once, so a later micro-batch's forward sees it;
+* *step-boundary*: every micro-batch of a step computes against the step-start state; ``gather()`` adds
+  the ballot's update into the buffers ``gather_buffers()`` made (summable integers, ``ops/gather.py``),
+  and ``apply_gathered()`` applies their sum at ``ternary_step``. Integer sums do not depend on order, so
+  W processes whose buffers are all-reduced (``ternary/parallel.py``) give the state of one process that
+  gathered all W*A ballots -- bit for bit. ``wire_dtypes`` names the narrowest dtype each buffer's sum
+  provably fits for a given ``max_ballots`` per step (what the all-reduce sends).
 
 A rule object belongs to one layer (the layer builds it), like a parameter group of an optimizer.
 """
@@ -35,7 +41,15 @@ import torch
 
 from ..ops.votes import count_ballot_
 
-__all__ = ["TernaryState", "UpdateRule"]
+__all__ = ["TernaryState", "UpdateRule", "check_wire_bound"]
+
+
+def check_wire_bound(name: str, bound: int, dtype: torch.dtype) -> None:
+    """``ValueError`` unless every sum up to ``bound`` in absolute value fits ``dtype``."""
+    top = torch.iinfo(dtype).max
+    if bound > top:
+        raise ValueError(f"step-boundary mode: {name} may reach {bound} in a step, beyond {dtype} ({top}); "
+                         "use fewer ballots per step (grad_accum x world size x component weights)")
 
 
 @dataclass
@@ -86,6 +100,29 @@ class UpdateRule(ABC):
 
     def fold(self, state: TernaryState) -> None:
         """The rule's part of the per-step call (nothing for online rules)."""
+
+    # ------------------------------------------------------------ step-boundary mode
+    def gather_buffers(self, state: TernaryState, max_ballots: int) -> dict[str, torch.Tensor]:
+        """Zeroed buffers that gather a step's ballots (on ``state``'s device). Default: the group votes."""
+        if type(self).gather is UpdateRule.gather:
+            raise ValueError(f"update rule {self.name!r} has no step-boundary mode (no gather()): it cannot train "
+                             "with grad_accum > 1 or several processes")
+        check_wire_bound("vote_sum", max_ballots * state.group_size, torch.int32)
+        return {"vote_sum": torch.zeros_like(state.corr_accum)}
+
+    def wire_dtypes(self, max_ballots: int) -> dict[str, torch.dtype]:
+        """The dtype each gather buffer is all-reduced in (its bound is checked by ``gather_buffers``)."""
+        return {"vote_sum": torch.int32}
+
+    def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
+               ops: Any, ballot: torch.Tensor) -> None:
+        """Add one ballot's update to ``gathered`` (the state is not changed); ``ballot``: its global index
+        (int64 0-d, on the device). Counts the ballot like ``ballot()``. A rule without it is online only."""
+        raise NotImplementedError(f"update rule {self.name!r} has no step-boundary mode")
+
+    def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
+        """Apply a step's summed ballots (after ``step_counter`` took the summed ``pending``). Default: votes."""
+        state.corr_accum += gathered["vote_sum"]
 
     def set_rate_factor(self, factor: float) -> None:
         """Scale the rule's step size by ``factor`` for the ballots that follow (schedules)."""

@@ -38,6 +38,7 @@ from typing import Any, Optional
 import torch
 
 from ..format import check_counter_bits, counter_packed_shape, pack_counters
+from ..ops.gather import apply_moves_, counter_gather_, move_cap
 from .base import TernaryState, UpdateRule
 
 __all__ = ["CounterRule", "MAX_COUNTER_RATE"]
@@ -81,6 +82,28 @@ class CounterRule(UpdateRule):
         ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, state.step_counter,
                             state.pending, state.nonfinite, state.extra["hash_key"], state.in_features,
                             state.group_size, self.counter_bits, self.rate)
+
+    def gather_buffers(self, state: TernaryState, max_ballots: int) -> dict[str, torch.Tensor]:
+        out = super().gather_buffers(state, max_ballots)
+        move_cap(self.counter_bits, max_ballots)          # max_ballots <= 127: a step's moves fit int8
+        out["move_sum"] = torch.zeros(state.out_features, state.in_features, dtype=torch.int8,
+                                      device=state.corr_accum.device)
+        self._cap = move_cap(self.counter_bits, max_ballots)
+        return out
+
+    def wire_dtypes(self, max_ballots: int) -> dict[str, torch.dtype]:
+        return {**super().wire_dtypes(max_ballots), "move_sum": torch.int8}
+
+    def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
+               ops: Any, ballot: torch.Tensor) -> None:
+        counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
+                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, self.rate,
+                        self._cap)
+
+    def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
+        super().apply_gathered(state, gathered)
+        apply_moves_(state.T_packed, state.extra["C_packed"], gathered["move_sum"], state.in_features,
+                     self.counter_bits)
 
     def validate(self, state: TernaryState) -> Optional[str]:
         C = state.extra["C_packed"]

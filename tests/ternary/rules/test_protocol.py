@@ -89,3 +89,9 @@ def test_a_new_rule_plugs_in_without_touching_the_layer():
         TernaryScaleTensor(16, 4, 4, update_rule=_SignCountRule(), seed=0).load_state_dict(sd)
     with pytest.raises(ValueError, match="to the UpdateRule object"):
         TernaryScaleTensor(16, 4, 4, update_rule=_SignCountRule(), counter_bits=2)
+
+
+def test_a_rule_without_gather_refuses_the_step_boundary_mode():
+    layer = TernaryScaleTensor(16, 4, 4, update_rule=_SignCountRule(), seed=0)
+    with pytest.raises(ValueError, match="'signcount' has no step-boundary mode"):
+        layer.set_step_mode(2)
