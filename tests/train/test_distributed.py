@@ -122,3 +122,26 @@ def test_a_dead_rank_stops_the_others_with_a_clear_error(tmp_path):
     res = _workers("die", tmp_path)
     assert res[1] is None                                   # rank 1 died
     assert res[0].startswith("peer: rank 0:") and "a peer rank died" in res[0], res
+
+
+def test_own_loop_with_ddp_beside_equals_one_process(tmp_path):
+    """TernaryDataParallel in a user's loop, next to DDP (broadcast_buffers=False) for a float head. After one
+    step every rank's ternary state equals one process's with all 4 micro-batches, bit for bit (the float head:
+    DDP's float average, equal to float rounding). After that the float heads differ from the one-process run
+    in the last bits, and so may a ballot: a model with float parameters keeps contract (a) -- all ranks equal
+    -- but (b) holds exactly only for a pure ternary model."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_dist_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    ref = worker.own_loop(4, steps=1)
+    assert _workers("ownloop", tmp_path) == ["ok", "ok"]
+    got = [torch.load(tmp_path / f"out.{r}.pt") for r in range(2)]
+    for g in got:
+        for k, v in ref.items():
+            if k.startswith("0."):
+                assert torch.equal(g["one"][k], v), k
+            else:
+                assert torch.allclose(g["one"][k], v, atol=1e-6), k
+    assert all(torch.equal(got[0]["three"][k], got[1]["three"][k]) for k in ref)
+    assert got[0]["three"]["0.corr_accum"].abs().sum() > ref["0.corr_accum"].abs().sum() > 0
