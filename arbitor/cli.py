@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,28 @@ def _run_path(args: argparse.Namespace, required: bool, prefix: str) -> Path:
             raise UserError("--resume needs --run NAME")
         args.run = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
     run = Path(args.run)
-    return run if (run.is_absolute() or len(run.parts) > 1) else Path(args.runs_dir) / run
+    # a name (no separator) lives under --runs-dir; anything that looks like a path is one ("./r", "a/b")
+    is_path = run.is_absolute() or "/" in args.run or os.sep in args.run
+    return run if is_path else Path(args.runs_dir) / run
+
+
+def _check_device(name: Optional[str]) -> None:
+    """``UserError`` (one line) for a device string torch cannot use here."""
+    if name is None:
+        return
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                            "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "meta"):
+        raise UserError(f"--device {name}: arbitor trains on cpu or cuda")
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
@@ -69,6 +91,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     from .train import distributed
     from .train.settings import from_args
     from .ternary.parallel import PeerError
+    _check_device(args.device)
     try:
         tcfg = from_args(TrainConfig, args)
         task_cfg = from_args(TASK_CONFIGS[kind], args)
@@ -90,11 +113,14 @@ def _run(args: argparse.Namespace, kind: str) -> int:
               f"{report['trainable_float_params']:,} trainable float params; {trainer.task.summary()}{procs}; "
               f"starting at step {trainer.step} of {tcfg.steps}", flush=True)
     if trainer.step >= tcfg.steps:
+        trainer.close()
         raise UserError(f"{run_dir} is already at step {trainer.step}; pass a larger --steps to continue it")
     try:
         result = trainer.fit(progress=not args.no_progress)
     except PeerError as exc:
         raise UserError(_one_line(exc)) from None
+    finally:
+        trainer.close()           # the run directory's lock
     saved = "" if tcfg.no_save else f", {run_dir}/checkpoint.safetensors"
     if main_rank:
         print(f"done: step {trainer.step}, {trainer.task.format_eval(result)}; "
@@ -143,6 +169,9 @@ def _sample_run(args: argparse.Namespace) -> int:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.prompt == "":
+        raise UserError("--prompt is empty: give at least one character (the default is a newline)")
+    _check_device(args.device)
     run_dir = _run_path(args, True, "text")
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
@@ -156,7 +185,10 @@ def _sample_run(args: argparse.Namespace) -> int:
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     out = model.generate(ids.view(1, -1).to(args.device), args.tokens, temperature=args.temperature,
                          top_k=args.top_k or None, generator=gen)
-    sys.stdout.write(vocab.decode(out[0].tolist()) + "\n")
+    text = vocab.decode(out[0].tolist()) + "\n"
+    sys.stdout.flush()              # UTF-8 whatever the locale: bytes straight to stdout
+    sys.stdout.buffer.write(text.encode("utf-8", errors="replace"))
+    sys.stdout.buffer.flush()
     return 0
 
 

@@ -51,6 +51,10 @@ class TrainConfig:
                                              "processes every N steps (0: never)", low=0)
     dist_timeout: float = setting(600.0, "data-parallel: seconds a process waits for the others before it stops "
                                          "with an error", positive=True)
+    inexact_resume: bool = setting(False, "--resume although a setting that changes the result differs from the "
+                                          "checkpoint's (--steps under a non-constant schedule: its horizon; "
+                                          "--compile; the device type); the run is then no longer the straight "
+                                          "run's, and its checkpoint records that")
     # speed (docs/kernels.md). A graph-replayed step leaves the integer state of an eager one, bit for bit
     # (tests/train/test_graph.py, on a GPU); compile fuses float ops (norms, softmax), so its activations --
     # and through them an occasional ballot -- may differ in the last bits (still deterministic run to run)
@@ -60,6 +64,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.schedule == "constant" and self.warmup_steps:
+            raise ValueError(f"--warmup-steps ({self.warmup_steps}) applies to --schedule cosine only")
+        if self.schedule != "constant" and self.warmup_steps > self.steps:
+            raise ValueError(f"--warmup-steps ({self.warmup_steps}) must not exceed --steps ({self.steps}): the "
+                             "warm-up would never end")
 
     @property
     def checkpoint_interval(self) -> int:

@@ -36,7 +36,7 @@ from ..ternary.rules import RULES
 from ..ternary.rules.counter import MAX_COUNTER_RATE
 from ..ternary.scale import MAX_STRENGTH
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint, remove_stale_temps
 from .config import IDENTITY_FIELDS, TrainConfig
 from .multimodal import MultimodalConfig, MultimodalTask, modality_specs
 from .settings import check_settings, flag_name, setting
@@ -140,8 +140,28 @@ def build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opti
     ``settings``: the command-line model settings; ``model_fields``: any other ``ModelConfig`` field
     changes (Python API: e.g. ``{"linear": "dense", "d_model": 384, "ternary": {"group_size": 32}}``);
     ``components`` replaces a text task's default loss component. Raises ``DataError`` / ``ConfigError`` /
-    ``CheckpointError`` with a one-line reason.
+    ``CheckpointError`` with a one-line reason. With a ``run_dir`` the trainer holds the run directory's lock
+    (``lock_run``) until ``trainer.close()`` or the process exits.
     """
+    lock = None
+    if run_dir is not None:
+        if Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise CheckpointError(f"--run {run_dir} is a file, not a run directory")
+        lock = lock_run(Path(run_dir)) if distributed.is_main() else None
+    try:
+        trainer = _build_run(kind, tcfg, task_cfg, settings, run_dir, resume, device, components, model_fields)
+    except BaseException:
+        if lock is not None:
+            lock.release(force=True)
+        raise
+    trainer.run_lock = lock
+    return trainer
+
+
+def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Optional[ModelSettings],
+               run_dir: Optional[Path], resume: bool, device: Union[str, torch.device], components,
+               model_fields: Optional[dict[str, Any]]) -> Trainer:
+    """``build_run`` without the lock."""
     model_fields = dict(model_fields or {})
     settings = settings or ModelSettings()
     ternary_fields = {**settings.ternary_changes(), **model_fields.pop("ternary", {})}
@@ -166,7 +186,14 @@ def build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opti
         saved_t = train_state["train_config"]
         _check_same({k: saved_t.get(k, getattr(TrainConfig, k, None)) for k in IDENTITY_FIELDS},
                     {k: getattr(tcfg, k) for k in IDENTITY_FIELDS}, "value")
-        _check_same(saved_task.get("config", {}), dataclasses.asdict(task_cfg), "data")
+        inexact = _result_changes(saved_t, tcfg, train_state.get("device_type"), dev.type)
+        if inexact and not tcfg.inexact_resume:
+            raise CheckpointError(f"--resume: {inexact[0]}, so the result would differ from a straight run; pass "
+                                  "--inexact-resume to continue anyway (the checkpoint then records it)")
+        saved_data = dict(saved_task.get("config", {}))
+        if saved_data.get("max_chars") == 0:      # before 0.2: 0 meant all of the text, now None does
+            saved_data["max_chars"] = None
+        _check_same(saved_data, dataclasses.asdict(task_cfg), "data")
         saved_preset = train_state.get("preset")
         if settings.preset is not None and settings.preset != saved_preset:
             raise CheckpointError(f"--resume: the checkpoint was trained with preset {saved_preset!r}, "
@@ -213,6 +240,8 @@ def build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opti
     trainer = Trainer(model, task, tcfg, run_dir=run_dir, device=dev, preset=preset_name)
     if ckpt is not None:
         trainer.restore(model_state, train_state, other, meta)
+        if inexact:
+            trainer.inexact_resumes.append({"step": trainer.step, "changed": inexact})
         if trainer.rank == 0:
             _truncate_metrics(Path(run_dir) / "metrics.jsonl", trainer.step)
     elif run_dir is not None and trainer.rank == 0:     # data-parallel: rank 0 owns the run directory
@@ -221,6 +250,38 @@ def build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opti
         if stale.exists():
             stale.unlink()
     return trainer
+
+
+def _result_changes(saved_t: dict[str, Any], tcfg: TrainConfig, saved_device: Optional[str],
+                    device_type: str) -> list[str]:
+    """Settings outside ``IDENTITY_FIELDS`` whose change makes a resumed run differ from the straight one."""
+    out = []
+    schedule = saved_t.get("schedule", "constant")
+    if schedule != "constant" and saved_t.get("steps") != tcfg.steps:
+        out.append(f"--steps changed from {saved_t.get('steps')} to {tcfg.steps} under the {schedule} schedule "
+                   "(its horizon moves)")
+    if bool(saved_t.get("compile", False)) != tcfg.compile:
+        out.append(f"--compile changed from {bool(saved_t.get('compile', False))} to {tcfg.compile} (compiled float "
+                   "ops round differently)")
+    if saved_device is not None and saved_device != device_type:
+        out.append(f"the device changed from {saved_device} to {device_type} (float rounding differs)")
+    return out
+
+
+def lock_run(run_dir: Path):
+    """Take the run directory's lock (``<run>/.lock``, ``filelock``) for this process, or ``RunError`` at once if
+    another process holds it; then remove temporary files a killed writer left there. Held until the process
+    exits or ``Trainer.close()``; re-entrant within one process."""
+    from filelock import FileLock, Timeout
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / ".lock", timeout=0, is_singleton=True, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CheckpointError(f"{run_dir} is in use by another arbitor process (lock {run_dir / '.lock'}); wait for it to "
+                       "finish or stop it") from None
+    remove_stale_temps(run_dir)
+    return lock
 
 
 def scale_prior(cfg: ModelConfig, micro_batches: int) -> ModelConfig:
@@ -235,11 +296,28 @@ def scale_prior(cfg: ModelConfig, micro_batches: int) -> ModelConfig:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint's ``step`` (a run that died between checkpoints)."""
+    """Drop records logged after the checkpoint's ``step`` (a run that died between checkpoints), and a torn last
+    line (a kill during a write). A damaged line elsewhere is a ``CheckpointError`` naming the file and line."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text; move it away to resume") from None
+    keep = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if i == len(lines) - 1:        # torn by a kill mid-write: the record is lost, the run is not
+                continue
+            raise CheckpointError(f"{path} line {i + 1} is not a JSON record; fix or move the file to resume") from None
+        if isinstance(rec.get("step", 0), int) and rec.get("step", 0) <= step:
+            keep.append(line)
     if len(keep) != len(lines):
         atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 

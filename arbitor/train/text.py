@@ -31,7 +31,8 @@ class TextConfig:
     text_data: Optional[str] = setting(None, "UTF-8 text file (default: the embedded Python standard-library "
                                              "docstring corpus)")
     vocab: str = setting("byte", "token vocabulary", choices=("byte", "char"))
-    max_chars: int = setting(0, "use only the first N characters of the text (0: all)", low=0)
+    max_chars: Optional[int] = setting(None, "use only the first N characters of the text (default: all)",
+                                       positive=True)
     val_fraction: float = setting(0.1, "tail of the text held out for validation", low=0.001, high=0.5,
                                   flag=False)
 

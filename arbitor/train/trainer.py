@@ -91,6 +91,8 @@ class Trainer:
         self.tokens_seen = 0
         self.updater = Updater(model, model.cfg.dense_lr)
         self.history: list[dict[str, Any]] = []
+        self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
+        self.inexact_resumes: list[dict] = []  # resumes that changed a result-changing setting (--inexact-resume)
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
         # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
@@ -241,6 +243,12 @@ class Trainer:
         """``_step_on`` for ``GraphedStep``: the batch arrives as its fields (static CUDA buffers)."""
         return self._step_on(self._batch_type(**fields), self.task.components)
 
+    def close(self) -> None:
+        """Release the run directory's lock (a finished run; the process exiting does it too)."""
+        if self.run_lock is not None:
+            self.run_lock.release(force=True)
+            self.run_lock = None
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -277,7 +285,8 @@ class Trainer:
         extra.update(optim)
         task = {"kind": self.task.kind, "config": self.task.config(), **self.task.checkpoint_state()}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
-                 "task": task, "preset": self.preset, "micro_batches_per_step": self.micro_per_step}
+                 "task": task, "preset": self.preset, "micro_batches_per_step": self.micro_per_step,
+                 "device_type": self.device.type, "inexact_resumes": self.inexact_resumes}
         save_checkpoint(path, self.model.state_dict(), self.model.cfg.to_dict(), state, extra,
                         {"optim_groups": groups})
         cfg_json = {"preset": self.preset, "model": self.model.cfg.to_dict(), "train": self.tcfg.to_dict(),
@@ -306,6 +315,7 @@ class Trainer:
                 f"{use} process(es) so the step stays the same")
         self.step = int(train_state["step"])
         self.tokens_seen = int(train_state["tokens_seen"])
+        self.inexact_resumes = list(train_state.get("inexact_resumes", []))
         self.updater.load_state_tensors(other, meta.get("optim_groups", "[]"), self.device)
 
     def plot(self) -> Optional[Path]:
