@@ -46,14 +46,20 @@ def _train(cwd: Path, run: str, resume: bool) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
-def trial(cwd: Path, run: str, window: float, rng: random.Random, ref: dict) -> dict:
+def trial(cwd: Path, run: str, window: float, rng: random.Random, ref: dict, target: str = "any") -> dict:
     d = cwd / "runs" / run
     p = subprocess.Popen([sys.executable, "-m", "arbitor", "train", *FLAGS, "--run", run], cwd=cwd, env=_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while not (d / CHECKPOINT_NAME).exists() and p.poll() is None and time.time() - t0 < 120:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, window))
+    if target == "write":      # wait for a checkpoint write to be under way, then kill inside it
+        t1 = time.time()
+        while not list(d.glob(".*.tmp")) and p.poll() is None and time.time() - t1 < 60:
+            pass
+        time.sleep(rng.uniform(0.0, 0.002))
+    else:
+        time.sleep(rng.uniform(0.0, window))
     finished = p.poll() is not None
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -83,13 +89,13 @@ def trial(cwd: Path, run: str, window: float, rng: random.Random, ref: dict) -> 
     return out
 
 
-def run_trials(n: int, window: float, seed: int, workdir: Path) -> dict:
+def run_trials(n: int, window: float, seed: int, workdir: Path, target: str = "any") -> dict:
     rng = random.Random(seed)
     proc = _train(workdir, "straight", resume=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     ref = load_checkpoint(workdir / "runs" / "straight" / CHECKPOINT_NAME)[0]
-    rows = [trial(workdir, f"k{i}", window, rng, ref) for i in range(n)]
+    rows = [trial(workdir, f"k{i}", window, rng, ref, target) for i in range(n)]
     return {"trials": rows}
 
 
@@ -111,21 +117,24 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--window", type=float, default=1.0, help="seconds after the first checkpoint to kill within")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", choices=("any", "write"), default="any",
+                    help="any: a random moment; write: inside a checkpoint write (its temp file exists)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "reliability"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_trials(args.trials, args.window, args.seed, Path(tmp))
+        res = run_trials(args.trials, args.window, args.seed, Path(tmp), args.target)
     res["summary"] = summarize(res["trials"])
     res["command"] = "PYTHONPATH=. python benchmarks/fault_injection.py " + " ".join(argv or sys.argv[1:])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu.json").write_text(json.dumps(res, indent=1))
+    name = "cpu" if args.target == "any" else f"cpu-{args.target}"
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     lines = ["# Fault injection (SIGKILL during training, CPU)", "", f"Command: `{res['command']}`", "",
              "| killed | kills | checkpoint loaded | no checkpoint yet | resumed bit-exact | failures |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {s['phase']} | {s['kills']} | {s['checkpoint_loaded']} | {s['no_checkpoint_yet']} | "
               f"{s['resumed_bit_exact']} | {s['failures']} |" for s in res["summary"]]
-    (out / "cpu.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if any(s["failures"] for s in res["summary"]) else 0
 
