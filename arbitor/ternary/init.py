@@ -20,7 +20,11 @@ import torch
 from .format import pack_ternary, packed_shape
 from .scale import E_MAX, E_MIN
 
-__all__ = ["draw_trits", "draw_exponents", "draw_packed_trits", "dense_scale_variance"]
+__all__ = ["draw_trits", "draw_exponents", "draw_packed_trits", "dense_scale_variance", "fit_ternary",
+           "FIT_THRESHOLDS"]
+
+# thresholds tried by fit_ternary, as multiples of each group's mean |w|
+FIT_THRESHOLDS = tuple(i / 16 for i in range(0, 25))
 
 # rows of T drawn (as float) at a time, so a 3B-weight model never materialises a whole float T
 _DRAW_ELEMS = 1 << 22
@@ -58,3 +62,47 @@ def draw_exponents(s2: float, rows: int, groups: int, gen: torch.Generator) -> t
 def dense_scale_variance(in_features: int, zero_fraction: float) -> float:
     """The ``S**2`` that gives a dense layer ``Var(W_eff) = 1 / in_features`` (module doc)."""
     return 1.0 / (in_features * (1.0 - zero_fraction))
+
+
+def fit_ternary(W: torch.Tensor, group_size: int, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(T int8 [N, K], E int8 [N, K // group_size])`` whose ``T * 2**E`` is closest to a float weight ``W [N, K]``.
+
+    Per scale group (``group_size`` consecutive entries of a row): for each threshold ``c`` in
+    ``FIT_THRESHOLDS`` (multiples of the group's mean ``|w|``), ``T = sign(w) * (|w| > c * mean|w|)``; the best
+    continuous scale for that ``T`` is the mean ``|w|`` over its non-zeros, and ``E`` is the better of the two
+    powers of two around it. The (threshold, exponent) pair with the smallest squared error wins -- an exact
+    search over 25 thresholds x 2 exponents, done on float32 row chunks. An all-zero group gets ``T = 0``.
+    """
+    if W.dim() != 2 or W.shape[1] % group_size:
+        raise ValueError(f"fit_ternary: W must be [N, K] with K divisible by group_size={group_size}, got "
+                         f"{tuple(W.shape)}")
+    N, K = W.shape
+    G = K // group_size
+    T_out = torch.empty(N, K, dtype=torch.int8)
+    E_out = torch.empty(N, G, dtype=torch.int8)
+    cs = torch.tensor(FIT_THRESHOLDS, dtype=torch.float32)
+    for r0 in range(0, N, rows_per_chunk):
+        w = W[r0:r0 + rows_per_chunk].detach().to("cpu", torch.float32).reshape(-1, G, group_size)
+        a = w.abs()
+        mean = a.mean(-1, keepdim=True)                                          # [R, G, 1]
+        best_err = torch.full(w.shape[:2], float("inf"))
+        best_t = torch.zeros_like(w, dtype=torch.int8)
+        best_e = torch.zeros(w.shape[:2], dtype=torch.int64)
+        total = (w * w).sum(-1)
+        for c in cs:
+            keep = a > c * mean                                                  # [R, G, gs]
+            nnz = keep.sum(-1)
+            s = (a * keep).sum(-1) / nnz.clamp_min(1)
+            lo = torch.floor(torch.log2(s.clamp_min(2.0 ** E_MIN))).clamp(E_MIN, E_MAX - 1)
+            for e in (lo, lo + 1):
+                sc = torch.exp2(e)
+                # ||w - T * sc||^2 = sum w^2 - 2 sc sum_{kept} |w| + nnz sc^2
+                err = total - 2 * sc * (a * keep).sum(-1) + nnz * sc * sc
+                err = torch.where(nnz > 0, err, total)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_e = torch.where(better, e.to(torch.int64), best_e)
+                best_t = torch.where(better[..., None], (torch.sign(w) * keep).to(torch.int8), best_t)
+        T_out[r0:r0 + w.shape[0]] = best_t.reshape(-1, K)
+        E_out[r0:r0 + w.shape[0]] = best_e.to(torch.int8)
+    return T_out, E_out

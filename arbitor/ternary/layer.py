@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from .config import TernaryConfig
-from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
-from .init import dense_scale_variance, draw_exponents, draw_packed_trits
+from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
+from .init import dense_scale_variance, draw_exponents, draw_packed_trits, fit_ternary
 from .ops.backend import TernaryOps, get_ops, requested_backend
 from .ops.linear import expand_weight
 from .rules import TernaryState, UpdateRule, make_rule
@@ -122,7 +122,7 @@ class TernaryScaleTensor(nn.Module):
                  update_rule: Union[str, UpdateRule] = "bigint", strength: Optional[float] = None,
                  zero_fraction: float = 1.0 / 3.0, ballot_prior: int = 0, seed: Optional[int] = None,
                  device: Optional[Union[torch.device, str]] = None, backend: Optional[str] = None,
-                 **rule_settings: Any) -> None:
+                 bias: bool = False, **rule_settings: Any) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
             raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
@@ -142,6 +142,7 @@ class TernaryScaleTensor(nn.Module):
         self.group_size = group_size
         self.n_groups = in_features // group_size
         self.zero_fraction = float(zero_fraction)
+        self._ballot_prior = ballot_prior
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.backend = requested_backend(backend) if backend is not None else None
         self._voting = True          # False: backward passes grad_x on but casts no ballot
@@ -175,6 +176,8 @@ class TernaryScaleTensor(nn.Module):
         self.register_buffer("nonfinite", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
         for name, buf in self.rule.buffers(out_features, in_features, self.seed, dev).items():
             self.register_buffer(name, buf)
+        # a frozen float bias (a converted nn.Linear's, convert/): a buffer, so still no trainable parameter
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=dev) if bias else None)
         self.register_state_dict_pre_hook(_refuse_pending_ballots)
 
     @classmethod
@@ -217,7 +220,8 @@ class TernaryScaleTensor(nn.Module):
                 # Votes are cast in backward, which autograd runs only if some input requires grad:
                 # an empty anchor makes the output part of the graph without computing grad_x.
                 anchor = self._anchor(x.device)
-        return _TernaryLinearFn.apply(x, anchor, self)
+        y = _TernaryLinearFn.apply(x, anchor, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _anchor(self, device: torch.device) -> torch.Tensor:
         """An empty leaf that requires grad, made once per device (so a compiled forward creates none)."""
@@ -365,6 +369,34 @@ class TernaryScaleTensor(nn.Module):
             buf.zero_()
         self._ballots_in_step = 0
 
+    @torch.no_grad()
+    def load_float_weight(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> float:
+        """Set ``T`` and ``E`` from a float weight ``[out_features, in_features]`` (``init.fit_ternary``: per group,
+        the ternary pattern and power-of-two scale closest to it), reset the votes (``corr_accum = 0``,
+        ``step_counter = ballot_prior``, so ``S = 2**E`` exactly) and copy ``bias`` into the frozen bias buffer.
+        Returns the relative error ``||W_eff - W|| / ||W||``."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"load_float_weight: weight must be [{self.out_features}, {self.in_features}], got "
+                             f"{tuple(weight.shape)}")
+        if self._dirty:
+            raise RuntimeError("load_float_weight: ballots are pending; call ternary_step() first")
+        T, E = fit_ternary(weight, self.group_size)
+        dev = self.T_packed.device
+        self.T_packed.copy_(pack_ternary(T).to(dev))
+        self.E.copy_(E.to(dev))
+        self.corr_accum.zero_()
+        prior = self.step_counter.new_tensor(self._ballot_prior)
+        self.step_counter.copy_(prior)
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("load_float_weight: this layer has no bias (build it with bias=True)")
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(f"load_float_weight: bias must be [{self.out_features}], got {tuple(bias.shape)}")
+            self.bias.copy_(bias.detach().to(self.bias.device, torch.float32))
+        w = weight.detach().to("cpu", torch.float32)
+        err = (self.effective_weight().cpu() - w).norm() / w.norm().clamp_min(1e-30)
+        return float(err)
+
     # --------------------------------------------------------------- views
     def scale(self) -> torch.Tensor:
         """Per-group scale ``S`` ``[out_features, n_groups]`` float32 (``scale.py``)."""
@@ -397,7 +429,7 @@ class TernaryScaleTensor(nn.Module):
         n_err = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        persistent = [n for n in self._buffers if n not in self._non_persistent_buffers_set]
+        persistent = [n for n, b in self._buffers.items() if b is not None and n not in self._non_persistent_buffers_set]
         if len(error_msgs) == n_err and all(prefix + n in state_dict for n in persistent):
             problem = self.validate_state()
             if problem:

@@ -1,0 +1,6 @@
+"""Bring your own model: ``ternarize`` a PyTorch / transformers model in place from its float weights, train
+it with integer state, ``export`` it as a float model anyone loads (or as arbitor's packed state)."""
+from .export import FORMATS, export, load_packed
+from .ternarize import ConversionReport, LayerReport, group_size_for, ternarize
+
+__all__ = ["ternarize", "export", "load_packed", "ConversionReport", "LayerReport", "group_size_for", "FORMATS"]
