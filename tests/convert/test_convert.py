@@ -62,8 +62,9 @@ def test_mlp_converts_keeps_its_function_trains_and_exports():
         losses.append(float(loss))
     assert min(losses[-5:]) < losses[0], losses
     fresh = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 4))
-    from safetensors.torch import load_file
     import tempfile
+
+    from safetensors.torch import load_file
     with tempfile.TemporaryDirectory() as d:
         fresh.load_state_dict(load_file(export(model, d)))
     with torch.no_grad():
@@ -73,7 +74,8 @@ def test_mlp_converts_keeps_its_function_trains_and_exports():
 
 def test_bad_layers_are_named_with_the_fix():
     model = nn.Sequential(nn.Linear(30, 8), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match=r"0 \(Linear 30->8\) has in_features=30, not a multiple of 4.*exclude=\['0'\]"):
+    msg = r"0 \(Linear 30->8\) has in_features=30, not a multiple of 4.*exclude=\['0'\]"
+    with pytest.raises(ValueError, match=msg):
         ternarize(model)
     report = ternarize(model, exclude=["0"])
     assert report.layers[0].status == "float (excluded)" and report.layers[1].status == "ternary"
