@@ -4,7 +4,8 @@
 * ``schedule.py``    -- the step-size schedule, a pure function of the step
 * ``components.py``  -- ``LossComponent`` and ballot routing
 * ``updater.py``     -- ``Updater``: the per-step update (ternary rules + AdamW for float baselines)
-* ``task.py``        -- ``Task``; ``text.py`` / ``multimodal.py`` its two implementations
+* ``task.py``        -- ``Task``; ``text.py`` / ``multimodal.py`` its two implementations, ``user.py`` your own
+* ``graph.py``, ``distributed.py`` -- the step as one CUDA graph; torchrun's process group
 * ``trainer.py``     -- ``Trainer``: the loop, evaluation, metrics, checkpoints, resume
 * ``run.py``         -- build or resume a run; load one for sampling
 * ``checkpoint.py``  -- the checkpoint file (atomic, verified)
@@ -19,7 +20,8 @@ from .task import Task
 from .text import TextConfig, TextTask, text_component
 from .trainer import Trainer
 from .updater import Updater
+from .user import UserTask
 
-__all__ = ["TrainConfig", "LossComponent", "route_ballots", "Updater", "Task", "TextConfig", "TextTask",
+__all__ = ["UserTask", "TrainConfig", "LossComponent", "route_ballots", "Updater", "Task", "TextConfig", "TextTask",
            "text_component", "MultimodalConfig", "MultimodalTask", "Trainer", "ModelSettings", "build_run",
            "load_run", "CHECKPOINT_NAME", "CheckpointError", "load_checkpoint", "save_checkpoint"]

@@ -89,7 +89,8 @@ class Trainer:
         self.preset = preset          # recorded in checkpoints
         self.step = 0
         self.tokens_seen = 0
-        self.updater = Updater(model, model.cfg.dense_lr)
+        # a user model (UserTask) has no arbitor config: AdamW's lr only matters to float baselines
+        self.updater = Updater(model, getattr(getattr(model, "cfg", None), "dense_lr", 1e-3))
         self.history: list[dict[str, Any]] = []
         self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
         self.inexact_resumes: list[dict] = []  # resumes that changed a result-changing setting (--inexact-resume)
@@ -110,7 +111,7 @@ class Trainer:
             if not task.fixed_step:
                 raise ValueError(f"cuda_graph needs a task that trains the same components every step "
                                  f"({task.kind!r} draws them per step); train without cuda_graph")
-            if tcfg.compile and getattr(model.cfg, "activation_checkpointing", False):
+            if tcfg.compile and getattr(getattr(model, "cfg", None), "activation_checkpointing", False):
                 raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
                                  "crosses the capture's stream); drop compile or activation_checkpointing")
             if tcfg.schedule != "constant":
@@ -268,6 +269,7 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if self.run_dir is not None and self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self._metrics_path(), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -287,9 +289,11 @@ class Trainer:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
                  "task": task, "preset": self.preset, "micro_batches_per_step": self.micro_per_step,
                  "device_type": self.device.type, "inexact_resumes": self.inexact_resumes}
-        save_checkpoint(path, self.model.state_dict(), self.model.cfg.to_dict(), state, extra,
+        cfg = getattr(self.model, "cfg", None)
+        model_cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else {}      # a user model has none
+        save_checkpoint(path, self.model.state_dict(), model_cfg, state, extra,
                         {"optim_groups": groups})
-        cfg_json = {"preset": self.preset, "model": self.model.cfg.to_dict(), "train": self.tcfg.to_dict(),
+        cfg_json = {"preset": self.preset, "model": model_cfg, "train": self.tcfg.to_dict(),
                     "task": task, "step": self.step}
         atomic_write_bytes(self.run_dir / "config.json", json.dumps(cfg_json, indent=2).encode())
         return path
