@@ -93,6 +93,7 @@ class Trainer:
         self.updater = Updater(model, getattr(getattr(model, "cfg", None), "dense_lr", 1e-3))
         self.history: list[dict[str, Any]] = []
         self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
+        self._tb = None                    # the TensorBoard writer (None: not made yet; False: not installed)
         self.inexact_resumes: list[dict] = []  # resumes that changed a result-changing setting (--inexact-resume)
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
@@ -249,6 +250,9 @@ class Trainer:
         if self.run_lock is not None:
             self.run_lock.release(force=True)
             self.run_lock = None
+        if self._tb:
+            self._tb.close()
+            self._tb = None
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -266,10 +270,28 @@ class Trainer:
     def _metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
 
+    def _tensorboard(self):
+        """A ``SummaryWriter`` on ``<run>/tensorboard`` when tensorboard is installed, else None (made once)."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            except ImportError:           # tensorboard not installed: metrics.jsonl and loss.png only
+                self._tb = False
+        return self._tb or None
+
     def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the history and ``metrics.jsonl``; its numbers also go to TensorBoard when it is
+        installed (``<run>/tensorboard``, one scalar per key at ``record["step"]``). Rank 0 only."""
         self.history.append(record)
         if self.run_dir is not None and self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            tb = self._tensorboard()
+            if tb is not None:
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        tb.add_scalar(key, value, record["step"])
+                tb.flush()
             with open(self._metrics_path(), "a") as f:
                 f.write(json.dumps(record) + "\n")
 

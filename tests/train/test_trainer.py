@@ -174,3 +174,30 @@ def test_trainer_applies_the_schedule_to_rates_and_lr(rule, fields):
         else:
             layers = [m for m in tr.model.modules() if isinstance(m, TernaryScaleTensor)]
             assert layers and all(m.rule.rate == cfg.ternary.counter_rate * f for m in layers)
+
+
+def test_metrics_go_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    """With tensorboard importable, every numeric field of every record is an add_scalar at its step (a
+    stand-in SummaryWriter records the calls; tensorboard itself is not a test dependency)."""
+    import sys
+    import types
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            calls.append((key, value, step))
+
+        def flush(self):
+            pass
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    from arbitor.train import build_run
+    tr = build_run("text", TrainConfig(steps=2, batch=2, ctx=16, eval_interval=0, log_interval=1),
+                   TextConfig(text_data=TEXT, max_chars=20_000), run_dir=tmp_path / "r")
+    tr.fit(progress=False)
+    assert calls[0] == ("dir", str(tmp_path / "r" / "tensorboard"))
+    keys = {c[0] for c in calls[1:]}
+    assert {"val_loss", "loss", "tokens_per_s", "loss/text"} <= keys
+    assert ("loss", tr.history[1]["loss"], 1) in calls
