@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..ternary.embedding import SparseTernaryEmbedding
 from ..ternary.layer import TernaryScaleTensor
 from .ternarize import ternarize
 
@@ -32,8 +33,8 @@ __all__ = ["export", "load_packed", "FORMATS"]
 FORMATS = ("dense", "packed")
 
 
-def _ternary_modules(model: nn.Module) -> dict[str, TernaryScaleTensor]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, TernaryScaleTensor)}
+def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryScaleTensor, SparseTernaryEmbedding))}
 
 
 @torch.no_grad()
@@ -50,8 +51,8 @@ def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> P
     if any(m.dirty for m in ternary.values()):
         raise RuntimeError("export: ballots are pending; call ternary_step(model) first")
     if format == "packed":
-        layers = {n: {"in_features": m.in_features, "out_features": m.out_features, "group_size": m.group_size,
-                      "update_rule": m.update_rule, "settings": m.rule.settings(), "strength": m.strength,
+        layers = {n: {"group_size": m.group_size, "update_rule": m.update_rule,
+                      "settings": m.rule.settings() if hasattr(m, "rule") else {}, "strength": m.strength,
                       "converted_from": getattr(m, "converted_from", None)} for n, m in ternary.items()}
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         file = out / "arbitor-packed.safetensors"
@@ -63,6 +64,10 @@ def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> P
         if not k.startswith(prefixes):
             tensors[k] = v.detach().cpu().contiguous().clone()        # clone: tied tensors are saved once each
     for name, m in ternary.items():
+        if isinstance(m, SparseTernaryEmbedding):
+            rows = torch.arange(m.num_embeddings, device=m.T_packed.device)
+            tensors[f"{name}.weight"] = m.rows_weight(rows).to(torch.bfloat16).cpu().contiguous()
+            continue
         w = m.effective_weight(torch.bfloat16).cpu()
         if getattr(m, "converted_from", None) == "Conv1D":
             w = w.t()
@@ -92,8 +97,10 @@ def load_packed(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     layers = json.loads(meta["layers"])
     for name, spec in layers.items():
         ternarize(model, include=[name], group_size=spec["group_size"], update_rule=spec["update_rule"],
-                  strength=spec["strength"], tied="untie", **spec["settings"])
-    missing = [n for n in layers if not isinstance(model.get_submodule(n), TernaryScaleTensor)]
+                  strength=spec["strength"], tied="untie", embeddings=spec["converted_from"] == "Embedding",
+                  **spec["settings"])
+    missing = [n for n in layers
+               if not isinstance(model.get_submodule(n), (TernaryScaleTensor, SparseTernaryEmbedding))]
     if missing:
         raise ValueError(f"load_packed: the model has no convertible module {missing[0]!r}: not the exported "
                          "architecture")

@@ -16,6 +16,10 @@ Rules (each reported, never silent):
   embedding) stays float and frozen by default (``tied="skip"``): converting it would untie the two;
   ``tied="untie"`` converts it and leaves the other module its float copy.
 * **include / exclude** -- ``fnmatch`` patterns on module names (``exclude=["lm_head"]``).
+* **embeddings** (``embeddings=True``) -- each ``nn.Embedding`` becomes a ``SparseTernaryEmbedding`` (the
+  ``bigint`` table: per-row ballots, trained on the rows a batch touches) fitted the same way; its output is
+  float32 and ``padding_idx`` / ``max_norm`` are not kept (reported). Off by default: an embedding is a
+  lookup, cheap in float, and often tied to the head.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+from ..ternary.embedding import SparseTernaryEmbedding
 from ..ternary.layer import TernaryScaleTensor
 
 __all__ = ["ternarize", "ConversionReport", "LayerReport", "group_size_for", "CONVERTIBLE"]
@@ -52,7 +57,7 @@ class ConversionReport:
 
     @property
     def converted(self) -> list[LayerReport]:
-        return [r for r in self.layers if r.status == "ternary"]
+        return [r for r in self.layers if r.status.startswith("ternary")]
 
     def format(self) -> str:
         """A table: module, kind, shape, group size, relative error of ``T * S`` against the float weight."""
@@ -85,7 +90,8 @@ def group_size_for(in_features: int, group_size: int) -> Optional[int]:
 
 
 def _weight_of(module: nn.Module) -> tuple[torch.Tensor, str]:
-    """``(W [out, in], kind)``: Conv1D stores its weight transposed."""
+    """``(W [out, in], kind)``: Conv1D stores its weight transposed; an Embedding's ``[num, dim]`` reads as
+    ``out = num`` rows of ``in = dim``."""
     kind = type(module).__name__
     return (module.weight.t() if kind == "Conv1D" else module.weight), kind
 
@@ -98,7 +104,7 @@ def _matches(name: str, patterns: Optional[Iterable[str]]) -> bool:
 def ternarize(model: nn.Module, *, group_size: int = 64, update_rule: str = "bigint",
               include: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, tied: str = "skip",
               strength: Optional[float] = None, ballot_prior: int = 8, backend: Optional[str] = None,
-              **rule_settings: Any) -> ConversionReport:
+              embeddings: bool = False, **rule_settings: Any) -> ConversionReport:
     """Replace ``model``'s ``Linear`` / ``Conv1D`` modules by ternary layers fitted to their weights, freeze every
     remaining parameter, and return the per-layer report (module doc). ``update_rule`` and ``rule_settings``
     (``counter_bits``, ``counter_rate``) configure the new layers."""
@@ -109,7 +115,8 @@ def ternarize(model: nn.Module, *, group_size: int = 64, update_rule: str = "big
         for pname, p in mod.named_parameters(recurse=False, remove_duplicate=False):
             owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
     rows: list[LayerReport] = []
-    targets = [(n, m) for n, m in model.named_modules() if type(m).__name__ in CONVERTIBLE and n]
+    kinds = CONVERTIBLE + (("Embedding",) if embeddings else ())
+    targets = [(n, m) for n, m in model.named_modules() if type(m).__name__ in kinds and n]
     for index, (name, module) in enumerate(targets):
         W, kind = _weight_of(module)
         shape = (int(W.shape[0]), int(W.shape[1]))
@@ -124,6 +131,17 @@ def ternarize(model: nn.Module, *, group_size: int = 64, update_rule: str = "big
         if g is None:
             raise ValueError(f"ternarize: {name} ({kind} {shape[1]}->{shape[0]}) has in_features={shape[1]}, not a "
                              f"multiple of 4, so no scale group fits; pass exclude=[{name!r}] to keep it float")
+        if kind == "Embedding":
+            table = SparseTernaryEmbedding(shape[0], shape[1], g, update_rule="bigint", strength=strength,
+                                           ballot_prior=ballot_prior, seed=index, device=W.device)
+            err = table.load_float_weight(W)
+            table.converted_from = kind
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], table)
+            dropped = [a for a in ("padding_idx", "max_norm") if getattr(module, a, None) is not None]
+            status = "ternary" + (f" ({', '.join(dropped)} not kept)" if dropped else "")
+            rows.append(LayerReport(name, kind, shape, status, g, err))
+            continue
         has_bias = getattr(module, "bias", None) is not None
         layer = TernaryScaleTensor(shape[1], shape[0], g, update_rule=update_rule, strength=strength,
                                    ballot_prior=ballot_prior, seed=index, device=W.device, backend=backend,

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
-from .init import draw_exponents, draw_trits
+from .init import draw_exponents, draw_trits, fit_ternary
 from .ops.votes import group_votes
 from .scale import E_MAX, E_MIN, bigint_scale, check_strength, default_strength
 
@@ -145,6 +145,7 @@ class SparseTernaryEmbedding(nn.Module):
         self.zero_fraction = float(zero_fraction)
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.t_threshold, self.e_threshold = t_threshold, e_threshold
+        self._ballot_prior = ballot_prior
         self.dense = num_embeddings * dim <= DENSE_TABLE_ELEMS  # see DENSE_TABLE_ELEMS
         self._voting = True
         self._anchors: dict = {}
@@ -178,6 +179,28 @@ class SparseTernaryEmbedding(nn.Module):
     # ------------------------------------------------------------------ weights
     def logical_ternary_weights(self) -> int:
         return self.num_embeddings * self.dim
+
+    @torch.no_grad()
+    def load_float_weight(self, weight: torch.Tensor) -> float:
+        """Set ``T`` and ``E`` from a float table ``[num_embeddings, dim]`` (``init.fit_ternary``), reset the votes
+        and counters; returns the relative error of ``T * S`` against it (``convert/``)."""
+        if tuple(weight.shape) != (self.num_embeddings, self.dim):
+            raise ValueError(f"load_float_weight: weight must be [{self.num_embeddings}, {self.dim}], got "
+                             f"{tuple(weight.shape)}")
+        if self._dirty:
+            raise RuntimeError("load_float_weight: ballots are pending; call ternary_step() first")
+        T, E = fit_ternary(weight, self.group_size)
+        dev = self.T_packed.device
+        self.T_packed.copy_(pack_ternary(T).to(dev))
+        self.E.copy_(E.to(dev))
+        for name in ("corr_accum", "T_accum", "E_accum"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).zero_()
+        if self.update_rule == "bigint":
+            self.step_counter.fill_(self._ballot_prior)
+        rows = torch.arange(self.num_embeddings, device=dev)
+        w = weight.detach().to("cpu", torch.float32)
+        return float((self.rows_weight(rows).cpu() - w).norm() / w.norm().clamp_min(1e-30))
 
     def rows_scale(self, rows: torch.Tensor) -> torch.Tensor:
         """``S`` of the given rows: float32 ``[len(rows), n_groups]``."""

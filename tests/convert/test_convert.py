@@ -196,3 +196,37 @@ def test_arbitor_trainer_on_a_converted_model_resumes_bit_exactly(tmp_path):
     resumed.fit(progress=False)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_llama_with_embeddings_converted(tmp_path):
+    """embeddings=True: the token table becomes a SparseTernaryEmbedding too; trains, exports, reloads, packs."""
+    from arbitor.ternary import SparseTernaryEmbedding
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    report = ternarize(model, group_size=32, embeddings=True)
+    assert isinstance(model.model.embed_tokens, SparseTernaryEmbedding)
+    assert report.layers[0].name == "model.embed_tokens" and 0 < report.layers[0].rel_error < 0.6
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 0
+    data = _tokens(8 * 33, 64).view(8, 33)
+    losses = []
+    for _ in range(10):
+        loss = model(input_ids=data[:, :-1], labels=data[:, :-1]).loss
+        loss.backward()
+        arbitor.ternary_step(model)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    assert model.model.embed_tokens.corr_accum.abs().sum() > 0          # the table voted
+    model.eval()
+    export(model, tmp_path / "dense")
+    fresh = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "dense").eval()
+    with torch.no_grad():
+        a, b = model(input_ids=data[:2, :-1]).logits, fresh(input_ids=data[:2, :-1]).logits
+    assert torch.allclose(a, b.float(), rtol=3e-2, atol=3e-2), (a - b).abs().max()
+    export(model, tmp_path / "packed", format="packed")
+    torch.manual_seed(1)
+    copy = load_packed(transformers.LlamaForCausalLM(cfg), tmp_path / "packed")
+    sa, sb = model.state_dict(), copy.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
