@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .triton_common import mix32u
 
-__all__ = ["counter_step_kernel", "counter_block_triton_", "row_scale_kernel", "row_scale_triton",
+__all__ = ["counter_step_kernel", "counter_block_triton_", "counter_gather_kernel", "counter_gather_block_triton_", "row_scale_kernel", "row_scale_triton",
            "count_ballot_kernel", "count_ballot_triton_"]
 
 
@@ -107,6 +107,48 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     cbytes = tl.sum(tl.reshape(cn << ((k % PER) * BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
     bc = pid_k * KC + tl.arange(0, KC)
     tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8), mask=r_mask[:, None] & (bc < CB)[None, :])
+
+
+@triton.jit
+def counter_gather_kernel(gw_ptr, scale_ptr, t_ptr, vote_ptr, move_ptr, key_ptr, ballot_ptr, bad_ptr, rows, K, KB,
+                          G, row0, stride_g, CAP: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    """The step-boundary twin of ``counter_step_kernel`` (``ops/gather.py``): the same votes and draws, but the
+    votes go into ``vote_sum`` and each weight's move ``-sign(g) * min(floor(a + u), CAP)`` into ``move_sum``
+    (int8); the trits and counters are not touched. The draw is keyed by the ballot's global index
+    (``ballot_ptr``: ``step_counter + slot``)."""
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = tl.load(bad_ptr) == 0
+    r_mask = (r < rows) & ok
+    k_mask = k < K
+    mask = r_mask[:, None] & k_mask[None, :]
+    r64 = r.to(tl.int64)
+    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
+    tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
+    code = (tb >> ((k % 4) * 2)[None, :]) & 3
+    t = (code & 1) - (code >> 1)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+    NG: tl.constexpr = BLOCK_K // GS
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    gi = pid_k * NG + tl.arange(0, NG)
+    g_mask = r_mask[:, None] & (gi < G)[None, :]
+    v_offs = r64[:, None] * G + gi[None, :]
+    tl.store(vote_ptr + v_offs, tl.load(vote_ptr + v_offs, mask=g_mask, other=0) + vote.to(tl.int64), mask=g_mask)
+    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
+    key = tl.load(key_ptr).to(tl.int64)
+    ballot = tl.load(ballot_ptr).to(tl.int64)
+    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot)
+                  ^ mix32u(_lo32(ballot >> 32)))
+    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
+    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
+    steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None] + u), CAP).to(tl.int32)
+    m_offs = r64[:, None] * K + k[None, :]
+    old = tl.load(move_ptr + m_offs, mask=mask, other=0).to(tl.int32)
+    tl.store(move_ptr + m_offs, (old - sgn * steps).to(tl.int8), mask=mask)
 
 
 @triton.jit
@@ -185,3 +227,23 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
                               T_packed.shape[1], C_packed.shape[1], corr_accum.shape[1], row0, gw.stride(0),
                               BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
+
+
+def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, vote_sum: torch.Tensor,
+                                 move_sum: torch.Tensor, hash_key: torch.Tensor, ballot: torch.Tensor, bad: torch.Tensor,
+                                 row0: int, in_features: int, group_size: int, cap: int) -> None:
+    """Launch ``counter_gather_kernel`` on one row block (the contract of ``gather.counter_gather_block_torch_``)."""
+    rows, K = gw.shape
+    for name, tsr in (("scale", scale), ("T_packed", T_packed), ("vote_sum", vote_sum), ("move_sum", move_sum)):
+        if not tsr.is_contiguous():
+            raise ValueError(f"counter_gather_block_triton_: {name} must be contiguous")
+        if tsr.device != gw.device:
+            raise RuntimeError(f"counter_gather_block_triton_: {name} is on {tsr.device}, grad_W on {gw.device}")
+    if gw.stride(1) != 1:
+        raise ValueError("counter_gather_block_triton_: grad_W rows must be contiguous")
+    block_k = max(128, group_size)
+    block_r = max(1, 2048 // block_k)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
+    counter_gather_kernel[grid](gw, scale, T_packed, vote_sum, move_sum, hash_key, ballot, bad, rows, K,
+                                T_packed.shape[1], vote_sum.shape[1], row0, gw.stride(0), CAP=cap, GS=group_size,
+                                BLOCK_R=block_r, BLOCK_K=block_k)

@@ -19,20 +19,21 @@ the mode is set, from the most ballots a step may hold, ``max_ballots``):
   3L - 1)`` once -- where the online rule clamps after every ballot.
 
 The ballot counts (``pending``, ``nonfinite``) are summed the same way. The torch functions here serve
-every backend (on CUDA the ``bigint`` gather reuses the op table's fast vote op; the ``counter`` gather runs
-these torch ops: no fused kernel yet).
+every backend; on CUDA the ``bigint`` gather reuses the op table's fast vote op and the ``counter`` gather runs
+``counter_triton.counter_gather_kernel`` on cuBLAS ``grad_W`` chunks (``impl="triton"``), tested equal to
+``counter_gather_block_torch_`` integer for integer under the interpreter.
 """
 from __future__ import annotations
 
 import torch
 
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
-from .blocks import row_blocks
+from .blocks import gradw_chunk_rows, row_blocks
 from .counter import counter_step_scale
 from .hashing import hash_base, uniform_from_base
 from .votes import ballot_ok, count_ballot_, group_votes
 
-__all__ = ["move_cap", "counter_gather_", "apply_moves_"]
+__all__ = ["move_cap", "counter_gather_", "counter_gather_block_torch_", "apply_moves_"]
 
 INT8_MAX = 127
 
@@ -45,9 +46,30 @@ def move_cap(bits: int, max_ballots: int) -> int:
     return min(3 * (1 << bits) - 1, INT8_MAX // max_ballots)
 
 
+def counter_gather_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,
+                                vote_sum: torch.Tensor, move_sum: torch.Tensor, hash_key: torch.Tensor,
+                                ballot: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int, group_size: int,
+                                cap: int) -> None:
+    """One row block of a ``counter`` gather, plain torch (the reference of ``counter_gather_block_triton_``).
+
+    ``gw [rows, K]`` float block of ``grad_W``; ``scale [rows]`` float32 ``rate / rms``; ``T_packed``, ``vote_sum``
+    (int64), ``move_sum`` (int8) the block's rows; ``ballot`` the ballot's global index (int64 0-d, its hash);
+    ``bad`` 0-d, nonzero: gather nothing; ``row0`` the block's first row in the layer (the hash index is global).
+    """
+    ok = bad == 0
+    gw = gw.to(torch.float32)
+    t = unpack_ternary(T_packed, in_features)
+    vote_sum += group_votes(gw, t, group_size) * ok
+    u = uniform_from_base(hash_base(hash_key, ballot), row0, row0 + gw.shape[0], in_features, gw.device)
+    steps = torch.floor(gw.abs() * scale[:, None] + u).clamp_(max=cap)
+    move = (-torch.sign(gw) * steps).to(torch.int8)
+    move_sum += torch.where(ok, move, torch.zeros_like(move))
+
+
 def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, vote_sum: torch.Tensor,
                     move_sum: torch.Tensor, ballot: torch.Tensor, pending: torch.Tensor, nonfinite: torch.Tensor,
-                    hash_key: torch.Tensor, in_features: int, group_size: int, rate: float, cap: int) -> None:
+                    hash_key: torch.Tensor, in_features: int, group_size: int, rate: float, cap: int,
+                    impl: str = "torch") -> None:
     """Gather one ``counter`` ballot (module doc).
 
     Args:
@@ -57,21 +79,40 @@ def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         move_sum: int8 ``[out_features, in_features]``, the capped moves are added.
         ballot: int64 0-d, the ballot's global index (its hash); pending, nonfinite: int64 0-d counters.
         hash_key: the layer's int64 0-d key; rate: rungs per unit of row-RMS gradient; cap: ``move_cap``.
+        impl: ``"torch"`` (float32 ``grad_W`` row blocks, this module) or ``"triton"`` (``grad_W`` chunks by
+            cuBLAS in the activations' dtype, ``counter_triton.counter_gather_kernel``), as ``counter_ballot_``.
     """
+    n_out = T_packed.shape[0]
+    if impl == "triton":
+        from .counter_triton import count_ballot_triton_, counter_gather_block_triton_, row_scale_triton
+        gy = grad_y.to(x.dtype)
+        step = gradw_chunk_rows(n_out, in_features)
+        fused_flag = x.dtype != torch.float32 and step >= n_out
+        bad = (torch.zeros((), dtype=torch.int32, device=x.device) if fused_flag
+               else (~ballot_ok(grad_y, x)).to(torch.int32))
+        for n0 in range(0, n_out, step):
+            n1 = min(n_out, n0 + step)
+            gw = gy[:, n0:n1].t() @ x
+            if fused_flag:
+                scale = row_scale_triton(gw, rate, bad)
+            else:
+                gw = gw.to(torch.float32).contiguous()
+                scale = counter_step_scale(gw, rate)
+            counter_gather_block_triton_(gw, scale, T_packed[n0:n1], vote_sum[n0:n1], move_sum[n0:n1], hash_key,
+                                         ballot, bad, n0, in_features, group_size, cap)
+        count_ballot_triton_(bad, pending, nonfinite)
+        return
+    if impl != "torch":
+        raise ValueError(f"counter_gather_: impl must be 'torch' or 'triton', got {impl!r}")
     ok = ballot_ok(grad_y, x)
-    okl = ok.to(torch.int64)
+    bad = (~ok).to(torch.int32)
     gy = grad_y.to(torch.float32)
     xf = x.to(torch.float32)
-    base = hash_base(hash_key, ballot)
-    for n0, n1 in row_blocks(T_packed.shape[0], in_features):
+    for n0, n1 in row_blocks(n_out, in_features):
         gw = gy[:, n0:n1].t() @ xf
-        gw = torch.where(ok, gw, torch.zeros((), dtype=gw.dtype, device=gw.device))  # a NaN ballot moves nothing
-        t = unpack_ternary(T_packed[n0:n1], in_features)
-        vote_sum[n0:n1] += group_votes(gw, t, group_size) * okl
-        u = uniform_from_base(base, n0, n1, in_features, gw.device)
-        steps = torch.floor(gw.abs() * counter_step_scale(gw, rate)[:, None] + u).clamp_(max=cap)
-        move = (-torch.sign(gw) * steps).to(torch.int8) * okl.to(torch.int8)
-        move_sum[n0:n1] += move
+        gw = torch.where(ok, gw, torch.zeros((), dtype=gw.dtype, device=gw.device))   # no NaN reaches a sum
+        counter_gather_block_torch_(gw, counter_step_scale(gw, rate), T_packed[n0:n1], vote_sum[n0:n1],
+                                    move_sum[n0:n1], hash_key, ballot, bad, n0, in_features, group_size, cap)
     count_ballot_(ok, pending, nonfinite)
 
 

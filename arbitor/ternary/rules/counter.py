@@ -98,7 +98,7 @@ class CounterRule(UpdateRule):
                ops: Any, ballot: torch.Tensor) -> None:
         counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
                         state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, self.rate,
-                        self._cap)
+                        self._cap, impl="triton" if ops.name == "triton" else "torch")
 
     def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
         super().apply_gathered(state, gathered)
