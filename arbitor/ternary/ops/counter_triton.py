@@ -21,8 +21,8 @@ with ~50 torch kernels:
 Nothing is written when the ballot's ``bad`` flag (a device scalar: some ``grad_W`` entry not finite) is up.
 ``row_scale_kernel`` computes the per-row step scale and that flag in one read of a 16-bit ``grad_W`` chunk;
 ``count_ballot_kernel`` counts the ballot afterwards (``pending`` or ``nonfinite``) -- so a GPU ballot is
-one cuBLAS GEMM and three launches, with nothing read back to the host. Everything after ``grad_W`` and the scale is integer or exactly-rounded fp32, so the result
-equals the torch reference bit for bit on the CPU interpreter; on a GPU the compiler may
+one cuBLAS GEMM and three launches, with nothing read back to the host. Everything after ``grad_W`` and
+the scale is integer or exactly-rounded fp32, so the result equals the torch reference bit for bit on the CPU interpreter; on a GPU the compiler may
 fuse ``|g| * scale + u`` into one FMA, which can move a weight whose ``a + u`` lies within one
 rounding of an integer.
 """
@@ -34,8 +34,8 @@ import triton.language as tl
 
 from .triton_common import mix32u
 
-__all__ = ["counter_step_kernel", "counter_block_triton_", "counter_gather_kernel", "counter_gather_block_triton_", "row_scale_kernel", "row_scale_triton",
-           "count_ballot_kernel", "count_ballot_triton_"]
+__all__ = ["counter_step_kernel", "counter_block_triton_", "counter_gather_kernel", "counter_gather_block_triton_",
+           "row_scale_kernel", "row_scale_triton", "count_ballot_kernel", "count_ballot_triton_"]
 
 
 @triton.jit
@@ -229,8 +229,8 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
                               BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
 
 
-def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, vote_sum: torch.Tensor,
-                                 move_sum: torch.Tensor, hash_key: torch.Tensor, ballot: torch.Tensor, bad: torch.Tensor,
+def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,
+                                 vote_sum: torch.Tensor, move_sum: torch.Tensor, hash_key: torch.Tensor, ballot: torch.Tensor, bad: torch.Tensor,
                                  row0: int, in_features: int, group_size: int, cap: int) -> None:
     """Launch ``counter_gather_kernel`` on one row block (the contract of ``gather.counter_gather_block_torch_``)."""
     rows, K = gw.shape
