@@ -23,8 +23,8 @@ Nothing is written when the ballot's ``bad`` flag (a device scalar: some ``grad_
 ``count_ballot_kernel`` counts the ballot afterwards (``pending`` or ``nonfinite``) -- so a GPU ballot is
 one cuBLAS GEMM and three launches, with nothing read back to the host. Everything after ``grad_W`` and
 the scale is integer or exactly-rounded fp32, so the result equals the torch reference bit for bit on the
-CPU interpreter; on a GPU the compiler may fuse ``|g| * scale + u`` into one FMA, which can move a weight whose ``a + u`` lies within one
-rounding of an integer.
+CPU interpreter; on a GPU the compiler may fuse ``|g| * scale + u`` into one FMA, which can move a weight
+whose ``a + u`` lies within one rounding of an integer.
 """
 from __future__ import annotations
 
@@ -231,7 +231,8 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
 
 def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,
                                  vote_sum: torch.Tensor, move_sum: torch.Tensor, hash_key: torch.Tensor,
-                                 ballot: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int, group_size: int, cap: int) -> None:
+                                 ballot: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int,
+                                 group_size: int, cap: int) -> None:
     """Launch ``counter_gather_kernel`` on one row block (the contract of ``gather.counter_gather_block_torch_``)."""
     rows, K = gw.shape
     for name, tsr in (("scale", scale), ("T_packed", T_packed), ("vote_sum", vote_sum), ("move_sum", move_sum)):
