@@ -230,3 +230,17 @@ def test_llama_with_embeddings_converted(tmp_path):
     copy = load_packed(transformers.LlamaForCausalLM(cfg), tmp_path / "packed")
     sa, sb = model.state_dict(), copy.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_transformers_generate_runs_on_a_converted_model():
+    """transformers' own generate() drives the converted layers (greedy: the same tokens twice)."""
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ternarize(model, group_size=32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    a = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    b = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert a.shape == (1, 10) and torch.equal(a, b)
