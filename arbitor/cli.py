@@ -118,7 +118,12 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     try:
         result = trainer.fit(progress=not args.no_progress)
     except PeerError as exc:
-        raise UserError(_one_line(exc)) from None
+        trainer.close()           # the run directory's lock
+        # a lost peer leaves collectives that can never finish: tearing the process group down can hang or abort
+        # (NCCL), so say it in one line and leave at once; the checkpoint on disk is the last complete one
+        print(f"arbitor: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     finally:
         trainer.close()           # the run directory's lock
     saved = "" if tcfg.no_save else f", {run_dir}/checkpoint.safetensors"

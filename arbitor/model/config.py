@@ -114,6 +114,13 @@ class ModelConfig:
         need(isinstance(self.loss_chunk_tokens, int) and self.loss_chunk_tokens >= 0,
              f"loss_chunk_tokens must be a non-negative int, got {self.loss_chunk_tokens!r}")
 
+    def ballots_per_pass(self, tokens: int) -> int:
+        """Ballots one ternary module casts at most in one backward pass over ``tokens`` tokens: a chunked text loss
+        runs the head once per ``loss_chunk_tokens`` chunk, and each chunk's backward is one ballot of the head
+        (``decoders.py``). Step-boundary training reserves this many ballot slots per pass."""
+        chunk = self.loss_chunk_tokens
+        return -(-tokens // chunk) if chunk and tokens > chunk else 1
+
     @property
     def mlp_hidden(self) -> int:
         return self.mlp_mult * self.d_model

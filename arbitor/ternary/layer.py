@@ -244,7 +244,11 @@ class TernaryScaleTensor(nn.Module):
             raise RuntimeError(f"TernaryScaleTensor: more than max_ballots={self._max_ballots} ballots in one step "
                                "(step-boundary mode); call ternary_step() or raise max_ballots")
         slot = self._slot if self._slot is not None else self._slot_base + self._ballots_in_step
-        self._slot = None
+        if slot >= self._max_ballots:
+            raise RuntimeError(f"TernaryScaleTensor: ballot slot {slot} >= max_ballots={self._max_ballots} (step-boundary "
+                               "mode): a micro-batch casts more ballots than its passes allow -- a chunked loss casts "
+                               "one per chunk (ModelConfig.ballots_per_pass)")
+        self._slot = slot + 1        # a second ballot of the same pass (the next loss chunk) takes the next slot
         self.rule.gather(self._state(), self.gathered(), grad_y, x, ops, self.step_counter + slot)
         self._ballots_in_step += 1
         if self._ballot_hook is not None:
@@ -358,6 +362,7 @@ class TernaryScaleTensor(nn.Module):
             for buf in gathered.values():
                 buf.zero_()
             self._ballots_in_step = 0
+            self._slot = None
         self.rule.fold(self._state())
         return 1
 
@@ -368,6 +373,7 @@ class TernaryScaleTensor(nn.Module):
         for buf in self.gathered().values():
             buf.zero_()
         self._ballots_in_step = 0
+        self._slot = None
 
     @torch.no_grad()
     def load_float_weight(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> float:
@@ -393,8 +399,8 @@ class TernaryScaleTensor(nn.Module):
             if tuple(bias.shape) != (self.out_features,):
                 raise ValueError(f"load_float_weight: bias must be [{self.out_features}], got {tuple(bias.shape)}")
             self.bias.copy_(bias.detach().to(self.bias.device, torch.float32))
-        w = weight.detach().to("cpu", torch.float32)
-        err = (self.effective_weight().cpu() - w).norm() / w.norm().clamp_min(1e-30)
+        w = weight.detach().to(dev, torch.float32)
+        err = (self.effective_weight() - w).norm() / w.norm().clamp_min(1e-30)
         return float(err)
 
     # --------------------------------------------------------------- views

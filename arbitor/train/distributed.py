@@ -31,6 +31,9 @@ def init_from_env(device: Optional[str], timeout_s: float) -> Optional[str]:
                              "process (torchrun --nproc-per-node <= GPUs)")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
+        # host-blocking waits: a collective whose peer died raises after the timeout (PeerError, one line)
+        # instead of leaving the stream blocked until NCCL's watchdog aborts the process (seen on 2 x H200)
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return device if use_cuda else (device or "cpu")
 

@@ -101,8 +101,12 @@ class Trainer:
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.micro_per_step = tcfg.grad_accum * self.world
         self.sync: Optional[TernaryDataParallel] = None
+        # ballot slots per micro-batch: the task's backward passes x the ballots one pass casts (loss chunks)
+        cfg = getattr(model, "cfg", None)
+        self.chunk_ballots = cfg.ballots_per_pass(tcfg.batch * tcfg.ctx) if hasattr(cfg, "ballots_per_pass") else 1
         if self.micro_per_step > 1:
-            self.sync = TernaryDataParallel(self.model, micro_batches=tcfg.grad_accum, passes=task.passes,
+            self.sync = TernaryDataParallel(self.model, micro_batches=tcfg.grad_accum,
+                                            passes=task.passes * self.chunk_ballots,
                                             check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout)
         self.graphed: Optional[GraphedStep] = None
         if tcfg.cuda_graph and self.micro_per_step > 1:
@@ -184,7 +188,8 @@ class Trainer:
         that order, so the reported loss is bit-identical for any split of the same micro-batches."""
         model, tcfg, sync = self.model, self.tcfg, self.sync
         names = [c.name for c in self.task.components]
-        K, P = self.micro_per_step, self.task.passes
+        K, C = self.micro_per_step, self.chunk_ballots
+        P = self.task.passes * C
         rows = torch.zeros(tcfg.grad_accum, 2 * len(names), dtype=torch.float32)   # [loss..., trained...]
         rows = rows.to(self.device)
         trained: list = []
@@ -196,7 +201,7 @@ class Trainer:
                 losses = {c.name: c.fn(model, batch, shared) for c in components}
                 passes = [c for c in components for _ in range(c.weight)]
                 for p, comp in enumerate(passes):
-                    sync.set_slot(g * P + p)
+                    sync.set_slot(g * P + p * C)
                     with route_ballots(model, comp):
                         (losses[comp.name] / K).backward(retain_graph=p < len(passes) - 1)
             for name, loss in losses.items():

@@ -145,3 +145,23 @@ def test_embedding_gathered_ballots_do_not_depend_on_the_split(rule):
         assert all(torch.equal(a[k], m.state_dict()[k]) for k in a)
     changed = a["corr_accum"].abs().sum() if rule == "bigint" else a["T_accum"].abs().sum() + a["E_accum"].abs().sum()
     assert changed > 0
+
+
+def test_second_ballot_of_a_pass_takes_the_next_slot_and_overflow_is_refused():
+    """A loss chunked in two casts two ballots per pass: they take slots s and s + 1 (``set_ballot_slot`` names s);
+    a slot at or past ``max_ballots`` is refused (it would collide with another rank's)."""
+    a, b = _layer("counter"), _layer("counter")
+    a.set_step_mode(4)
+    b.set_step_mode(4)
+    x, c = _data(7)
+    x2, c2 = _data(8)
+    a.set_ballot_slot(2)
+    (a(x) * c).sum().backward()
+    (a(x2) * c2).sum().backward()          # slot 3
+    b.set_ballot_slot(3)
+    (b(x2) * c2).sum().backward()
+    b.set_ballot_slot(2)
+    (b(x) * c).sum().backward()
+    assert all(torch.equal(ta, tb) for (ta, _), (tb, _) in zip(a.reduce_tensors(), b.reduce_tensors()))
+    with pytest.raises(RuntimeError, match="ballot slot 4 >= max_ballots=4"):
+        (a(x) * c).sum().backward()

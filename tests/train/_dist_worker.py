@@ -4,6 +4,8 @@
 
 MODE ``tamper``: after one step rank 1 changes one buffer; the state check must name that layer.
 MODE ``die``: rank 1 exits abruptly in its second step; rank 0 must stop with a PeerError, not hang.
+MODE ``chunked``: 2 steps of a text run whose loss is chunked (the head casts 2 ballots per micro-batch), counter
+rule; writes the model's state dict to ``OUT.<rank>.pt`` (``chunked_run`` with grad_accum 2 in one process must match).
 MODE ``ownloop``: the README's own-loop example (``own_loop``): TernaryDataParallel beside DDP; writes the
 state dict to ``OUT.<rank>.pt``.
 Each rank writes ``OUT.<rank>`` with one line: the outcome.
@@ -49,10 +51,25 @@ def own_loop(micro_batches: int, steps: int = 3):
     return model.state_dict()
 
 
+def chunked_run(grad_accum: int):
+    """2 steps of the text task with ``loss_chunk_tokens`` = half a micro-batch: two ballots of the head per pass."""
+    tcfg = TrainConfig(steps=2, batch=2, ctx=16, grad_accum=grad_accum, state_check_interval=1, dist_timeout=30.0)
+    tr = build_run("text", tcfg, TextConfig(text_data=str(BUNDLED_TEXT_PATH), max_chars=20_000),
+                   model_fields={"loss_chunk_tokens": 16, "ternary": {"update_rule": "counter"}})
+    tr.train_step()
+    tr.train_step()
+    return tr.model.state_dict()
+
+
 def main() -> None:
     rank, world, port, mode, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    if mode == "chunked":
+        torch.save(chunked_run(1), f"{out}.{rank}.pt")
+        with open(f"{out}.{rank}", "w") as f:
+            f.write("ok\n")
+        return
     if mode == "ownloop":
         torch.save({"one": own_loop(2, steps=1), "three": own_loop(2, steps=3)}, f"{out}.{rank}.pt")
         with open(f"{out}.{rank}", "w") as f:

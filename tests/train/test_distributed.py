@@ -145,3 +145,19 @@ def test_own_loop_with_ddp_beside_equals_one_process(tmp_path):
                 assert torch.allclose(g["one"][k], v, atol=1e-6), k
     assert all(torch.equal(got[0]["three"][k], got[1]["three"][k]) for k in ref)
     assert got[0]["three"]["0.corr_accum"].abs().sum() > ref["0.corr_accum"].abs().sum() > 0
+
+
+def test_chunked_loss_two_ranks_equal_one_process(tmp_path):
+    """A chunked loss (``loss_chunk_tokens``, as the ``3b`` preset ships) makes the head cast one ballot per chunk:
+    each micro-batch reserves ``ModelConfig.ballots_per_pass`` slots, so the counter rule's per-slot draws are the
+    same on 2 ranks as in one process with grad_accum 2 (the chunks of micro-batch g take slots 2g and 2g + 1)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_dist_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    ref = worker.chunked_run(2)
+    assert _workers("chunked", tmp_path) == ["ok", "ok"]
+    for r in range(2):
+        got = torch.load(tmp_path / f"out.{r}.pt")
+        assert [k for k in ref if not torch.equal(ref[k], got[k])] == []
+    assert int(ref["decoders.text.head.step_counter"]) > int(ref["blocks.0.mlp.up.step_counter"])   # 2 ballots a pass
