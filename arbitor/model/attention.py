@@ -9,6 +9,9 @@ All five projections (``W_q, W_k, W_v, W_o, W_g``) come from the config's linear
 
 KV cache: ``forward(x, cache)`` appends this call's keys/values to ``cache`` (a ``KVCache``) and
 attends over everything cached so far; a query at absolute position ``p`` sees keys ``<= p``.
+``StaticKVCache`` is the preallocated form (fixed shapes, the position held on the device) that a CUDA graph
+of one decode step can replay (``decode.py``): keys/values are written in place at the current position and
+every query attends over the whole buffer under the mask ``key position <= query position``.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from torch import nn
 
 from .layers import make_linear
 
-__all__ = ["ContextAttention", "KVCache"]
+__all__ = ["ContextAttention", "KVCache", "StaticKVCache"]
 
 
 @dataclass
@@ -35,6 +38,64 @@ class KVCache:
     @property
     def length(self) -> int:
         return 0 if not self.k or self.k[0] is None else int(self.k[0].shape[2])
+
+    def get_lti(self, layer: int) -> Optional[torch.Tensor]:
+        """The LTI state of ``layer`` carried from the previous call (``None`` before the first)."""
+        return self.lti[layer] if len(self.lti) > layer else None
+
+    def set_lti(self, layer: int, state: torch.Tensor) -> None:
+        self.lti[layer:layer + 1] = [state]
+
+    def advance(self, n: int) -> None:
+        """Called after all layers have seen ``n`` new positions (the length is the cached keys' own)."""
+
+
+class StaticKVCache:
+    """Preallocated keys/values ``[B, H, max_len, head_dim]`` per layer, LTI states ``[B, n, D]`` and the
+    position as a device tensor: one decode step has fixed shapes and no host state, so it can be captured
+    as a CUDA graph and replayed (``decode.GraphedDecoder``). Works eagerly on any device too.
+
+    ``length`` is a host mirror of the position for eager calls (a replayed graph advances only ``pos``;
+    ``decode.py`` keeps the mirror up to date). ``reset()`` starts a new sequence with the same buffers.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
+                 device, lti: Optional[tuple[int, int]] = None) -> None:
+        def z(*shape):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+        self.k = [z(batch, n_heads, max_len, head_dim) for _ in range(n_layers)]
+        self.v = [z(batch, n_heads, max_len, head_dim) for _ in range(n_layers)]
+        self.lti = [z(batch, *lti) for _ in range(n_layers)] if lti is not None else []
+        self.pos = torch.zeros((), dtype=torch.int64, device=device)
+        self.key_pos = torch.arange(max_len, device=device).view(1, -1)
+        self.max_len = max_len
+        self.batch = batch
+        self.length = 0
+        self._started = False    # host: whether the LTI states hold a carried state yet
+
+    def reset(self) -> None:
+        self.pos.zero_()
+        self.length = 0
+        self._started = False
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write ``k, v [B, H, T, hd]`` at positions ``pos .. pos+T``; returns the whole buffers and the bool
+        mask ``[T, max_len]`` (query ``pos+i`` sees keys ``<= pos+i``)."""
+        qpos = self.pos + torch.arange(k.shape[2], device=k.device)
+        self.k[layer].index_copy_(2, qpos, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, qpos, v.to(self.v[layer].dtype))
+        return self.k[layer], self.v[layer], self.key_pos <= qpos.view(-1, 1)
+
+    def get_lti(self, layer: int) -> Optional[torch.Tensor]:
+        return self.lti[layer] if self._started and len(self.lti) > layer else None
+
+    def set_lti(self, layer: int, state: torch.Tensor) -> None:
+        self.lti[layer].copy_(state)
+
+    def advance(self, n: int) -> None:
+        self.pos.add_(n)
+        self.length += n
+        self._started = True
 
 
 class ContextAttention(nn.Module):
@@ -59,6 +120,12 @@ class ContextAttention(nn.Module):
         B, T, D = x.shape
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         past = 0
+        if isinstance(cache, StaticKVCache):
+            kk, vv, mask = cache.update(layer, k, v)
+            # the prompt (nothing cached yet) attends exactly as without a cache; later steps over the buffer
+            a = (F.scaled_dot_product_attention(q, k, v, is_causal=True) if cache.length == 0
+                 else F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask))
+            return torch.sigmoid(self.gate(x)) * self.o(a.transpose(1, 2).reshape(B, T, D))
         if cache is not None:
             while len(cache.k) <= layer:
                 cache.k.append(None)

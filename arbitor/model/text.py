@@ -22,6 +22,7 @@ from ..ternary.embedding import SparseTernaryEmbedding
 from .attention import ContextAttention, KVCache
 from .config import ModelConfig
 from .decoders import DECODERS
+from .decode import generate_static, sample_next
 from .layers import MLP, LTIInjection, RMSNorm
 
 __all__ = ["Block", "ArbitorLM"]
@@ -40,10 +41,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.norm(x), cache, layer)
         if self.lti is not None:
-            state = cache.lti[layer] if cache is not None and len(cache.lti) > layer else None
+            state = cache.get_lti(layer) if cache is not None else None
             out, new_state = self.lti(self.norm(x), state)
             if cache is not None:
-                cache.lti[layer:layer + 1] = [new_state]
+                cache.set_lti(layer, new_state)
             x = x + out
         return x + self.mlp(self.norm(x))
 
@@ -62,6 +63,13 @@ class ArbitorLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, s + 100 * (i + 1)) for i in range(cfg.n_layers))
         self.decoders = nn.ModuleDict({name: DECODERS[name](cfg, s + 99 + 7 * i)
                                        for i, name in enumerate(cfg.decoders)})
+        # a dense (``nn.Linear``) projection holds its weight in the activation dtype: ``hidden`` casts the
+        # activations to ``compute_dtype`` and a float32 weight would not multiply a bf16 / fp16 input (the
+        # ternary layers hold no float weights and take any activation dtype)
+        dtype = getattr(torch, cfg.compute_dtype)
+        for mod in self.modules():
+            if type(mod) is nn.Linear:
+                mod.to(dtype)
 
     def hidden(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """``idx [B, T]`` -> final hidden states ``[B, T, D]``."""
@@ -76,6 +84,8 @@ class ArbitorLM(nn.Module):
             # (no dropout anywhere: the recompute needs no saved RNG state, which also keeps the step graph-capturable)
             x = (checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=False) if recompute
                  else block(x, cache, i))
+        if cache is not None:
+            cache.advance(idx.shape[1])
         return x
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
@@ -93,12 +103,20 @@ class ArbitorLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 cuda_graph: bool = False) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``idx [B, T0]`` with a KV cache; returns ``[B, T0 + new]``.
 
         ``temperature == 0`` picks the most likely token (greedy). When the context would pass
         ``max_ctx`` the cache is rebuilt from the last ``max_ctx // 2`` tokens.
+
+        ``cuda_graph=True`` (CUDA only): one token step is captured as a CUDA graph over a preallocated
+        ``StaticKVCache`` and replayed (``decode.py``: no per-layer Python / launch overhead); same tokens as the
+        eager path. Falls back to the eager path when ``T0 + max_new_tokens`` exceeds ``max_ctx``.
         """
+        if cuda_graph:
+            return generate_static(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   generator=generator, cuda_graph=True)
         was_training = self.training
         self.eval()
         try:
@@ -106,15 +124,7 @@ class ArbitorLM(nn.Module):
             h = self.hidden(idx[:, -self.cfg.max_ctx:], cache)
             out = idx
             for _ in range(max_new_tokens):
-                logits = self.decoders["text"](h[:, -1]).float()
-                if temperature == 0:
-                    nxt = logits.argmax(-1, keepdim=True)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None and top_k < logits.shape[-1]:
-                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                nxt = sample_next(self.decoders["text"](h[:, -1]).float(), temperature, top_k, generator)
                 out = torch.cat([out, nxt], dim=1)
                 if cache.length + 1 > self.cfg.max_ctx:
                     cache = KVCache()

@@ -17,7 +17,11 @@ transient buffer (``expand_kernel``) and cuBLAS multiplies -- 0.99-1.07x of cuBL
 the fused kernels: fixed tiles (one 16-row tile,
 narrow output tiles) and a split of the reduction dimension so that several programs per
 SM stream ``T_packed``; the fp32 partials are summed in a fixed order by a second small
-kernel (``_decode_config``). Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used,
+kernel (``_decode_config``). At M == 1 with ``in_features % 16 == 0`` the forward runs
+``ternary_gemv_m1_kernel`` instead: a CUDA-core GEMV over ``T_packed`` read as int32 words, split over N and K
+so that ~8 programs per SM stream the weights (``_gemv_config``); M = 2..16 stays on the fused kernel (a GEMV
+for those rows lost to it on the H200 and was removed, docs/kernels.md).
+Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used,
 overridable per call with ``config=`` for tests. See ``docs/kernels.md``.
 
 fp32 inputs use ``input_precision="tf32x3"`` (about fp32 accuracy on tensor cores;
@@ -39,7 +43,8 @@ from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act,
                             load_bytes, load_group_state, round_to, weff_cast)
 
 __all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
-           "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel", "split_reduce_kernel", "FUSED_MAX_M"]
+           "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel", "split_reduce_kernel",
+           "ternary_gemv_m1_kernel", "FUSED_MAX_M"]
 
 #: ``linear_forward`` / ``linear_grad_x`` run the fused kernels up to this many rows (decode) and expand
 #: ``W_eff`` once into a transient buffer for cuBLAS above it (training shapes; docs/kernels.md).
@@ -93,6 +98,126 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
 
     y_ptrs = y_ptr + pid_s.to(tl.int64) * stride_ys + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _byte_to_float(uw, hi, b: tl.constexpr, INTERP: tl.constexpr):
+    """float32 with byte 3 = 0x3F, byte 2 = byte ``b`` of the uint32 ``uw``, bytes 0-1 = 0: one ``prmt.b32`` on
+    NVIDIA (selector: d.b0 = 0, d.b1 = 0 from ``hi`` = 0x3F000000, d.b2 = uw.b``b``, d.b3 = 0x3F); plain
+    shifts under the interpreter (no inline PTX there). ``hi`` comes from a kernel argument so that ptxas
+    keeps it in a register and encodes the selector as the immediate."""
+    if INTERP:
+        bits = (((uw >> (8 * b)) & 0xFF) << 16) | 0x3F000000
+    else:
+        if b == 0:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7054;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        elif b == 1:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7154;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        elif b == 2:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7254;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        else:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7354;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr,
+                           M, N, K, G, KW,
+                           stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, Q_PER_SPLIT, strength, F_HI,
+                           GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+    """Decode GEMV for one row of ``x`` (``M == 1``): ``y[1, N] = x[1, K] @ (T * S)[N, K].T`` on CUDA cores,
+    fp32, on 2-D ``[BLOCK_N, BLOCK_K // 16]`` tiles (``x`` a broadcast row).
+
+    ``w_ptr``: ``T_packed`` read as int32 words ``[N, K // 16]`` (16 trits a word; byte ``b`` of word ``q``
+    is packed byte ``4q + b``). For ``GS >= 16`` the trit enters the FMA as ``f = 1 + (t + 1) / 4`` (one
+    ``prmt`` a weight, no float op) and each group's sum is ``4 * sum(f * x) - 5 * sum(x)``, times the group
+    scale; groups of 4 / 8 decode ``t`` exactly as ``bits(0x4B000000 | (t + 1)) - (2**23 + 1)`` and scale
+    per byte. A program owns ``BLOCK_N`` rows and one K range of ``16 * Q_PER_SPLIT`` columns (split-K:
+    program axis 1, fp32 partials to ``y_ptr + s*stride_ys``, summed in a fixed order by
+    ``split_reduce_kernel``); the next K step's words are loaded before the current one is decoded."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
+    BW: tl.constexpr = BLOCK_K // 16
+    row_w = offs_n.to(tl.int64) * KW
+    row_g = offs_n.to(tl.int64) * G
+    q_start = pid_s * Q_PER_SPLIT
+    q_end = tl.minimum(KW, q_start + Q_PER_SPLIT)
+    offs_q = tl.arange(0, BW)
+    w_next = tl.load(w_ptr + row_w[:, None] + (q_start + offs_q)[None, :],
+                     mask=n_mask[:, None] & (q_start + offs_q < q_end)[None, :], other=0)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for q0 in range(q_start, q_end, BW):
+        w = w_next
+        q1 = q0 + BW + offs_q
+        w_next = tl.load(w_ptr + row_w[:, None] + q1[None, :], mask=n_mask[:, None] & (q1 < q_end)[None, :], other=0)
+        k0 = q0 * 16
+        cols = k0 + 16 * offs_q
+        x_base = x_ptr + cols * stride_xk          # column 4b + j of each word at x_base + (4b + j) * stride_xk
+        x_mask = cols < K                          # K % 16 == 0: a word's columns are all in range or none
+        ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
+        if GS < 16:   # groups of 4 or 8 columns: each byte b of a word lies in one group
+            for b in tl.static_range(4):
+                pb = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
+                for j in tl.static_range(4):
+                    u = ((((w >> (2 * j)) & 0x01010101) + 0x01010101 - ((w >> (2 * j + 1)) & 0x01010101))
+                         >> (8 * b)) & 0xFF
+                    t = (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388609.0
+                    xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+                    pb += t * xv[None, :]
+                g = (cols + 4 * b) // GS
+                s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
+                ps += pb * s
+        else:
+            # a word in one group: each code plane of the word decoded once (5 integer ops for 4 weights), then
+            # one byte permute a weight gives the float f = 1 + (t + 1) / 4 (exact), and
+            # sum(t * x) = 4 * sum(f * x) - 5 * sum(x) per group (f * x is exact for 16-bit x)
+            xs = tl.zeros((BW,), dtype=tl.float32)
+            wu = w.to(tl.uint32, bitcast=True)
+            f_hi = tl.zeros((BLOCK_N, BW), dtype=tl.uint32) + F_HI.to(tl.uint32)     # 0x3F000000, opaque
+            for j in tl.static_range(4):
+                # every byte of uw: 0x80 | (t + 1) << 5, i.e. byte 2 of the float 1 + (t + 1) / 4
+                if j < 3:
+                    lo = (wu << (5 - 2 * j)) & 0x20202020
+                else:
+                    lo = (wu >> 1) & 0x20202020
+                if j < 2:
+                    hi = (wu << (4 - 2 * j)) & 0x20202020
+                elif j == 2:
+                    hi = wu & 0x20202020
+                else:
+                    hi = (wu >> 2) & 0x20202020
+                uw = lo + 0xA0A0A0A0 - hi
+                for b in tl.static_range(4):
+                    f = _byte_to_float(uw, f_hi, b, INTERP)
+                    xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+                    ps += f * xv[None, :]
+                    xs += xv
+        if GS < 16:
+            acc += tl.sum(ps, axis=1)
+        elif GS >= BLOCK_K:
+            g = k0 // GS
+            part = 4.0 * tl.sum(ps, axis=1) - 5.0 * tl.sum(xs, axis=0)
+            acc += part * group_scale(e_ptr, corr_ptr, row_g + g, n_mask & (g < G), coef)
+        elif GS == 16:
+            g = cols // GS
+            s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
+            acc += tl.sum((4.0 * ps - 5.0 * xs[None, :]) * s, axis=1)
+        else:
+            NG: tl.constexpr = BLOCK_K // GS
+            g = k0 // GS + tl.arange(0, NG)
+            s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
+            pg = tl.sum(tl.reshape(ps, (BLOCK_N, NG, GS // 16)), axis=2)
+            xg = tl.sum(tl.reshape(xs, (NG, GS // 16)), axis=1)
+            acc += tl.sum((4.0 * pg - 5.0 * xg[None, :]) * s, axis=1)
+
+    tl.store(y_ptr + pid_s.to(tl.int64) * stride_ys + offs_n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
@@ -333,9 +458,62 @@ def expand_weight_triton(T_packed: torch.Tensor, E: torch.Tensor, corr_accum: to
 
 
 def _fused(M: int, config: Optional[dict], path: str) -> bool:
-    if path not in ("auto", "fused", "expand"):
-        raise ValueError(f"path must be 'auto', 'fused' or 'expand', got {path!r}")
+    if path not in ("auto", "fused", "expand", "gemv"):
+        raise ValueError(f"path must be 'auto', 'fused', 'expand' or 'gemv', got {path!r}")
     return path == "fused" or (path == "auto" and (config is not None or M <= FUSED_MAX_M))
+
+
+#: M = 1 GEMV tile ``(BLOCK_N, BLOCK_K, num_warps)``: 4 rows x 4 words a thread (each x value serves 4 rows;
+#: ~5 SASS instructions a weight for sm_90, 96 registers, 8 KB of words a program per step).
+_GEMV_TILE = (128, 256, 4)
+#: programs per SM the split-K aims for (many independent word streams in flight per SM)
+_GEMV_PROGRAMS_PER_SM = 8
+
+
+def _gemv_ok(x: torch.Tensor, T_packed: torch.Tensor, in_features: int) -> bool:
+    """The GEMV reads ``T_packed`` as int32 words: needs one row of ``x``, ``in_features % 16 == 0`` and a 4-byte
+    aligned buffer."""
+    return (x.shape[0] == 1 and in_features % 16 == 0 and T_packed.storage_offset() % 4 == 0
+            and T_packed.shape[0] > 0)
+
+
+def _gemv_config(N: int, K: int, device: torch.device, config: Optional[dict] = None) -> dict:
+    """``BLOCK_N/K``, ``num_warps`` and ``SPLIT`` of the M = 1 decode GEMV (``config`` overrides any of them)."""
+    bn, bk, warps = _GEMV_TILE
+    if INTERPRETED:
+        bn, bk = 16, 64
+    cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps}
+    cfg.update({k: v for k, v in (config or {}).items() if k not in ("SPLIT", "BLOCK_M")})
+    if cfg["BLOCK_K"] < 16 or cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1):
+        raise ValueError(f"bad GEMV config {cfg}: BLOCK_K must be a power of two >= 16")
+    tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    want = max(1, triton.cdiv(_GEMV_PROGRAMS_PER_SM * _n_sm(device), tiles))
+    split = max(1, min(want, K // cfg["BLOCK_K"]))
+    cfg["SPLIT"] = int((config or {}).get("SPLIT", split))
+    return cfg
+
+
+def _launch_gemv(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                 step_counter: torch.Tensor, pending: torch.Tensor, group_size: int, strength: float, N: int, G: int,
+                 K: int, config: Optional[dict] = None) -> torch.Tensor:
+    """``y [1, N]`` by ``ternary_gemv_m1_kernel`` (split-K partials summed in a fixed order)."""
+    M = x.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    cfg = _gemv_config(N, K, x.device, config)
+    k_per, split = _split_len(K, cfg.pop("SPLIT"), cfg["BLOCK_K"])
+    if split == 1:
+        out, strides = y, (y.stride(0), y.stride(1), 0)
+    else:
+        out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+        strides = (N, 1, M * N)
+    words = T_packed.view(torch.int32)                      # [N, K // 16]
+    ternary_gemv_m1_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), split)](
+        x, words, E, corr_accum, step_counter, pending, out, M, N, K, G, K // 16, x.stride(0), x.stride(1),
+        *strides, k_per // 16, float(strength), 0x3F000000, GS=group_size, BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"])
+    if split > 1:
+        _reduce_splits(out, y)
+    return y
 
 
 def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
@@ -346,12 +524,25 @@ def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, co
     ``path="auto"``: up to ``FUSED_MAX_M`` rows the fused kernel decodes ``T_packed`` and the scale in
     registers (memory-bound decode); above it ``W_eff`` is expanded once into a transient buffer of x's dtype
     (``expand_weight_triton``) and cuBLAS multiplies. ``config`` (``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``,
-    ``num_stages``, ``SPLIT``) forces the fused kernel with that launch config.
+    ``num_stages``, ``SPLIT``) forces the fused kernel with that launch config. At M == 1 (and
+    ``in_features % 16 == 0``) ``auto`` runs the decode GEMV ``ternary_gemv_m1_kernel`` instead;
+    ``path="gemv"`` forces it (M == 1 only; ``config`` then overrides its ``BLOCK_N``/``BLOCK_K``/``num_warps``/
+    ``SPLIT``).
     """
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
     check_act(x, "x", in_features, "in_features", T_packed.device)
-    if not _fused(x.shape[0], config, path):
+    M = x.shape[0]
+    if path == "gemv" and M != 1:
+        raise ValueError(f"triton ternary op: path='gemv' is the M == 1 decode GEMV, got M={M} rows")
+    if path == "gemv" or (path == "auto" and config is None and M == 1):
+        if _gemv_ok(x, T_packed, in_features):
+            return _launch_gemv(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
+                                in_features, config)
+        if path == "gemv":
+            raise ValueError("triton ternary op: path='gemv' needs in_features % 16 == 0, out_features > 0 and "
+                             "an aligned T_packed")
+    if not _fused(M, config, path):
         W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
                                  x.dtype)
         return x @ W.t()
@@ -366,6 +557,8 @@ def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
     check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
+    if path == "gemv":   # the GEMV is forward-only
+        path = "auto"
     if not _fused(grad_y.shape[0], config, path):
         W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
                                  grad_y.dtype)

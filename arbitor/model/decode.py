@@ -1,0 +1,166 @@
+"""Decoding without per-layer Python overhead: a static KV cache and one token step as a CUDA graph.
+
+``ArbitorLM.generate`` runs every layer of every token step from Python (a custom op, checks and a Triton
+launch per projection): on a GPU a decode step of a small batch is launch-bound. ``GraphedDecoder`` instead
+
+1. preallocates a ``StaticKVCache`` (keys/values ``[B, H, max_len, hd]`` per layer, the LTI states, the
+   position as a device tensor) and runs the prompt eagerly through it (the prefill: same math as
+   ``generate``'s, attention with ``is_causal`` over the prompt);
+2. runs the first token step eagerly (it also compiles / warms the kernels), then captures the next one --
+   ``hidden(tok, cache)`` + the text head, ``tok [B, 1]`` a static input -- as a ``torch.cuda.CUDAGraph``;
+3. replays that graph for every further token: each replay writes the step's keys/values at ``pos``,
+   attends over the whole buffer under the mask ``key position <= query position`` and advances ``pos`` on
+   the device. Sampling (``sample_next``, the function the eager path uses too) runs outside the graph.
+
+The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
+which is what the CPU tests compare with ``generate``. Greedy tokens equal the eager path's (the graph
+replays exactly the kernels of the eager static step; the static step differs from ``generate``'s only in
+attending over a padded buffer whose masked keys contribute exact zeros).
+
+A captured graph holds the addresses of the model's buffers and of the cache: it stays valid while the
+weights are updated in place (a ``ternary_step`` or ``load_state_dict`` into the same tensors) but not if
+buffers are replaced (``model.to(...)``); build a new decoder then. One decoder serves any number of
+``generate`` calls of the same batch size whose prompt + new tokens fit ``max_len``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import StaticKVCache
+
+__all__ = ["GraphedDecoder", "generate_static", "sample_next"]
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Next tokens ``[B, 1]`` from float32 ``logits [B, V]``: argmax at ``temperature == 0``, else sampled."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GraphedDecoder:
+    """Decode ``batch`` sequences of up to ``max_len`` tokens (prompt + new) from ``model``.
+
+    ``cuda_graph=True`` needs the model on CUDA. ``timings`` (after ``generate``): ``prefill_s`` (the prompt
+    and the first, eager, token step) and ``decode_s`` (the remaining steps; graph replays), both synchronised
+    wall times, and ``decode_tokens`` (tokens produced in ``decode_s``).
+    """
+
+    def __init__(self, model: nn.Module, batch: int, max_len: int, cuda_graph: bool = True) -> None:
+        cfg = model.cfg
+        if max_len > cfg.max_ctx:
+            raise ValueError(f"max_len={max_len} exceeds the model's max_ctx={cfg.max_ctx}")
+        ref = next(iter(model.buffers()), None)
+        if ref is None:
+            ref = next(model.parameters())
+        self.device = ref.device
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError("GraphedDecoder(cuda_graph=True) needs the model on a CUDA device")
+        self.model = model
+        self.cuda_graph = cuda_graph
+        self.batch = batch
+        self.max_len = max_len
+        lti = (len(cfg.lti_decays), cfg.d_model) if cfg.lti_decays else None
+        self.cache = StaticKVCache(cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, max_len,
+                                   getattr(torch, cfg.compute_dtype), self.device, lti)
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.logits: Optional[torch.Tensor] = None
+        self.timings: dict = {}
+
+    def _step(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.model.hidden(idx, self.cache)
+        return self.model.decoders["text"](h[:, -1]).float()
+
+    def _capture(self) -> None:
+        """Capture one token step (reading ``self.tok``); the capture itself runs nothing, so the cache and
+        its host mirror are left as they were."""
+        length, started = self.cache.length, self.cache._started
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step(self.tok)
+        self.cache.length, self.cache._started = length, started
+
+    def next_logits(self, tok: torch.Tensor) -> torch.Tensor:
+        """One token step after the prefill: ``tok [B, 1]`` -> float32 logits ``[B, V]`` (a graph replay once
+        captured; the returned tensor is the graph's output buffer, overwritten by the next step)."""
+        if self.cache.length + 1 > self.max_len:
+            raise ValueError(f"the static cache holds {self.max_len} positions")
+        self.tok.copy_(tok)
+        if not self.cuda_graph:
+            return self._step(self.tok)
+        if self.graph is None:
+            # the first step runs eagerly on a side stream (kernel compilation, cuBLAS / allocator warm-up),
+            # as torch.cuda.graphs recommends before a capture; the capture follows
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                logits = self._step(self.tok)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self._capture()
+            return logits
+        self.graph.replay()
+        self.cache.length += 1
+        return self.logits
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """As ``ArbitorLM.generate`` (``[B, T0] -> [B, T0 + new]``), within ``max_len`` positions."""
+        B, T0 = idx.shape
+        if B != self.batch:
+            raise ValueError(f"this decoder was built for batch {self.batch}, got {B}")
+        if T0 + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt {T0} + {max_new_tokens} new tokens exceed max_len={self.max_len}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.cache.reset()
+            t0 = time.perf_counter()
+            if max_new_tokens <= 0:
+                return idx
+            nxt = sample_next(self._step(idx), temperature, top_k, generator)
+            toks = [nxt]
+            if max_new_tokens > 1:
+                nxt = sample_next(self.next_logits(nxt), temperature, top_k, generator)
+                toks.append(nxt)
+            _sync(self.device)
+            t1 = time.perf_counter()
+            for _ in range(max_new_tokens - 2):
+                nxt = sample_next(self.next_logits(nxt), temperature, top_k, generator)
+                toks.append(nxt)
+            out = torch.cat([idx] + toks, dim=1)
+            _sync(self.device)
+            self.timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
+                            "decode_tokens": B * max(0, max_new_tokens - 2)}
+            return out
+        finally:
+            self.model.train(was_training)
+
+
+@torch.no_grad()
+def generate_static(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                    cuda_graph: bool = True) -> torch.Tensor:
+    """``model.generate`` through a fresh ``GraphedDecoder`` sized for this call (``cuda_graph=False``: the
+    static-cache path eagerly). Prompts longer than ``max_ctx`` or runs past it take the eager path (which
+    rebuilds its cache from the last ``max_ctx // 2`` tokens)."""
+    B, T0 = idx.shape
+    if T0 + max_new_tokens > model.cfg.max_ctx:
+        return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    dec = GraphedDecoder(model, B, T0 + max_new_tokens, cuda_graph=cuda_graph)
+    return dec.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)

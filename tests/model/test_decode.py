@@ -1,0 +1,99 @@
+"""The static-KV-cache decode path (``arbitor/model/decode.py``) against ``ArbitorLM.generate``.
+
+On the CPU the static cache runs eagerly (``cuda_graph=False``): the same computation a CUDA graph of one
+token step replays (the graph itself is tested in ``tests/test_gpu.py``).
+"""
+import pytest
+import torch
+
+from arbitor.model.attention import KVCache, StaticKVCache
+from arbitor.model.config import preset
+from arbitor.model.decode import GraphedDecoder, generate_static
+from arbitor.model.text import ArbitorLM
+
+
+def model(name="tiny", **kw):
+    torch.manual_seed(0)
+    return ArbitorLM(preset(name, **kw)).eval()
+
+
+@pytest.mark.parametrize("linear", ["ternary", "dense"])
+def test_static_cache_greedy_tokens_equal_generate(linear):
+    m = model(linear=linear)
+    idx = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(1))
+    ref = m.generate(idx, 12, temperature=0)
+    out = generate_static(m, idx, 12, temperature=0, cuda_graph=False)
+    assert out.shape == (3, 23)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("linear", ["dense", "ternary"])
+def test_bf16_static_cache_equals_generate(linear):
+    """``compute_dtype="bfloat16"`` as ``tests/test_gpu.py`` builds it (``preset("small", ...)``, no cast): the
+    dense projections hold bf16 weights (a float32 ``nn.Linear`` weight failed on the bf16 activations:
+    ``expected mat1 and mat2 to have the same dtype``), and the static-cache path gives ``generate``'s tokens."""
+    m = model("small", linear=linear, compute_dtype="bfloat16")
+    if linear == "dense":
+        assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    ref = m.generate(idx, 6, temperature=0)
+    out = GraphedDecoder(m, 2, 15, cuda_graph=False).generate(idx, 6, temperature=0)
+    assert out.shape == (2, 15)
+    # bf16: the padded-buffer attention may round differently from the eager one (a near-tie can flip later)
+    assert torch.equal(out[:, :9 + 4], ref[:, :9 + 4])
+    logits, _ = m(idx)
+    assert logits.dtype == torch.bfloat16
+
+
+def test_static_cache_logits_match_dynamic_cache():
+    m = model()
+    idx = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(2))
+    dyn = KVCache()
+    dec = GraphedDecoder(m, 2, 16, cuda_graph=False)
+    with torch.no_grad():
+        h_ref = m.hidden(idx, dyn)[:, -1]
+        h = m.hidden(idx, dec.cache)[:, -1]
+        torch.testing.assert_close(h, h_ref, rtol=0, atol=0)       # the prompt: the same attention call
+        tok = torch.tensor([[5], [7]])
+        for _ in range(4):
+            a = m.decoders["text"](m.hidden(tok, dyn)[:, -1]).float()
+            b = dec.next_logits(tok)
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            tok = a.argmax(-1, keepdim=True)
+    assert dec.cache.length == dyn.length == 11 and int(dec.cache.pos) == 11
+
+
+def test_decoder_reuse_sampling_and_limits():
+    m = model()
+    idx = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(3))
+    dec = GraphedDecoder(m, 1, 20, cuda_graph=False)
+    a = dec.generate(idx, 9, temperature=0)
+    b = dec.generate(idx, 9, temperature=0)          # reset between calls: same buffers, same tokens
+    assert torch.equal(a, b) and torch.equal(a, m.generate(idx, 9, temperature=0))
+    assert dec.timings["decode_tokens"] == 7
+    s1 = dec.generate(idx, 6, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(0))
+    s2 = m.generate(idx, 6, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(0))
+    assert s1.shape == s2.shape == (1, 11)
+    with pytest.raises(ValueError):
+        dec.generate(idx, 16)                        # 5 + 16 > max_len
+    with pytest.raises(ValueError):
+        dec.generate(idx.repeat(2, 1), 2)            # wrong batch
+    with pytest.raises(ValueError):
+        GraphedDecoder(m, 1, 20, cuda_graph=True)    # CPU model
+    # past max_ctx: the eager path with its cache rebuild
+    long = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(generate_static(m, long, 12, temperature=0, cuda_graph=False),
+                       m.generate(long, 12, temperature=0))
+
+
+def test_static_cache_buffers():
+    c = StaticKVCache(2, 3, 4, 8, 10, torch.float32, "cpu", lti=(2, 32))
+    k = torch.randn(3, 4, 2, 8)
+    kk, vv, mask = c.update(1, k, k + 1)
+    assert torch.equal(kk[:, :, :2], k) and torch.equal(vv[:, :, :2], k + 1) and mask.shape == (2, 10)
+    assert mask[0].tolist() == [True] + [False] * 9 and mask[1].sum() == 2
+    assert c.get_lti(0) is None
+    c.advance(2)
+    assert c.get_lti(0) is not None and int(c.pos) == 2 and c.length == 2
+    c.reset()
+    assert int(c.pos) == 0 and c.length == 0 and c.get_lti(0) is None
