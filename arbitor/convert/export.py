@@ -11,6 +11,10 @@ arbitor's own integer state.
   the state dict, with the conversion settings in the header: ``load_packed(float_model, path)`` ternarizes
   a fresh copy of the same architecture with those settings and loads the state, bit for bit.
 
+* ``format="bitnet"`` / ``format="gguf"`` -- transformers' bitnet quantization and llama.cpp's ``TQ2_0``
+  (``formats.py``): exact only when arbitor's scale layout matches the format's, else approximated and
+  reported.
+
 ``W_eff`` in bf16 is exact whenever ``S`` is a power of two (a freshly converted layer) and otherwise
 rounded once (8 significant bits), like any bf16 checkpoint.
 """
@@ -26,11 +30,12 @@ from torch import nn
 
 from ..ternary.embedding import SparseTernaryEmbedding
 from ..ternary.layer import TernaryScaleTensor
+from .formats import ExportReport, export_bitnet, export_gguf, write_report
 from .ternarize import ternarize
 
 __all__ = ["export", "load_packed", "FORMATS"]
 
-FORMATS = ("dense", "packed")
+FORMATS = ("dense", "packed", "bitnet", "gguf")
 
 
 def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -38,9 +43,10 @@ def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> Path:
+def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> Union[Path, ExportReport]:
     """Write ``model`` (after ``ternarize`` and training) to the directory ``path`` (module doc); returns the
-    weights file."""
+    weights file, or for ``bitnet`` / ``gguf`` an ``ExportReport`` (its ``file``, which layers are exact, each
+    one's weight error; also written as ``export-report.json``, with a warning when approximate)."""
     if format not in FORMATS:
         raise ValueError(f"export: format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = Path(path)
@@ -50,6 +56,10 @@ def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> P
     ternary = _ternary_modules(model)
     if any(m.dirty for m in ternary.values()):
         raise RuntimeError("export: ballots are pending; call ternary_step(model) first")
+    if format in ("bitnet", "gguf"):
+        report = (export_bitnet if format == "bitnet" else export_gguf)(model, out)
+        write_report(report, out)
+        return report
     if format == "packed":
         layers = {n: {"group_size": m.group_size, "update_rule": m.update_rule,
                       "settings": m.rule.settings() if hasattr(m, "rule") else {}, "strength": m.strength,
