@@ -1,4 +1,14 @@
+import os
 import sys
 from pathlib import Path
+
+import torch
+
+# Without CUDA the Triton kernels run in Triton's CPU interpreter. The switch must be set before anything imports
+# triton: some test modules import libraries (peft) that import triton, and triton then keeps the mode it
+# started in -- the kernel tests, which used to set it themselves, would fail with "Cannot call @triton.jit'd
+# outside of the scope of a kernel".
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/golden as an importable helper package
