@@ -80,11 +80,16 @@ class TernaryDataParallel:
         check_interval: every N steps compare a digest of every module's state across ranks (0: never).
         timeout: seconds a collective may wait for a peer before ``PeerError`` (the group's own timeout
             applies too).
+        static_graph: every step casts the same ballots per module in its last micro-batch (a fixed set of loss
+            components; a chunked loss is fine). With several ballots per micro-batch (``passes > 1``) the
+            overlap then learns each module's ballot count in the first step and starts a bucket once its
+            modules have cast that many; without it those steps all-reduce after the backward. A later step
+            that casts more than learned raises ``RuntimeError`` (its bucket was already sent).
     """
 
     def __init__(self, model: nn.Module, micro_batches: int = 1, passes: int = 1,
                  process_group: Optional[dist.ProcessGroup] = None, broadcast: bool = True,
-                 check_interval: int = 0, timeout: Optional[float] = None) -> None:
+                 check_interval: int = 0, timeout: Optional[float] = None, static_graph: bool = False) -> None:
         if micro_batches < 1 or passes < 1:
             raise ValueError(f"micro_batches and passes must be >= 1, got {micro_batches}, {passes}")
         self.model = model
@@ -110,6 +115,9 @@ class TernaryDataParallel:
         self._buckets = self._make_buckets()
         self._bucket_of = {id(m): i for i, b in enumerate(self._buckets) for m in b}
         self._done: set[int] = set()
+        self.static_graph = static_graph
+        self._counts: dict[int, int] = {}              # ballots per module in this step's last micro-batch
+        self._expected: Optional[dict[int, int]] = None  # static_graph: the counts learned in the first step
         self._launched: list[tuple[list, list]] = []   # per bucket: (works, flat tensors)
 
     # ---------------------------------------------------------------- micro-batches
@@ -211,7 +219,9 @@ class TernaryDataParallel:
         return [b for b in buckets if b]
 
     def _arm_overlap(self) -> None:
-        if not self.distributed or self.passes > 1:   # several ballots per module: the last is not known
+        if not self.distributed:
+            return
+        if self.passes > 1 and not self.static_graph:   # several ballots per module: the last is not known
             return
         for m in self.modules:
             m.set_ballot_hook(self._on_ballot)
@@ -221,7 +231,18 @@ class TernaryDataParallel:
             m.set_ballot_hook(None)
 
     def _on_ballot(self, module: nn.Module) -> None:
-        self._done.add(id(module))
+        key = id(module)
+        n = self._counts[key] = self._counts.get(key, 0) + 1
+        if self.passes == 1:
+            self._done.add(key)
+        elif self._expected is None:
+            return                                          # the first step only learns the counts
+        elif n > self._expected.get(key, 0):
+            raise RuntimeError(f"TernaryDataParallel(static_graph=True): {self.names[key]} cast {n} ballots in the "
+                               f"last micro-batch, {self._expected.get(key, 0)} in the first step; its bucket was "
+                               "already sent -- use static_graph=False for steps whose ballots vary")
+        elif n == self._expected[key]:
+            self._done.add(key)
         self._launch_ready()
 
     def _launch_ready(self, all_: bool = False) -> None:
@@ -264,3 +285,6 @@ class TernaryDataParallel:
                 m.load_reduced(out)
         self._launched = []
         self._done = set()
+        if self.static_graph and self.passes > 1 and self._expected is None and self._counts:
+            self._expected = dict(self._counts)
+        self._counts = {}

@@ -107,7 +107,8 @@ class Trainer:
         if self.micro_per_step > 1:
             self.sync = TernaryDataParallel(self.model, micro_batches=tcfg.grad_accum,
                                             passes=task.passes * self.chunk_ballots,
-                                            check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout)
+                                            check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout,
+                                            static_graph=task.fixed_step)
         self.graphed: Optional[GraphedStep] = None
         if tcfg.cuda_graph and self.micro_per_step > 1:
             raise ValueError(f"cuda_graph needs one micro-batch per step (grad_accum {tcfg.grad_accum} x "
