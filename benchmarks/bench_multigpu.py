@@ -275,7 +275,8 @@ def part_scaling(args, out: Path, rows: list, log, save) -> None:
                                   "--accum", str(w), "--identity-only", *shape], args.row_timeout, log)
                     if rpath.exists():
                         ref_hash[w] = json.loads(rpath.read_text())["rank_hashes"][0]
-                if w > 1:      # world 1 is the plain step: nothing to compare (the reference runs apart, above)
+                row["bit_identical"] = None   # world 1 is the plain step: nothing to compare
+                if w > 1:      # the reference (one GPU, grad_accum W) runs apart, above
                     ref = ref_hash.get(w)
                     row["rank_hashes"] = hashes
                     row["reference_hash"] = ref
@@ -391,7 +392,7 @@ def _render(res: dict) -> str:
         eff = f"{r['scaling_efficiency']:.3f}" if r.get("scaling_efficiency") else ""
         g = (f"{r['graph_tokens_per_s']:,.0f}" if r.get("graph_tokens_per_s") else
              ("capture failed" if r.get("graph_error") else ""))
-        bi = "" if "bit_identical" not in r else ("yes" if r["bit_identical"] else "**no**")
+        bi = "" if r.get("bit_identical") is None else ("yes" if r["bit_identical"] else "**no**")
         peak = f"{r['peak_mib']:,.0f}" if r.get("peak_mib") is not None else ""
         lines.append(f"| {r['world_size']} | {r['update_rule']} | {r.get('mode', '')} | {r['tokens_per_s']:,.0f} "
                      f"| {eff} | {peak} | {r['bytes_per_step']:,} | {bi} | {g} |")
