@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
-from .init import draw_exponents, draw_trits, fit_ternary
+from .init import draw_exponents, draw_trits, load_fit_, relative_error
 from .ops.votes import group_votes
 from .scale import E_MAX, E_MIN, bigint_scale, check_strength, default_strength
 
@@ -189,18 +189,13 @@ class SparseTernaryEmbedding(nn.Module):
                              f"{tuple(weight.shape)}")
         if self._dirty:
             raise RuntimeError("load_float_weight: ballots are pending; call ternary_step() first")
-        T, E = fit_ternary(weight, self.group_size)
-        dev = self.T_packed.device
-        self.T_packed.copy_(pack_ternary(T).to(dev))
-        self.E.copy_(E.to(dev))
+        load_fit_(self.T_packed, self.E, weight, self.group_size)
         for name in ("corr_accum", "T_accum", "E_accum"):
             if getattr(self, name, None) is not None:
                 getattr(self, name).zero_()
         if self.update_rule == "bigint":
             self.step_counter.fill_(self._ballot_prior)
-        rows = torch.arange(self.num_embeddings, device=dev)
-        w = weight.detach().to("cpu", torch.float32)
-        return float((self.rows_weight(rows).cpu() - w).norm() / w.norm().clamp_min(1e-30))
+        return relative_error(self.rows_weight(torch.arange(self.num_embeddings, device=self.E.device)), weight)
 
     def rows_scale(self, rows: torch.Tensor) -> torch.Tensor:
         """``S`` of the given rows: float32 ``[len(rows), n_groups]``."""

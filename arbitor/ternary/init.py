@@ -108,3 +108,19 @@ def fit_ternary(W: torch.Tensor, group_size: int, rows_per_chunk: int = 4096) ->
         T_out[r0:r0 + w.shape[0]] = best_t.reshape(-1, K)
         E_out[r0:r0 + w.shape[0]] = best_e.to(torch.int8)
     return T_out, E_out
+
+
+@torch.no_grad()
+def load_fit_(T_packed: torch.Tensor, E: torch.Tensor, weight: torch.Tensor, group_size: int) -> None:
+    """``fit_ternary(weight)`` written in place into a module's packed trits ``T_packed [N, ceil(K/4)]`` and
+    exponents ``E [N, K // group_size]`` (``load_float_weight`` of the layer and of the embedding table)."""
+    T, E_fit = fit_ternary(weight, group_size)
+    T_packed.copy_(pack_ternary(T).to(T_packed.device))
+    E.copy_(E_fit.to(E.device))
+
+
+def relative_error(approx: torch.Tensor, weight: torch.Tensor) -> float:
+    """``||approx - weight|| / ||weight||`` in float32 on ``approx``'s device (the error ``load_float_weight``
+    reports)."""
+    w = weight.detach().to(approx.device, torch.float32)
+    return float((approx.to(torch.float32) - w).norm() / w.norm().clamp_min(1e-30))

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from .config import TernaryConfig
-from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
-from .init import dense_scale_variance, draw_exponents, draw_packed_trits, fit_ternary
+from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
+from .init import dense_scale_variance, draw_exponents, draw_packed_trits, load_fit_, relative_error
 from .ops.backend import TernaryOps, get_ops, requested_backend
 from .ops.linear import expand_weight
 from .rules import TernaryState, UpdateRule, make_rule
@@ -386,10 +386,7 @@ class TernaryScaleTensor(nn.Module):
                              f"{tuple(weight.shape)}")
         if self._dirty:
             raise RuntimeError("load_float_weight: ballots are pending; call ternary_step() first")
-        T, E = fit_ternary(weight, self.group_size)
-        dev = self.T_packed.device
-        self.T_packed.copy_(pack_ternary(T).to(dev))
-        self.E.copy_(E.to(dev))
+        load_fit_(self.T_packed, self.E, weight, self.group_size)
         self.corr_accum.zero_()
         prior = self.step_counter.new_tensor(self._ballot_prior)
         self.step_counter.copy_(prior)
@@ -399,9 +396,7 @@ class TernaryScaleTensor(nn.Module):
             if tuple(bias.shape) != (self.out_features,):
                 raise ValueError(f"load_float_weight: bias must be [{self.out_features}], got {tuple(bias.shape)}")
             self.bias.copy_(bias.detach().to(self.bias.device, torch.float32))
-        w = weight.detach().to(dev, torch.float32)
-        err = (self.effective_weight() - w).norm() / w.norm().clamp_min(1e-30)
-        return float(err)
+        return relative_error(self.effective_weight(), weight)
 
     # --------------------------------------------------------------- views
     def scale(self) -> torch.Tensor:
