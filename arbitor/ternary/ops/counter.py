@@ -19,6 +19,8 @@ integers for the same ``grad_W``.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
@@ -110,23 +112,9 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         impl: ``"torch"`` or ``"triton"`` for the per-weight step.
     """
     block_fn = _block_fn(impl)
-    n_out = T_packed.shape[0]
-    gy = grad_y.to(x.dtype)
-    step = gradw_rows(impl, n_out, in_features)
-    fused_flag = impl == "triton" and x.dtype != torch.float32 and step >= n_out
-    if fused_flag:   # one 16-bit grad_W chunk: its row-scale pass also finds a non-finite entry
-        bad = torch.zeros((), dtype=torch.int32, device=x.device)
-    else:
-        bad = (~ballot_ok(grad_y, x)).to(torch.int32)
-    for n0 in range(0, n_out, step):
-        n1 = min(n_out, n0 + step)
-        gw = gy[:, n0:n1].t() @ x
-        if fused_flag:
-            from .counter_triton import row_scale_triton
-            scale = row_scale_triton(gw, rate, bad)
-        else:
-            gw = gw.to(torch.float32).contiguous()
-            scale = counter_step_scale(gw, rate)  # rate 0: scale 0, every floor(0 + u) is 0 -- votes only
+    bad, blocks = gradw_blocks(grad_y, x, T_packed.shape[0], in_features, rate, impl)
+    for n0, gw, scale in blocks:
+        n1 = n0 + gw.shape[0]
         block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], hash_key, step_counter, pending,
                  bad, n0, in_features, group_size, bits)
     if impl == "triton":
@@ -134,6 +122,37 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         count_ballot_triton_(bad, pending, nonfinite)
     else:
         count_ballot_(bad == 0, pending, nonfinite)
+
+
+def gradw_blocks(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int, rate: float,
+                 impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """One ballot's ``grad_W = grad_y.T @ x`` in row blocks, with each block's row scale (the counter rule's
+    online step and its step-boundary gather share it).
+
+    Returns ``bad`` (int32 0-d, nonzero when the ballot must not count) and an iterator of
+    ``(row0, gw [rows, in_features], scale [rows] float32)``. Blocks of ``gradw_rows(impl, ...)`` rows; on the
+    GPU path a single 16-bit chunk stays in the activations' dtype and its row-scale kernel also sets ``bad``
+    on a non-finite entry (no separate check); otherwise ``gw`` is float32 and ``bad`` comes from
+    ``ballot_ok``. ``bad`` is final only once the iterator is exhausted.
+    """
+    gy = grad_y.to(x.dtype)
+    step = gradw_rows(impl, out_features, in_features)
+    fused_flag = impl == "triton" and x.dtype != torch.float32 and step >= out_features
+    if fused_flag:   # one 16-bit grad_W chunk: its row-scale pass also finds a non-finite entry
+        bad = torch.zeros((), dtype=torch.int32, device=x.device)
+    else:
+        bad = (~ballot_ok(grad_y, x)).to(torch.int32)
+
+    def blocks() -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for n0 in range(0, out_features, step):
+            gw = gy[:, n0:min(out_features, n0 + step)].t() @ x
+            if fused_flag:
+                from .counter_triton import row_scale_triton
+                yield n0, gw, row_scale_triton(gw, rate, bad)
+            else:
+                gw = gw.to(torch.float32).contiguous()
+                yield n0, gw, counter_step_scale(gw, rate)  # rate 0: scale 0, floor(0 + u) is 0 -- votes only
+    return bad, blocks()
 
 
 def gradw_rows(impl: str, out_features: int, in_features: int) -> int:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
-from .blocks import gradw_chunk_rows, row_blocks
-from .counter import counter_step_scale
+from .blocks import row_blocks
+from .counter import counter_step_scale, gradw_blocks
 from .hashing import hash_base, uniform_from_base
 from .votes import ballot_ok, count_ballot_, group_votes
 
@@ -84,20 +84,10 @@ def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
     """
     n_out = T_packed.shape[0]
     if impl == "triton":
-        from .counter_triton import count_ballot_triton_, counter_gather_block_triton_, row_scale_triton
-        gy = grad_y.to(x.dtype)
-        step = gradw_chunk_rows(n_out, in_features)
-        fused_flag = x.dtype != torch.float32 and step >= n_out
-        bad = (torch.zeros((), dtype=torch.int32, device=x.device) if fused_flag
-               else (~ballot_ok(grad_y, x)).to(torch.int32))
-        for n0 in range(0, n_out, step):
-            n1 = min(n_out, n0 + step)
-            gw = gy[:, n0:n1].t() @ x
-            if fused_flag:
-                scale = row_scale_triton(gw, rate, bad)
-            else:
-                gw = gw.to(torch.float32).contiguous()
-                scale = counter_step_scale(gw, rate)
+        from .counter_triton import count_ballot_triton_, counter_gather_block_triton_
+        bad, blocks = gradw_blocks(grad_y, x, n_out, in_features, rate, impl)
+        for n0, gw, scale in blocks:
+            n1 = n0 + gw.shape[0]
             counter_gather_block_triton_(gw, scale, T_packed[n0:n1], vote_sum[n0:n1], move_sum[n0:n1], hash_key,
                                          ballot, bad, n0, in_features, group_size, cap)
         count_ballot_triton_(bad, pending, nonfinite)
