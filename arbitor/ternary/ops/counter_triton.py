@@ -45,47 +45,63 @@ def _lo32(v):
 
 
 @triton.jit
+def _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's ``[BLOCK_R, BLOCK_K]`` tile: row and column indices, masks (rows masked off when the ballot
+    is ``bad``), ``grad_W`` as fp32, the decoded trits ``t`` and ``sign(g)``."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    r_mask = (r < rows) & (tl.load(bad_ptr) == 0)
+    mask = r_mask[:, None] & (k < K)[None, :]
+    r64 = r.to(tl.int64)
+    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
+    tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
+    code = (tb >> ((k % 4) * 2)[None, :]) & 3
+    t = (code & 1) - (code >> 1)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+    return r, k, r_mask, mask, r64, g, t, sgn
+
+
+@triton.jit
+def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GS: tl.constexpr):
+    """The BigInt scale votes ``-sum_group sign(g) * T``, one group per ``GS`` columns, added to the int64
+    ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics)."""
+    NG: tl.constexpr = BLOCK_K // GS
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    gi = tl.program_id(1) * NG + tl.arange(0, NG)
+    g_mask = r_mask[:, None] & (gi < G)[None, :]
+    offs = r64[:, None] * G + gi[None, :]
+    tl.store(vote_ptr + offs, tl.load(vote_ptr + offs, mask=g_mask, other=0) + vote.to(tl.int64), mask=g_mask)
+
+
+@triton.jit
+def _uniforms(key_ptr, ballot, row0, r64, k, K):
+    """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = (row0 + r) * K + k``, as
+    ``hashing.counter_uniform`` (lowbias32 in uint32 lanes: the hash is defined mod 2**32, so wrapping 32-bit
+    products are exact and far cheaper than int64 ones); the hash base is ``hashing.hash_base``, on the device."""
+    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
+    key = tl.load(key_ptr).to(tl.int64)
+    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
+    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
+    return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
 def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
                         KB, CB, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_K: tl.constexpr):
     PER: tl.constexpr = 8 // BITS
     L: tl.constexpr = 1 << BITS
     TOP: tl.constexpr = 3 * L - 1
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    ok = tl.load(bad_ptr) == 0
-    r_mask = (r < rows) & ok
-    k_mask = k < K
-    mask = r_mask[:, None] & k_mask[None, :]
-    r64 = r.to(tl.int64)
-    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
-    tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
-    code = (tb >> ((k % 4) * 2)[None, :]) & 3
-    t = (code & 1) - (code >> 1)
+    # 1. the tile, its trits and counters
+    r, k, r_mask, mask, r64, g, t, sgn = _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R, BLOCK_K)
     cb = tl.load(c_ptr + r64[:, None] * CB + (k // PER)[None, :], mask=mask, other=0).to(tl.int32)
     c = (cb >> ((k % PER) * BITS)[None, :]) & (L - 1)
-    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
-
-    # 2. BigInt scale votes, one group per GS columns
-    NG: tl.constexpr = BLOCK_K // GS
-    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
-    gi = pid_k * NG + tl.arange(0, NG)
-    g_mask = r_mask[:, None] & (gi < G)[None, :]
-    corr_offs = r64[:, None] * G + gi[None, :]
-    old = tl.load(corr_ptr + corr_offs, mask=g_mask, other=0)
-    tl.store(corr_ptr + corr_offs, old + vote.to(tl.int64), mask=g_mask)
-
-    # 3. counter-based uniforms: idx = (row0 + r) * K + k, as counter_uniform (lowbias32 in uint32 lanes: the
-    #    hash is defined mod 2**32, so wrapping 32-bit products are exact and far cheaper than int64 ones)
-    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
-    key = tl.load(key_ptr).to(tl.int64)
+    # 2. BigInt scale votes into corr_accum
+    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
+    # 3. counter-based uniforms of this ballot (index step_counter + pending)
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot)
-                  ^ mix32u(_lo32(ballot >> 32)))                            # hashing.hash_base, on the device
-    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
-    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    u = _uniforms(key_ptr, ballot, row0, r64, k, K)
 
     # 4. the ladder step
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
@@ -99,6 +115,7 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     new_code = tl.where(mask, tl.where(tn > 0, 1, tl.where(tn < 0, 2, 0)), 0)
 
     # 5. whole bytes back
+    pid_k = tl.program_id(1)
     KT: tl.constexpr = BLOCK_K // 4
     tbytes = tl.sum(tl.reshape(new_code << ((k % 4) * 2)[None, :], (BLOCK_R, KT, 4)), axis=2)
     bt = pid_k * KT + tl.arange(0, KT)
@@ -117,33 +134,9 @@ def counter_gather_kernel(gw_ptr, scale_ptr, t_ptr, vote_ptr, move_ptr, key_ptr,
     votes go into ``vote_sum`` and each weight's move ``-sign(g) * min(floor(a + u), CAP)`` into ``move_sum``
     (int8); the trits and counters are not touched. The draw is keyed by the ballot's global index
     (``ballot_ptr``: ``step_counter + slot``)."""
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    ok = tl.load(bad_ptr) == 0
-    r_mask = (r < rows) & ok
-    k_mask = k < K
-    mask = r_mask[:, None] & k_mask[None, :]
-    r64 = r.to(tl.int64)
-    g = tl.load(gw_ptr + r64[:, None] * stride_g + k[None, :], mask=mask, other=0.0).to(tl.float32)
-    tb = tl.load(t_ptr + r64[:, None] * KB + (k // 4)[None, :], mask=mask, other=0).to(tl.int32)
-    code = (tb >> ((k % 4) * 2)[None, :]) & 3
-    t = (code & 1) - (code >> 1)
-    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
-    NG: tl.constexpr = BLOCK_K // GS
-    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
-    gi = pid_k * NG + tl.arange(0, NG)
-    g_mask = r_mask[:, None] & (gi < G)[None, :]
-    v_offs = r64[:, None] * G + gi[None, :]
-    tl.store(vote_ptr + v_offs, tl.load(vote_ptr + v_offs, mask=g_mask, other=0) + vote.to(tl.int64), mask=g_mask)
-    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
-    key = tl.load(key_ptr).to(tl.int64)
-    ballot = tl.load(ballot_ptr).to(tl.int64)
-    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot)
-                  ^ mix32u(_lo32(ballot >> 32)))
-    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
-    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    r, k, r_mask, mask, r64, g, t, sgn = _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R, BLOCK_K)
+    _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
+    u = _uniforms(key_ptr, tl.load(ballot_ptr).to(tl.int64), row0, r64, k, K)
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
     steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None] + u), CAP).to(tl.int32)
     m_offs = r64[:, None] * K + k[None, :]
