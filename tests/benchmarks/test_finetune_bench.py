@@ -1,19 +1,14 @@
 """benchmarks/bench_finetune.py's --tiny CPU path: every method runs a step and the results are written."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_finetune_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "benchmarks" / "bench_finetune.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_finetune_tiny(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_finetune")
     from arbitor.data import BUNDLED_TEXT_PATH
     bench.main(["--tiny", "--grad-ckpt", "--data", str(BUNDLED_TEXT_PATH), "--out-dir", str(tmp_path),
                 "--batch", "2", "--seq", "16", "--warmup", "1", "--steps", "1"])

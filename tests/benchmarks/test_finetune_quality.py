@@ -1,21 +1,16 @@
 """benchmarks/finetune_quality.py's machinery at tiny sizes: every row runs, the JSON has its layout, losses are
 finite."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_finetune_quality_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("finetune_quality", ROOT / "benchmarks" / "finetune_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_finetune_quality_tiny(tmp_path, load_benchmark):
+    bench = load_benchmark("finetune_quality")
     from arbitor.data import BUNDLED_TEXT_PATH
     a = tmp_path / "a.txt"
     a.write_text("To be, or not to be, that is the question.\n" * 40)

@@ -1,5 +1,4 @@
 """The quality study's machinery (benchmarks/quality.py): two rows, 3 steps, tiny shape, CPU."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,15 +7,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "tiny.txt"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_quality_two_rows(tmp_path):
-    q = _load()
+def test_quality_two_rows(tmp_path, load_benchmark):
+    q = load_benchmark("quality")
     data = tmp_path / "text.txt"
     data.write_text(("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 60))
     rc = q.main([str(data), "--shape", "tiny", "--steps", "3", "--eval-at", "2", "--eval-batches", "1",

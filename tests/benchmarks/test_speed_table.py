@@ -1,24 +1,13 @@
 """The README's speed table is the one generated from benchmarks/results/speed/h200.json."""
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "benchmarks" / "speed_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def test_readme_speed_table_matches_the_results_file(load_benchmark):
+    assert load_benchmark("speed_table").main(["--check"]) == 0
 
 
-def test_readme_speed_table_matches_the_results_file():
-    assert _load().main(["--check"]) == 0
-
-
-def test_table_reports_range_target_and_miss(tmp_path):
-    mod = _load()
+def test_table_reports_range_target_and_miss(tmp_path, load_benchmark):
+    mod = load_benchmark("speed_table")
     rows = [{"name": "layer_fwd", "shape": f"s{i}", "update_rule": "any", "ratio": r, "target_ratio": 0.93}
             for i, r in enumerate((0.95, 0.91))]
     res = {"device_name": "GPU X", "rows": rows}

@@ -17,8 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from arbitor.cli import main as cli_main
-
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_dist_worker.py")
 TEXT_FLAGS = ["--batch", "2", "--ctx", "16", "--max-chars", "30000", "--eval-interval", "2", "--eval-batches", "2",
@@ -38,15 +36,6 @@ def torchrun(world: int, args: list[str], cwd: Path) -> subprocess.CompletedProc
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
            str(_free_port()), "-m", "arbitor", "--", *args]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-
-
-def single(args: list[str], cwd: Path) -> int:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return cli_main(args)
-    finally:
-        os.chdir(old)
 
 
 def _free_port() -> int:
@@ -73,9 +62,9 @@ def _check(proc: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
-def test_ranks_times_grad_accum_equal_one_process(tmp_path, rule):
+def test_ranks_times_grad_accum_equal_one_process(tmp_path, rule, run_cli):
     flags = ["train", "--steps", "3", "--update-rule", rule, *TEXT_FLAGS]
-    assert single([*flags, "--grad-accum", "4", "--run", "one"], tmp_path) == 0
+    assert run_cli([*flags, "--grad-accum", "4", "--run", "one"], tmp_path) == 0
     _check(torchrun(2, [*flags, "--grad-accum", "2", "--run", "two"], tmp_path))
     _same_run(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
     if rule == "bigint":
@@ -83,17 +72,17 @@ def test_ranks_times_grad_accum_equal_one_process(tmp_path, rule):
         _same_run(tmp_path / "runs" / "one", tmp_path / "runs" / "four")
 
 
-def test_pretrain_two_ranks_equal_one_process(tmp_path):
+def test_pretrain_two_ranks_equal_one_process(tmp_path, run_cli):
     flags = ["pretrain", "--steps", "3", *PRETRAIN_FLAGS]
-    assert single([*flags, "--grad-accum", "4", "--run", "one"], tmp_path) == 0
+    assert run_cli([*flags, "--grad-accum", "4", "--run", "one"], tmp_path) == 0
     _check(torchrun(2, [*flags, "--grad-accum", "2", "--run", "two"], tmp_path))
     _same_run(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
 
 
-def test_resume_under_another_world_size(tmp_path):
+def test_resume_under_another_world_size(tmp_path, run_cli):
     flags = ["train", *TEXT_FLAGS]
-    assert single([*flags, "--steps", "4", "--grad-accum", "4", "--run", "straight"], tmp_path) == 0
-    assert single([*flags, "--steps", "2", "--grad-accum", "4", "--run", "split"], tmp_path) == 0
+    assert run_cli([*flags, "--steps", "4", "--grad-accum", "4", "--run", "straight"], tmp_path) == 0
+    assert run_cli([*flags, "--steps", "2", "--grad-accum", "4", "--run", "split"], tmp_path) == 0
     _check(torchrun(2, [*flags, "--steps", "4", "--grad-accum", "2", "--run", "split", "--resume"], tmp_path))
     _same_run(tmp_path / "runs" / "straight", tmp_path / "runs" / "split", only_eval=True)
     # another number of micro-batches per step would change the step: refused, with the grad_accum to use

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arbitor.cli import UserError, build_parser
-from arbitor.cli import main as cli_main
 from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig
 from arbitor.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from arbitor.train.settings import from_args
@@ -20,15 +19,6 @@ from arbitor.train.settings import from_args
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--batch", "2", "--ctx", "16", "--max-chars", "20000", "--eval-interval", "2", "--eval-batches", "1",
          "--no-progress"]
-
-
-def run_cli(args, cwd, capsys=None):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return cli_main(args)
-    finally:
-        os.chdir(old)
 
 
 def cli(args, cwd) -> subprocess.CompletedProcess:
@@ -46,7 +36,7 @@ def one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, run_cli):
     """A 4-step text run (checkpoint every 2 steps) and a 2-step pretrain run."""
     d = tmp_path_factory.mktemp("runs")
     assert run_cli(["train", "--steps", "4", *FLAGS, "--run", "t"], d) == 0
@@ -126,7 +116,7 @@ def test_hostile_headers_are_refused_without_a_crash(tmp_path, header):
 
 
 # ---------------------------------------------------------------- 2. resume is exact or refuses
-def test_changing_the_cosine_horizon_needs_inexact_resume(tmp_path):
+def test_changing_the_cosine_horizon_needs_inexact_resume(tmp_path, run_cli):
     flags = ["train", *FLAGS, "--schedule", "cosine", "--run", "c"]
     assert run_cli([*flags, "--steps", "2"], tmp_path) == 0
     proc = cli([*flags, "--steps", "4", "--resume"], tmp_path)
@@ -141,7 +131,7 @@ def test_changing_the_cosine_horizon_needs_inexact_resume(tmp_path):
 
 
 # ---------------------------------------------------------------- 3. stale temp files, 5. the lock, 6. metrics
-def test_stale_temp_files_are_removed_on_the_next_load(trained, tmp_path):
+def test_stale_temp_files_are_removed_on_the_next_load(trained, tmp_path, run_cli):
     run = tmp_path / "runs" / "t"
     run.mkdir(parents=True)
     for f in ("checkpoint.safetensors", "metrics.jsonl", "config.json"):
@@ -166,7 +156,7 @@ def test_a_second_writer_is_refused_at_once(trained, tmp_path):
         holder.kill()
 
 
-def test_a_torn_last_metrics_line_is_dropped_and_a_damaged_one_named(trained, tmp_path):
+def test_a_torn_last_metrics_line_is_dropped_and_a_damaged_one_named(trained, tmp_path, run_cli):
     run = tmp_path / "runs" / "t"
     run.mkdir(parents=True)
     for f in ("checkpoint.safetensors", "config.json"):
