@@ -26,6 +26,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._device import device_tag  # noqa: E402
+
 SHAPES = {
     "1b": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
                "intermediate_size": 8192, "vocab_size": 32000},
@@ -34,12 +38,6 @@ SHAPES = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                  "intermediate_size": 128, "vocab_size": 256},
 }
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev).lower().replace("nvidia ", "").replace(" ", "-")
-    return "cpu"
 
 
 def _sync(dev):
@@ -156,7 +154,7 @@ def main(argv=None):
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     shapes = ["tiny"] if args.tiny else args.shapes.split(",")
     methods = args.methods.split(",") + (["bf16-adamw-compile"] if args.compile else [])
-    name = _device_name(dev)
+    name = device_tag(torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
     doc = {"device": name, "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])), "rows": []}
     for shape in shapes:
         vocab = SHAPES[shape]["vocab_size"]

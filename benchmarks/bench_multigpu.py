@@ -475,13 +475,11 @@ def main(argv=None) -> int:
         (out / f"{name}.md").write_text(_render(res))
     fns = {"scaling": part_scaling, "cli": part_cli}
     for part in args.parts.split(","):          # in the order given
-        fn = fns[part]
-        if True:
-            log(f"[{part}]")
-            try:
-                fn(args, out, res["rows"], log, save)
-            except Exception:  # noqa: BLE001 - keep the rows measured so far
-                log(traceback.format_exc())
+        log(f"[{part}]")
+        try:
+            fns[part](args, out, res["rows"], log, save)
+        except Exception:  # noqa: BLE001 - keep the rows measured so far
+            log(traceback.format_exc())
     save()
     return 0
 
