@@ -60,6 +60,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .ballots import StepBoundaryBallots
 from .format import check_group_size, pack_ternary, packed_shape, unpack_ternary, validate_packed
 from .init import draw_exponents, draw_trits, load_fit_, relative_error
 from .ops.votes import group_votes
@@ -105,7 +106,7 @@ class _EmbeddingFn(torch.autograd.Function):
         return None, None, None
 
 
-class SparseTernaryEmbedding(nn.Module):
+class SparseTernaryEmbedding(StepBoundaryBallots, nn.Module):
     """Ternary embedding table ``[num_embeddings, dim]`` with integer-only training state.
 
     Args:
@@ -151,10 +152,7 @@ class SparseTernaryEmbedding(nn.Module):
         self._anchors: dict = {}
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._touched: list[torch.Tensor] = []  # legacy: rows touched since the last ternary_step()
-        self._max_ballots: Optional[int] = None  # step-boundary mode (set_step_mode); None: online
-        self._gathered_names: tuple[str, ...] = ()
-        self._ballots_in_step = 0
-        self._ballot_hook = None
+        self._init_ballots()         # step-boundary mode (ballots.py): online until set_step_mode
 
         dev = torch.device(device) if device is not None else None
         if (dev if dev is not None else torch.empty(0).device).type == "meta":  # shapes only (audits)
@@ -285,45 +283,19 @@ class SparseTernaryEmbedding(nn.Module):
         self.nonfinite.add_(1 - okl)
 
     # ------------------------------------------------------------------ step-boundary mode
-    def set_step_mode(self, max_ballots: Optional[int]) -> None:
-        """``None``: online ballots (default); an int: step-boundary mode with at most ``max_ballots`` ballots per
-        step over all processes (``rules/base.py``). Gathered per step, as non-persistent buffers:
-        ``bigint``: ``vote_sum [V, G]`` and ``touch_sum [V]`` (ballots per row), sent as int32; ``legacy``:
-        ``sign_sum [V, D]`` (sent as int8: at most 127 ballots) and ``vote_sum [V, G]`` int32."""
-        if self._dirty:
-            raise RuntimeError("set_step_mode: ballots are pending; call ternary_step() first")
-        for name in self._gathered_names:
-            del self._buffers["gather_" + name]
-            self._non_persistent_buffers_set.discard("gather_" + name)
-        self._gathered_names = ()
-        self._max_ballots = None if max_ballots is None else int(max_ballots)
-        if max_ballots is None:
-            return
+    def _step_mode_buffers(self, max_ballots: int) -> dict[str, torch.Tensor]:
+        """Gathered per step: ``bigint``: ``vote_sum [V, G]`` and ``touch_sum [V]`` (ballots per row), sent as
+        int32; ``legacy``: ``sign_sum [V, D]`` (sent as int8: at most 127 ballots) and ``vote_sum [V, G]`` int32."""
         from .rules.base import check_wire_bound
-        B = self._max_ballots
-        if B < 1:
-            raise ValueError(f"set_step_mode: max_ballots must be >= 1 or None, got {max_ballots!r}")
         dev = self.T_packed.device
         V, G = self.num_embeddings, self.n_groups
-        check_wire_bound("vote_sum", B * self.group_size, torch.int32)
+        check_wire_bound("vote_sum", max_ballots * self.group_size, torch.int32)
         if self.update_rule == "bigint":
-            bufs = {"vote_sum": torch.zeros(V, G, dtype=torch.int64, device=dev),
+            return {"vote_sum": torch.zeros(V, G, dtype=torch.int64, device=dev),
                     "touch_sum": torch.zeros(V, dtype=torch.int64, device=dev)}
-        else:
-            check_wire_bound("sign_sum", B, torch.int8)
-            bufs = {"vote_sum": torch.zeros(V, G, dtype=torch.int32, device=dev),
-                    "sign_sum": torch.zeros(V, self.dim, dtype=torch.int16, device=dev)}
-        for name, buf in bufs.items():
-            self.register_buffer("gather_" + name, buf, persistent=False)
-        self._gathered_names = tuple(bufs)
-        self._ballots_in_step = 0
-
-    @property
-    def step_mode(self) -> Optional[int]:
-        return self._max_ballots
-
-    def gathered(self) -> dict[str, torch.Tensor]:
-        return {name: self._buffers["gather_" + name] for name in self._gathered_names}
+        check_wire_bound("sign_sum", max_ballots, torch.int8)
+        return {"vote_sum": torch.zeros(V, G, dtype=torch.int32, device=dev),
+                "sign_sum": torch.zeros(V, self.dim, dtype=torch.int16, device=dev)}
 
     def _gather_ballot(self, rows: torch.Tensor, grad_rows: torch.Tensor, touched: torch.Tensor, okl: torch.Tensor,
                        group_vote: torch.Tensor) -> None:
@@ -346,20 +318,10 @@ class SparseTernaryEmbedding(nn.Module):
     def set_slot_base(self, base: int) -> None:
         """See ``set_ballot_slot``."""
 
-    def set_ballot_hook(self, hook) -> None:
-        """``hook(self)`` after every ballot (data-parallel overlap, ``parallel.py``); ``None`` removes it."""
-        self._ballot_hook = hook
-
     def reduce_tensors(self) -> list[tuple[torch.Tensor, torch.dtype]]:
         """What a data-parallel all-reduce sums for this table, with the dtype to send it in."""
         wire = {"vote_sum": torch.int32, "touch_sum": torch.int32, "sign_sum": torch.int8}
         return [(buf, wire[name]) for name, buf in self.gathered().items()] + [(self.nonfinite, torch.int64)]
-
-    def load_reduced(self, tensors: list[torch.Tensor]) -> None:
-        """Take the all-reduced sums of ``reduce_tensors()``; ``ternary_step`` applies them."""
-        for (buf, _), t in zip(self.reduce_tensors(), tensors):
-            buf.copy_(t)
-        self._dirty = True
 
     def _apply_gathered(self) -> None:
         g = self.gathered()

@@ -51,6 +51,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .ballots import StepBoundaryBallots
 from .config import TernaryConfig
 from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
 from .init import dense_scale_variance, draw_exponents, draw_packed_trits, load_fit_, relative_error
@@ -98,7 +99,7 @@ class _TernaryLinearFn(torch.autograd.Function):
         return grad_x, None, None
 
 
-class TernaryScaleTensor(nn.Module):
+class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     """Pure-ternary linear layer ``y = x @ (T * S).T`` with integer-only training state.
 
     Args:
@@ -148,13 +149,9 @@ class TernaryScaleTensor(nn.Module):
         self._voting = True          # False: backward passes grad_x on but casts no ballot
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._anchors: dict[torch.device, torch.Tensor] = {}
-        # step-boundary mode (set_step_mode): None = online; else the most ballots one step may gather
-        self._max_ballots: Optional[int] = None
-        self._gathered_names: tuple[str, ...] = ()
-        self._ballots_in_step = 0    # ballots gathered since the last ternary_step (host count)
+        self._init_ballots()         # step-boundary mode (ballots.py): online until set_step_mode
         self._slot_base = 0          # global index of this process's first ballot of the step
         self._slot: Optional[int] = None  # set_ballot_slot: the next ballot's global index in the step
-        self._ballot_hook = None     # set_ballot_hook: called after each gathered ballot (parallel.py)
         dev = torch.device(device) if device is not None else None
         meta = (dev if dev is not None else torch.empty(0).device).type == "meta"
         if seed is None:
@@ -255,37 +252,12 @@ class TernaryScaleTensor(nn.Module):
             self._ballot_hook(self)
 
     # ------------------------------------------------------------- step-boundary mode
-    def set_step_mode(self, max_ballots: Optional[int]) -> None:
-        """``None``: online ballots (default). An int: step-boundary mode, at most ``max_ballots`` ballots per step
-        (summed over every process of a data-parallel group) -- ``rules/base.py``, ``ops/gather.py``. The
-        gather buffers are non-persistent buffers (``gather_<name>``), zero between steps."""
-        if self._dirty:
-            raise RuntimeError("set_step_mode: ballots are pending; call ternary_step() first")
-        for name in self._gathered_names:
-            del self._buffers["gather_" + name]
-            self._non_persistent_buffers_set.discard("gather_" + name)
-        self._gathered_names = ()
-        self._max_ballots = None if max_ballots is None else int(max_ballots)
-        if max_ballots is None:
-            return
-        if self._max_ballots < 1:
-            raise ValueError(f"set_step_mode: max_ballots must be >= 1 or None, got {max_ballots!r}")
-        bufs = self.rule.gather_buffers(self._state(), self._max_ballots)
-        for name, buf in bufs.items():
-            self.register_buffer("gather_" + name, buf, persistent=False)
+    def _step_mode_buffers(self, max_ballots: int) -> dict[str, torch.Tensor]:
+        """The rule's gather buffers (``rules/base.py``, ``ops/gather.py``); a gathering forward reads a zero
+        ``pending`` (``no_pending``): every micro-batch of a step computes against the step-start state."""
         if "no_pending" not in self._buffers:
             self.register_buffer("no_pending", torch.zeros_like(self.pending), persistent=False)
-        self._gathered_names = tuple(bufs)
-        self._ballots_in_step = 0
-
-    @property
-    def step_mode(self) -> Optional[int]:
-        """``None`` (online) or the step-boundary mode's ``max_ballots``."""
-        return self._max_ballots
-
-    def gathered(self) -> dict[str, torch.Tensor]:
-        """The step-boundary gather buffers by name (empty when online)."""
-        return {name: self._buffers["gather_" + name] for name in self._gathered_names}
+        return self.rule.gather_buffers(self._state(), max_ballots)
 
     def set_ballot_slot(self, slot: int) -> None:
         """The global index, within the step, of the next ballot this layer casts (its counter-hash draw is keyed
@@ -296,23 +268,12 @@ class TernaryScaleTensor(nn.Module):
         """Without ``set_ballot_slot``, the k-th ballot of a step takes slot ``base + k`` (a rank's offset)."""
         self._slot_base = int(base)
 
-    def set_ballot_hook(self, hook) -> None:
-        """``hook(self)`` after every gathered ballot (how ``parallel.py`` overlaps its all-reduce with the rest of
-        the backward); ``None`` removes it."""
-        self._ballot_hook = hook
-
     def reduce_tensors(self) -> list[tuple[torch.Tensor, torch.dtype]]:
         """What a data-parallel all-reduce sums for this layer, with the dtype to send it in: the gather buffers
         and the ballot counts (``pending``, ``nonfinite``)."""
         wire = self.rule.wire_dtypes(self._max_ballots or 1)
         return [(buf, wire[name]) for name, buf in self.gathered().items()] + [
             (self.pending, torch.int64), (self.nonfinite, torch.int64)]
-
-    def load_reduced(self, tensors: list[torch.Tensor]) -> None:
-        """Take the all-reduced sums of ``reduce_tensors()`` (same order); ``ternary_step`` then applies them."""
-        for (buf, _), t in zip(self.reduce_tensors(), tensors):
-            buf.copy_(t)
-        self._dirty = True
 
     @property
     def voting(self) -> bool:
