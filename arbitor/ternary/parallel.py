@@ -43,6 +43,7 @@ from .step import set_step_mode, ternary_layers, ternary_step
 __all__ = ["TernaryDataParallel", "state_digest", "DivergedStateError", "PeerError"]
 
 BUCKET_BYTES = 25 * 2 ** 20    # as DDP's default bucket_cap_mb
+_DIGEST_CHUNK = 2 ** 24        # bytes of a buffer ``state_digest`` widens to int64 at a time (128 MiB transient)
 
 
 class DivergedStateError(RuntimeError):
@@ -60,9 +61,13 @@ def state_digest(module: nn.Module) -> torch.Tensor:
     for name, buf in module.named_buffers(recurse=False):
         if name in module._non_persistent_buffers_set:
             continue
-        b = buf.detach().contiguous().view(-1).view(torch.uint8).to(torch.int64)
-        w = torch.arange(1, b.numel() + 1, dtype=torch.int64, device=b.device) % 65_521 + 1
-        d = (b * w).sum() + b.numel()
+        b = buf.detach().contiguous().view(-1).view(torch.uint8)
+        d = torch.zeros((), dtype=torch.int64, device=b.device) + b.numel()
+        # in chunks: an int64 copy of the whole state (8x its bytes) would be the largest tensor of the step
+        for i in range(0, b.numel(), _DIGEST_CHUNK):
+            part = b[i:i + _DIGEST_CHUNK].to(torch.int64)
+            w = torch.arange(i + 1, i + part.numel() + 1, dtype=torch.int64, device=b.device) % 65_521 + 1
+            d = d + (part * w).sum()
         total = d if total is None else total * 1_000_003 + d
     return total if total is not None else torch.zeros((), dtype=torch.int64)
 

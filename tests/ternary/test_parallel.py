@@ -64,3 +64,14 @@ def test_static_graph_refuses_a_step_with_more_ballots(group_of_one):
     with pytest.raises(RuntimeError, match="cast 3 ballots in the last micro-batch, 2 in the first step"):
         with tdp.micro_batch(0):
             (model(x) + model.b(torch.randn(1, 16)).sum()).backward()
+
+
+def test_state_digest_does_not_depend_on_its_chunking(monkeypatch):
+    """``state_digest`` widens a buffer to int64 chunk by chunk (no 8x copy of a large state): same value."""
+    import arbitor.ternary.parallel as parallel
+    layer = TernaryScaleTensor(300, 70, 4, seed=3, update_rule="counter")
+    whole = int(parallel.state_digest(layer))
+    monkeypatch.setattr(parallel, "_DIGEST_CHUNK", 7)
+    assert int(parallel.state_digest(layer)) == whole
+    layer.T_packed.view(-1)[123] ^= 1
+    assert int(parallel.state_digest(layer)) != whole
