@@ -31,15 +31,12 @@ from torch import nn
 from ..ternary.embedding import SparseTernaryEmbedding
 from ..ternary.layer import TernaryScaleTensor
 from .formats import ExportReport, export_bitnet, export_gguf, write_report
+from .weights import dense_weight, ternary_modules
 from .ternarize import ternarize
 
 __all__ = ["export", "load_packed", "FORMATS"]
 
 FORMATS = ("dense", "packed", "bitnet", "gguf")
-
-
-def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryScaleTensor, SparseTernaryEmbedding))}
 
 
 @torch.no_grad()
@@ -53,7 +50,7 @@ def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> U
     if out.exists() and not out.is_dir():
         raise ValueError(f"export: {out} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
-    ternary = _ternary_modules(model)
+    ternary = ternary_modules(model)
     if any(m.dirty for m in ternary.values()):
         raise RuntimeError("export: ballots are pending; call ternary_step(model) first")
     if format in ("bitnet", "gguf"):
@@ -74,15 +71,8 @@ def export(model: nn.Module, path: Union[str, Path], format: str = "dense") -> U
         if not k.startswith(prefixes):
             tensors[k] = v.detach().cpu().contiguous().clone()        # clone: tied tensors are saved once each
     for name, m in ternary.items():
-        if isinstance(m, SparseTernaryEmbedding):
-            rows = torch.arange(m.num_embeddings, device=m.T_packed.device)
-            tensors[f"{name}.weight"] = m.rows_weight(rows).to(torch.bfloat16).cpu().contiguous()
-            continue
-        w = m.effective_weight(torch.bfloat16).cpu()
-        if getattr(m, "converted_from", None) == "Conv1D":
-            w = w.t()
-        tensors[f"{name}.weight"] = w.contiguous()
-        if m.bias is not None:
+        tensors[f"{name}.weight"] = dense_weight(m, torch.bfloat16).contiguous()
+        if getattr(m, "bias", None) is not None:
             tensors[f"{name}.bias"] = m.bias.detach().cpu().clone()
     file = out / "model.safetensors"
     save_file(tensors, str(file), metadata={"format": "pt", "arbitor": "dense export of a ternary model"})

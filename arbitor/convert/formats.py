@@ -43,6 +43,7 @@ from torch import nn
 
 from ..ternary.embedding import SparseTernaryEmbedding
 from ..ternary.layer import TernaryScaleTensor
+from .weights import dense_weight, ternary_modules
 
 __all__ = [
     "GGUF_BLOCK",
@@ -92,18 +93,6 @@ class ExportReport:
                 "layers": [dataclasses.asdict(r) for r in self.layers]}
 
 
-def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryScaleTensor, SparseTernaryEmbedding))}
-
-
-def _dense_weight(m: nn.Module) -> torch.Tensor:
-    """``W_eff`` float32 in the original module's layout (``Conv1D``: ``[in, out]``)."""
-    if isinstance(m, SparseTernaryEmbedding):
-        return m.rows_weight(torch.arange(m.num_embeddings, device=m.T_packed.device)).cpu()
-    w = m.effective_weight(torch.float32).cpu()
-    return w.t() if getattr(m, "converted_from", None) == "Conv1D" else w
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
@@ -141,7 +130,7 @@ def export_bitnet(model: nn.Module, path: Path, dtype: torch.dtype | None = None
     dtype = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    ternary = _ternary_modules(model)
+    ternary = ternary_modules(model)
     report = ExportReport("bitnet", path / "model.safetensors")
     tensors: dict[str, torch.Tensor] = {}
     prefixes = tuple(f"{n}." for n in ternary)
@@ -153,7 +142,7 @@ def export_bitnet(model: nn.Module, path: Path, dtype: torch.dtype | None = None
         packable = (isinstance(m, TernaryScaleTensor) and getattr(m, "converted_from", "Linear") == "Linear"
                     and m.out_features % 4 == 0)
         if not packable:
-            w = _dense_weight(m)
+            w = dense_weight(m)
             tensors[f"{name}.weight"] = w.to(dtype).contiguous()
             not_converted.append(name)
             why = "not an nn.Linear in the original model" if isinstance(m, SparseTernaryEmbedding) or \
@@ -240,7 +229,7 @@ def export_gguf(model: nn.Module, path: Path) -> ExportReport:
         writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
         tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
     writer.add_string("arbitor.export", "ternary model; trits exact, scales per the arbitor export report")
-    ternary = _ternary_modules(model)
+    ternary = ternary_modules(model)
     prefixes = tuple(f"{n}." for n in ternary)
     items: list[tuple[str, torch.Tensor, nn.Module | None, str | None]] = []
     for k, v in model.state_dict().items():
@@ -280,7 +269,7 @@ def export_gguf(model: nn.Module, path: Path) -> ExportReport:
                                       "least-squares fp16 scale per block"
             report.layers.append(LayerExport(mname, "TQ2_0", uniform, err, note))
         else:
-            W = _dense_weight(m)
+            W = dense_weight(m)
             if perm:
                 W = llama_qk_permute(W, perm)
             writer.add_tensor(gname, W.to(torch.float16).numpy())
