@@ -10,12 +10,13 @@ Layout (imports flow one way, ``ternary.ops`` <- ``ternary`` <- ``model`` <- ``t
 * ``arbitor.convert`` -- ``ternarize`` a model you already have, ``export`` it (``docs/convert.md``)
 * ``arbitor.cli``     -- the ``arbitor`` command (parsing only)
 """
-from .ternary import (SparseTernaryEmbedding, TernaryConfig, TernaryScaleTensor, UpdateRule, format_audit,
-                      pack_ternary, set_rate_factor, ternary_audit, ternary_step, unpack_ternary)
+from .ternary import (SparseTernaryEmbedding, TernaryConfig, TernaryInferenceLinear, TernaryScaleTensor, UpdateRule,
+                      for_inference, format_audit, pack_ternary, set_rate_factor, ternary_audit, ternary_step,
+                      unpack_ternary)
 
 from .convert import export, load_packed, ternarize  # noqa: E402  (after .ternary: convert builds on it)
 
 __version__ = "0.2.0"
 __all__ = ["TernaryScaleTensor", "SparseTernaryEmbedding", "TernaryConfig", "UpdateRule", "ternary_step",
            "set_rate_factor", "ternary_audit", "format_audit", "pack_ternary", "unpack_ternary", "ternarize", "export",
-           "load_packed"]
+           "load_packed", "for_inference", "TernaryInferenceLinear"]

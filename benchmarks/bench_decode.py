@@ -67,6 +67,7 @@ def tokens_per_s(model, batch: int, prompt: int, new: int, device, reps: int) ->
 
 
 def cpu_decode_rows(args, device, res, flush) -> None:
+    from arbitor import for_inference
     dtype = "float32"
     models = {}
     for linear in ("ternary", "dense"):
@@ -74,6 +75,7 @@ def cpu_decode_rows(args, device, res, flush) -> None:
         cfg = preset(args.preset, linear=linear, compute_dtype=dtype, max_ctx=max(256, args.prompt + args.new))
         models[linear] = ArbitorLM(cfg).to(device).eval()
     res["weights"] = ternary_audit(models["ternary"])["logical_ternary_weights"]
+    models["ternary"] = for_inference(models["ternary"])      # what generation uses: T_packed + float32 S
     for batch in args.batches:
         tps = {k: tokens_per_s(m, batch, args.prompt, args.new, device, args.reps) for k, m in models.items()}
         row = {"name": f"decode_{args.preset}_b{batch}", "shape": f"{args.preset} preset, batch {batch}, "
@@ -120,6 +122,9 @@ def _graph_time(fn_list, reps: int) -> float:
 
 
 def _ternary_copies(N: int, K: int, gs: int, n: int, device):
+    """``n`` random copies of a layer's state: ``(T_packed, E, corr_accum, step_counter, pending, S)``, ``S`` the
+    float32 scale a frozen layer keeps (``arbitor.for_inference``)."""
+    from arbitor.ternary.scale import bigint_scale
     out = []
     shifts = torch.tensor([0, 2, 4, 6], device=device, dtype=torch.uint8)
     for _ in range(n):
@@ -127,49 +132,106 @@ def _ternary_copies(N: int, K: int, gs: int, n: int, device):
         T_packed = (codes << shifts).sum(-1, dtype=torch.uint8)
         E = torch.randint(-7, -5, (N, K // gs), device=device, dtype=torch.int8)
         corr = torch.randint(-100, 101, (N, K // gs), device=device, dtype=torch.int64)
-        out.append((T_packed, E, corr, torch.tensor(8, dtype=torch.int64, device=device),
-                    torch.zeros((), dtype=torch.int64, device=device)))
+        step = torch.tensor(8, dtype=torch.int64, device=device)
+        S = bigint_scale(E, corr, step, gs, 4.0).contiguous()
+        out.append((T_packed, E, corr, step, torch.zeros((), dtype=torch.int64, device=device), S))
     return out
 
 
+def _copies_for(N: int, K: int, gs: int, l2_bytes: int, device):
+    t_bytes = N * K // 4 + N * (K // gs) * (1 + 8)            # T_packed + E (int8) + corr_accum (int64)
+    f_bytes = N * K // 4 + N * (K // gs) * 4                   # T_packed + S (float32): a frozen layer
+    n_t = max(2, math.ceil(4 * l2_bytes / f_bytes))
+    return t_bytes, f_bytes, _ternary_copies(N, K, gs, n_t, device)
+
+
 def gemv_rows(args, device, res, flush) -> None:
-    from arbitor.ternary.ops import linear_triton
+    from arbitor.ternary.ops import decode_triton, linear_triton
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
     for K, N in GEMV_SHAPES:
-        t_bytes = N * K // 4 + N * (K // gs) * (1 + 8)            # T_packed + E (int8) + corr_accum (int64)
+        t_bytes, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         w_bytes = N * K * 2
-        n_t = max(2, math.ceil(4 * l2_bytes / t_bytes))
         n_w = max(2, math.ceil(4 * l2_bytes / w_bytes))
-        states = _ternary_copies(N, K, gs, n_t, device)
         Ws = [torch.randn(N, K, device=device, dtype=torch.bfloat16) / math.sqrt(K) for _ in range(n_w)]
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            times = {"gemv": None}                        # the GEMV is M = 1 only
-            for path in ("auto", "fused") + (("gemv",) if M == 1 else ()):
+            times = {"gemv": None}                        # the training layer's GEMV is M = 1 only
+            variants = {"frozen": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs),
+                        "auto": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="auto"),
+                        "fused": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="fused")}
+            if M == 1:
+                variants["gemv"] = lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="gemv")
+            for path, fn in variants.items():
                 try:
-                    times[path] = _graph_time([
-                        (lambda s=s, p=path: linear_triton.ternary_forward(x, *s, K, gs, 4.0, path=p))
-                        for s in states], args.reps)
+                    times[path] = _graph_time([(lambda s=s, fn=fn: fn(s)) for s in states], args.reps)
                 except Exception as exc:   # one failing variant must not cost the run
                     traceback.print_exc()
                     times[path] = None
                     res.setdefault("errors", []).append(f"gemv M={M} K={K} N={N} path={path}: {exc!r}")
             base = _graph_time([(lambda W=W: x @ W.t()) for W in Ws], args.reps)
-            bound_ms = 1000 * t_bytes / (args.hbm_tbps * 1e12)
-            ms = times["auto"]
+            bound_ms = 1000 * f_bytes / (args.hbm_tbps * 1e12)
+            ms = times["frozen"]
             row = {"name": f"gemv_m{M}", "shape": f"M={M}, K={K}, N={N}, bf16, group 64", "arbitor_ms": ms,
+                   "arbitor": "frozen layer (arbitor.for_inference): decode_gemv_kernel (M = 1) / decode_mma_kernel over "
+                              "T_packed + float32 S",
                    "baseline": f"cuBLAS bf16 x @ W.T (weights rotated over {n_w} copies)", "baseline_ms": base,
                    "ratio": base / ms if ms else None, "bound_ms": bound_ms,
-                   "bound_note": f"(T_packed + E + corr_accum) bytes / {args.hbm_tbps} TB/s",
+                   "bound_note": f"(T_packed + S float32) bytes / {args.hbm_tbps} TB/s",
                    "of_bound": bound_ms / ms if ms else None,
-                   "arbitor_tbps": t_bytes / (ms * 1e9) if ms else None,
+                   "arbitor_tbps": f_bytes / (ms * 1e9) if ms else None,
                    "baseline_tbps": w_bytes / (base * 1e9),
+                   "training_layer_ms": times["auto"], "training_layer_bytes": t_bytes,
+                   "training_layer_ratio": base / times["auto"] if times["auto"] else None,
                    "arbitor_gemv_ms": times["gemv"], "arbitor_fused_ms": times["fused"],
-                   "ternary_copies": n_t, "dispatch": "gemv" if M == 1 else "fused"}
+                   "ternary_copies": len(states)}
             res["rows"].append(row)
             print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             flush()
         del states, Ws
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _sweep_configs(M: int) -> list[dict]:
+    """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), ``decode_mma_kernel`` above."""
+    if M == 1:
+        grid = [(bn, bk, w, p) for bn in (32, 64, 128) for bk in (128, 256, 512) for w in (4, 8) for p in (2, 4, 8)]
+    else:
+        grid = [(bn, bk, 4, p) for bn in (16, 32, 64) for bk in (128, 256, 512) for p in (1, 2, 4)]
+    return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "PROGRAMS_PER_SM": p} for bn, bk, w, p in grid]
+
+
+def sweep_rows(args, device, res, flush) -> None:
+    """Launch configs of ``decode_gemv_kernel`` at every GEMV shape and M (``res["sweep"]``; the fastest per M
+    bucket become ``decode_triton._DECODE_TILES``)."""
+    from arbitor.ternary.ops import decode_triton
+    gs, l2_bytes = 64, args.l2_mb * 2 ** 20
+    t_end = time.perf_counter() + args.sweep_limit_s
+    sweep = res.setdefault("sweep", [])
+    for K, N in GEMV_SHAPES:
+        _, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
+        for M in args.gemv_m:
+            x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
+            for cfg in _sweep_configs(M):
+                if time.perf_counter() > t_end:
+                    res.setdefault("errors", []).append("sweep stopped at its time limit")
+                    flush()
+                    return
+                try:
+                    path = "gemv" if M == 1 else "mma"
+                    ms = _graph_time([(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(x, s[0], s[5], K, gs,
+                                                                                                config=c, path=p))
+                                      for s in states], max(5, args.reps // 2))
+                except Exception as exc:
+                    ms = None
+                    res.setdefault("errors", []).append(f"sweep M={M} K={K} N={N} {cfg}: {exc!r}"[:300])
+                sweep.append({"M": M, "K": K, "N": N, **cfg, "ms": ms,
+                              "tbps": f_bytes / (ms * 1e9) if ms else None})
+            best = min((r for r in sweep if r["M"] == M and r["K"] == K and r["N"] == N and r["ms"]),
+                       key=lambda r: r["ms"], default=None)
+            print(f"sweep M={M} K={K} N={N}: best {best}", flush=True)
+            flush()
+        del states
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -190,12 +252,13 @@ def _weight_bytes(model) -> int:
     return total
 
 
-def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device) -> tuple[float, torch.Tensor]:
+def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device,
+                 compile: bool = False) -> tuple[float, torch.Tensor]:
     from arbitor.model.decode import GraphedDecoder
     idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
     idx = idx.to(device)
-    dec = GraphedDecoder(model, batch, prompt + new, cuda_graph=device.type == "cuda")
-    out = dec.generate(idx, new, temperature=0)                 # capture
+    dec = GraphedDecoder(model, batch, prompt + new, cuda_graph=device.type == "cuda", compile=compile)
+    out = dec.generate(idx, new, temperature=0)                 # capture (and compile)
     best = float("inf")
     for _ in range(reps):
         dec.generate(idx, new, temperature=0)
@@ -204,7 +267,34 @@ def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device) ->
     return 1.0 / best, out
 
 
+def _profile(model, batch: int, prompt: int, device, steps: int = 3, top: int = 14) -> dict:
+    """Kernel times of ``steps`` eager static-cache token steps (``torch.profiler``; what a graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from arbitor.model.decode import GraphedDecoder
+    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
+    dec = GraphedDecoder(model, batch, prompt + steps + 2, cuda_graph=False)
+    dec.generate(idx.to(device), 2, temperature=0)
+    tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            dec.next_logits(tok)
+        _sync(device)
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append({"kernel": e.key[:90], "calls_per_step": e.count / steps, "us_per_step": t / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return {"gpu_us_per_step": sum(r["us_per_step"] for r in rows),
+            "kernels_per_step": sum(r["calls_per_step"] for r in rows), "top": rows[:top]}
+
+
 def gpu_decode_rows(args, device, res, flush) -> None:
+    """Frozen arbitor (``for_inference``) against dense bf16, each graphed and compiled + graphed; the faster
+    variant of each side is the row's figure (all variants are kept in ``variants``)."""
+    from arbitor import for_inference
     from benchmarks.bench_speed import _build
     name = args.preset
     models, wbytes = {}, {}
@@ -212,25 +302,45 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         cfg = preset(name, linear=linear, compute_dtype="bfloat16", max_ctx=args.prompt + args.new,
                      activation_checkpointing=False)
         t = time.perf_counter()
-        models[linear] = _build(cfg, device).eval()
-        wbytes[linear] = _weight_bytes(models[linear])
+        m = _build(cfg, device).eval()
+        if linear == "ternary":
+            wbytes["ternary_training_state"] = _weight_bytes(m)
+            m = for_inference(m)
+        models[linear] = m
+        wbytes[linear] = _weight_bytes(m)
         print(f"built {name} {linear} in {time.perf_counter() - t:.1f}s, {wbytes[linear] / 2 ** 30:.2f} GiB",
               flush=True)
-    res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"]}
+    res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
+                           "arbitor_training_state": wbytes["ternary_training_state"]}
     torch.set_grad_enabled(False)
-    for batch in args.batches:
-        tps, outs = {}, {}
+    if args.profile:
         for linear, m in models.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
             try:
-                tps[linear], outs[linear] = _graphed_tps(m, batch, args.prompt, args.new, args.decode_reps, device)
+                res.setdefault("profile", {})[f"{linear}_b1"] = _profile(m, 1, args.prompt, device)
             except Exception as exc:
                 traceback.print_exc()
-                tps[linear] = None
-                res.setdefault("errors", []).append(f"decode {linear} b{batch}: {exc!r}")
-            if device.type == "cuda":
-                res.setdefault("peak_bytes", {})[f"{linear}_b{batch}"] = torch.cuda.max_memory_allocated()
+                res.setdefault("errors", []).append(f"profile {linear}: {exc!r}")
+        flush()
+    compile_batches = {int(b) for b in args.compile_batches.split(",") if b} if args.compile else set()
+    for batch in args.batches:
+        tps, outs = {}, {}
+        modes = [("graph", False)] + ([("compile+graph", True)] if batch in compile_batches else [])
+        for linear, m in models.items():
+            for mode, comp in modes:
+                key = f"{linear}/{mode}"
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                try:
+                    tps[key], outs[key] = _graphed_tps(m, batch, args.prompt, args.new, args.decode_reps, device,
+                                                       compile=comp)
+                except Exception as exc:
+                    traceback.print_exc()
+                    tps[key] = None
+                    res.setdefault("errors", []).append(f"decode {key} b{batch}: {exc!r}"[:400])
+                print(f"decode {key} b{batch}: {tps[key]} tokens/s ({time.perf_counter() - t0:.0f}s)", flush=True)
+                if device.type == "cuda":
+                    res.setdefault("peak_bytes", {})[f"{key}_b{batch}"] = torch.cuda.max_memory_allocated()
         eager = None
         if args.eager_new:
             idx = torch.randint(0, 256, (batch, args.prompt), generator=torch.Generator().manual_seed(0)).to(device)
@@ -244,17 +354,25 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             ref = m.generate(idx, 1 + args.eager_new, temperature=0)
             _sync(device)
             eager = batch * args.eager_new / max(1e-9, (time.perf_counter() - t1) - (t1 - t0))
-            if outs.get("ternary") is not None:      # greedy tokens of the graphed path vs the eager path
-                same = (outs["ternary"][:, :ref.shape[1]] == ref)[:, args.prompt:].all(0)
-                res.setdefault("graph_vs_eager_tokens", {})[f"b{batch}"] = (
-                    f"{int(same.long().cumprod(0).sum())}/{same.numel()} leading tokens equal")
-        a, b = tps.get("ternary"), tps.get("dense")
+            for key, o in outs.items():        # greedy tokens of each fast path vs the eager path
+                if key.startswith("ternary") and o is not None:
+                    same = (o[:, :ref.shape[1]] == ref)[:, args.prompt:].all(0)
+                    res.setdefault("fast_vs_eager_tokens", {})[f"{key}_b{batch}"] = (
+                        f"{int(same.long().cumprod(0).sum())}/{same.numel()} leading tokens equal")
+
+        def best(side):
+            cands = {k: v for k, v in tps.items() if k.startswith(side + "/") and v}
+            return max(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
+        (ka, a), (kb, b) = best("ternary"), best("dense")
         row = {"name": f"decode_{name}_b{batch}", "shape": f"{name} preset, batch {batch}, {args.prompt}-token "
                f"prompt, {args.new} new (greedy; decode steps only)",
                "arbitor_ms": 1000 * batch / a if a else None,
-               "baseline": "same architecture, dense bf16 weights, static KV cache, CUDA graph",
+               "arbitor": f"frozen model (arbitor.for_inference), static KV cache, {ka.split('/')[1] if ka else '-'}",
+               "baseline": f"same architecture, dense bf16 weights, static KV cache, {kb.split('/')[1] if kb else '-'} "
+                           "(the faster of graph and compile+graph)",
                "baseline_ms": 1000 * batch / b if b else None, "ratio": a / b if a and b else None,
                "arbitor_tokens_per_s": a, "baseline_tokens_per_s": b, "arbitor_eager_tokens_per_s": eager,
+               "variants_tokens_per_s": tps,
                "arbitor_weight_bytes": wbytes["ternary"], "baseline_weight_bytes": wbytes["dense"],
                "weight_memory_ratio": wbytes["ternary"] / wbytes["dense"]}
         res["rows"].append(row)
@@ -273,21 +391,49 @@ def write(res, out: Path) -> None:
     lines = [f"# Decode speed ({tag})", "", f"Command: `{res['command']}` ({res['threads']} threads)", ""]
     gemv = [r for r in res["rows"] if r["name"].startswith("gemv")]
     if gemv:
-        lines += ["| row | shape | arbitor ms | gemv / fused ms | cuBLAS bf16 ms | ratio | bound ms | of bound |",
+        lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`); "
+                  "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`). ratio = "
+                  "cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate.", "",
+                  "| row | shape | arbitor ms | training layer ms | cuBLAS bf16 ms | ratio | bound ms | of bound |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | {f(r['arbitor_gemv_ms'], '.4f')} / "
-                  f"{f(r['arbitor_fused_ms'], '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
+        lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | "
+                  f"{f(r.get('training_layer_ms'), '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
                   f"{f(r['bound_ms'], '.4f')} | {f(r['of_bound'], '.2f')} |" for r in gemv]
         lines.append("")
     dec = [r for r in res["rows"] if r["name"].startswith("decode")]
     if dec:
-        lines += ["| row | arbitor tokens/s | dense tokens/s | ratio |", "|---|---:|---:|---:|"]
+        lines += ["| row | arbitor tokens/s | dense tokens/s | ratio | variants (tokens/s) |",
+                  "|---|---:|---:|---:|---|"]
         lines += [f"| {r['shape']} | {f(r['arbitor_tokens_per_s'], ',.0f')} | "
-                  f"{f(r['baseline_tokens_per_s'], ',.0f')} | {f(r['ratio'], '.2f')}x |" for r in dec]
+                  f"{f(r['baseline_tokens_per_s'], ',.0f')} | {f(r['ratio'], '.2f')}x | "
+                  + ", ".join(f"{k} {f(v, ',.0f')}" for k, v in r.get("variants_tokens_per_s", {}).items()) + " |"
+                  for r in dec]
     if "weight_bytes" in res:
         wb = res["weight_bytes"]
         lines += ["", f"Weight memory: arbitor {wb['arbitor'] / 2 ** 30:.2f} GiB, dense bf16 "
-                  f"{wb['dense_bf16'] / 2 ** 30:.2f} GiB ({wb['arbitor'] / wb['dense_bf16']:.3f}x)."]
+                  f"{wb['dense_bf16'] / 2 ** 30:.2f} GiB ({wb['arbitor'] / wb['dense_bf16']:.3f}x)"
+                  + (f"; the trained model's state before `for_inference`: "
+                     f"{wb['arbitor_training_state'] / 2 ** 30:.2f} GiB" if "arbitor_training_state" in wb else "")
+                  + "."]
+    if res.get("fast_vs_eager_tokens"):
+        lines += ["", "Greedy tokens, fast path against the eager `generate`: "
+                  + ", ".join(f"{k}: {v}" for k, v in res["fast_vs_eager_tokens"].items()) + "."]
+    for key, prof in res.get("profile", {}).items():
+        lines += ["", f"Profile `{key}` (eager token step, torch.profiler): {prof['gpu_us_per_step']:,.0f} us of GPU "
+                  f"time in {prof['kernels_per_step']:.0f} kernels per step", "",
+                  "| kernel | calls/step | us/step |", "|---|---:|---:|"]
+        lines += [f"| `{r['kernel']}` | {r['calls_per_step']:.0f} | {r['us_per_step']:.1f} |" for r in prof["top"]]
+    if res.get("sweep"):
+        lines += ["", "Sweep of `decode_gemv_kernel` launch configs (fastest per shape and M):", "",
+                  "| M | K | N | BLOCK_N | BLOCK_K | warps | programs/SM | ms | TB/s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        keys = sorted({(r["M"], r["K"], r["N"]) for r in res["sweep"]})
+        for key in keys:
+            cands = [r for r in res["sweep"] if (r["M"], r["K"], r["N"]) == key and r["ms"]]
+            if cands:
+                r = min(cands, key=lambda r: r["ms"])
+                lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['BLOCK_N']} | {r['BLOCK_K']} | {r['num_warps']} | "
+                             f"{r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
     if res.get("errors"):
         lines += ["", "Errors:", ""] + [f"* {e}" for e in res["errors"]]
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
@@ -305,6 +451,13 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-reps", type=int, default=5, help="repetitions of each decode measurement")
     ap.add_argument("--gemv-m", default="1,4,16")
     ap.add_argument("--eager-new", type=int, default=8, help="GPU: tokens of the eager arbitor reference (0: skip)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="GPU decode rows: also measure compile + graph for both models")
+    ap.add_argument("--compile-batches", default="1", help="the batch sizes --compile applies to (each compile of "
+                    "the 3b step takes a minute or more)")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
+    ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "inference"))
@@ -318,6 +471,8 @@ def main(argv=None) -> int:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.gemv_m = [int(m) for m in args.gemv_m.split(",")]
     parts = (args.parts or ("gemv,decode" if cuda else "decode")).split(",")
+    if not set(parts) <= {"gemv", "decode", "sweep"}:
+        raise SystemExit(f"--parts: comma list of gemv, decode, sweep; got {args.parts!r}")
     torch.set_grad_enabled(False)
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     tag = device_tag(name)
@@ -330,6 +485,11 @@ def main(argv=None) -> int:
     def flush():
         write(res, out)
     t0 = time.perf_counter()
+    if "sweep" in parts:
+        if not cuda:
+            raise SystemExit("--parts sweep needs a CUDA device")
+        sweep_rows(args, device, res, flush)
+        print(f"sweep done in {time.perf_counter() - t0:.0f}s", flush=True)
     if "gemv" in parts:
         if not cuda:
             raise SystemExit("--parts gemv needs a CUDA device")

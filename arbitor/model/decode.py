@@ -12,6 +12,11 @@ launch per projection): on a GPU a decode step of a small batch is launch-bound.
    attends over the whole buffer under the mask ``key position <= query position`` and advances ``pos`` on
    the device. Sampling (``sample_next``, the function the eager path uses too) runs outside the graph.
 
+``compile=True`` also ``torch.compile`` s the token step before it is captured (Inductor fuses the norms,
+gates, attention glue and residual adds between the projections; the graph then replays the fused kernels):
+the first two steps take the compile time. Frozen models (``arbitor.for_inference``) decode from
+``T_packed`` and float32 group scales only.
+
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
 which is what the CPU tests compare with ``generate``. Greedy tokens equal the eager path's (the graph
 replays exactly the kernels of the eager static step; the static step differs from ``generate``'s only in
@@ -60,7 +65,8 @@ class GraphedDecoder:
     wall times, and ``decode_tokens`` (tokens produced in ``decode_s``).
     """
 
-    def __init__(self, model: nn.Module, batch: int, max_len: int, cuda_graph: bool = True) -> None:
+    def __init__(self, model: nn.Module, batch: int, max_len: int, cuda_graph: bool = True,
+                 compile: bool = False) -> None:
         cfg = model.cfg
         if max_len > cfg.max_ctx:
             raise ValueError(f"max_len={max_len} exceeds the model's max_ctx={cfg.max_ctx}")
@@ -79,6 +85,8 @@ class GraphedDecoder:
                                    getattr(torch, cfg.compute_dtype), self.device, lti)
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        # the prompt runs eagerly (one call per sequence); the token step is what repeats
+        self._token_step = torch.compile(self._step) if compile else self._step
         self.logits: Optional[torch.Tensor] = None
         self.timings: dict = {}
 
@@ -92,8 +100,21 @@ class GraphedDecoder:
         length, started = self.cache.length, self.cache._started
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._step(self.tok)
+            self.logits = self._token_step(self.tok)
         self.cache.length, self.cache._started = length, started
+
+    def _dry_step(self) -> None:
+        """Run the compiled token step once at the current position and undo its effect on the cache, so that
+        the capture that follows finds a compiled entry for this position (Dynamo guards on the host length;
+        compiling inside a capture would fail). The keys/values it wrote at ``pos`` are overwritten by the next
+        real step before anything reads them; the position and the LTI states are restored."""
+        c = self.cache
+        pos, lti, length, started = c.pos.clone(), [t.clone() for t in c.lti], c.length, c._started
+        self._token_step(self.tok)
+        c.pos.copy_(pos)
+        for t, saved in zip(c.lti, lti):
+            t.copy_(saved)
+        c.length, c._started = length, started
 
     def next_logits(self, tok: torch.Tensor) -> torch.Tensor:
         """One token step after the prefill: ``tok [B, 1]`` -> float32 logits ``[B, V]`` (a graph replay once
@@ -102,14 +123,16 @@ class GraphedDecoder:
             raise ValueError(f"the static cache holds {self.max_len} positions")
         self.tok.copy_(tok)
         if not self.cuda_graph:
-            return self._step(self.tok)
+            return self._token_step(self.tok)
         if self.graph is None:
             # the first step runs eagerly on a side stream (kernel compilation, cuBLAS / allocator warm-up),
             # as torch.cuda.graphs recommends before a capture; the capture follows
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                logits = self._step(self.tok)
+                logits = self._token_step(self.tok)
+                if self._token_step is not self._step:
+                    self._dry_step()
             torch.cuda.current_stream(self.device).wait_stream(stream)
             self._capture()
             return logits

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from .counter import counter_ballot_
+from .decode import decode_forward_torch
 from .linear import linear_forward_torch, linear_grad_x_torch
 from .votes import bigint_ballot_torch_
 
@@ -56,6 +57,8 @@ class TernaryOps:
       group_size) -> None`` (votes into ``corr_accum``; ``pending`` or ``nonfinite`` + 1)
     * ``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
       in_features, group_size, bits, rate) -> None`` (votes + ladder step, in place)
+    * ``decode_forward(x [M, K], T_packed, S [N, G] float32, in_features, group_size) -> y [M, N]`` (a frozen
+      layer: ``inference.py``)
     """
 
     name: str
@@ -63,10 +66,11 @@ class TernaryOps:
     linear_grad_x: Callable[..., torch.Tensor]
     bigint_ballot_: Callable[..., None]
     counter_ballot_: Callable[..., None]
+    decode_forward: Callable[..., torch.Tensor]
 
 
 TORCH_OPS = TernaryOps("torch", linear_forward_torch, linear_grad_x_torch, bigint_ballot_torch_,
-                       functools.partial(counter_ballot_, impl="torch"))
+                       functools.partial(counter_ballot_, impl="torch"), decode_forward_torch)
 
 
 _TRITON: dict[str, Optional[TernaryOps]] = {}  # built on first use: importing Triton costs seconds
@@ -78,7 +82,7 @@ def _triton_ops() -> Optional[TernaryOps]:
         try:
             from . import library
             _TRITON["ops"] = TernaryOps("triton", library.ternary_linear_forward, library.ternary_linear_grad_x,
-                                        library.bigint_ballot_, library.counter_ballot_)
+                                        library.bigint_ballot_, library.counter_ballot_, library.ternary_decode_forward)
         except Exception:  # pragma: no cover - depends on the installation
             _TRITON["ops"] = None
     return _TRITON["ops"]

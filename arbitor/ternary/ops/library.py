@@ -11,6 +11,8 @@ Registered ops (namespace ``arbitor``; ``pending`` and the other counters are in
 * ``arbitor::counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite,
   hash_key, in_features, group_size, bits, rate)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
   ``pending``, ``nonfinite``
+* ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size) -> y``   a frozen layer
+  (``inference.py``): ``x [M, K] -> y [M, N]`` from ``T_packed`` and the float32 group scale ``S``, pure
 
 Going through these ops makes the Triton backend opaque to ``torch.compile`` (Dynamo records one node per
 op and uses the fake impl for shapes; Inductor calls the real kernel), and lets ``torch.library.opcheck``
@@ -22,10 +24,12 @@ from __future__ import annotations
 import torch
 
 from .counter import counter_ballot_ as _counter_ballot
+from .decode_triton import decode_forward
 from .linear_triton import ternary_forward, ternary_grad_x
 from .votes_triton import bigint_ballot_triton_
 
-__all__ = ["ternary_linear_forward", "ternary_linear_grad_x", "bigint_ballot_", "counter_ballot_"]
+__all__ = ["ternary_linear_forward", "ternary_linear_grad_x", "bigint_ballot_", "counter_ballot_",
+           "ternary_decode_forward"]
 
 
 @torch.library.custom_op("arbitor::ternary_linear_forward", mutates_args=())
@@ -83,3 +87,16 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
 def _(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key, in_features,
       group_size, bits, rate):
     return None
+
+
+@torch.library.custom_op("arbitor::ternary_decode_forward", mutates_args=())
+def ternary_decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int,
+                           group_size: int) -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ (T * S).T`` of a frozen layer (``decode_triton.decode_forward``)."""
+    return decode_forward(x, T_packed, S, in_features, group_size)
+
+
+@ternary_decode_forward.register_fake
+def _(x, T_packed, S, in_features, group_size):
+    torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
+    return x.new_empty(x.shape[0], T_packed.shape[0])

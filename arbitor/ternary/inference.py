@@ -1,0 +1,113 @@
+"""Frozen ternary layers for inference: ``for_inference(model)`` and ``TernaryInferenceLinear``.
+
+A trained ``TernaryScaleTensor`` keeps what training needs: ``E`` (int8) and ``corr_accum`` (int64) per group,
+the ballot counters and the update rule's buffers, and it recomputes its scale ``S`` from them at every call.
+Generation needs none of that. ``for_inference(model)`` replaces, in place, every ``TernaryScaleTensor`` with a
+``TernaryInferenceLinear`` that holds
+
+    T_packed  uint8   [out_features, ceil(in_features / 4)]   the trits (format.py), unchanged
+    S         float32 [out_features, in_features // group_size] the layer's scale, computed once
+    bias      float32 [out_features] or None                   a converted model's frozen bias
+
+i.e. 0.3125 bytes a weight at group 64 (0.25 + 4 / 64) against 0.39 for the training state and 2 for bf16,
+so a decode step reads 6.4x fewer weight bytes than the same model in bf16. ``W_eff = T * S`` is the trained
+layer's ``effective_weight()`` bit for bit (``S`` is the reference's own ``bigint_scale``), so a frozen model's
+outputs equal the trained model's up to the float summation order of the kernels.
+
+The forward is ``ops.decode_forward`` (``ops/decode.py`` reference, ``ops/decode_triton.py`` on CUDA: a GEMV
+kernel for 1-16 rows, expand + cuBLAS for prompts). A frozen layer has no ballots: it cannot train
+(``ternary_step`` and the trainer ignore it); keep the trained model (or its checkpoint) to train further.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .format import check_group_size, packed_shape
+from .layer import TernaryScaleTensor
+from .ops.backend import get_ops
+from .ops.linear import expand_weight
+
+__all__ = ["TernaryInferenceLinear", "for_inference"]
+
+_FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class TernaryInferenceLinear(nn.Module):
+    """``y = x @ (T * S).T (+ bias)`` from ``T_packed`` and a fixed float32 group scale ``S``; no training state.
+
+    Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
+    Build one with ``from_trained(layer)`` (or ``for_inference(model)`` for a whole model).
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, *, bias: bool = False,
+                 device: Optional[torch.device] = None, backend: Optional[str] = None) -> None:
+        super().__init__()
+        check_group_size(in_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.backend = backend
+        self.register_buffer("T_packed", torch.zeros(packed_shape(out_features, in_features), dtype=torch.uint8,
+                                                     device=device))
+        self.register_buffer("S", torch.zeros(out_features, in_features // group_size, dtype=torch.float32,
+                                              device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+
+    @classmethod
+    def from_trained(cls, layer: TernaryScaleTensor) -> "TernaryInferenceLinear":
+        """The frozen twin of a trained layer (its pending ballots must be folded: ``ternary_step`` first)."""
+        if not isinstance(layer, TernaryScaleTensor):
+            raise TypeError(f"from_trained needs a TernaryScaleTensor, got {type(layer).__name__}")
+        if layer.dirty:
+            raise ValueError("from_trained: the layer has ballots not yet folded; call ternary_step(model) first")
+        out = cls(layer.in_features, layer.out_features, layer.group_size, bias=layer.bias is not None,
+                  device=torch.device("meta"), backend=layer.backend)
+        out.T_packed = layer.T_packed.detach().clone()
+        with torch.no_grad():
+            out.S = layer.scale().to(torch.float32).contiguous()
+        out.bias = None if layer.bias is None else layer.bias.detach().clone()
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_features] -> [..., out_features]``."""
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"TernaryInferenceLinear({self.in_features}->{self.out_features}): input last "
+                             f"dimension must be {self.in_features}, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dtype not in _FLOAT_INPUTS:
+            raise TypeError(f"TernaryInferenceLinear: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != self.T_packed.device:
+            raise RuntimeError(f"TernaryInferenceLinear: input is on {x.device} but the layer is on "
+                               f"{self.T_packed.device}; move one of them (model.to(device))")
+        lead = x.shape[:-1]
+        y = get_ops(x.device, self.backend).decode_forward(x.reshape(-1, self.in_features), self.T_packed, self.S,
+                                                           self.in_features, self.group_size)
+        y = y.reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense ``W_eff = T * S`` ``[out_features, in_features]`` (allocates the full matrix)."""
+        return expand_weight(self.T_packed, self.S, self.in_features, self.group_size, dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"bias={self.bias is not None}, frozen")
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """Replace every ``TernaryScaleTensor`` of ``model`` with its ``TernaryInferenceLinear`` (in place) and put
+    the model in eval mode; returns ``model``. Layers with unfolded ballots are refused (one ``ValueError``
+    naming the first). Anything else (embeddings, norms, float layers) is left as it is."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TernaryScaleTensor)]
+    for name, m in targets:
+        if m.dirty:
+            raise ValueError(f"for_inference: layer {name or '<root>'} has ballots not yet folded; call "
+                             "ternary_step(model) first")
+    if any(name == "" for name, _ in targets):
+        raise TypeError("for_inference: model is itself a TernaryScaleTensor; use TernaryInferenceLinear.from_trained")
+    for name, m in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, TernaryInferenceLinear.from_trained(m))
+    return model.eval()

@@ -1,0 +1,324 @@
+"""Triton kernels of the frozen (inference) ternary linear op: ``y [M, N] = x [M, K] @ (T * S).T`` from
+``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``decode.py``).
+
+* ``decode_gemv_kernel`` (``M == 1``, ``group_size >= 16``, ``in_features % 16 == 0``): a CUDA-core GEMV.
+  ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = 1 + (t + 1) / 4``,
+  made by one byte permute (``prmt``) -- exactly representable, and ``f * x`` is exact for 16-bit ``x`` -- and
+  a group's sum is ``sum(t * x) = 4 * sum(f * x) - 5 * sum(x)``, times the group's ``S``.
+* ``decode_mma_kernel`` (2-16 rows, or one row of a layer the GEMV does not take): tensor cores, one 16-row
+  tile, ``W_eff`` built in registers in x's dtype.
+* ``expand_scaled_kernel`` (more rows: the prompt): ``W_eff`` in x's dtype into a transient ``[N, K]`` buffer,
+  then cuBLAS -- bit-equal to ``expand_weight(T_packed, S).to(dtype)``.
+
+Both decode kernels own ``BLOCK_N`` output features and one K range a program; K is split when ``N / BLOCK_N``
+programs would leave SMs idle (fp32 partials summed in a fixed order by the last program of each tile,
+``_split_epilogue``: deterministic, and no second kernel),
+and the next K step's bytes and scales are loaded before the current step is used. Launch tiles:
+``_GEMV_TILE`` / ``_MMA_TILE`` (from the H200 sweeps in ``benchmarks/results/inference``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .linear_triton import _byte_to_float, _n_sm, _split_len
+from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
+                            dot_precision, expand_bits16, expand_bytes, load_bytes, round_to)
+
+__all__ = ["decode_forward", "decode_gemv_kernel", "decode_mma_kernel", "expand_scaled_kernel", "expand_scaled",
+           "DECODE_MAX_M", "decode_config", "gemv_ok"]
+
+#: rows of ``x`` up to which the GEMV kernel runs; above it (prompts) W_eff is expanded once for cuBLAS
+DECODE_MAX_M = 16
+
+
+@triton.jit
+def _load_s(s_ptr, row_g, n_mask, k0, k_end, G, GS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The group scales under columns ``k0 .. k0+BLOCK_K``: ``[BLOCK_N]`` when ``GS >= BLOCK_K`` (one group),
+    else ``[BLOCK_N, BLOCK_K // GS]``; 0 past ``k_end`` or the last group (a prefetch past the end reads nothing)."""
+    if GS >= BLOCK_K:
+        g = k0 // GS
+        return tl.load(s_ptr + row_g + g, mask=n_mask & (g < G) & (k0 < k_end), other=0.0)
+    else:
+        g = k0 // GS + tl.arange(0, BLOCK_K // GS)
+        return tl.load(s_ptr + row_g[:, None] + g[None, :], mask=n_mask[:, None] & ((g < G) & (k0 < k_end))[None, :],
+                       other=0.0)
+
+
+@triton.jit
+def _split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE):
+    """Store this K split's fp32 partial ``acc``; the program of the tile that finishes last sums all the
+    tile's partials in ascending split order (deterministic: the order never depends on which program is last)
+    and writes ``y``. ``cnt_ptr``: the tile's int32 arrival counter, 0 on entry and reset to 0 by the last
+    program (so a replayed CUDA graph finds it at 0). Replaces a second reduction kernel, whose launch cost more
+    than the reduction (3.3 us against a 9 us GEMV in the 3b decode step)."""
+    tl.store(ws_ptrs + pid_s * WS_STRIDE, acc, mask=mask)
+    tl.debug_barrier()                                       # every thread's partial is written ...
+    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")   # ... before it is released
+    if arrived == SPLIT - 1:
+        tot = tl.zeros_like(acc)
+        for s in range(0, SPLIT):
+            tot += tl.load(ws_ptrs + s * WS_STRIDE, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptrs, tot.to(y_ptrs.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW, stride_xk, SPLIT, Q_PER_SPLIT, F_HI,
+                       GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+    """``y[1, N] (+)= x[1, K] @ (T * S)[N, K].T`` on CUDA cores, fp32; ``w_ptr``: ``T_packed`` as int32 words
+    ``[N, K // 16]`` (byte ``b`` of word ``q`` is packed byte ``4q + b``); ``s_ptr``: float32 ``[N, G]``; ``GS >= 16``.
+    Program axis 0: ``BLOCK_N`` output features; axis 1: the K range ``[16 * s * Q_PER_SPLIT, ...)``; with
+    ``SPLIT > 1`` the partials meet in ``ws_ptr [SPLIT, N]`` (``_split_epilogue``). The next K step's words *and
+    scales* are loaded before the current step is decoded (a scale load waited for inside its own step costs a
+    full memory latency per step)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    BW: tl.constexpr = BLOCK_K // 16
+    row_w = offs_n.to(tl.int64) * KW
+    row_g = offs_n.to(tl.int64) * G
+    q_start = pid_s * Q_PER_SPLIT
+    q_end = tl.minimum(KW, q_start + Q_PER_SPLIT)
+    offs_q = tl.arange(0, BW)
+    w_next = tl.load(w_ptr + row_w[:, None] + (q_start + offs_q)[None, :],
+                     mask=n_mask[:, None] & (q_start + offs_q < q_end)[None, :], other=0)
+    s_next = _load_s(s_ptr, row_g, n_mask, q_start * 16, q_end * 16, G, GS, BLOCK_K)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for q0 in range(q_start, q_end, BW):
+        w = w_next
+        s = s_next
+        q1 = q0 + BW + offs_q
+        w_next = tl.load(w_ptr + row_w[:, None] + q1[None, :], mask=n_mask[:, None] & (q1 < q_end)[None, :], other=0)
+        s_next = _load_s(s_ptr, row_g, n_mask, (q0 + BW) * 16, q_end * 16, G, GS, BLOCK_K)
+        k0 = q0 * 16
+        cols = k0 + 16 * offs_q
+        x_base = x_ptr + cols * stride_xk          # column 4b + j of each word at x_base + (4b + j) * stride_xk
+        x_mask = cols < K                          # K % 16 == 0: a word's columns are all in range or none
+        ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
+        xs = tl.zeros((BW,), dtype=tl.float32)
+        wu = w.to(tl.uint32, bitcast=True)
+        f_hi = tl.zeros((BLOCK_N, BW), dtype=tl.uint32) + F_HI.to(tl.uint32)     # 0x3F000000, opaque
+        for j in tl.static_range(4):
+            # every byte of uw: 0x80 | (t + 1) << 5, i.e. byte 2 of the float 1 + (t + 1) / 4 (code plane j)
+            if j < 3:
+                lo = (wu << (5 - 2 * j)) & 0x20202020
+            else:
+                lo = (wu >> 1) & 0x20202020
+            if j < 2:
+                hi = (wu << (4 - 2 * j)) & 0x20202020
+            elif j == 2:
+                hi = wu & 0x20202020
+            else:
+                hi = (wu >> 2) & 0x20202020
+            uw = lo + 0xA0A0A0A0 - hi
+            for b in tl.static_range(4):
+                f = _byte_to_float(uw, f_hi, b, INTERP)
+                xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+                ps += f * xv[None, :]
+                xs += xv
+        if GS >= BLOCK_K:
+            acc += (4.0 * tl.sum(ps, axis=1) - 5.0 * tl.sum(xs, axis=0)) * s
+        else:
+            NG: tl.constexpr = BLOCK_K // GS
+            pg = tl.sum(tl.reshape(ps, (BLOCK_N, NG, GS // 16)), axis=2)
+            xg = tl.sum(tl.reshape(xs, (NG, GS // 16)), axis=1)
+            acc += tl.sum((4.0 * pg - 5.0 * xg[None, :]) * s, axis=1)
+    if SPLIT == 1:
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        _split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
+
+
+@triton.jit
+def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, KB, stride_xm, stride_xk, SPLIT,
+                      K_PER_SPLIT, GS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+    """``y[M, N] (+)= x[M, K] @ (T * S)[N, K].T`` on tensor cores for ``M <= BLOCK_M`` (one row tile): the
+    ``W_eff`` tile is built in registers in x's dtype (``round(T * S)``: for 16-bit types with one group per K
+    step by bit construction, ``expand_bits16``) and multiplied with fp32 accumulation. Bytes and scales of the
+    next K step are loaded before the current one is used; split-K as ``decode_gemv_kernel``. Under the CPU
+    interpreter (``INTERP``, whose bf16 dot is not usable) the same rounded operands are multiplied in fp32."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    row_off = offs_n.to(tl.int64) * KB
+    row_g = offs_n.to(tl.int64) * G
+    x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    k_start = pid_s * K_PER_SPLIT
+    k_end = tl.minimum(K, k_start + K_PER_SPLIT)
+    b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
+    s_next = _load_s(s_ptr, row_g, n_mask, k_start, k_end, G, GS, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    dtype = x_ptr.dtype.element_ty
+    for k0 in range(k_start, k_end, BLOCK_K):
+        b, s = b_next, s_next
+        b_next = load_bytes(t_ptr, row_off, n_mask, k0 + BLOCK_K, KB, BLOCK_K)
+        s_next = _load_s(s_ptr, row_g, n_mask, k0 + BLOCK_K, k_end, G, GS, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=m_mask[:, None] & (offs_k < k_end)[None, :], other=0.0)
+        if dtype != tl.float32 and GS >= BLOCK_K:
+            sbits = s.to(dtype).to(tl.int16, bitcast=True).to(tl.int32)
+            w = expand_bits16(b, sbits[:, None], BLOCK_N, BLOCK_K).to(dtype, bitcast=True)
+        else:
+            t = expand_bytes(b, BLOCK_N, BLOCK_K).to(tl.float32)
+            if GS >= BLOCK_K:
+                w = round_to(t * s[:, None], dtype)
+            else:
+                NG: tl.constexpr = BLOCK_K // GS
+                w = round_to(tl.reshape(tl.reshape(t, (BLOCK_N, NG, GS)) * s[:, :, None], (BLOCK_N, BLOCK_K)), dtype)
+        if INTERP:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]           # y and each split of ws: [M, N]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT == 1:
+        tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        _split_epilogue(acc, y_ptr + offs, ws_ptr + offs, mask, cnt_ptr + pid_n, pid_s, SPLIT, M * N)
+
+
+@triton.jit
+def expand_scaled_kernel(t_ptr, s_ptr, w_ptr, N, K, G, KB, GS: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """``W[N, K] = round(T * S)`` in ``w_ptr``'s dtype from ``T_packed`` and float32 ``S [N, G]`` (``BLOCK_K``
+    a multiple of ``GS``)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k0 = tl.program_id(1) * BLOCK_K
+    NG: tl.constexpr = BLOCK_K // GS
+    offs_g = k0 // GS + tl.arange(0, NG)
+    s = tl.load(s_ptr + offs_n.to(tl.int64)[:, None] * G + offs_g[None, :],
+                mask=n_mask[:, None] & (offs_g < G)[None, :], other=0.0)
+    t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
+    w = tl.reshape(tl.reshape(t.to(tl.float32), (BLOCK_N, NG, GS)) * s[:, :, None], (BLOCK_N, BLOCK_K))
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :]
+    tl.store(ptrs, round_to(w, w_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_k < K)[None, :])
+
+
+# ----------------------------------------------------------------------------- launch
+#: M = 1 GEMV ``(BLOCK_N, BLOCK_K, num_warps, programs per SM)`` and the tensor-core kernel's for 2-16 rows
+#: (``BLOCK_M`` 16): from the H200 sweeps of ``bench_decode.py --parts sweep`` (benchmarks/results/inference).
+_GEMV_TILE = (128, 128, 4, 4)
+_MMA_TILE = (32, 256, 4, 4)
+_INTERP_TILE = (16, 64, 4, 1)
+
+
+def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional[dict] = None,
+                  dtype: torch.dtype = torch.bfloat16) -> dict:
+    """``BLOCK_N/K``, ``num_warps`` and ``SPLIT`` of the kernel for an ``[M, K] x [N, K]`` call (M == 1: the GEMV,
+    else the tensor-core kernel). ``config`` overrides any key (and may give ``PROGRAMS_PER_SM`` instead of
+    ``SPLIT``)."""
+    config = dict(config or {})
+    bn, bk, warps, per_sm = _INTERP_TILE if INTERPRETED else (_GEMV_TILE if M == 1 else _MMA_TILE)
+    if M > 1 and dtype == torch.float32 and not INTERPRETED:
+        bk //= 2                                                  # tf32x3 operands: half the K tile
+    cfg = {"BLOCK_N": config.pop("BLOCK_N", bn), "BLOCK_K": config.pop("BLOCK_K", bk),
+           "num_warps": config.pop("num_warps", warps)}
+    per_sm = config.pop("PROGRAMS_PER_SM", per_sm)
+    if cfg["BLOCK_K"] < 16 or cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) or cfg["BLOCK_N"] & (cfg["BLOCK_N"] - 1):
+        raise ValueError(f"bad decode config {cfg}: BLOCK_N and BLOCK_K must be powers of two, BLOCK_K >= 16")
+    tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    want = max(1, triton.cdiv(per_sm * _n_sm(device), tiles))
+    cfg["SPLIT"] = int(config.pop("SPLIT", max(1, min(want, K // cfg["BLOCK_K"]))))
+    if config:
+        raise ValueError(f"unknown decode config keys {sorted(config)}")
+    return cfg
+
+
+def _check(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int) -> tuple:
+    check_group_size_op(in_features, group_size)
+    check_kernel_device(T_packed.device)
+    N, G = T_packed.shape[0], in_features // group_size
+    if T_packed.dtype != torch.uint8 or tuple(T_packed.shape) != (N, (in_features + 3) // 4) \
+            or not T_packed.is_contiguous():
+        raise ValueError(f"triton decode op: T_packed must be contiguous uint8 [N, {(in_features + 3) // 4}], got "
+                         f"{T_packed.dtype} {tuple(T_packed.shape)}")
+    if S.dtype != torch.float32 or tuple(S.shape) != (N, G) or not S.is_contiguous():
+        raise ValueError(f"triton decode op: S must be contiguous float32 {(N, G)}, got {S.dtype} {tuple(S.shape)}")
+    check_device(S, "S", T_packed.device)
+    check_act(x, "x", in_features, "in_features", T_packed.device)
+    return N, G
+
+
+def gemv_ok(M: int, T_packed: torch.Tensor, in_features: int, group_size: int) -> bool:
+    """Whether the M = 1 GEMV takes a call (else the tensor-core kernel)."""
+    return (M == 1 and group_size >= 16 and in_features % 16 == 0 and T_packed.shape[0] > 0
+            and T_packed.storage_offset() % 4 == 0)
+
+
+def expand_scaled(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """``W_eff [N, K]`` of ``dtype`` (``expand_weight(T_packed, S).to(dtype)`` bit for bit)."""
+    N, G = T_packed.shape[0], in_features // group_size
+    W = torch.empty(N, in_features, dtype=dtype, device=T_packed.device)
+    if W.numel():
+        bk = max(128, group_size)
+        bn = max(1, 8192 // bk)
+        expand_scaled_kernel[(triton.cdiv(N, bn), triton.cdiv(in_features, bk))](
+            T_packed, S, W, N, in_features, G, T_packed.shape[1], GS=group_size, BLOCK_N=bn, BLOCK_K=bk,
+            num_warps=4)
+    return W
+
+
+def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
+                   *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ (T * S).T`` in x's dtype. ``path``: ``auto`` (the GEMV at one row when the layer
+    allows it, the tensor-core kernel up to ``DECODE_MAX_M`` rows, expand + cuBLAS above), ``gemv``, ``mma`` or
+    ``expand``; ``config``: see ``decode_config``."""
+    N, G = _check(x, T_packed, S, in_features, group_size)
+    M = x.shape[0]
+    if path not in ("auto", "gemv", "mma", "expand"):
+        raise ValueError(f"path must be 'auto', 'gemv', 'mma' or 'expand', got {path!r}")
+    if path == "gemv" and not gemv_ok(M, T_packed, in_features, group_size):
+        raise ValueError(f"triton decode op: path='gemv' needs M == 1 (got {M}), group_size >= 16, "
+                         "in_features % 16 == 0 and an aligned T_packed")
+    if path == "mma" and not 0 < M <= DECODE_MAX_M:
+        raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
+    if path == "auto":
+        path = ("gemv" if gemv_ok(M, T_packed, in_features, group_size)
+                else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
+    if path == "expand":
+        return x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    cfg = decode_config(M, N, in_features, x.device, config, x.dtype)
+    red_per, split = _split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
+    tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    cnt = _arrival_counters(x.device, tiles) if split > 1 else y
+    if path == "gemv":
+        decode_gemv_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, N, in_features, G,
+                                           in_features // 16, x.stride(1), split, red_per // 16, 0x3F000000,
+                                           GS=group_size, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                                           INTERP=INTERPRETED, num_warps=cfg["num_warps"])
+    else:
+        decode_mma_kernel[(tiles, split)](x, T_packed, S, y, ws, cnt, M, N, in_features, G, T_packed.shape[1],
+                                          x.stride(0), x.stride(1), split, red_per, GS=group_size,
+                                          DOT_PRECISION=dot_precision(x.dtype), BLOCK_M=16, BLOCK_N=cfg["BLOCK_N"],
+                                          BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"],
+                                          num_stages=3)
+    return y
+
+
+#: per device: int32 arrival counters of split tiles (``_split_epilogue``), all 0 between calls. A buffer is never
+#: freed (a captured CUDA graph may hold its address); a larger one is added only when a call needs more tiles.
+_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """At least ``n`` zeroed int32 counters on ``device``, shared by every split call there. Each call leaves
+    them at 0, so calls on one stream (and replays of a captured graph) may share them; kernels of two calls
+    must not run concurrently on two streams."""
+    bufs = _COUNTERS.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device))
+    return bufs[-1]

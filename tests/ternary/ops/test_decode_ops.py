@@ -1,0 +1,127 @@
+"""The frozen layer's op (``decode_triton.decode_forward``: ``decode_gemv_kernel`` at one row,
+``decode_mma_kernel`` at 1-16, expand + matmul above) against its torch reference (``decode.decode_forward_torch``).
+
+CPU: Triton's interpreter (``TRITON_INTERPRET=1`` before triton is imported); odd N, M = 1 (both kernels),
+3, 6, 16, group sizes 4-256 (one group a word, several groups a K step, a group over several K steps),
+split-K, strided ``x``, fp32/bf16/fp16. The expand path is bit-equal to ``expand_weight(...).to(dtype)``.
+GPU (``-m gpu``): realistic shapes, run twice (deterministic).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from arbitor.ternary.format import pack_ternary  # noqa: E402
+from arbitor.ternary.ops import decode_triton  # noqa: E402
+from arbitor.ternary.ops.decode import decode_forward_torch  # noqa: E402
+from arbitor.ternary.ops.linear import expand_weight  # noqa: E402
+from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
+
+interp = pytest.mark.skipif(not INTERPRETED, reason="CPU interpreter tests need TRITON_INTERPRET=1")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs CUDA")
+
+
+def frozen_state(N, K, gs, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    T_packed = pack_ternary(torch.randint(-1, 2, (N, K), generator=g)).to(device)
+    S = (torch.rand(N, K // gs, generator=g) * 0.05 + 0.005).to(device)
+    return T_packed, S
+
+
+def close(y, y_ref, rtol=3e-6, atol=2e-6):
+    """Outputs normalised by their largest magnitude: the kernel sums each group before its scale (and
+    ``4 * sum(f x) - 5 * sum(x)``), so its rounding differs from ``x @ (T * S).T`` by a few ulps."""
+    scale = y_ref.float().abs().max().item() + 1e-30
+    torch.testing.assert_close(y.float() / scale, y_ref.float() / scale, rtol=rtol, atol=atol)
+
+
+# (M, K, N, group_size, config, path)
+CASES = [
+    (1, 192, 37, 64, None, "gemv"),
+    (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv"),       # split-K, 4 groups a K step
+    (1, 512, 21, 128, {"BLOCK_K": 64}, "gemv"),                  # a group over two K steps
+    (1, 100, 7, 4, None, "mma"),                                 # one row the GEMV does not take (groups of 4)
+    (3, 512, 21, 128, {"BLOCK_K": 64}, "mma"),                   # a group over two K steps
+    (6, 96, 13, 32, {"BLOCK_K": 32, "BLOCK_N": 16}, "mma"),      # K % BLOCK_K != 0 (split not on a step)
+    (16, 320, 9, 64, {"BLOCK_K": 128, "SPLIT": 2}, "mma"),       # 16 rows, ragged last K step
+    (2, 1024, 5, 256, {"BLOCK_K": 64}, "mma"),
+    (5, 136, 11, 8, {"BLOCK_K": 32, "SPLIT": 2}, "mma"),         # 4 groups a K step, K % 4 == 2 bytes
+]
+
+
+@interp
+@pytest.mark.parametrize("M,K,N,gs,config,path", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_match_reference(M, K, N, gs, config, path, dtype):
+    T_packed, S = frozen_state(N, K, gs, seed=M * 1000 + K + N)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(K)).to(dtype)
+    y = decode_triton.decode_forward(x, T_packed, S, K, gs, config=config, path=path)
+    assert y.dtype == dtype and y.shape == (M, N)
+    ref = decode_forward_torch(x.float(), T_packed, S, K, gs)
+    assert all(int(b.abs().sum()) == 0 for b in decode_triton._COUNTERS.get(x.device, []))   # left at 0
+    close(y, ref, *((3e-6, 2e-6) if dtype == torch.float32 else (8e-3, 8e-3)))
+
+
+@interp
+def test_strided_x_and_fp16():
+    T_packed, S = frozen_state(11, 128, 32, seed=3)
+    base = torch.randn(4, 256, generator=torch.Generator().manual_seed(1)).to(torch.float16)
+    x = base[:, ::2]                                              # stride 2 along K
+    y = decode_triton.decode_forward(x, T_packed, S, 128, 32)
+    close(y, decode_forward_torch(x.float(), T_packed, S, 128, 32), 4e-3, 4e-3)
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_expand_is_bit_equal_to_reference(dtype):
+    T_packed, S = frozen_state(23, 384, 128, seed=5)
+    W = decode_triton.expand_scaled(T_packed, S, 384, 128, dtype)
+    assert torch.equal(W, expand_weight(T_packed, S, 384, 128).to(dtype))
+
+
+@interp
+def test_dispatch_and_errors():
+    T_packed, S = frozen_state(8, 64, 16, seed=7)
+    x17 = torch.randn(17, 64)
+    # 17 rows: the expand path, exactly x @ W_eff.T
+    torch.testing.assert_close(decode_triton.decode_forward(x17, T_packed, S, 64, 16),
+                               x17 @ expand_weight(T_packed, S, 64, 16).t())
+    with pytest.raises(ValueError, match="path='gemv' needs"):
+        decode_triton.decode_forward(x17[:2], T_packed, S, 64, 16, path="gemv")
+    with pytest.raises(ValueError, match="path='mma' needs"):
+        decode_triton.decode_forward(x17, T_packed, S, 64, 16, path="mma")
+    T4, S4 = frozen_state(8, 64, 4, seed=7)                       # groups of 4: no GEMV, the tensor-core kernel
+    assert not decode_triton.gemv_ok(1, T4, 64, 4)
+    torch.testing.assert_close(decode_triton.decode_forward(x17[:1], T4, S4, 64, 4),
+                               decode_forward_torch(x17[:1], T4, S4, 64, 4), rtol=3e-6, atol=3e-6)
+    with pytest.raises(ValueError, match="S must be contiguous float32"):
+        decode_triton.decode_forward(x17, T_packed, S.double(), 64, 16)
+    with pytest.raises(ValueError, match="S must be contiguous float32"):
+        decode_triton.decode_forward(x17, T_packed, S[:, :2], 64, 16)
+    with pytest.raises(ValueError, match="T_packed must be contiguous uint8"):
+        decode_triton.decode_forward(x17, T_packed[:, :8], S, 64, 16)
+    with pytest.raises(ValueError, match="unknown decode config keys"):
+        decode_triton.decode_forward(x17[:1], T_packed, S, 64, 16, config={"BLOCK_Q": 4})
+    with pytest.raises(ValueError, match="path must be"):
+        decode_triton.decode_forward(x17, T_packed, S, 64, 16, path="fast")
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4, 16])
+@pytest.mark.parametrize("K,N", [(4096, 4096), (3072, 12288), (12288, 3072)])
+def test_gpu_matches_reference_and_is_deterministic(M, K, N):
+    T_packed, S = frozen_state(N, K, 64, seed=K + N, device="cuda")
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    y1 = decode_triton.decode_forward(x, T_packed, S, K, 64)
+    y2 = decode_triton.decode_forward(x, T_packed, S, K, 64)
+    assert torch.equal(y1, y2)
+    close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)

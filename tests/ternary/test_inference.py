@@ -1,0 +1,88 @@
+"""``for_inference`` / ``TernaryInferenceLinear``: the frozen layer is the trained layer's ``W_eff`` bit for bit,
+holds only ``T_packed`` + float32 ``S`` (+ bias), refuses unfolded ballots and bad input, and a frozen model
+generates the same greedy tokens as the trained one (CPU, torch reference ops)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import arbitor
+from arbitor.model.config import preset
+from arbitor.model.decode import GraphedDecoder
+from arbitor.model.text import ArbitorLM
+from arbitor.ternary import TernaryInferenceLinear, TernaryScaleTensor, for_inference, ternary_step
+
+
+def _trained_layer(bias: bool = False) -> TernaryScaleTensor:
+    torch.manual_seed(0)
+    layer = TernaryScaleTensor(64, 24, 16, seed=3, bias=bias, backend="torch")
+    for _ in range(3):                                   # a few ballots so that S is not the initial one
+        x = torch.randn(5, 64, requires_grad=True)
+        layer(x).pow(2).sum().backward()
+        ternary_step(layer)
+    if bias:
+        with torch.no_grad():
+            layer.bias.copy_(torch.randn(24))
+    return layer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_frozen_layer_is_the_trained_layer(bias):
+    layer = _trained_layer(bias)
+    frozen = TernaryInferenceLinear.from_trained(layer)
+    assert torch.equal(frozen.effective_weight(), layer.effective_weight())
+    assert {n for n, _ in frozen.named_buffers()} == ({"T_packed", "S", "bias"} if bias else {"T_packed", "S"})
+    assert not list(frozen.parameters())
+    x = torch.randn(2, 7, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), layer.eval()(x))
+        assert frozen(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    # a state dict round trip into a fresh frozen layer
+    fresh = TernaryInferenceLinear(64, 24, 16, bias=bias)
+    fresh.load_state_dict(frozen.state_dict())
+    assert torch.equal(fresh(x), frozen(x))
+
+
+def test_frozen_layer_refuses_bad_input_and_unfolded_ballots():
+    layer = _trained_layer()
+    frozen = TernaryInferenceLinear.from_trained(layer)
+    with pytest.raises(ValueError, match="input last dimension must be 64"):
+        frozen(torch.randn(3, 63))
+    with pytest.raises(TypeError, match="input dtype must be"):
+        frozen(torch.ones(3, 64, dtype=torch.int32))
+    layer.train()
+    layer(torch.randn(2, 64, requires_grad=True)).sum().backward()     # a ballot, not folded
+    with pytest.raises(ValueError, match="ternary_step"):
+        TernaryInferenceLinear.from_trained(layer)
+    model = torch.nn.Sequential(layer)
+    with pytest.raises(ValueError, match="layer 0 has ballots not yet folded"):
+        for_inference(model)
+
+
+def test_frozen_model_generates_the_same_tokens_with_less_memory():
+    torch.manual_seed(0)
+    model = ArbitorLM(preset("tiny", max_ctx=64)).eval()
+    idx = torch.randint(0, 256, (2, 9))
+    ref = model.generate(idx, 10, temperature=0)
+    frozen = arbitor.for_inference(copy.deepcopy(model))
+    assert not any(isinstance(m, TernaryScaleTensor) for m in frozen.modules())
+    assert torch.equal(frozen.generate(idx, 10, temperature=0), ref)
+    dec = GraphedDecoder(frozen, 2, 19, cuda_graph=False)            # the static-cache path, eagerly
+    assert torch.equal(dec.generate(idx, 10, temperature=0), ref)
+
+    def nbytes(m):
+        return sum(t.numel() * t.element_size() for t in m.buffers())
+    assert nbytes(frozen) < 0.75 * nbytes(model)
+
+
+def test_compiled_static_decode_equals_eager():
+    """``GraphedDecoder(compile=True)``: the compiled token step (Inductor on the CPU here) gives the eager
+    path's greedy tokens (the GPU adds the graph capture: tests/model/test_decode.py)."""
+    torch.manual_seed(1)
+    model = arbitor.for_inference(ArbitorLM(preset("tiny", max_ctx=32)))
+    idx = torch.randint(0, 256, (1, 5))
+    ref = model.generate(idx, 6, temperature=0)
+    dec = GraphedDecoder(model, 1, 11, cuda_graph=False, compile=True)
+    assert torch.equal(dec.generate(idx, 6, temperature=0), ref)
