@@ -4,6 +4,10 @@
     a       = SDPA(q, k, v, causal)              (torch.nn.functional.scaled_dot_product_attention)
     out     = sigmoid(x W_g) * (a W_o)
 
+With ``cfg.dropout = p > 0`` a training-mode forward without a cache drops attention probabilities
+(SDPA's ``dropout_p``) and the branch output ``out`` (nanoGPT's ``attn_dropout`` / ``resid_dropout``); a
+cached (decoding) forward never does.
+
 All five projections (``W_q, W_k, W_v, W_o, W_g``) come from the config's linear factory --
 ``TernaryScaleTensor`` by default -- so the block has no float parameters.
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import make_linear
+from .layers import make_linear, residual_dropout
 
 __all__ = ["ContextAttention", "KVCache", "StaticKVCache"]
 
@@ -111,6 +115,7 @@ class ContextAttention(nn.Module):
         self.v = make_linear(cfg, d, d, seed + 2)
         self.o = make_linear(cfg, d, d, seed + 3)
         self.gate = make_linear(cfg, d, d, seed + 4)
+        self.dropout = float(getattr(cfg, "dropout", 0.0))
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, _ = t.shape
@@ -135,6 +140,11 @@ class ContextAttention(nn.Module):
                 k = torch.cat([cache.k[layer], k], dim=2)
                 v = torch.cat([cache.v[layer], v], dim=2)
             cache.k[layer], cache.v[layer] = k.detach(), v.detach()
+        if cache is None:   # the training path: the only one with dropout (dropout_p 0.0 is SDPA's default)
+            p = self.dropout if self.training else 0.0
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            a = a.transpose(1, 2).reshape(B, T, D)
+            return residual_dropout(torch.sigmoid(self.gate(x)) * self.o(a), p, self.training)
         if past == 0:
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -69,6 +69,10 @@ class ModelConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: keeps only block inputs alive
     loss_chunk_tokens: int = 0       # >0: the text loss runs the head + cross-entropy over this many tokens at a
                                      # time (recomputed in backward), so full [tokens, vocab] logits never exist
+    # --- regularisation -----------------------------------------------------------------------
+    dropout: float = 0.0             # training-mode dropout where nanoGPT puts it: on the embedding output, the
+                                     # attention probabilities and the attention / MLP residual branches (0: none,
+                                     # no op and no RNG draw at all); nanoGPT's shakespeare_char uses 0.2
     # --- float baselines only ---------------------------------------------------------------
     dense_lr: float = 1e-3           # AdamW learning rate when linear is "dense" or "bitnet"
     # --- reproducibility --------------------------------------------------------------------
@@ -113,6 +117,8 @@ class ModelConfig:
              f"compute_dtype must be 'float32', 'bfloat16' or 'float16', got {self.compute_dtype!r}")
         need(isinstance(self.loss_chunk_tokens, int) and self.loss_chunk_tokens >= 0,
              f"loss_chunk_tokens must be a non-negative int, got {self.loss_chunk_tokens!r}")
+        need(isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+             and 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def ballots_per_pass(self, tokens: int) -> int:
         """Ballots one ternary module casts at most in one backward pass over ``tokens`` tokens: a chunked text loss

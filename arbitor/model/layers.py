@@ -25,7 +25,8 @@ from torch import nn
 
 from ..ternary.layer import TernaryScaleTensor
 
-__all__ = ["LINEAR_FACTORIES", "register_linear", "make_linear", "RMSNorm", "MLP", "LTIInjection", "ema_kernel"]
+__all__ = ["LINEAR_FACTORIES", "register_linear", "make_linear", "RMSNorm", "MLP", "LTIInjection", "ema_kernel",
+           "residual_dropout"]
 
 LinearFactory = Callable[..., nn.Module]
 
@@ -74,10 +75,18 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(ms + self.eps).to(x.dtype)
 
 
+def residual_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """nanoGPT's dropout on a residual branch (or the embedding output): ``F.dropout`` in training mode when
+    ``p > 0``; otherwise ``x`` itself -- no op is recorded and no random number drawn, so a model with
+    ``cfg.dropout == 0`` computes exactly what it did before dropout existed."""
+    return F.dropout(x, p, training=True) if p > 0 and training else x
+
+
 class MLP(nn.Module):
     """``down(relu(up(x))**2)``, hidden width ``cfg.mlp_hidden``, no biases. ``[..., D] -> [..., D]``.
 
     Squared ReLU (as in BitNet b1.58 / Primer) gives ternary layers a sparse, sign-stable hidden code.
+    (nanoGPT's dropout after the down projection is the block's: ``text.Block``.)
     """
 
     def __init__(self, cfg, seed: int) -> None:

@@ -23,13 +23,18 @@ from .attention import ContextAttention, KVCache
 from .config import ModelConfig
 from .decoders import DECODERS
 from .decode import generate_static, sample_next
-from .layers import MLP, LTIInjection, RMSNorm
+from .layers import MLP, LTIInjection, RMSNorm, residual_dropout
 
 __all__ = ["Block", "ArbitorLM"]
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block with LTI injection. ``[B, T, D] -> [B, T, D]``."""
+    """One pre-norm transformer block with LTI injection. ``[B, T, D] -> [B, T, D]``.
+
+    ``cfg.dropout > 0``: in a training-mode forward without a cache the attention drops its probabilities and
+    its output (``ContextAttention``) and the MLP branch is dropped here (nanoGPT's places; the LTI branch has
+    no nanoGPT counterpart and keeps none).
+    """
 
     def __init__(self, cfg: ModelConfig, seed: int) -> None:
         super().__init__()
@@ -37,6 +42,7 @@ class Block(nn.Module):
         self.attn = ContextAttention(cfg, seed)
         self.lti = LTIInjection(cfg, seed + 10) if cfg.lti_decays else None
         self.mlp = MLP(cfg, seed + 20)
+        self.dropout = float(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.norm(x), cache, layer)
@@ -46,7 +52,7 @@ class Block(nn.Module):
             if cache is not None:
                 cache.set_lti(layer, new_state)
             x = x + out
-        return x + self.mlp(self.norm(x))
+        return x + residual_dropout(self.mlp(self.norm(x)), self.dropout, self.training and cache is None)
 
 
 class ArbitorLM(nn.Module):
@@ -77,13 +83,16 @@ class ArbitorLM(nn.Module):
         if past + idx.shape[1] > self.cfg.max_ctx:
             raise ValueError(f"sequence of {past + idx.shape[1]} tokens exceeds max_ctx={self.cfg.max_ctx}")
         x = self.embed(idx).to(getattr(torch, self.cfg.compute_dtype))
+        if cache is None:   # nanoGPT's dropout of the embedding output (training mode, cfg.dropout > 0 only)
+            x = residual_dropout(x, self.cfg.dropout, self.training)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
             # checkpointing keeps only each block's input; its inside is recomputed in backward (the
-            # recomputed forward reads the same integer state: a layer's own votes land after it)
-            # (no dropout anywhere: the recompute needs no saved RNG state, which also keeps the step graph-capturable)
-            x = (checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=False) if recompute
-                 else block(x, cache, i))
+            # recomputed forward reads the same integer state: a layer's own votes land after it). Without
+            # dropout the recompute needs no saved RNG state, which also keeps the step graph-capturable; with
+            # dropout the RNG state is saved and restored so the recompute draws the same masks
+            x = (checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
+                 if recompute else block(x, cache, i))
         if cache is not None:
             cache.advance(idx.shape[1])
         return x

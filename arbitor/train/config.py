@@ -16,7 +16,8 @@ from .settings import check_settings, setting
 __all__ = ["TrainConfig", "IDENTITY_FIELDS"]
 
 # Fields that a resumed run must share with the run it continues: a bit-exact continuation needs them.
-IDENTITY_FIELDS = ("batch", "ctx", "seed", "schedule", "warmup_steps", "min_rate_ratio")
+IDENTITY_FIELDS = ("batch", "ctx", "seed", "schedule", "warmup_steps", "min_rate_ratio", "schedule_hold", "adam_beta2",
+                   "weight_decay", "grad_clip")
 
 
 @dataclass
@@ -40,6 +41,19 @@ class TrainConfig:
                             choices=SCHEDULES)
     warmup_steps: int = setting(0, "cosine: linear warm-up steps", low=0)
     min_rate_ratio: float = setting(0.1, "cosine: the factor reached at the last step", low=0.0, high=1.0)
+    # a piecewise-constant form of the schedule: steps kN .. kN+N-1 all take the factor of step kN + (N-1)//2
+    # (the block's middle). What lets cuda_graph follow a schedule: a graph replays the step sizes it was
+    # captured with, so the trainer captures the step again whenever the factor changes -- once per N steps
+    schedule_hold: int = setting(1, "hold the schedule's factor for blocks of N steps (each block takes its middle "
+                                    "step's factor); cuda_graph re-captures the step once per block", positive=True)
+    # AdamW of the float parameters (only the dense / bitnet baselines have any; lr: ModelConfig.dense_lr).
+    # The defaults are torch's AdamW with no weight decay and no clipping; nanoGPT's shakespeare_char recipe is
+    # beta2 0.99, weight decay 0.1 (on every parameter of 2 or more dimensions) and gradient clipping at 1.0
+    adam_beta2: float = setting(0.999, "float baselines: AdamW's beta2 (beta1 is 0.9)", low=0.0, high=0.9999)
+    weight_decay: float = setting(0.0, "float baselines: AdamW's decoupled weight decay, on the parameters of 2 or "
+                                       "more dimensions (nanoGPT's rule); others get none", low=0.0, high=10.0)
+    grad_clip: float = setting(0.0, "float baselines: clip the float gradients' global L2 norm to this before "
+                                    "AdamW steps (0: no clipping)", low=0.0)
 
     # gradient accumulation and data parallelism (docs/distributed.md). A step is grad_accum micro-batches on
     # each of the world_size processes (torchrun); when that is more than one, every micro-batch computes
@@ -60,7 +74,8 @@ class TrainConfig:
     # and through them an occasional ballot -- may differ in the last bits (still deterministic run to run)
     compile: bool = setting(False, "torch.compile the model (in place; the first steps are slow while it compiles)")
     cuda_graph: bool = setting(False, "capture the whole step (forward, backward, update) as one CUDA graph and "
-                                      "replay it: no launch overhead (CUDA device, text task, constant schedule)")
+                                      "replay it: no launch overhead (CUDA device, text task; a non-constant "
+                                      "schedule needs --schedule-hold N > 1: one capture per N steps)")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -76,8 +91,11 @@ class TrainConfig:
         return self.eval_interval if self.save_interval is None else self.save_interval
 
     def rate_factor(self, step: int) -> float:
-        """The schedule's multiplier for the step that follows ``step`` completed steps (1.0 when constant)."""
-        return rate_factor(self.schedule, step, self.steps, self.warmup_steps, self.min_rate_ratio)
+        """The schedule's multiplier for the step that follows ``step`` completed steps (1.0 when constant; the
+        same for each block of ``schedule_hold`` steps: that of the block's middle step)."""
+        hold = self.schedule_hold
+        return rate_factor(self.schedule, step - step % hold + (hold - 1) // 2, self.steps, self.warmup_steps,
+                           self.min_rate_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

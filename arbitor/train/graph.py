@@ -10,10 +10,19 @@ host branch; the layers' ``pending``/``nonfinite`` counters and the overflow che
 and every buffer it writes is updated in place, so the graph's addresses stay valid step after step.
 
 Contract of ``step_fn(*static_inputs)``: the same host-side control flow every call (one loss
-component, constant step sizes -- a graph replays the scalars it was captured with), inputs of fixed
-shape, no torch RNG. The warm-up calls run real steps (on a side stream, as CUDA requires before a
-capture); the capture itself runs nothing; each replay is one real step. Replayed and eager steps give
-bit-identical integer state (``tests/train/test_graph.py`` on the GPU).
+component), inputs of fixed shape. A graph replays the host scalars it was captured with (the step sizes of
+the rules, AdamW's lr): when they change, ``release()`` drops the graph and the next call captures the step
+again (the trainer does this when a held schedule moves to its next factor, ``TrainConfig.schedule_hold``);
+each capture gets a fresh private memory pool, and the released graph's pool is freed by the next capture's
+``empty_cache`` once nothing of it is alive (the step keeps nothing: its outputs are cloned). The warm-up calls
+run real steps (on a side stream, as CUDA requires before the first capture); a capture itself runs nothing;
+each replay is one real step. Replayed and eager steps give bit-identical integer state
+(``tests/train/test_graph.py`` on the GPU).
+
+Random numbers: only from torch's CUDA generator (dropout). Its draws are graph-safe: a captured kernel
+reads the generator's seed and offset from device memory that each replay refreshes, and the replay
+advances the generator by the offsets the step consumed -- so a replay draws what the eager step would, and
+``torch.cuda.get_rng_state()`` between steps is the eager run's (what a checkpoint saves).
 """
 from __future__ import annotations
 
@@ -49,10 +58,17 @@ class GraphedStep:
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         self._out: Any = None
         self._side: Optional[torch.cuda.Stream] = None
+        self.captures = 0                 # graphs captured so far
 
     @property
     def captured(self) -> bool:
         return self._graph is not None
+
+    def release(self) -> None:
+        """Drop the captured graph (if any): the next call captures the step again, without eager warm-up calls
+        (CUDA needs those once). For when a host scalar the step reads changes (a new schedule factor)."""
+        self._graph = None
+        self._out = None
 
     def __call__(self, batch: Any) -> Any:
         leaves, spec = tree_flatten(batch)
@@ -93,13 +109,19 @@ class GraphedStep:
         return out
 
     def _capture_and_replay(self, leaves: list[torch.Tensor], spec) -> Any:
-        self._static = [t.detach().clone() for t in leaves]
-        self._spec = spec
+        if self._static and spec == self._spec and all(a.shape == b.shape and a.dtype == b.dtype
+                                                        for a, b in zip(leaves, self._static)):
+            for s, t in zip(self._static, leaves):          # a re-capture: the same static input buffers
+                s.copy_(t)
+        else:
+            self._static = [t.detach().clone() for t in leaves]
+            self._spec = spec
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph):
             self._out = self.step_fn(tree_unflatten(self._static, spec))    # recorded, not run
         self._graph = graph
+        self.captures += 1
         graph.replay()                                                      # this call's step
         self.calls += 1
         return self._out

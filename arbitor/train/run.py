@@ -70,6 +70,9 @@ class ModelSettings:
                                                    choices=EMBEDDING_RULES)
     backend: Optional[str] = setting(None, "ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)",
                                      choices=("auto", "torch", "triton"))
+    dropout: Optional[float] = setting(None, "dropout probability, below 1, in training (embedding output, "
+                                             "attention probabilities, attention and MLP residual branches, as "
+                                             "nanoGPT; default 0: none)", low=0.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -86,6 +89,8 @@ class ModelSettings:
             out["embedding_update_rule"] = self.embedding_update_rule
         if self.group_size is not None:
             out["embedding_group_size"] = self.group_size
+        if self.dropout is not None:
+            out["dropout"] = self.dropout
         return out
 
     def differences(self, cfg: ModelConfig) -> list[str]:

@@ -23,7 +23,8 @@ the state before it; the record then raises ``FloatingPointError`` naming the st
 at step 0, every ``eval_interval`` and at the end (with ``loss.png`` and the task's artifacts), a
 checkpoint every ``checkpoint_interval`` and at the end. ``save()``/``restore()`` make a resumed run
 bit-exact: the model's integer buffers, the step, the tokens seen, torch's RNG, the task's samplers and
-AdamW's state (``checkpoint.py``).
+AdamW's state (``checkpoint.py``); on a CUDA device also the device's generator (``rng.cuda``: what
+``ModelConfig.dropout`` draws from, on the eager and the graph-replayed path alike).
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         # a user model (UserTask) has no arbitor config: AdamW's lr only matters to float baselines
-        self.updater = Updater(model, getattr(getattr(model, "cfg", None), "dense_lr", 1e-3))
+        self.updater = Updater(model, getattr(getattr(model, "cfg", None), "dense_lr", 1e-3), beta2=tcfg.adam_beta2,
+                               weight_decay=tcfg.weight_decay, grad_clip=tcfg.grad_clip)
         self.history: list[dict[str, Any]] = []
         self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
         self._tb = None                    # the TensorBoard writer (None: not made yet; False: not installed)
@@ -100,6 +102,7 @@ class Trainer:
         # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.micro_per_step = tcfg.grad_accum * self.world
+        self._dropout = getattr(getattr(model, "cfg", None), "dropout", 0.0) > 0
         self.sync: Optional[TernaryDataParallel] = None
         # ballot slots per micro-batch: the task's backward passes x the ballots one pass casts (loss chunks)
         cfg = getattr(model, "cfg", None)
@@ -120,14 +123,20 @@ class Trainer:
             if tcfg.compile and getattr(getattr(model, "cfg", None), "activation_checkpointing", False):
                 raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
                                  "crosses the capture's stream); drop compile or activation_checkpointing")
-            if tcfg.schedule != "constant":
-                raise ValueError(f"cuda_graph needs schedule='constant' (got {tcfg.schedule!r}): a graph "
-                                 "replays the step sizes it was captured with")
+            if getattr(getattr(model, "cfg", None), "activation_checkpointing", False) and \
+                    getattr(getattr(model, "cfg", None), "dropout", 0.0) > 0:
+                raise ValueError("cuda_graph cannot capture activation checkpointing with dropout (the recompute "
+                                 "saves and restores the RNG state, which a capture cannot read); drop one of them")
+            if tcfg.schedule != "constant" and tcfg.schedule_hold < 2:
+                raise ValueError(f"cuda_graph needs schedule='constant' (got {tcfg.schedule!r}) or a held schedule "
+                                 "(schedule_hold >= 2): a graph replays the step sizes it was captured with, so it is "
+                                 "captured again whenever they change")
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graph needs a CUDA device (the run is on {self.device})")
             self._batch_type = task.batch_type
             self.updater.make_capturable()
             self.graphed = GraphedStep(self._graph_step)
+            self._graph_factor: Optional[float] = None      # the schedule factor the graph was captured with
         if tcfg.compile:
             compile_blocks(self.model)
 
@@ -140,7 +149,11 @@ class Trainer:
         if stale:
             raise RuntimeError(f"{len(stale)} layer(s) hold ballots from an unfinished step (no ternary_step() "
                                "after the last backward); call ternary_step(model) first")
-        self.updater.set_rate_factor(self.tcfg.rate_factor(self.step))
+        factor = self.tcfg.rate_factor(self.step)
+        self.updater.set_rate_factor(factor)
+        if self.graphed is not None and factor != self._graph_factor:
+            self.graphed.release()      # the step sizes change: the next call captures the step with the new ones
+            self._graph_factor = factor
         if self.sync is not None:
             out = self._micro_batched_step()
             self.step += 1
@@ -197,6 +210,8 @@ class Trainer:
         for j in range(tcfg.grad_accum):
             g = self.rank * tcfg.grad_accum + j
             batch, components = self.task.batch_at(tcfg.batch, self.device, self._micro_key(g))
+            if self._dropout:   # the micro-batch's dropout masks: a function of (seed, step, g), whoever draws them
+                torch.manual_seed(self._micro_key(g) ^ 0x0D20_9A55)
             with sync.micro_batch(j):
                 shared: dict = {}
                 losses = {c.name: c.fn(model, batch, shared) for c in components}
@@ -211,6 +226,8 @@ class Trainer:
                 rows[j, len(names) + i] = 1.0
             trained += [c for c in components if c not in trained]
             del losses, shared, batch
+        if self._dropout:   # and the generators' state after the step: a function of (seed, step) alone
+            torch.manual_seed(self._micro_key(K) ^ 0x0D20_9A55)
         all_rows = self._gather_rows(rows)                       # [K, 2C], in global micro-batch order
         out = {}
         for i, name in enumerate(names):
@@ -311,6 +328,8 @@ class Trainer:
         if self.rank != 0:          # every rank holds the same state; rank 0 writes it
             return path
         extra = {"rng.torch": torch.get_rng_state(), **self.task.rng_tensors()}
+        if self.device.type == "cuda":   # dropout draws from the device's generator (philox seed and offset)
+            extra["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         optim, groups = self.updater.state_tensors()
         extra.update(optim)
         task = {"kind": self.task.kind, "config": self.task.config(), **self.task.checkpoint_state()}
@@ -337,6 +356,12 @@ class Trainer:
             torch.set_rng_state(other["rng.torch"])
         except KeyError as exc:
             raise CheckpointError(f"checkpoint lacks the sampler state {exc.args[0]!r}") from None
+        if self.device.type == "cuda" and "rng.cuda" in other:
+            torch.cuda.set_rng_state(other["rng.cuda"], self.device)
+        elif self.device.type == "cuda" and getattr(getattr(self.model, "cfg", None), "dropout", 0.0) > 0 \
+                and not self.tcfg.inexact_resume:
+            raise CheckpointError("checkpoint lacks the CUDA generator state ('rng.cuda') that the dropout of this "
+                                  "run draws from; it cannot be resumed exactly (--inexact-resume to continue)")
         saved = int(train_state.get("micro_batches_per_step", 1))
         if saved != self.micro_per_step:
             fits = saved % self.world == 0

@@ -1,7 +1,10 @@
 """``Updater``: one ``step()`` for everything that trains in a model.
 
 * ternary layers: ``ternary_step(model)`` folds the step's ballots (the rules' per-step part);
-* float parameters (only the ``dense`` / ``bitnet`` baselines have any): AdamW, one step per step.
+* float parameters (only the ``dense`` / ``bitnet`` baselines have any): AdamW, one step per step -- betas
+  ``(0.9, beta2)``, decoupled weight decay on the parameters of 2 or more dimensions only (nanoGPT's rule:
+  matrices and embeddings decay, norms and biases do not), the float gradients' global L2 norm clipped to
+  ``grad_clip`` first when it is > 0 (on the device: no host sync, so a CUDA graph can replay it).
 
 ``set_rate_factor(f)`` is how the schedule reaches both: AdamW's lr becomes ``base_lr * f`` and every
 ternary rule's step size ``base * f`` (``ternary.step.set_rate_factor``). ``state_tensors()`` /
@@ -22,14 +25,32 @@ __all__ = ["Updater"]
 
 
 class Updater:
-    """The per-step update of ``model`` (module doc); ``lr``: AdamW's base learning rate for float parameters."""
+    """The per-step update of ``model`` (module doc); ``lr``: AdamW's base learning rate for float parameters,
+    ``beta2`` / ``weight_decay`` / ``grad_clip`` its other settings (``TrainConfig``; the defaults are torch's
+    AdamW without decay or clipping)."""
 
-    def __init__(self, model: nn.Module, lr: float) -> None:
+    def __init__(self, model: nn.Module, lr: float, beta2: float = 0.999, weight_decay: float = 0.0,
+                 grad_clip: float = 0.0) -> None:
         self.model = model
         self.base_lr = float(lr)
-        params = [p for p in model.parameters() if p.is_floating_point() and p.requires_grad]
-        self.optimizer: Optional[torch.optim.Optimizer] = (
-            torch.optim.AdamW(params, lr=self.base_lr, weight_decay=0.0) if params else None)
+        self.betas = (0.9, float(beta2))
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = float(grad_clip)
+        self.params = [p for p in model.parameters() if p.is_floating_point() and p.requires_grad]
+        self.optimizer: Optional[torch.optim.Optimizer] = self._adamw() if self.params else None
+
+    def _param_groups(self) -> list[dict]:
+        """One group without weight decay (the parameters' order); with decay, the parameters of >= 2 dimensions
+        decay and the others (if any) form a second group without it."""
+        if not self.weight_decay:
+            return [{"params": self.params, "weight_decay": 0.0}]
+        decay = [p for p in self.params if p.dim() >= 2]
+        rest = [p for p in self.params if p.dim() < 2]
+        return [g for g in ({"params": decay, "weight_decay": self.weight_decay},
+                            {"params": rest, "weight_decay": 0.0}) if g["params"]]
+
+    def _adamw(self, capturable: bool = False) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self._param_groups(), lr=self.base_lr, betas=self.betas, capturable=capturable)
 
     def set_rate_factor(self, factor: float) -> None:
         """This step's schedule factor for AdamW's lr and the ternary rules' step sizes."""
@@ -44,13 +65,15 @@ class Updater:
         if self.optimizer is not None:
             if self.optimizer.state:
                 raise RuntimeError("Updater.make_capturable(): AdamW has already stepped")
-            params = self.optimizer.param_groups[0]["params"]
-            self.optimizer = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=0.0, capturable=True)
+            self.optimizer = self._adamw(capturable=True)
 
     def step(self) -> None:
-        """After all of a step's backward passes: fold the ballots, step AdamW, clear the float grads."""
+        """After all of a step's backward passes: fold the ballots, clip the float grads (``grad_clip > 0``), step
+        AdamW, clear the float grads."""
         ternary_step(self.model)
         if self.optimizer is not None:
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 

@@ -61,9 +61,11 @@ def _check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("rule", ["bigint", "counter"])
-def test_ranks_times_grad_accum_equal_one_process(tmp_path, rule, run_cli):
-    flags = ["train", "--steps", "3", "--update-rule", rule, *TEXT_FLAGS]
+@pytest.mark.parametrize("rule,extra", [("bigint", []), ("counter", []), ("counter", ["--dropout", "0.2"])],
+                         ids=["bigint", "counter", "counter-dropout"])
+def test_ranks_times_grad_accum_equal_one_process(tmp_path, rule, extra, run_cli):
+    """With dropout too: a micro-batch's masks are keyed by (seed, step, micro-batch), like its data."""
+    flags = ["train", "--steps", "3", "--update-rule", rule, *TEXT_FLAGS, *extra]
     assert run_cli([*flags, "--grad-accum", "4", "--run", "one"], tmp_path) == 0
     _check(torchrun(2, [*flags, "--grad-accum", "2", "--run", "two"], tmp_path))
     _same_run(tmp_path / "runs" / "one", tmp_path / "runs" / "two")

@@ -18,14 +18,16 @@ TEXT = TextConfig(text_data=str(BUNDLED_TEXT_PATH), max_chars=200_000)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({}, "cuda_graph needs a CUDA device (the run is on cpu)"),
-    ({"schedule": "cosine"}, "cuda_graph needs schedule='constant' (got 'cosine')"),
+@pytest.mark.parametrize("changes,fields,message", [
+    ({}, {}, "cuda_graph needs a CUDA device (the run is on cpu)"),
+    ({"schedule": "cosine"}, {}, "cuda_graph needs schedule='constant' (got 'cosine') or a held schedule"),
+    ({"schedule": "cosine", "schedule_hold": 5}, {}, "cuda_graph needs a CUDA device"),   # a held schedule is fine
+    ({}, {"dropout": 0.1, "activation_checkpointing": True}, "cannot capture activation checkpointing with dropout"),
 ])
-def test_cuda_graph_refusals_on_cpu(changes, message):
+def test_cuda_graph_refusals_on_cpu(changes, fields, message):
     tcfg = TrainConfig(steps=2, batch=2, ctx=16, cuda_graph=True, **changes)
     with pytest.raises(ValueError) as err:
-        build_run("text", tcfg, TEXT)
+        build_run("text", tcfg, TEXT, model_fields=fields)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -57,9 +59,9 @@ def test_graphed_step_refuses_host_tensors():
         GraphedStep(lambda b: b, warmup=0)
 
 
-def _run(rule: str, graph: bool, steps: int = 7):
-    tcfg = TrainConfig(steps=steps, batch=4, ctx=32, cuda_graph=graph, eval_interval=0, log_interval=0)
-    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda")
+def _run(rule: str, graph: bool, steps: int = 7, fields=None, **kw):
+    tcfg = TrainConfig(steps=steps, batch=4, ctx=32, cuda_graph=graph, eval_interval=0, log_interval=0, **kw)
+    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda", model_fields=fields)
     losses = [float(tr.train_step()["text"]) for _ in range(steps)]
     torch.cuda.synchronize()
     return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
@@ -108,3 +110,38 @@ def test_compiled_graphed_run_trains_like_eager():
     losses = [float(tr.train_step()["text"]) for _ in range(6)]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1     # the blocks did run compiled
     assert losses == pytest.approx(eager_losses, rel=2e-2), (losses, eager_losses)
+
+
+HELD = {"schedule": "cosine", "warmup_steps": 2, "schedule_hold": 3}
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rule,fields", [("counter", {"dropout": 0.2}), (None, {"dropout": 0.2, "linear": "bitnet"})],
+                         ids=["counter", "bitnet"])
+def test_graph_with_dropout_and_a_held_schedule_is_bit_identical_to_eager(rule, fields):
+    """Dropout draws from the CUDA generator inside the graph (philox offsets advance per replay) and the held
+    cosine schedule re-captures the step once per block of 3 steps: the same losses and state as eager steps."""
+    _, eager_losses, eager = _run(rule, False, steps=11, fields=fields, **HELD)
+    tr, graph_losses, graphed = _run(rule, True, steps=11, fields=fields, **HELD)
+    assert tr.graphed.captures == 3          # steps 3, 6, 9 start a block (0-2 are the eager warm-up)
+    assert graph_losses == eager_losses
+    assert [k for k in eager if not torch.equal(eager[k], graphed[k])] == []
+
+
+@pytest.mark.gpu
+@cuda
+def test_graphed_resume_with_dropout_is_bit_exact(tmp_path):
+    """3 graph steps + checkpoint (with the CUDA generator's state) + resume 4 == 7 straight."""
+    def fit(run_dir, upto, resume=False):
+        tcfg = TrainConfig(steps=7, batch=4, ctx=32, cuda_graph=True, eval_interval=0, log_interval=1, **HELD)
+        tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule="counter", dropout=0.2), run_dir=run_dir,
+                       resume=resume, device="cuda")
+        tr.fit(steps=upto, progress=False)
+        tr.save()
+        tr.close()
+        return {k: v.cpu() for k, v in tr.model.state_dict().items()}
+    straight = fit(tmp_path / "a", 7)
+    fit(tmp_path / "b", 3)
+    resumed = fit(tmp_path / "b", 7, resume=True)
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
