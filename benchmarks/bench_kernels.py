@@ -63,6 +63,7 @@ def linear_launch(kind: str, M: int, K: int, N: int, dtype: torch.dtype, group_s
     import triton
 
     from arbitor.ternary.ops import linear_triton as lt
+    from arbitor.ternary.ops import triton_common
     if M > lt.FUSED_MAX_M:
         bn, bk, warps = lt._expand_config(group_size)
         return {"path": "expand+cublas",
@@ -74,7 +75,7 @@ def linear_launch(kind: str, M: int, K: int, N: int, dtype: torch.dtype, group_s
     def out_tiles(c):
         return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
     cfg = lt._pick_config(None, M, red, out_tiles, kind, dtype, device)
-    _, cfg["SPLIT"] = lt._split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
+    _, cfg["SPLIT"] = triton_common.split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
     return {"path": "fused", "config": {"kernel": "ternary_fwd_kernel" if fwd else "ternary_gradx_kernel", **cfg}}
 
 

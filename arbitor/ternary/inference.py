@@ -14,7 +14,7 @@ so a decode step reads 6.4x fewer weight bytes than the same model in bf16. ``W_
 layer's ``effective_weight()`` bit for bit (``S`` is the reference's own ``bigint_scale``), so a frozen model's
 outputs equal the trained model's up to the float summation order of the kernels.
 
-The forward is ``ops.decode_forward`` (``ops/decode.py`` reference, ``ops/decode_triton.py`` on CUDA: a GEMV
+The forward is ``ops.decode_forward`` (``ops/linear.py``'s ``decode_forward_torch`` reference, ``ops/decode_triton.py`` on CUDA: a GEMV
 kernel for 1-16 rows, expand + cuBLAS for prompts). A frozen layer has no ballots: it cannot train
 (``ternary_step`` and the trainer ignore it); keep the trained model (or its checkpoint) to train further.
 """
@@ -26,14 +26,11 @@ import torch
 from torch import nn
 
 from .format import check_group_size, packed_shape
-from .layer import TernaryScaleTensor
+from .layer import TernaryScaleTensor, check_linear_input
 from .ops.backend import get_ops
 from .ops.linear import expand_weight
 
 __all__ = ["TernaryInferenceLinear", "for_inference"]
-
-_FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
-
 
 class TernaryInferenceLinear(nn.Module):
     """``y = x @ (T * S).T (+ bias)`` from ``T_packed`` and a fixed float32 group scale ``S``; no training state.
@@ -71,15 +68,7 @@ class TernaryInferenceLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"TernaryInferenceLinear({self.in_features}->{self.out_features}): input last "
-                             f"dimension must be {self.in_features}, got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dtype not in _FLOAT_INPUTS:
-            raise TypeError(f"TernaryInferenceLinear: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
-        if x.device != self.T_packed.device:
-            raise RuntimeError(f"TernaryInferenceLinear: input is on {x.device} but the layer is on "
-                               f"{self.T_packed.device}; move one of them (model.to(device))")
+        check_linear_input(self, x, self.T_packed.device)
         lead = x.shape[:-1]
         y = get_ops(x.device, self.backend).decode_forward(x.reshape(-1, self.in_features), self.T_packed, self.S,
                                                            self.in_features, self.group_size)

@@ -66,6 +66,22 @@ _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 _BUFFER_DTYPES = {"T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
 
 
+def check_linear_input(layer: nn.Module, x: torch.Tensor, device: torch.device) -> None:
+    """One-line ``TypeError`` / ``ValueError`` / ``RuntimeError`` unless ``x`` is a float tensor ``[...,
+    layer.in_features]`` on ``device`` (the layer's buffers); the message names the layer's class."""
+    name = type(layer).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != layer.in_features:
+        raise ValueError(f"{name}({layer.in_features}->{layer.out_features}): input last dimension must be "
+                         f"{layer.in_features}, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_INPUTS:
+        raise TypeError(f"{name}: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.device != device:
+        raise RuntimeError(f"{name}: input is on {x.device} but the layer's buffers are on {device}; move one of "
+                           "them (model.to(device))")
+
+
 class _TernaryLinearFn(torch.autograd.Function):
     """``y = x @ W_eff.T``; saves only ``x``; backward recomputes ``W_eff`` and casts the layer's ballot."""
 
@@ -195,21 +211,9 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         pending = self.pending if self._max_ballots is None else self.no_pending
         return self.T_packed, self.E, self.corr_accum, self.step_counter, pending
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"TernaryScaleTensor expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"TernaryScaleTensor({self.in_features}->{self.out_features}): input last dimension must be "
-                             f"{self.in_features}, got shape {tuple(x.shape)}")
-        if x.dtype not in _FLOAT_INPUTS:
-            raise TypeError(f"TernaryScaleTensor: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
-        if x.device != self.T_packed.device:
-            raise RuntimeError(f"TernaryScaleTensor: input is on {x.device} but the layer's buffers are on "
-                               f"{self.T_packed.device}; move one of them (model.to(device))")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
-        self._check_input(x)
+        check_linear_input(self, x, self.T_packed.device)
         anchor = None
         if self.training and self._voting and torch.is_grad_enabled():
             self._dirty = True

@@ -1,7 +1,8 @@
 """The ternary ops: a plain-torch reference and a Triton kernel for each, one signature per op.
 
 ``get_ops(device, backend)`` returns the ``TernaryOps`` table for a device (``backend.py``);
-``linear.py``/``linear_triton.py`` (forward, grad-x), ``votes.py``/``votes_triton.py`` (the ``bigint``
+``linear.py``/``linear_triton.py`` (forward, grad-x; ``linear.decode_forward_torch`` is also the reference of
+``decode_triton.py``, a frozen layer's forward), ``votes.py``/``votes_triton.py`` (the ``bigint``
 vote), ``counter.py``/``counter_triton.py`` (the ``counter`` ballot), ``hashing.py`` (counter-based
 uniforms), ``blocks.py`` (row blocks of the references), ``triton_common.py`` (what the kernels
 share) and ``library.py`` (the ``torch.library`` registration of the Triton ops).

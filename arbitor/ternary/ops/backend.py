@@ -37,8 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from .counter import counter_ballot_
-from .decode import decode_forward_torch
-from .linear import linear_forward_torch, linear_grad_x_torch
+from .linear import decode_forward_torch, linear_forward_torch, linear_grad_x_torch
 from .votes import bigint_ballot_torch_
 
 __all__ = ["BACKENDS", "TernaryOps", "TORCH_OPS", "requested_backend", "resolve_backend", "get_ops"]

@@ -1,5 +1,5 @@
 """Triton kernels of the frozen (inference) ternary linear op: ``y [M, N] = x [M, K] @ (T * S).T`` from
-``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``decode.py``).
+``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``linear.decode_forward_torch``).
 
 * ``decode_gemv_kernel`` (``M == 1``, ``group_size >= 16``, ``in_features % 16 == 0``): a CUDA-core GEMV.
   ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = 1 + (t + 1) / 4``,
@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .linear_triton import _byte_to_float, _n_sm, _split_len
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
-                            dot_precision, expand_bits16, expand_bytes, load_bytes, round_to)
+                            dot_precision, expand_bits16, expand_bytes, group_sums, load_bytes, n_sm, round_to,
+                            split_len, word_dots)
 
 __all__ = ["decode_forward", "decode_gemv_kernel", "decode_mma_kernel", "expand_scaled_kernel", "expand_scaled",
            "DECODE_MAX_M", "decode_config", "gemv_ok"]
@@ -99,35 +99,8 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
         cols = k0 + 16 * offs_q
         x_base = x_ptr + cols * stride_xk          # column 4b + j of each word at x_base + (4b + j) * stride_xk
         x_mask = cols < K                          # K % 16 == 0: a word's columns are all in range or none
-        ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
-        xs = tl.zeros((BW,), dtype=tl.float32)
-        wu = w.to(tl.uint32, bitcast=True)
-        f_hi = tl.zeros((BLOCK_N, BW), dtype=tl.uint32) + F_HI.to(tl.uint32)     # 0x3F000000, opaque
-        for j in tl.static_range(4):
-            # every byte of uw: 0x80 | (t + 1) << 5, i.e. byte 2 of the float 1 + (t + 1) / 4 (code plane j)
-            if j < 3:
-                lo = (wu << (5 - 2 * j)) & 0x20202020
-            else:
-                lo = (wu >> 1) & 0x20202020
-            if j < 2:
-                hi = (wu << (4 - 2 * j)) & 0x20202020
-            elif j == 2:
-                hi = wu & 0x20202020
-            else:
-                hi = (wu >> 2) & 0x20202020
-            uw = lo + 0xA0A0A0A0 - hi
-            for b in tl.static_range(4):
-                f = _byte_to_float(uw, f_hi, b, INTERP)
-                xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
-                ps += f * xv[None, :]
-                xs += xv
-        if GS >= BLOCK_K:
-            acc += (4.0 * tl.sum(ps, axis=1) - 5.0 * tl.sum(xs, axis=0)) * s
-        else:
-            NG: tl.constexpr = BLOCK_K // GS
-            pg = tl.sum(tl.reshape(ps, (BLOCK_N, NG, GS // 16)), axis=2)
-            xg = tl.sum(tl.reshape(xs, (NG, GS // 16)), axis=1)
-            acc += tl.sum((4.0 * pg - 5.0 * xg[None, :]) * s, axis=1)
+        ps, xs = word_dots(w, x_base, x_mask, stride_xk, F_HI, BLOCK_N, BW, INTERP)
+        acc += group_sums(ps, xs, s, GS, BLOCK_N, BLOCK_K)
     if SPLIT == 1:
         tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
     else:
@@ -228,7 +201,7 @@ def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional
     if cfg["BLOCK_K"] < 16 or cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) or cfg["BLOCK_N"] & (cfg["BLOCK_N"] - 1):
         raise ValueError(f"bad decode config {cfg}: BLOCK_N and BLOCK_K must be powers of two, BLOCK_K >= 16")
     tiles = triton.cdiv(N, cfg["BLOCK_N"])
-    want = max(1, triton.cdiv(per_sm * _n_sm(device), tiles))
+    want = max(1, triton.cdiv(per_sm * n_sm(device), tiles))
     cfg["SPLIT"] = int(config.pop("SPLIT", max(1, min(want, K // cfg["BLOCK_K"]))))
     if config:
         raise ValueError(f"unknown decode config keys {sorted(config)}")
@@ -291,7 +264,7 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
         return x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = decode_config(M, N, in_features, x.device, config, x.dtype)
-    red_per, split = _split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
+    red_per, split = split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
     tiles = triton.cdiv(N, cfg["BLOCK_N"])
     ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     cnt = _arrival_counters(x.device, tiles) if split > 1 else y

@@ -17,7 +17,7 @@ from ..format import unpack_ternary
 from ..scale import bigint_scale
 from .blocks import row_blocks
 
-__all__ = ["expand_weight", "linear_forward_torch", "linear_grad_x_torch"]
+__all__ = ["expand_weight", "linear_forward_torch", "linear_grad_x_torch", "decode_forward_torch"]
 
 
 def expand_weight(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
@@ -29,17 +29,25 @@ def expand_weight(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, gro
     return w.view(t.shape[0], in_features).to(dtype)
 
 
-def linear_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
-                         step_counter: torch.Tensor, pending: int, in_features: int, group_size: int,
-                         strength: float) -> torch.Tensor:
-    """``x [M, K] -> y [M, N]`` (x's dtype)."""
-    S = bigint_scale(E, corr_accum, step_counter + pending, group_size, strength)
+def decode_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int,
+                         group_size: int) -> torch.Tensor:
+    """``x [M, K] -> y [M, N] = x @ (T * S).T`` (x's dtype) for a given float32 scale ``S [N, G]``: the forward
+    of a frozen layer (``inference.py``, which keeps ``S`` instead of the state it comes from), and of a trained
+    one once its ``S`` is computed (``linear_forward_torch``)."""
     n_out = T_packed.shape[0]
     xf = x.to(torch.float32)
     y = torch.empty(x.shape[0], n_out, dtype=torch.float32, device=x.device)
     for n0, n1 in row_blocks(n_out, in_features):
         y[:, n0:n1] = xf @ expand_weight(T_packed[n0:n1], S[n0:n1], in_features, group_size).t()
     return y.to(x.dtype)
+
+
+def linear_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
+                         step_counter: torch.Tensor, pending: int, in_features: int, group_size: int,
+                         strength: float) -> torch.Tensor:
+    """``x [M, K] -> y [M, N]`` (x's dtype)."""
+    S = bigint_scale(E, corr_accum, step_counter + pending, group_size, strength)
+    return decode_forward_torch(x, T_packed, S, in_features, group_size)
 
 
 def linear_grad_x_torch(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,

@@ -39,8 +39,9 @@ import triton.language as tl
 
 from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
-                            exact_scale, expand_bytes, float64_bits, group_scale, grouped_pid, launch_cfg,
-                            load_bytes, load_group_state, round_to, weff_cast)
+                            exact_scale, expand_bytes, float64_bits, group_scale, group_sums, grouped_pid,
+                            launch_cfg, load_bytes, load_group_state, n_sm, round_to, split_len, weff_cast,
+                            word_dots)
 
 __all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
            "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel", "split_reduce_kernel",
@@ -101,30 +102,6 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
 
 
 @triton.jit
-def _byte_to_float(uw, hi, b: tl.constexpr, INTERP: tl.constexpr):
-    """float32 with byte 3 = 0x3F, byte 2 = byte ``b`` of the uint32 ``uw``, bytes 0-1 = 0: one ``prmt.b32`` on
-    NVIDIA (selector: d.b0 = 0, d.b1 = 0 from ``hi`` = 0x3F000000, d.b2 = uw.b``b``, d.b3 = 0x3F); plain
-    shifts under the interpreter (no inline PTX there). ``hi`` comes from a kernel argument so that ptxas
-    keeps it in a register and encodes the selector as the immediate."""
-    if INTERP:
-        bits = (((uw >> (8 * b)) & 0xFF) << 16) | 0x3F000000
-    else:
-        if b == 0:
-            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7054;", "=r,r,r", [uw, hi], dtype=tl.uint32,
-                                             is_pure=True, pack=1)
-        elif b == 1:
-            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7154;", "=r,r,r", [uw, hi], dtype=tl.uint32,
-                                             is_pure=True, pack=1)
-        elif b == 2:
-            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7254;", "=r,r,r", [uw, hi], dtype=tl.uint32,
-                                             is_pure=True, pack=1)
-        else:
-            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7354;", "=r,r,r", [uw, hi], dtype=tl.uint32,
-                                             is_pure=True, pack=1)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr,
                            M, N, K, G, KW,
                            stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, Q_PER_SPLIT, strength, F_HI,
@@ -161,8 +138,8 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
         cols = k0 + 16 * offs_q
         x_base = x_ptr + cols * stride_xk          # column 4b + j of each word at x_base + (4b + j) * stride_xk
         x_mask = cols < K                          # K % 16 == 0: a word's columns are all in range or none
-        ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
         if GS < 16:   # groups of 4 or 8 columns: each byte b of a word lies in one group
+            ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
             for b in tl.static_range(4):
                 pb = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
                 for j in tl.static_range(4):
@@ -174,48 +151,18 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
                 g = (cols + 4 * b) // GS
                 s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
                 ps += pb * s
-        else:
-            # a word in one group: each code plane of the word decoded once (5 integer ops for 4 weights), then
-            # one byte permute a weight gives the float f = 1 + (t + 1) / 4 (exact), and
-            # sum(t * x) = 4 * sum(f * x) - 5 * sum(x) per group (f * x is exact for 16-bit x)
-            xs = tl.zeros((BW,), dtype=tl.float32)
-            wu = w.to(tl.uint32, bitcast=True)
-            f_hi = tl.zeros((BLOCK_N, BW), dtype=tl.uint32) + F_HI.to(tl.uint32)     # 0x3F000000, opaque
-            for j in tl.static_range(4):
-                # every byte of uw: 0x80 | (t + 1) << 5, i.e. byte 2 of the float 1 + (t + 1) / 4
-                if j < 3:
-                    lo = (wu << (5 - 2 * j)) & 0x20202020
-                else:
-                    lo = (wu >> 1) & 0x20202020
-                if j < 2:
-                    hi = (wu << (4 - 2 * j)) & 0x20202020
-                elif j == 2:
-                    hi = wu & 0x20202020
-                else:
-                    hi = (wu >> 2) & 0x20202020
-                uw = lo + 0xA0A0A0A0 - hi
-                for b in tl.static_range(4):
-                    f = _byte_to_float(uw, f_hi, b, INTERP)
-                    xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
-                    ps += f * xv[None, :]
-                    xs += xv
-        if GS < 16:
             acc += tl.sum(ps, axis=1)
-        elif GS >= BLOCK_K:
-            g = k0 // GS
-            part = 4.0 * tl.sum(ps, axis=1) - 5.0 * tl.sum(xs, axis=0)
-            acc += part * group_scale(e_ptr, corr_ptr, row_g + g, n_mask & (g < G), coef)
-        elif GS == 16:
-            g = cols // GS
-            s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
-            acc += tl.sum((4.0 * ps - 5.0 * xs[None, :]) * s, axis=1)
         else:
-            NG: tl.constexpr = BLOCK_K // GS
-            g = k0 // GS + tl.arange(0, NG)
-            s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :], coef)
-            pg = tl.sum(tl.reshape(ps, (BLOCK_N, NG, GS // 16)), axis=2)
-            xg = tl.sum(tl.reshape(xs, (NG, GS // 16)), axis=1)
-            acc += tl.sum((4.0 * pg - 5.0 * xg[None, :]) * s, axis=1)
+            # a word in one group: sum(t * x) = 4 * sum(f * x) - 5 * sum(x) per group (``word_dots``)
+            ps, xs = word_dots(w, x_base, x_mask, stride_xk, F_HI, BLOCK_N, BW, INTERP)
+            if GS >= BLOCK_K:
+                g = k0 // GS
+                s = group_scale(e_ptr, corr_ptr, row_g + g, n_mask & (g < G), coef)
+            else:
+                g = k0 // GS + tl.arange(0, BLOCK_K // GS)
+                s = group_scale(e_ptr, corr_ptr, row_g[:, None] + g[None, :], n_mask[:, None] & (g < G)[None, :],
+                                coef)
+            acc += group_sums(ps, xs, s, GS, BLOCK_N, BLOCK_K)
 
     tl.store(y_ptr + pid_s.to(tl.int64) * stride_ys + offs_n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
 
@@ -341,10 +288,6 @@ def _default_config(M: int, dtype: torch.dtype, kind: str) -> dict:
     return dict(_DEFAULT_CONFIGS[(kind, dtype == torch.float32)])
 
 
-def _n_sm(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def _decode_config(red: int, out_tiles_of, kind: str, dtype: torch.dtype, device: torch.device) -> dict:
     """Decode / GEMV path (M <= 16): fixed tiles plus a split of the reduction dim.
 
@@ -366,7 +309,7 @@ def _decode_config(red: int, out_tiles_of, kind: str, dtype: torch.dtype, device
     if INTERPRETED:
         cfg.update(INTERP_DEFAULT)
     tiles = out_tiles_of(cfg)
-    want = max(1, (per_sm * _n_sm(device) + tiles - 1) // tiles)
+    want = max(1, (per_sm * n_sm(device) + tiles - 1) // tiles)
     cfg["SPLIT"] = max(1, min(want, red // (2 * cfg[step])))
     return cfg
 
@@ -385,12 +328,6 @@ def _pick_config(config: Optional[dict], M: int, red: int, out_tiles_of, kind: s
     if INTERPRETED:
         return launch_cfg(None)
     return launch_cfg(_default_config(M, dtype, kind))
-
-
-def _split_len(red: int, split: int, step: int) -> tuple[int, int]:
-    """``(length per split rounded up to whole steps, number of non-empty splits)``."""
-    per = triton.cdiv(triton.cdiv(red, split), step) * step
-    return per, triton.cdiv(red, per)
 
 
 def _reduce_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
@@ -422,7 +359,7 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
     def out_tiles(c):
         return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
     cfg = _pick_config(config, M, red, out_tiles, kind, act.dtype, act.device)
-    red_per, split = _split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
+    red_per, split = split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
     if split == 1:
         out, out_strides = res, (res.stride(0), res.stride(1), 0)
     else:
@@ -487,7 +424,7 @@ def _gemv_config(N: int, K: int, device: torch.device, config: Optional[dict] = 
     if cfg["BLOCK_K"] < 16 or cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1):
         raise ValueError(f"bad GEMV config {cfg}: BLOCK_K must be a power of two >= 16")
     tiles = triton.cdiv(N, cfg["BLOCK_N"])
-    want = max(1, triton.cdiv(_GEMV_PROGRAMS_PER_SM * _n_sm(device), tiles))
+    want = max(1, triton.cdiv(_GEMV_PROGRAMS_PER_SM * n_sm(device), tiles))
     split = max(1, min(want, K // cfg["BLOCK_K"]))
     cfg["SPLIT"] = int((config or {}).get("SPLIT", split))
     return cfg
@@ -500,7 +437,7 @@ def _launch_gemv(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_
     M = x.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = _gemv_config(N, K, x.device, config)
-    k_per, split = _split_len(K, cfg.pop("SPLIT"), cfg["BLOCK_K"])
+    k_per, split = split_len(K, cfg.pop("SPLIT"), cfg["BLOCK_K"])
     if split == 1:
         out, strides = y, (y.stride(0), y.stride(1), 0)
     else:

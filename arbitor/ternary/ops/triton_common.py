@@ -58,7 +58,7 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32u",
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
-           "round_to"]
+           "round_to", "byte_to_float", "word_dots", "group_sums", "n_sm", "split_len"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
@@ -210,6 +210,76 @@ def weff_cast(b, e, c, coef, dtype: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.
 
 
 @triton.jit
+def byte_to_float(uw, hi, b: tl.constexpr, INTERP: tl.constexpr):
+    """float32 with byte 3 = 0x3F, byte 2 = byte ``b`` of the uint32 ``uw``, bytes 0-1 = 0: one ``prmt.b32`` on
+    NVIDIA (selector: d.b0 = 0, d.b1 = 0 from ``hi`` = 0x3F000000, d.b2 = uw.b``b``, d.b3 = 0x3F); plain
+    shifts under the interpreter (no inline PTX there). ``hi`` comes from a kernel argument so that ptxas
+    keeps it in a register and encodes the selector as the immediate."""
+    if INTERP:
+        bits = (((uw >> (8 * b)) & 0xFF) << 16) | 0x3F000000
+    else:
+        if b == 0:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7054;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        elif b == 1:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7154;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        elif b == 2:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7254;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+        else:
+            bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7354;", "=r,r,r", [uw, hi], dtype=tl.uint32,
+                                             is_pure=True, pack=1)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def word_dots(w, x_base, x_mask, stride_xk, F_HI, BLOCK_N: tl.constexpr, BW: tl.constexpr, INTERP: tl.constexpr):
+    """The M = 1 GEMVs' inner step for words inside one scale group (group size >= 16): ``w`` int32 words
+    ``[BLOCK_N, BW]`` (16 trits each), ``x`` at ``x_base + c * stride_xk`` for column ``c`` of each word
+    (``[BW]`` pointers, ``x_mask``). Returns ``(ps, xs)``: ``ps [BLOCK_N, BW]`` = ``sum(f * x)`` over each word
+    and ``xs [BW]`` = ``sum(x)``, where ``f = 1 + (t + 1) / 4`` (exact; ``f * x`` is exact for 16-bit x), so a
+    word's ``sum(t * x) = 4 * ps - 5 * xs`` (``group_sums``). Each code plane of a word is decoded once (5 integer
+    ops for 4 weights) into bytes ``0x80 | (t + 1) << 5``, byte 2 of ``f``; one byte permute a weight makes ``f``
+    (``byte_to_float``; ``F_HI`` = 0x3F000000 from a kernel argument, opaque to the compiler)."""
+    ps = tl.zeros((BLOCK_N, BW), dtype=tl.float32)
+    xs = tl.zeros((BW,), dtype=tl.float32)
+    wu = w.to(tl.uint32, bitcast=True)
+    f_hi = tl.zeros((BLOCK_N, BW), dtype=tl.uint32) + F_HI.to(tl.uint32)
+    for j in tl.static_range(4):
+        if j < 3:
+            lo = (wu << (5 - 2 * j)) & 0x20202020
+        else:
+            lo = (wu >> 1) & 0x20202020
+        if j < 2:
+            hi = (wu << (4 - 2 * j)) & 0x20202020
+        elif j == 2:
+            hi = wu & 0x20202020
+        else:
+            hi = (wu >> 2) & 0x20202020
+        uw = lo + 0xA0A0A0A0 - hi
+        for b in tl.static_range(4):
+            f = byte_to_float(uw, f_hi, b, INTERP)
+            xv = tl.load(x_base + (4 * b + j) * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+            ps += f * xv[None, :]
+            xs += xv
+    return ps, xs
+
+
+@triton.jit
+def group_sums(ps, xs, s, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``[BLOCK_N]``: ``sum over the K step of sum(t * x) * S`` from ``word_dots``' ``(ps, xs)`` and the group
+    scales ``s`` -- ``[BLOCK_N]`` when ``GS >= BLOCK_K`` (one group a step), else ``[BLOCK_N, BLOCK_K // GS]``."""
+    if GS >= BLOCK_K:
+        return (4.0 * tl.sum(ps, axis=1) - 5.0 * tl.sum(xs, axis=0)) * s
+    else:
+        NG: tl.constexpr = BLOCK_K // GS
+        pg = tl.sum(tl.reshape(ps, (BLOCK_N, NG, GS // 16)), axis=2)
+        xg = tl.sum(tl.reshape(xs, (NG, GS // 16)), axis=1)
+        return tl.sum((4.0 * pg - 5.0 * xg[None, :]) * s, axis=1)
+
+
+@triton.jit
 def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     """Program id -> ``(pid_m, pid_n)`` with ``GROUP_M`` row tiles walked together (L2 reuse of the
     weight tiles), the standard Triton matmul ordering."""
@@ -243,6 +313,17 @@ def _fp32_precision() -> str:
     if value not in ("ieee", "tf32x3", "tf32"):
         raise ValueError(f"ARB_TRITON_FP32_PRECISION must be ieee, tf32x3 or tf32; got {value!r}")
     return value
+
+
+def n_sm(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (4 off CUDA: the interpreter's launch arithmetic)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def split_len(red: int, split: int, step: int) -> tuple[int, int]:
+    """A reduction of ``red`` split ``split`` ways in whole ``step`` s: ``(length per split, non-empty splits)``."""
+    per = triton.cdiv(triton.cdiv(red, split), step) * step
+    return per, triton.cdiv(red, per)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -1,5 +1,5 @@
 """The frozen layer's op (``decode_triton.decode_forward``: ``decode_gemv_kernel`` at one row,
-``decode_mma_kernel`` at 1-16, expand + matmul above) against its torch reference (``decode.decode_forward_torch``).
+``decode_mma_kernel`` at 1-16, expand + matmul above) against its torch reference (``linear.decode_forward_torch``).
 
 CPU: Triton's interpreter (``TRITON_INTERPRET=1`` before triton is imported); odd N, M = 1 (both kernels),
 3, 6, 16, group sizes 4-256 (one group a word, several groups a K step, a group over several K steps),
@@ -21,8 +21,7 @@ triton = pytest.importorskip("triton")
 
 from arbitor.ternary.format import pack_ternary  # noqa: E402
 from arbitor.ternary.ops import decode_triton  # noqa: E402
-from arbitor.ternary.ops.decode import decode_forward_torch  # noqa: E402
-from arbitor.ternary.ops.linear import expand_weight  # noqa: E402
+from arbitor.ternary.ops.linear import decode_forward_torch, expand_weight  # noqa: E402
 from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
 
 interp = pytest.mark.skipif(not INTERPRETED, reason="CPU interpreter tests need TRITON_INTERPRET=1")
