@@ -10,7 +10,7 @@ explicit configs, the fixed default configs (``path="fused"`` above 16 rows) and
 ``grad_W`` in one chunk and in several (``ARB_GRADW_CHUNK_ELEMS``), a ballot with a NaN (skipped on the
 device), and every counter width. Kernels:
 
-* ``arbitor.ternary.ops.linear_triton``: ``ternary_fwd_kernel`` / ``ternary_gradx_kernel`` (+ ``split_reduce_kernel``
+* ``arbitor.ternary.ops.linear_triton``: ``ternary_fwd_kernel`` / ``ternary_gradx_kernel`` (with their ``split_epilogue``
   on the decode path) through ``ternary_forward`` / ``ternary_grad_x``, ``expand_kernel``
   (``expand_weight_triton``), ``ternary_scale_kernel`` (``ternary_scale``);
 * ``arbitor.ternary.ops.votes_triton``: ``ballot_vote_kernel`` + ``apply_ballot_kernel``

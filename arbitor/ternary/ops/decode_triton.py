@@ -12,7 +12,7 @@
 
 Both decode kernels own ``BLOCK_N`` output features and one K range a program; K is split when ``N / BLOCK_N``
 programs would leave SMs idle (fp32 partials summed in a fixed order by the last program of each tile,
-``_split_epilogue``: deterministic, and no second kernel),
+``triton_common.split_epilogue``: deterministic, and no second kernel),
 and the next K step's bytes and scales are loaded before the current step is used. Launch tiles:
 ``_GEMV_TILE`` / ``_MMA_TILE`` (from the H200 sweeps in ``benchmarks/results/inference``).
 """
@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
                             dot_precision, expand_bits16, expand_bytes, group_sums, load_bytes, n_sm, round_to,
-                            split_len, word_dots)
+                            split_buffers, split_epilogue, split_len, word_dots)
 
 __all__ = ["decode_forward", "decode_gemv_kernel", "decode_mma_kernel", "expand_scaled_kernel", "expand_scaled",
            "DECODE_MAX_M", "decode_config", "gemv_ok"]
@@ -49,30 +49,12 @@ def _load_s(s_ptr, row_g, n_mask, k0, k_end, G, GS: tl.constexpr, BLOCK_K: tl.co
 
 
 @triton.jit
-def _split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE):
-    """Store this K split's fp32 partial ``acc``; the program of the tile that finishes last sums all the
-    tile's partials in ascending split order (deterministic: the order never depends on which program is last)
-    and writes ``y``. ``cnt_ptr``: the tile's int32 arrival counter, 0 on entry and reset to 0 by the last
-    program (so a replayed CUDA graph finds it at 0). Replaces a second reduction kernel, whose launch cost more
-    than the reduction (3.3 us against a 9 us GEMV in the 3b decode step)."""
-    tl.store(ws_ptrs + pid_s * WS_STRIDE, acc, mask=mask)
-    tl.debug_barrier()                                       # every thread's partial is written ...
-    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")   # ... before it is released
-    if arrived == SPLIT - 1:
-        tot = tl.zeros_like(acc)
-        for s in range(0, SPLIT):
-            tot += tl.load(ws_ptrs + s * WS_STRIDE, mask=mask, other=0.0, cache_modifier=".cg")
-        tl.store(y_ptrs, tot.to(y_ptrs.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
 def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW, stride_xk, SPLIT, Q_PER_SPLIT, F_HI,
                        GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
     """``y[1, N] (+)= x[1, K] @ (T * S)[N, K].T`` on CUDA cores, fp32; ``w_ptr``: ``T_packed`` as int32 words
     ``[N, K // 16]`` (byte ``b`` of word ``q`` is packed byte ``4q + b``); ``s_ptr``: float32 ``[N, G]``; ``GS >= 16``.
     Program axis 0: ``BLOCK_N`` output features; axis 1: the K range ``[16 * s * Q_PER_SPLIT, ...)``; with
-    ``SPLIT > 1`` the partials meet in ``ws_ptr [SPLIT, N]`` (``_split_epilogue``). The next K step's words *and
+    ``SPLIT > 1`` the partials meet in ``ws_ptr [SPLIT, N]`` (``triton_common.split_epilogue``). The next K step's words *and
     scales* are loaded before the current step is decoded (a scale load waited for inside its own step costs a
     full memory latency per step)."""
     pid_n = tl.program_id(0)
@@ -104,7 +86,7 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
     if SPLIT == 1:
         tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
     else:
-        _split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
+        split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
 
 
 @triton.jit
@@ -156,7 +138,7 @@ def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, K
     if SPLIT == 1:
         tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        _split_epilogue(acc, y_ptr + offs, ws_ptr + offs, mask, cnt_ptr + pid_n, pid_s, SPLIT, M * N)
+        split_epilogue(acc, y_ptr + offs, ws_ptr + offs, mask, cnt_ptr + pid_n, pid_s, SPLIT, M * N)
 
 
 @triton.jit
@@ -266,8 +248,7 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     cfg = decode_config(M, N, in_features, x.device, config, x.dtype)
     red_per, split = split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
     tiles = triton.cdiv(N, cfg["BLOCK_N"])
-    ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
-    cnt = _arrival_counters(x.device, tiles) if split > 1 else y
+    ws, cnt = split_buffers(y, split, tiles)
     if path == "gemv":
         decode_gemv_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, N, in_features, G,
                                            in_features // 16, x.stride(1), split, red_per // 16, 0x3F000000,
@@ -280,18 +261,3 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                                           BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"],
                                           num_stages=3)
     return y
-
-
-#: per device: int32 arrival counters of split tiles (``_split_epilogue``), all 0 between calls. A buffer is never
-#: freed (a captured CUDA graph may hold its address); a larger one is added only when a call needs more tiles.
-_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
-
-
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """At least ``n`` zeroed int32 counters on ``device``, shared by every split call there. Each call leaves
-    them at 0, so calls on one stream (and replays of a captured graph) may share them; kernels of two calls
-    must not run concurrently on two streams."""
-    bufs = _COUNTERS.setdefault(device, [])
-    if not bufs or bufs[-1].numel() < n:
-        bufs.append(torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device))
-    return bufs[-1]

@@ -16,8 +16,8 @@ transient buffer (``expand_kernel``) and cuBLAS multiplies -- 0.99-1.07x of cuBL
 (``benchmarks/results/speed``), where the fused kernels reached 0.40-0.45x. M <= 16 (decode / GEMV) keeps
 the fused kernels: fixed tiles (one 16-row tile,
 narrow output tiles) and a split of the reduction dimension so that several programs per
-SM stream ``T_packed``; the fp32 partials are summed in a fixed order by a second small
-kernel (``_decode_config``). At M == 1 with ``in_features % 16 == 0`` the forward runs
+SM stream ``T_packed``; the fp32 partials are summed in a fixed order by the last program of each tile
+(``triton_common.split_epilogue``; ``_decode_config``). At M == 1 with ``in_features % 16 == 0`` the forward runs
 ``ternary_gemv_m1_kernel`` instead: a CUDA-core GEMV over ``T_packed`` read as int32 words, split over N and K
 so that ~8 programs per SM stream the weights (``_gemv_config``); M = 2..16 stays on the fused kernel (a GEMV
 for those rows lost to it on the H200 and was removed, docs/kernels.md).
@@ -40,11 +40,11 @@ import triton.language as tl
 from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
                             exact_scale, expand_bytes, float64_bits, group_scale, group_sums, grouped_pid,
-                            launch_cfg, load_bytes, load_group_state, n_sm, round_to, split_len, weff_cast,
-                            word_dots)
+                            launch_cfg, load_bytes, load_group_state, n_sm, round_to, split_buffers,
+                            split_epilogue, split_len, weff_cast, word_dots)
 
 __all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
-           "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel", "split_reduce_kernel",
+           "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel",
            "ternary_gemv_m1_kernel", "FUSED_MAX_M"]
 
 #: ``linear_forward`` / ``linear_grad_x`` run the fused kernels up to this many rows (decode) and expand
@@ -53,9 +53,9 @@ FUSED_MAX_M = 16
 
 
 @triton.jit
-def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr,
+def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr, ws_ptr, cnt_ptr,
                        M, N, K, G, KB,
-                       stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, K_PER_SPLIT,
+                       stride_xm, stride_xk, stride_ym, stride_yn, SPLIT, K_PER_SPLIT,
                        strength, M_KEY,
                        GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -67,9 +67,8 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
     pipelined through shared memory by Triton.
 
     Split-K (decode path): program axis 1 selects the K range ``[s*K_PER_SPLIT,
-    (s+1)*K_PER_SPLIT)``; the fp32 partial is stored at ``y_ptr + s*stride_ys`` (a
-    ``[SPLIT, M, N]`` float32 workspace) and ``split_reduce_kernel`` sums the splits in
-    a fixed order. Without split, ``K_PER_SPLIT >= K`` and ``stride_ys = 0``.
+    (s+1)*K_PER_SPLIT)``; with ``SPLIT > 1`` the fp32 partials meet in ``ws_ptr`` (``[SPLIT, M, N]``)
+    and the last program of the tile sums them in a fixed order (``split_epilogue``).
     """
     pid_m, pid_n = grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
@@ -97,14 +96,19 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
         w = weff_cast(b, e, c, coef, x_ptr.dtype.element_ty, GS, BLOCK_N, BLOCK_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
-    y_ptrs = y_ptr + pid_s.to(tl.int64) * stride_ys + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        split_epilogue(acc, y_ptrs, ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], mask,
+                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * N)
 
 
 @triton.jit
-def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr,
+def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_ptr, ws_ptr, cnt_ptr,
                            M, N, K, G, KW,
-                           stride_xm, stride_xk, stride_ym, stride_yn, stride_ys, Q_PER_SPLIT, strength, F_HI,
+                           stride_xm, stride_xk, stride_ym, stride_yn, SPLIT, Q_PER_SPLIT, strength, F_HI,
                            GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
     """Decode GEMV for one row of ``x`` (``M == 1``): ``y[1, N] = x[1, K] @ (T * S)[N, K].T`` on CUDA cores,
     fp32, on 2-D ``[BLOCK_N, BLOCK_K // 16]`` tiles (``x`` a broadcast row).
@@ -114,8 +118,8 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
     ``prmt`` a weight, no float op) and each group's sum is ``4 * sum(f * x) - 5 * sum(x)``, times the group
     scale; groups of 4 / 8 decode ``t`` exactly as ``bits(0x4B000000 | (t + 1)) - (2**23 + 1)`` and scale
     per byte. A program owns ``BLOCK_N`` rows and one K range of ``16 * Q_PER_SPLIT`` columns (split-K:
-    program axis 1, fp32 partials to ``y_ptr + s*stride_ys``, summed in a fixed order by
-    ``split_reduce_kernel``); the next K step's words are loaded before the current one is decoded."""
+    program axis 1, fp32 partials in ``ws_ptr [SPLIT, N]`` summed in a fixed order by the tile's last program,
+    ``split_epilogue``); the next K step's words are loaded before the current one is decoded."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,20 +168,23 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
                                 coef)
             acc += group_sums(ps, xs, s, GS, BLOCK_N, BLOCK_K)
 
-    tl.store(y_ptr + pid_s.to(tl.int64) * stride_ys + offs_n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+    if SPLIT == 1:
+        tl.store(y_ptr + offs_n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        split_epilogue(acc, y_ptr + offs_n * stride_yn, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
 
 
 @triton.jit
-def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, gx_ptr,
+def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, gx_ptr, ws_ptr, cnt_ptr,
                          M, N, K, G, KB,
-                         stride_gm, stride_gn, stride_xm, stride_xk, stride_xs, N_PER_SPLIT,
+                         stride_gm, stride_gn, stride_xm, stride_xk, SPLIT, N_PER_SPLIT,
                          strength, M_KEY,
                          GS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """``grad_x[M, K] = grad_y[M, N] @ (T * S)[N, K]``, fp32 accumulation; reduction over N
     (weight rows), with the next N step's bytes and group state prefetched into registers.
     Split-N (decode path) works as the forward's split-K: program axis 1 picks the N range
-    and the fp32 partial goes to ``gx_ptr + s*stride_xs``."""
+    and the fp32 partials meet in ``ws_ptr [SPLIT, M, K]`` (``split_epilogue``)."""
     pid_m, pid_k = grouped_pid(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -207,8 +214,13 @@ def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, 
         w = weff_cast(b, e, c, coef, gy_ptr.dtype.element_ty, GS, BLOCK_N, BLOCK_K)
         acc = tl.dot(gy, w, acc, input_precision=DOT_PRECISION)
 
-    gx_ptrs = gx_ptr + pid_s.to(tl.int64) * stride_xs + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=m_mask[:, None] & k_mask[None, :])
+    gx_ptrs = gx_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    mask = m_mask[:, None] & k_mask[None, :]
+    if SPLIT == 1:
+        tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=mask)
+    else:
+        split_epilogue(acc, gx_ptrs, ws_ptr + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :], mask,
+                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * K)
 
 
 
@@ -251,22 +263,6 @@ def expand_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, w_ptr, N, K, G,
     tl.store(ptrs, round_to(w, w_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_k < K)[None, :])
 
 
-@triton.jit
-def split_reduce_kernel(ws_ptr, out_ptr, MN, C, SPLIT, stride_om, stride_oc, BLOCK: tl.constexpr):
-    """``out[m, c] = sum_s ws[s, m, c]`` over the fp32 ``[SPLIT, M, C]`` workspace, in ascending ``s``
-    (a fixed order: the split-K/N decode path stays deterministic run to run)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    ptrs = ws_ptr + offs
-    for _ in range(0, SPLIT):
-        acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += MN
-    m = offs // C
-    c = offs % C
-    tl.store(out_ptr + m.to(tl.int64) * stride_om + c * stride_oc, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def _m_key(M: int) -> int:
     """Bucket of M (a kernel argument the body ignores): 16 for every decode M <= 16, else the next power of 2."""
     return 16 if M <= 16 else 1 << (M - 1).bit_length()
@@ -295,7 +291,7 @@ def _decode_config(red: int, out_tiles_of, kind: str, dtype: torch.dtype, device
     ``out_tiles_of(cfg)`` counts the output tiles. The reduction (K for the forward, N
     for grad-x) is split so that about 2 (forward) / 4 (grad-x) programs per SM stream
     ``T_packed`` concurrently, each split keeping >= 2 steps; the fp32 partials are
-    summed in a fixed order by ``split_reduce_kernel`` (deterministic). Tiles and
+    summed in a fixed order by the kernel's ``split_epilogue`` (deterministic). Tiles and
     targets come from a sweep on H100 (docs/kernels.md).
     """
     if kind == "fwd":
@@ -330,20 +326,13 @@ def _pick_config(config: Optional[dict], M: int, red: int, out_tiles_of, kind: s
     return launch_cfg(_default_config(M, dtype, kind))
 
 
-def _reduce_splits(ws: torch.Tensor, out: torch.Tensor) -> None:
-    split, M, C = ws.shape
-    block = 1024
-    split_reduce_kernel[(triton.cdiv(M * C, block),)](ws, out, M * C, C, split, out.stride(0), out.stride(1),
-                                                      BLOCK=block)
-
-
 def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                    step_counter: torch.Tensor, pending: torch.Tensor, group_size: int, strength: float, N: int, G: int,
                    K: int, kind: str, config: Optional[dict]) -> torch.Tensor:
     """The shared launch of the forward (``kind="fwd"``: ``act = x [M, K]``, out ``[M, N]``, reduction
     over K) and grad-x (``kind="gx"``: ``act = grad_y [M, N]``, out ``[M, K]``, reduction over N) kernels,
-    with a fixed config and an optional split of the reduction into fp32 partials summed by
-    ``split_reduce_kernel``."""
+    with a fixed config and an optional split of the reduction into fp32 partials summed by the kernel's
+    ``split_epilogue``."""
     fwd = kind == "fwd"
     M = act.shape[0]
     out_cols, red = (N, K) if fwd else (K, N)
@@ -360,15 +349,10 @@ def _launch_linear(act: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, c
         return triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(out_cols, c[out_block])
     cfg = _pick_config(config, M, red, out_tiles, kind, act.dtype, act.device)
     red_per, split = split_len(red, cfg.pop("SPLIT", 1), cfg[red_block])
-    if split == 1:
-        out, out_strides = res, (res.stride(0), res.stride(1), 0)
-    else:
-        out, out_strides = torch.empty(split, M, out_cols, dtype=torch.float32, device=act.device), \
-            (out_cols, 1, M * out_cols)
+    tiles = out_tiles(cfg)
     kernel = ternary_fwd_kernel if fwd else ternary_gradx_kernel
-    kernel[(out_tiles(cfg), split)](*head, out, *dims, *out_strides, red_per, *tail, **consts, **cfg)
-    if split > 1:
-        _reduce_splits(out, res)
+    kernel[(tiles, split)](*head, res, *split_buffers(res, split, tiles), *dims, res.stride(0), res.stride(1), split,
+                           red_per, *tail, **consts, **cfg)
     return res
 
 
@@ -438,18 +422,12 @@ def _launch_gemv(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = _gemv_config(N, K, x.device, config)
     k_per, split = split_len(K, cfg.pop("SPLIT"), cfg["BLOCK_K"])
-    if split == 1:
-        out, strides = y, (y.stride(0), y.stride(1), 0)
-    else:
-        out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
-        strides = (N, 1, M * N)
+    tiles = triton.cdiv(N, cfg["BLOCK_N"])
     words = T_packed.view(torch.int32)                      # [N, K // 16]
-    ternary_gemv_m1_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), split)](
-        x, words, E, corr_accum, step_counter, pending, out, M, N, K, G, K // 16, x.stride(0), x.stride(1),
-        *strides, k_per // 16, float(strength), 0x3F000000, GS=group_size, BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"])
-    if split > 1:
-        _reduce_splits(out, y)
+    ternary_gemv_m1_kernel[(tiles, split)](
+        x, words, E, corr_accum, step_counter, pending, y, *split_buffers(y, split, tiles), M, N, K, G, K // 16,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), split, k_per // 16, float(strength), 0x3F000000,
+        GS=group_size, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"])
     return y
 
 

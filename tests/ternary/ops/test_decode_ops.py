@@ -22,7 +22,7 @@ triton = pytest.importorskip("triton")
 from arbitor.ternary.format import pack_ternary  # noqa: E402
 from arbitor.ternary.ops import decode_triton  # noqa: E402
 from arbitor.ternary.ops.linear import decode_forward_torch, expand_weight  # noqa: E402
-from arbitor.ternary.ops.triton_common import INTERPRETED  # noqa: E402
+from arbitor.ternary.ops.triton_common import COUNTERS, INTERPRETED  # noqa: E402
 
 interp = pytest.mark.skipif(not INTERPRETED, reason="CPU interpreter tests need TRITON_INTERPRET=1")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs CUDA")
@@ -65,7 +65,7 @@ def test_kernels_match_reference(M, K, N, gs, config, path, dtype):
     y = decode_triton.decode_forward(x, T_packed, S, K, gs, config=config, path=path)
     assert y.dtype == dtype and y.shape == (M, N)
     ref = decode_forward_torch(x.float(), T_packed, S, K, gs)
-    assert all(int(b.abs().sum()) == 0 for b in decode_triton._COUNTERS.get(x.device, []))   # left at 0
+    assert all(int(b.abs().sum()) == 0 for b in COUNTERS.get(x.device, []))   # left at 0
     close(y, ref, *((3e-6, 2e-6) if dtype == torch.float32 else (8e-3, 8e-3)))
 
 

@@ -129,7 +129,7 @@ def test_kernels_match_reference(M, K, N, gs, cfg):
 @pytest.mark.parametrize("M,cfg", [(1, None), (5, None), (13, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SPLIT=4)),
                                    (3, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT=2))])
 def test_decode_split_path_matches_reference(M, cfg):
-    """M <= 16: split-K (forward) / split-N (grad-x) partials summed by split_reduce_kernel."""
+    """M <= 16: split-K (forward) / split-N (grad-x) partials summed by the kernels' split_epilogue."""
     K, N, gs = 160, 72, 32
     _, T_packed, E, corr, step = make_state(N, K, gs, seed=M)
     x, gy = int_tensor((M, K), 1), int_tensor((M, N), 2)
