@@ -140,17 +140,13 @@ class ContextAttention(nn.Module):
                 k = torch.cat([cache.k[layer], k], dim=2)
                 v = torch.cat([cache.v[layer], v], dim=2)
             cache.k[layer], cache.v[layer] = k.detach(), v.detach()
-        if cache is None:   # the training path: the only one with dropout (dropout_p 0.0 is SDPA's default)
-            p = self.dropout if self.training else 0.0
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-            a = a.transpose(1, 2).reshape(B, T, D)
-            return residual_dropout(torch.sigmoid(self.gate(x)) * self.o(a), p, self.training)
+        p = self.dropout if cache is None and self.training else 0.0    # only the training path drops
         if past == 0:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
             # query i (absolute position past+i) may see keys j <= past+i
             qpos = torch.arange(past, past + T, device=x.device).view(-1, 1)
             kpos = torch.arange(past + T, device=x.device).view(1, -1)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
         a = a.transpose(1, 2).reshape(B, T, D)
-        return torch.sigmoid(self.gate(x)) * self.o(a)
+        return residual_dropout(torch.sigmoid(self.gate(x)) * self.o(a), p, self.training)

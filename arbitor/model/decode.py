@@ -86,6 +86,7 @@ class GraphedDecoder:
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         # the prompt runs eagerly (one call per sequence); the token step is what repeats
+        self.compiled = compile
         self._token_step = torch.compile(self._step) if compile else self._step
         self.logits: Optional[torch.Tensor] = None
         self.timings: dict = {}
@@ -131,7 +132,7 @@ class GraphedDecoder:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 logits = self._token_step(self.tok)
-                if self._token_step is not self._step:
+                if self.compiled:
                     self._dry_step()
             torch.cuda.current_stream(self.device).wait_stream(stream)
             self._capture()

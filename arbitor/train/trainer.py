@@ -91,7 +91,10 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         # a user model (UserTask) has no arbitor config: AdamW's lr only matters to float baselines
-        self.updater = Updater(model, getattr(getattr(model, "cfg", None), "dense_lr", 1e-3), beta2=tcfg.adam_beta2,
+        cfg = getattr(model, "cfg", None)
+        recompute = getattr(cfg, "activation_checkpointing", False)
+        self._dropout = getattr(cfg, "dropout", 0.0) > 0
+        self.updater = Updater(model, getattr(cfg, "dense_lr", 1e-3), beta2=tcfg.adam_beta2,
                                weight_decay=tcfg.weight_decay, grad_clip=tcfg.grad_clip)
         self.history: list[dict[str, Any]] = []
         self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
@@ -102,10 +105,8 @@ class Trainer:
         # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.micro_per_step = tcfg.grad_accum * self.world
-        self._dropout = getattr(getattr(model, "cfg", None), "dropout", 0.0) > 0
         self.sync: Optional[TernaryDataParallel] = None
         # ballot slots per micro-batch: the task's backward passes x the ballots one pass casts (loss chunks)
-        cfg = getattr(model, "cfg", None)
         self.chunk_ballots = cfg.ballots_per_pass(tcfg.batch * tcfg.ctx) if hasattr(cfg, "ballots_per_pass") else 1
         if self.micro_per_step > 1:
             self.sync = TernaryDataParallel(self.model, micro_batches=tcfg.grad_accum,
@@ -120,11 +121,10 @@ class Trainer:
             if not task.fixed_step:
                 raise ValueError(f"cuda_graph needs a task that trains the same components every step "
                                  f"({task.kind!r} draws them per step); train without cuda_graph")
-            if tcfg.compile and getattr(getattr(model, "cfg", None), "activation_checkpointing", False):
+            if tcfg.compile and recompute:
                 raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
                                  "crosses the capture's stream); drop compile or activation_checkpointing")
-            if getattr(getattr(model, "cfg", None), "activation_checkpointing", False) and \
-                    getattr(getattr(model, "cfg", None), "dropout", 0.0) > 0:
+            if recompute and self._dropout:
                 raise ValueError("cuda_graph cannot capture activation checkpointing with dropout (the recompute "
                                  "saves and restores the RNG state, which a capture cannot read); drop one of them")
             if tcfg.schedule != "constant" and tcfg.schedule_hold < 2:
@@ -358,8 +358,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint lacks the sampler state {exc.args[0]!r}") from None
         if self.device.type == "cuda" and "rng.cuda" in other:
             torch.cuda.set_rng_state(other["rng.cuda"], self.device)
-        elif self.device.type == "cuda" and getattr(getattr(self.model, "cfg", None), "dropout", 0.0) > 0 \
-                and not self.tcfg.inexact_resume:
+        elif self.device.type == "cuda" and self._dropout and not self.tcfg.inexact_resume:
             raise CheckpointError("checkpoint lacks the CUDA generator state ('rng.cuda') that the dropout of this "
                                   "run draws from; it cannot be resumed exactly (--inexact-resume to continue)")
         saved = int(train_state.get("micro_batches_per_step", 1))
