@@ -24,11 +24,14 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import sys
 import sysconfig
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arbitor.train.checkpoint import atomic_write_bytes  # noqa: E402
 
 EXCLUDED_DIRS = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__")
 
@@ -63,13 +66,6 @@ def build_corpus(root: Path, max_bytes: int = 0) -> tuple[bytes, int]:
     return data, n
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", nargs="?", default="runs/quality_data/python-stdlib.txt", help="output text file")
@@ -96,11 +92,11 @@ def main(argv=None) -> int:
             gz.write(data)
         blob = buf.getvalue()
         info.update({"gzip_bytes": len(blob), "gzip_sha256": hashlib.sha256(blob).hexdigest()})
-        _atomic_write(out, blob)
+        atomic_write_bytes(out, blob)
     else:
-        _atomic_write(out, data)
+        atomic_write_bytes(out, data)
     info["file"] = out.name
-    _atomic_write(out.with_name(out.name + ".json"), (json.dumps(info, indent=1) + "\n").encode())
+    atomic_write_bytes(out.with_name(out.name + ".json"), (json.dumps(info, indent=1) + "\n").encode())
     print(f"{out}: {files} files, {len(data):,} bytes (UTF-8 text), sha256 {info['sha256']}, Python "
           f"{info['python_version']} ({info['implementation']})"
           + (f"; gzip {info['gzip_bytes']:,} bytes, sha256 {info['gzip_sha256']}" if args.gzip else ""))

@@ -75,6 +75,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arbitor.train.checkpoint import atomic_write_bytes  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
 
 SHAPES = {
@@ -206,9 +207,7 @@ def row_file(name: str, seed: int) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 # ------------------------------------------------------------------------------------------ worker
