@@ -205,8 +205,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="audit the whole text model of a preset (see arbitor.model.config.PRESETS)")
     p.add_argument("--group-size", type=int, default=None,
                    help="scale-group size (default: 64 for --layer, the preset's for --preset)")
-    p.add_argument("--update-rule", default="bigint", choices=tuple(RULES),
-                   help="update rule of the ternary layers (default bigint)")
+    p.add_argument("--update-rule", default=None, choices=tuple(RULES),
+                   help="update rule of the ternary layers (default: the preset's for --preset, the layer's "
+                        "(bigint, the spec's) for --layer)")
     p.add_argument("--counter-bits", type=int, default=4, choices=COUNTER_BITS,
                    help="counter bits of --update-rule counter (default 4)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -219,14 +220,12 @@ def _audit_run(args: argparse.Namespace) -> int:
     from .model.text import ArbitorLM
     from .ternary.audit import format_audit, ternary_audit
     from .ternary.layer import TernaryScaleTensor
-    rule = {"update_rule": args.update_rule, "counter_bits": args.counter_bits}
-    if args.update_rule != "counter":
-        rule.pop("counter_bits")
     if args.preset is not None:
         if args.layer is not None:
             raise UserError("audit: give either --layer IN OUT or --preset NAME, not both")
-        try:
-            cfg = preset(args.preset, ternary={**rule, "group_size": args.group_size})
+        try:    # None: the preset's setting
+            cfg = preset(args.preset, ternary={"update_rule": args.update_rule, "counter_bits": args.counter_bits,
+                                               "group_size": args.group_size})
         except ConfigError as exc:
             raise UserError(f"audit: {exc}") from None
         with torch.device("meta"):  # shapes and dtypes are all the audit needs: no weights are drawn
@@ -237,11 +236,15 @@ def _audit_run(args: argparse.Namespace) -> int:
     elif args.layer is not None:
         in_f, out_f = args.layer
         group = 64 if args.group_size is None else args.group_size
+        rule = {"update_rule": args.update_rule or "bigint"}
+        if rule["update_rule"] == "counter":
+            rule["counter_bits"] = args.counter_bits
         try:
             model = TernaryScaleTensor(in_f, out_f, group_size=group, seed=0, **rule)
         except ValueError as exc:
             raise UserError(f"audit: {exc}") from None
-        title = f"ternary audit: TernaryScaleTensor({in_f}, {out_f}, group_size={group}, update_rule={args.update_rule!r})"
+        title = (f"ternary audit: TernaryScaleTensor({in_f}, {out_f}, group_size={group}, "
+                 f"update_rule={rule['update_rule']!r})")
     else:
         raise UserError("audit: give --layer IN OUT or --preset NAME")
     report = ternary_audit(model)

@@ -28,13 +28,15 @@ class ConfigError(ValueError):
 
 
 def _default_ternary() -> TernaryConfig:
-    # group 4 and strength 16 learn best on text at CPU sizes: T and E are fixed under bigint, so the scales
-    # are all that trains and small groups mean more trainable scales (tiny, 300 steps: g=8 -> 2.89,
-    # g=4 -> 2.69 val nats/token). Strength: each scale spans 2**+-16 around 2**E; the spec's env default
-    # is 4.0, larger learns more here (tiny, 1000 steps: 6 -> 2.60, 8 -> 2.53, 12 -> 2.46, 16 -> 2.43).
-    # ballot_prior 8: step_counter starts at 8 zero-vote ballots so the first ballot cannot move a scale
-    # by 2**strength (tiny, 300 steps, strength 8: 0 -> 2.54, 8 -> 2.52, 32 -> 2.55).
-    return TernaryConfig(group_size=4, strength=16.0, ballot_prior=8)
+    # The counter rule (TernaryConfig's default) at group 64 and strength 16: the full-budget study's winner
+    # (docs/quality.md: group 128 at the nanoGPT shape; 64 divides every preset's widths) at <= 1 B/weight of
+    # state (group 64: T 0.25 + counters 0.5 + E/corr_accum 9/64 = 0.89 B/weight). Smaller groups paid off only
+    # for bigint, where T and E are fixed and the scales are all that trains (tiny, 300 steps: g=8 -> 2.89,
+    # g=4 -> 2.69 val nats/token), at 2.5 B/weight. Strength: each scale spans 2**+-16 around 2**E; the spec's
+    # env default is 4.0, larger learns more here (bigint, tiny, 1000 steps: 6 -> 2.60, 8 -> 2.53, 12 -> 2.46,
+    # 16 -> 2.43). ballot_prior 8: step_counter starts at 8 zero-vote ballots so the first ballot cannot move a
+    # scale by 2**strength (tiny, 300 steps, strength 8: 0 -> 2.54, 8 -> 2.52, 32 -> 2.55).
+    return TernaryConfig(group_size=64, strength=16.0, ballot_prior=8)
 
 
 @dataclass
@@ -58,7 +60,8 @@ class ModelConfig:
     embedding_update_rule: str = "bigint"  # "bigint" (corr_accum scales, per-row ballots) or "legacy"
                                      # (T_accum/E_accum trit flips); bigint measured better (tiny, 300 steps:
                                      # 2.54 vs 2.64). Strength, zero share and ballot prior: from `ternary`
-    embedding_group_size: int = 4    # scale-group size of the embedding rows
+    embedding_group_size: int = 64   # scale-group size of the embedding rows (64: 0.39 B/weight; the bigint-era
+                                     # default 4 held 2.5 B/weight for a small gain, docs/quality.md "Defaults")
     # --- LTI injection ----------------------------------------------------------------------
     lti_decays: tuple[float, ...] = (0.5, 0.8, 0.95)  # fixed EMA decays (frozen buffers); () disables LTI
     # --- output heads -----------------------------------------------------------------------
@@ -173,16 +176,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a larger CPU model (~1.1M weights).
     "small": dict(d_model=128, n_layers=4, n_heads=4, mlp_mult=4, max_ctx=256),
     # a GPU-sized model (~19M weights).
-    "base": dict(d_model=384, n_layers=8, n_heads=6, mlp_mult=4, max_ctx=512, ternary=dict(group_size=16),
-                 embedding_group_size=16),
+    "base": dict(d_model=384, n_layers=8, n_heads=6, mlp_mult=4, max_ctx=512),
     # a larger GPU model (~107M weights).
-    "medium": dict(d_model=768, n_layers=12, n_heads=12, mlp_mult=4, max_ctx=1024, ternary=dict(group_size=32),
-                   embedding_group_size=32, lti_decays=(0.5, 0.9)),
+    "medium": dict(d_model=768, n_layers=12, n_heads=12, mlp_mult=4, max_ctx=1024, lti_decays=(0.5, 0.9)),
     # The spec's 3.12B-weight text path: 22 blocks x 15 * 3072**2 (attention 5, LTI readout 2, MLP 8)
     # + embedding and head = 3,115,843,584 logical ternary weights. group_size 64: 0.39 bytes of training
     # state per weight (T_packed 0.25 + E/corr_accum 9/64) = ~1.16 GiB in all. bf16 activations, block
     # checkpointing and a chunked loss keep batch 8 x ctx 512 training inside 8 GB (benchmarks/bench_scale.py).
-    "3b": dict(d_model=3072, n_layers=22, n_heads=24, mlp_mult=4, max_ctx=512, ternary=dict(group_size=64),
+    # update_rule bigint: the counter rule (the default elsewhere) would hold ~0.82 B/weight = 2.6 GB of state,
+    # past the spec's 2.04 GB training peak for this preset (docs/quality.md, "Defaults")
+    "3b": dict(d_model=3072, n_layers=22, n_heads=24, mlp_mult=4, max_ctx=512,
+               ternary=dict(group_size=64, update_rule="bigint"),
                embedding_group_size=64, lti_decays=(0.5, 0.9), compute_dtype="bfloat16",
                activation_checkpointing=True, loss_chunk_tokens=2048),
 }

@@ -24,7 +24,13 @@ class TernaryConfig:
     group_size: int = 64             # weights per scale group (power of two >= 4 dividing in_features)
     strength: Optional[float] = None  # S = 2**(E + strength*mean_corr); None: ARB_BIGINT_CORR_STRENGTH, else 4.0
     zero_fraction: float = 1.0 / 3.0  # share of zero trits at init
-    update_rule: str = "bigint"      # "bigint" (the spec: only scales move) or "counter" (trits on packed counters)
+    update_rule: str = "counter"     # "counter" (trits on packed counters: the better learner, 0.82 B/weight) or
+                                     # "bigint" (the spec: only scales move, 0.39-0.54 B/weight); the default is
+                                     # the winner of the full-budget study (docs/quality.md): on shakespeare_char
+                                     # it ends at 1.495 nats/char against 1.522 for tuned BitNet QAT and 1.532
+                                     # for tuned dense AdamW, where bigint ends at 1.965. The `3b` preset pins
+                                     # bigint: counter state would pass its 2.04 GB budget. (TernaryScaleTensor
+                                     # itself, the spec's layer, still defaults to bigint.)
     counter_bits: int = 4            # counter only: bits per weight of C_packed (1, 2, 4 or 8)
     counter_rate: float = 0.5        # counter only: rungs per ballot per unit of row-RMS gradient (times the
                                      # schedule's rate factor)

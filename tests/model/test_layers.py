@@ -11,7 +11,10 @@ from arbitor.ternary.layer import TernaryScaleTensor
 
 
 def cfg(**kw):
-    base = dict(d_model=32, n_heads=4, n_layers=1, mlp_mult=2, max_ctx=64, lti_decays=(0.5, 0.9))
+    # width 32 needs a group below the model default of 64; the pre-issue-18 default layer settings
+    base = dict(d_model=32, n_heads=4, n_layers=1, mlp_mult=2, max_ctx=64, lti_decays=(0.5, 0.9),
+                ternary=TernaryConfig(group_size=4, strength=16.0, ballot_prior=8, update_rule="bigint"),
+                embedding_group_size=4)
     base.update(kw)
     return ModelConfig(**base)
 

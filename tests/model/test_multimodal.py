@@ -71,7 +71,8 @@ def test_bigint_codebook_moves_only_scales():
 
 
 def test_multimodal_model_state_is_integer_and_round_trips():
-    cfg = preset("tiny", vocab_size=256 + 2 * 16, n_layers=1, d_model=32, lti_decays=())
+    cfg = preset("tiny", ternary={"group_size": 4, "update_rule": "bigint"}, vocab_size=256 + 2 * 16, n_layers=1,
+                 d_model=32, lti_decays=(), embedding_group_size=4)
     specs = [ModalitySpec("image", 16, 16, 256), ModalitySpec("audio", 16, 16, 272)]
     model = MultimodalARB(cfg, specs, "legacy")
     report = ternary_audit(model)

@@ -42,3 +42,25 @@ def test_cli_audit_table_and_errors(capsys):
     assert main(["audit", "--layer", "100", "128"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a multiple of group_size" in err
+
+
+def test_defaults_are_the_study_winner_within_each_presets_memory_budget(capsys):
+    """docs/quality.md, "Defaults": the counter rule won the full-budget study, so it is the model default; the
+    `3b` preset keeps bigint because counter state (0.89 B/weight at group 64) would pass the spec's 2.04 GB."""
+    import json
+
+    from arbitor.model.config import preset
+    from arbitor.ternary.config import TernaryConfig
+    assert TernaryConfig().update_rule == "counter"
+    assert TernaryConfig().counter_rate == 0.5 and TernaryConfig().counter_bits == 4
+    assert {n: preset(n).ternary.update_rule for n in ("tiny", "small", "base", "medium")} == dict.fromkeys(
+        ("tiny", "small", "base", "medium"), "counter")
+    assert preset("3b").ternary.update_rule == "bigint"
+    budget = 2.04e9
+    for rule, fits in (("bigint", True), ("counter", False)):
+        args = ["audit", "--preset", "3b", "--json"] + (["--update-rule", rule] if rule == "counter" else [])
+        assert main(args) == 0
+        state = json.loads(capsys.readouterr().out)["training_state_bytes"]
+        assert (state <= budget) is fits, (rule, state)
+    assert main(["audit", "--layer", "128", "64", "--json"]) == 0      # the spec's layer keeps its default
+    assert json.loads(capsys.readouterr().out)["state_bytes"]["C_packed"] == 0   # bigint: no counters

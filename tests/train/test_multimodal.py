@@ -12,8 +12,10 @@ from arbitor.ternary.audit import ternary_audit
 from arbitor.train import MultimodalConfig, TrainConfig, build_run
 from arbitor.train import run as run_module
 
-# a CPU-cheap model: one block, d_model 32, no LTI (the tiny preset otherwise)
-FAST = dict(n_layers=1, d_model=32, lti_decays=())
+# a CPU-cheap model: one block, d_model 32, no LTI (the tiny preset otherwise), with the layer settings the
+# thresholds below were set with (bigint at group 4, the default before issue 18)
+FAST = dict(n_layers=1, d_model=32, lti_decays=(), ternary={"group_size": 4, "update_rule": "bigint"},
+            embedding_group_size=4)
 STEPS = 30
 
 

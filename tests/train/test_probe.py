@@ -7,7 +7,7 @@ from arbitor.train.probe import probe_memory
 
 
 def test_tiny_probe_state_bytes_are_exact_and_memory_is_flat(tmp_path):
-    cfg = preset("tiny")
+    cfg = preset("tiny", ternary={"update_rule": "bigint"})   # the spec's layout (the counter rule adds C_packed)
     d, L, V, g = cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.ternary.group_size
     per_block = (5 + len(cfg.lti_decays) + 2 * cfg.mlp_mult) * d * d
     weights = L * per_block + 2 * V * d
