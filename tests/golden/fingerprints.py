@@ -41,7 +41,8 @@ CASES: dict[str, list[str]] = {
                  "--text-weight", "1", "--code-weight", "1", "--image-weight", "1", "--audio-weight", "1",
                  "--video-weight", "1", "--text-data", str(TEXT), "--code-data", str(TEXT),
                  "--eval-interval", "5", "--eval-batches", "1", "--log-interval", "1", "--codes", "16",
-                 "--vq-update-rule", "bigint", "--update-rule", "bigint", "--group-size", "4", "--strength", "16", "--seed", "3", "--device", "cpu",
+                 "--vq-update-rule", "bigint", "--update-rule", "bigint", "--group-size", "4", "--strength", "16",
+                 "--seed", "3", "--device", "cpu",
                  "--backend", "torch", "--no-progress"],
 }
 
