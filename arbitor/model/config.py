@@ -183,8 +183,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # + embedding and head = 3,115,843,584 logical ternary weights. group_size 64: 0.39 bytes of training
     # state per weight (T_packed 0.25 + E/corr_accum 9/64) = ~1.16 GiB in all. bf16 activations, block
     # checkpointing and a chunked loss keep batch 8 x ctx 512 training inside 8 GB (benchmarks/bench_scale.py).
-    # update_rule bigint: the counter rule (the default elsewhere) would hold ~0.82 B/weight = 2.6 GB of state,
-    # past the spec's 2.04 GB training peak for this preset (docs/quality.md, "Defaults")
+    # update_rule bigint: the counter rule (the default elsewhere) would hold 0.89 B/weight = 2,646 MiB of state
+    # (arbitor audit --preset 3b --update-rule counter), past the spec's 2.04 GB for this preset (docs/quality.md)
     "3b": dict(d_model=3072, n_layers=22, n_heads=24, mlp_mult=4, max_ctx=512,
                ternary=dict(group_size=64, update_rule="bigint"),
                embedding_group_size=64, lti_decays=(0.5, 0.9), compute_dtype="bfloat16",
