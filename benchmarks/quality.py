@@ -578,6 +578,9 @@ def _plot(path: Path, summary: dict, rows: list[dict], tokens_per_step: int, slu
             if band:
                 xs, lo, hi = zip(*band)
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    lows = [c["mean"] for sr in summary["rows"].values() for s, c in sr["curve"].items() if s > 0]
+    if lows:    # the interesting range: from the best loss up by 0.8 nats (the first steps and overfit tails clip)
+        ax.set_ylim(min(lows) - 0.03, min(lows) + 0.8)
     ax.set_xlabel(f"step (x {tokens_per_step} tokens)")
     ax.set_ylabel("validation loss, nats/token")
     st = meta.get("settings", {})
