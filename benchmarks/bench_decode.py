@@ -28,6 +28,7 @@ Partial results are written after every row.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -310,6 +311,8 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         wbytes[linear] = _weight_bytes(m)
         print(f"built {name} {linear} in {time.perf_counter() - t:.1f}s, {wbytes[linear] / 2 ** 30:.2f} GiB",
               flush=True)
+    if args.fuse:   # a variant (not the row's figure): q, k, v, gate as one projection per attention
+        models["ternary-fused"] = for_inference(copy.deepcopy(models["ternary"]), fuse_projections=True)
     res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
                            "arbitor_training_state": wbytes["ternary_training_state"]}
     torch.set_grad_enabled(False)
@@ -455,6 +458,9 @@ def main(argv=None) -> int:
                     help="GPU decode rows: also measure compile + graph for both models")
     ap.add_argument("--compile-batches", default="1", help="the batch sizes --compile applies to (each compile of "
                     "the 3b step takes a minute or more)")
+    ap.add_argument("--fuse", action="store_true",
+                    help="GPU decode rows: also measure the frozen model with fused q/k/v/gate projections "
+                         "(for_inference(fuse_projections=True)) as the variant 'ternary-fused'")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")

@@ -105,6 +105,10 @@ class StaticKVCache:
 class ContextAttention(nn.Module):
     """Causal MHA. ``x [B, T, D]`` -> ``[B, T, D]``; with ``cache`` and ``layer`` index: cached decoding."""
 
+    # q, k, v and gate all read x: a frozen model may hold them as one projection ``qkvg`` of 4 * d_model outputs
+    # (``for_inference(model, fuse_projections=True)``), which ``_project`` splits
+    FUSABLE_PROJECTIONS = (("qkvg", ("q", "k", "v", "gate")),)
+
     def __init__(self, cfg, seed: int) -> None:
         super().__init__()
         d = cfg.d_model
@@ -115,7 +119,14 @@ class ContextAttention(nn.Module):
         self.v = make_linear(cfg, d, d, seed + 2)
         self.o = make_linear(cfg, d, d, seed + 3)
         self.gate = make_linear(cfg, d, d, seed + 4)
+        self.qkvg: Optional[nn.Module] = None
         self.dropout = float(getattr(cfg, "dropout", 0.0))
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(q, k, v, gate logits)``, each ``[B, T, D]``: four projections, or one fused ``qkvg`` split in four."""
+        if self.qkvg is not None:
+            return tuple(self.qkvg(x).split(x.shape[-1], dim=-1))
+        return self.q(x), self.k(x), self.v(x), self.gate(x)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, _ = t.shape
@@ -123,14 +134,15 @@ class ContextAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         B, T, D = x.shape
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        q, k, v, g = self._project(x)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         past = 0
         if isinstance(cache, StaticKVCache):
             kk, vv, mask = cache.update(layer, k, v)
             # the prompt (nothing cached yet) attends exactly as without a cache; later steps over the buffer
             a = (F.scaled_dot_product_attention(q, k, v, is_causal=True) if cache.length == 0
                  else F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask))
-            return torch.sigmoid(self.gate(x)) * self.o(a.transpose(1, 2).reshape(B, T, D))
+            return torch.sigmoid(g) * self.o(a.transpose(1, 2).reshape(B, T, D))
         if cache is not None:
             while len(cache.k) <= layer:
                 cache.k.append(None)
@@ -149,4 +161,4 @@ class ContextAttention(nn.Module):
             kpos = torch.arange(past + T, device=x.device).view(1, -1)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
         a = a.transpose(1, 2).reshape(B, T, D)
-        return residual_dropout(torch.sigmoid(self.gate(x)) * self.o(a), p, self.training)
+        return residual_dropout(torch.sigmoid(g) * self.o(a), p, self.training)

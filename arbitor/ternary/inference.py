@@ -66,6 +66,26 @@ class TernaryInferenceLinear(nn.Module):
         out.bias = None if layer.bias is None else layer.bias.detach().clone()
         return out
 
+    @classmethod
+    def concat(cls, layers: list["TernaryInferenceLinear"]) -> "TernaryInferenceLinear":
+        """One frozen layer whose output is the layers' outputs side by side, ``[..., sum(out_features)]``: their
+        rows stacked (``T_packed`` and ``S`` are row-major, so a row's bytes do not change). For projections that
+        read the same input (attention's q, k, v and gate): one decode GEMV of 4N rows instead of four of N."""
+        if not layers or not all(isinstance(m, cls) for m in layers):
+            raise TypeError("concat needs one or more TernaryInferenceLinear layers")
+        first = layers[0]
+        for m in layers[1:]:
+            if (m.in_features, m.group_size, m.backend) != (first.in_features, first.group_size, first.backend):
+                raise ValueError(f"concat: layers differ in in_features / group_size / backend: {first} vs {m}")
+            if (m.bias is None) != (first.bias is None):
+                raise ValueError("concat: either every layer has a bias or none has")
+        out = cls(first.in_features, sum(m.out_features for m in layers), first.group_size,
+                  bias=first.bias is not None, device=torch.device("meta"), backend=first.backend)
+        out.T_packed = torch.cat([m.T_packed for m in layers])
+        out.S = torch.cat([m.S for m in layers]).contiguous()
+        out.bias = None if first.bias is None else torch.cat([m.bias for m in layers])
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
         check_linear_input(self, x, self.T_packed.device)
@@ -84,10 +104,15 @@ class TernaryInferenceLinear(nn.Module):
                 f"bias={self.bias is not None}, frozen")
 
 
-def for_inference(model: nn.Module) -> nn.Module:
+def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module:
     """Replace every ``TernaryScaleTensor`` of ``model`` with its ``TernaryInferenceLinear`` (in place) and put
     the model in eval mode; returns ``model``. Layers with unfolded ballots are refused (one ``ValueError``
-    naming the first). Anything else (embeddings, norms, float layers) is left as it is."""
+    naming the first). Anything else (embeddings, norms, float layers) is left as it is.
+
+    ``fuse_projections``: modules that list sibling projections reading one input (``FUSABLE_PROJECTIONS``, e.g.
+    ``ContextAttention``'s q, k, v, gate) get them as one ``concat`` layer under the listed name (the siblings
+    are removed): one decode launch instead of four. Outputs equal the unfused ones up to float summation
+    order. Off by default until its decode speed is measured on a GPU (``bench_decode.py --fuse``)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TernaryScaleTensor)]
     for name, m in targets:
         if m.dirty:
@@ -99,4 +124,12 @@ def for_inference(model: nn.Module) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, TernaryInferenceLinear.from_trained(m))
+    if fuse_projections:
+        for module in list(model.modules()):
+            for fused_name, names in getattr(module, "FUSABLE_PROJECTIONS", ()):
+                parts = [getattr(module, n, None) for n in names]
+                if all(isinstance(p, TernaryInferenceLinear) for p in parts):
+                    setattr(module, fused_name, TernaryInferenceLinear.concat(parts))
+                    for n in names:
+                        delattr(module, n)
     return model.eval()

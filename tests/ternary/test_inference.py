@@ -86,3 +86,38 @@ def test_compiled_static_decode_equals_eager():
     ref = model.generate(idx, 6, temperature=0)
     dec = GraphedDecoder(model, 1, 11, cuda_graph=False, compile=True)
     assert torch.equal(dec.generate(idx, 6, temperature=0), ref)
+
+
+def test_concat_stacks_rows_and_refuses_mismatches():
+    a, b = TernaryInferenceLinear.from_trained(_trained_layer()), TernaryInferenceLinear.from_trained(_trained_layer())
+    b.S.mul_(2)                                                       # another scale: the halves must stay apart
+    ab = TernaryInferenceLinear.concat([a, b])
+    assert (ab.in_features, ab.out_features) == (64, 48)
+    assert torch.equal(ab.effective_weight(), torch.cat([a.effective_weight(), b.effective_weight()]))
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(ab(x), torch.cat([a(x), b(x)], -1))
+    with pytest.raises(ValueError, match="differ in in_features / group_size"):
+        TernaryInferenceLinear.concat([a, TernaryInferenceLinear(64, 8, 32)])
+    with pytest.raises(ValueError, match="every layer has a bias or none"):
+        TernaryInferenceLinear.concat([a, TernaryInferenceLinear.from_trained(_trained_layer(bias=True))])
+    with pytest.raises(TypeError, match="TernaryInferenceLinear"):
+        TernaryInferenceLinear.concat([])
+
+
+def test_fused_projections_decode_the_same_tokens():
+    """``fuse_projections=True``: each attention's q, k, v, gate become one ``qkvg`` layer of 4 x d_model rows;
+    the weights move, they do not change (same bytes), and greedy decoding gives the unfused tokens."""
+    torch.manual_seed(2)
+    model = ArbitorLM(preset("tiny", max_ctx=64)).eval()
+    idx = torch.randint(0, 256, (2, 7))
+    plain = arbitor.for_inference(copy.deepcopy(model))
+    fused = arbitor.for_inference(copy.deepcopy(model), fuse_projections=True)
+    attn_p, attn_f = plain.blocks[0].attn, fused.blocks[0].attn
+    assert attn_f.qkvg is not None and not hasattr(attn_f, "q") and attn_f.qkvg.out_features == 4 * 64
+    assert torch.equal(attn_f.qkvg.T_packed, torch.cat([getattr(attn_p, n).T_packed for n in ("q", "k", "v", "gate")]))
+    assert sum(t.numel() for t in fused.buffers()) == sum(t.numel() for t in plain.buffers())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(idx)[0], plain(idx)[0], rtol=1e-5, atol=1e-5)
+    ref = plain.generate(idx, 8, temperature=0)
+    assert torch.equal(fused.generate(idx, 8, temperature=0), ref)
+    assert torch.equal(GraphedDecoder(fused, 2, 15, cuda_graph=False).generate(idx, 8, temperature=0), ref)
