@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
                             dot_precision, expand_bits16, expand_bytes, group_sums, load_bytes, n_sm, round_to,
-                            split_buffers, split_epilogue, split_len, word_dots)
+                            split_buffers, split_epilogue, split_len, word_dots, gemv_split_start)
 
 __all__ = ["decode_forward", "decode_gemv_kernel", "decode_mma_kernel", "expand_scaled_kernel", "expand_scaled",
            "DECODE_MAX_M", "decode_config", "gemv_ok"]
@@ -57,18 +57,9 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
     ``SPLIT > 1`` the partials meet in ``ws_ptr [SPLIT, N]`` (``triton_common.split_epilogue``). The next K step's words *and
     scales* are loaded before the current step is decoded (a scale load waited for inside its own step costs a
     full memory latency per step)."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
+    pid_n, pid_s, offs_n, n_mask, row_w, row_g, q_start, q_end, offs_q, w_next = gemv_split_start(
+        w_ptr, N, G, KW, Q_PER_SPLIT, BLOCK_N, BLOCK_K)
     BW: tl.constexpr = BLOCK_K // 16
-    row_w = offs_n.to(tl.int64) * KW
-    row_g = offs_n.to(tl.int64) * G
-    q_start = pid_s * Q_PER_SPLIT
-    q_end = tl.minimum(KW, q_start + Q_PER_SPLIT)
-    offs_q = tl.arange(0, BW)
-    w_next = tl.load(w_ptr + row_w[:, None] + (q_start + offs_q)[None, :],
-                     mask=n_mask[:, None] & (q_start + offs_q < q_end)[None, :], other=0)
     s_next = _load_s(s_ptr, row_g, n_mask, q_start * 16, q_end * 16, G, GS, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for q0 in range(q_start, q_end, BW):

@@ -41,7 +41,8 @@ from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
                             exact_scale, expand_bytes, float64_bits, group_scale, group_sums, grouped_pid,
                             launch_cfg, load_bytes, load_group_state, n_sm, round_to, split_buffers,
-                            split_epilogue, split_len, weff_cast, word_dots)
+                            split_epilogue, split_len, weff_cast, word_dots,
+                            gemv_split_start)
 
 __all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
            "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel",
@@ -120,19 +121,10 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
     per byte. A program owns ``BLOCK_N`` rows and one K range of ``16 * Q_PER_SPLIT`` columns (split-K:
     program axis 1, fp32 partials in ``ws_ptr [SPLIT, N]`` summed in a fixed order by the tile's last program,
     ``split_epilogue``); the next K step's words are loaded before the current one is decoded."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
+    pid_n, pid_s, offs_n, n_mask, row_w, row_g, q_start, q_end, offs_q, w_next = gemv_split_start(
+        w_ptr, N, G, KW, Q_PER_SPLIT, BLOCK_N, BLOCK_K)
     BW: tl.constexpr = BLOCK_K // 16
-    row_w = offs_n.to(tl.int64) * KW
-    row_g = offs_n.to(tl.int64) * G
-    q_start = pid_s * Q_PER_SPLIT
-    q_end = tl.minimum(KW, q_start + Q_PER_SPLIT)
-    offs_q = tl.arange(0, BW)
-    w_next = tl.load(w_ptr + row_w[:, None] + (q_start + offs_q)[None, :],
-                     mask=n_mask[:, None] & (q_start + offs_q < q_end)[None, :], other=0)
+    coef = ballot_coef(step_ptr, pending_ptr, strength, GS)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for q0 in range(q_start, q_end, BW):
         w = w_next

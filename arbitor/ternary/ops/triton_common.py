@@ -59,7 +59,7 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
            "round_to", "byte_to_float", "word_dots", "group_sums", "n_sm", "split_len", "split_epilogue",
-           "arrival_counters", "split_buffers", "COUNTERS"]
+           "arrival_counters", "split_buffers", "gemv_split_start", "COUNTERS"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
@@ -338,6 +338,28 @@ def _fp32_precision() -> str:
 #: per device: int32 arrival counters of split tiles (``split_epilogue``), all 0 between calls. A buffer is never
 #: freed (a captured CUDA graph may hold its address); a larger one is added only when a call needs more tiles.
 COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+
+@triton.jit
+def gemv_split_start(w_ptr, N, G, KW, Q_PER_SPLIT, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The prologue of the one-row GEMV kernels (``ternary_gemv_m1_kernel``, ``decode_gemv_kernel``): program axis
+    0 owns ``BLOCK_N`` rows, axis 1 the K-word range ``[q_start, q_end)`` of ``Q_PER_SPLIT`` int32 words (16
+    trits each) of ``T_packed`` (``[N, KW]`` words, ``G`` groups a row). Returns ``(pid_n, pid_s, offs_n, n_mask,
+    row_w, row_g, q_start, q_end, offs_q, w_first)``: ``row_w`` / ``row_g`` the rows' offsets in words / groups,
+    ``offs_q`` the ``BLOCK_K // 16`` words of a K step, ``w_first`` the first step's words (loaded up front)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    row_w = offs_n.to(tl.int64) * KW
+    row_g = offs_n.to(tl.int64) * G
+    q_start = pid_s * Q_PER_SPLIT
+    q_end = tl.minimum(KW, q_start + Q_PER_SPLIT)
+    offs_q = tl.arange(0, BLOCK_K // 16)
+    w_first = tl.load(w_ptr + row_w[:, None] + (q_start + offs_q)[None, :],
+                      mask=n_mask[:, None] & (q_start + offs_q < q_end)[None, :], other=0)
+    return pid_n, pid_s, offs_n, n_mask, row_w, row_g, q_start, q_end, offs_q, w_first
 
 
 def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
