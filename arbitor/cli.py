@@ -208,8 +208,8 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-rule", default=None, choices=tuple(RULES),
                    help="update rule of the ternary layers (default: the preset's for --preset, the layer's "
                         "(bigint, the spec's) for --layer)")
-    p.add_argument("--counter-bits", type=int, default=4, choices=COUNTER_BITS,
-                   help="counter bits of --update-rule counter (default 4)")
+    p.add_argument("--counter-bits", type=int, default=None, choices=COUNTER_BITS,
+                   help="counter bits of --update-rule counter (default: the preset's, 5 for --layer)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
@@ -237,7 +237,7 @@ def _audit_run(args: argparse.Namespace) -> int:
         in_f, out_f = args.layer
         group = 64 if args.group_size is None else args.group_size
         rule = {"update_rule": args.update_rule or "bigint"}
-        if rule["update_rule"] == "counter":
+        if rule["update_rule"] == "counter" and args.counter_bits is not None:
             rule["counter_bits"] = args.counter_bits
         try:
             model = TernaryScaleTensor(in_f, out_f, group_size=group, seed=0, **rule)

@@ -127,4 +127,6 @@ def test_train_with_the_counter_rule(capsys, tmp_path):
 def test_audit_with_the_counter_rule(capsys):
     assert main(["audit", "--layer", "64", "32", "--group-size", "32", "--update-rule", "counter", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["state_bytes"]["C_packed"] == 64 * 32 // 2      # 4-bit counters by default
+    assert rep["state_bytes"]["C_packed"] == 32 * (64 // 2 + 64 // 8)   # 5-bit counters by default: 2 planes
+    assert main(["audit", "--layer", "64", "32", "--update-rule", "counter", "--counter-bits", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state_bytes"]["C_packed"] == 64 * 32 // 2

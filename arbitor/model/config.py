@@ -28,9 +28,11 @@ class ConfigError(ValueError):
 
 
 def _default_ternary() -> TernaryConfig:
-    # The counter rule (TernaryConfig's default) at group 64 and strength 16: the full-budget study's winner
-    # (docs/quality.md: group 128 at the nanoGPT shape; 64 divides every preset's widths) at <= 1 B/weight of
-    # state (group 64: T 0.25 + counters 0.5 + E/corr_accum 9/64 = 0.89 B/weight). Smaller groups paid off only
+    # The counter rule (TernaryConfig's default: 5-bit counters, rate 1) at group 64 and strength 16: the
+    # full-budget study's winner (docs/quality.md: group 128 at the nanoGPT shape; 64 divides every preset's
+    # widths) at <= 1 B/weight of state for tiny and small (T 0.25 + counters 0.625 + E/corr_accum 9/64 per
+    # dense weight, a bigint embedding at 0.39: 0.967 / 0.9996 B/weight); base and medium use group 128
+    # (0.943 / 0.944 B/weight, `arbitor audit --preset NAME`). Smaller groups paid off only
     # for bigint, where T and E are fixed and the scales are all that trains (tiny, 300 steps: g=8 -> 2.89,
     # g=4 -> 2.69 val nats/token), at 2.5 B/weight. Strength: each scale spans 2**+-16 around 2**E; the spec's
     # env default is 4.0, larger learns more here (bigint, tiny, 1000 steps: 6 -> 2.60, 8 -> 2.53, 12 -> 2.46,
@@ -54,8 +56,8 @@ class ModelConfig:
                                      # state), or the float baselines "dense" / "bitnet" (AdamW)
     ternary: TernaryConfig = field(default_factory=_default_ternary)  # every ternary projection's settings
                                      # (group size, strength, update rule and its settings, ballot prior):
-                                     # counter rule, docs/quality.md (H100, 800 steps, cosine): 4 bits
-                                     # rate 0.5 -> +0.09 nats vs QAT; 2 bits -> worse; 8 bits no better than 4
+                                     # counter rule, docs/quality.md: 5-bit counters, rate 1 (CPU: 5 bits
+                                     # beat 4 by 0.03-0.05 nats; 2 bits were worse in the H100 study)
     # --- embedding --------------------------------------------------------------------------
     embedding_update_rule: str = "bigint"  # "bigint" (corr_accum scales, per-row ballots) or "legacy"
                                      # (T_accum/E_accum trit flips); bigint measured better (tiny, 300 steps:
@@ -176,15 +178,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a larger CPU model (~1.1M weights).
     "small": dict(d_model=128, n_layers=4, n_heads=4, mlp_mult=4, max_ctx=256),
     # a GPU-sized model (~19M weights).
-    "base": dict(d_model=384, n_layers=8, n_heads=6, mlp_mult=4, max_ctx=512),
+    "base": dict(d_model=384, n_layers=8, n_heads=6, mlp_mult=4, max_ctx=512, ternary=dict(group_size=128)),
     # a larger GPU model (~107M weights).
-    "medium": dict(d_model=768, n_layers=12, n_heads=12, mlp_mult=4, max_ctx=1024, lti_decays=(0.5, 0.9)),
+    "medium": dict(d_model=768, n_layers=12, n_heads=12, mlp_mult=4, max_ctx=1024, lti_decays=(0.5, 0.9),
+                   ternary=dict(group_size=128)),
     # The spec's 3.12B-weight text path: 22 blocks x 15 * 3072**2 (attention 5, LTI readout 2, MLP 8)
     # + embedding and head = 3,115,843,584 logical ternary weights. group_size 64: 0.39 bytes of training
     # state per weight (T_packed 0.25 + E/corr_accum 9/64) = ~1.16 GiB in all. bf16 activations, block
     # checkpointing and a chunked loss keep batch 8 x ctx 512 training inside 8 GB (benchmarks/bench_scale.py).
-    # update_rule bigint: the counter rule (the default elsewhere) would hold 0.89 B/weight = 2,646 MiB of state
-    # (arbitor audit --preset 3b --update-rule counter), past the spec's 2.04 GB for this preset (docs/quality.md)
+    # update_rule bigint: the counter rule (the default elsewhere) would hold 1.02 B/weight = 3,017 MiB of state
+    # at its default 5 bits (2,646 MiB at 4 bits: arbitor audit --preset 3b --update-rule counter
+    # --counter-bits 4), past the spec's 2.04 GB for this preset (docs/quality.md)
     "3b": dict(d_model=3072, n_layers=22, n_heads=24, mlp_mult=4, max_ctx=512,
                ternary=dict(group_size=64, update_rule="bigint"),
                embedding_group_size=64, lti_decays=(0.5, 0.9), compute_dtype="bfloat16",

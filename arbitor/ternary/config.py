@@ -32,9 +32,12 @@ class TernaryConfig:
                                      # for tuned dense AdamW, where bigint ends at 1.965. The `3b` preset pins
                                      # bigint: counter state would pass its 2.04 GB budget. (TernaryScaleTensor
                                      # itself, the spec's layer, still defaults to bigint.)
-    counter_bits: int = 4            # counter only: bits per weight of C_packed (1, 2, 4 or 8)
-    counter_rate: float = 0.5        # counter only: rungs per ballot per unit of row-RMS gradient (times the
-                                     # schedule's rate factor)
+    counter_bits: int = 5            # counter only: bits per weight of C_packed (1, 2, 4, 5 or 8): 5 bits
+                                     # (32 rungs per trit) end 0.034-0.052 nats below 4 at the same step in
+                                     # trit units, on two CPU corpora (docs/quality.md, "A longer ladder")
+    counter_rate: float = 1.0        # counter only: rungs per ballot per unit of row-RMS gradient (times the
+                                     # schedule's rate factor); 1.0 at 5 bits = 0.5 at 4 bits, the full-budget
+                                     # GPU studies' best on both corpora
     ballot_prior: int = 0            # step_counter starts at this many zero-vote ballots: damps the first
                                      # ballots' jump (one unanimous ballot otherwise moves S by 2**strength)
     backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)

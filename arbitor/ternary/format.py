@@ -37,7 +37,8 @@ entries in ``{-1, 0, +1}`` is stored as a ``torch.uint8`` tensor
 Per-weight counters: ``C_packed`` (``update_rule="counter"`` only)
 ------------------------------------------------------------------
 The ``counter`` update rule (``rules/counter.py``) keeps one unsigned ``b``-bit counter
-per weight, ``b = counter_bits`` in ``{1, 2, 4, 8}``, packed the same way as ``T_packed``:
+per weight, ``b = counter_bits`` in ``{1, 2, 4, 5, 8}``. For ``b`` in ``{1, 2, 4, 8}`` they are
+packed the same way as ``T_packed`` (one *plane*):
 
     C_packed: [out_features, ceil(in_features * b / 8)] uint8
 
@@ -45,6 +46,15 @@ per weight, ``b = counter_bits`` in ``{1, 2, 4, 8}``, packed the same way as ``T
   at bits ``b * (k % (8 // b))`` .. ``b * (k % (8 // b)) + b - 1`` (first counter in the
   least-significant bits, as for trits);
 * values are plain unsigned integers in ``[0, 2**b)``; padding counters are 0.
+
+``b = 5`` (0.625 bytes per weight) is two planes side by side in one tensor: the low 4 bits
+of every counter as a 4-bit plane, then bit 4 as a 1-bit plane::
+
+    C_packed: [out_features, ceil(in_features / 2) + ceil(in_features / 8)] uint8
+    columns [0, ceil(K/2))        low nibbles, 4-bit layout above (2 per byte)
+    columns [ceil(K/2), end)      high bits,   1-bit layout above (8 per byte)
+
+so a row block of ``C_packed`` is still a row slice, and ``counter = lo | (hi << 4)``.
 
 For ``b = 2`` the byte layout is identical to ``T_packed``'s (4 per byte).
 
@@ -64,6 +74,7 @@ import torch
 
 __all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
            "COUNTER_BITS", "check_counter_bits", "counter_packed_shape", "pack_counters", "unpack_counters",
+           "counter_padding_ok",
            "check_group_size"]
 
 CODE_ZERO = 0b00
@@ -135,55 +146,96 @@ def validate_packed(packed: torch.Tensor, in_features: int) -> None:
             raise ValueError("T_packed has non-zero padding codes after in_features (corrupt ternary weights)")
 
 
-COUNTER_BITS = (1, 2, 4, 8)
+COUNTER_BITS = (1, 2, 4, 5, 8)
+_PLANES = {1: (1,), 2: (2,), 4: (4,), 5: (4, 1), 8: (8,)}   # the planes of each width, low bits first
 
 
-def check_counter_bits(bits: int) -> int:
-    """Raise ``ValueError`` unless ``bits`` is a supported counter width; returns counters per byte."""
+def check_counter_bits(bits: int) -> tuple[int, ...]:
+    """Raise ``ValueError`` unless ``bits`` is a supported counter width; returns the widths of its planes."""
     if bits not in COUNTER_BITS:
         raise ValueError(f"counter_bits must be one of {COUNTER_BITS}, got {bits!r}")
-    return 8 // bits
+    return _PLANES[bits]
+
+
+def _plane_bytes(in_features: int, plane_bits: int) -> int:
+    per = 8 // plane_bits
+    return (in_features + per - 1) // per
 
 
 def counter_packed_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int]:
     """Shape of ``C_packed`` for ``[out_features, in_features]`` counters of ``bits`` bits."""
-    per = check_counter_bits(bits)
-    return out_features, (in_features + per - 1) // per
+    return out_features, sum(_plane_bytes(in_features, b) for b in check_counter_bits(bits))
 
 
-def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
-    """Pack unsigned counters ``[rows, K]`` with values in ``[0, 2**bits)`` -> uint8 ``[rows, ceil(K*bits/8)]``.
-
-    ``check=False`` skips the range check (a host sync on GPU) for values in range by construction.
-    """
-    per = check_counter_bits(bits)
-    if c.dim() != 2:
-        raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
-    if check and c.numel() and (int(c.min()) < 0 or int(c.max()) >= (1 << bits)):
-        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(c.min())} "
-                         f"max {int(c.max())}")
-    ci = c.to(torch.uint8)
+def _pack_plane(ci: torch.Tensor, bits: int) -> torch.Tensor:
+    per = 8 // bits
     rows, k = ci.shape
     pad = (-k) % per
     if pad:
         ci = torch.nn.functional.pad(ci, (0, pad))
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=ci.device)
     # each field stays inside its byte and the fields are disjoint: the sum is the bitwise or
-    return (ci.view(rows, -1, per) << shifts).sum(dim=-1, dtype=torch.uint8).contiguous()
+    return (ci.view(rows, -1, per) << shifts).sum(dim=-1, dtype=torch.uint8)
+
+
+def _unpack_plane(packed: torch.Tensor, in_features: int, bits: int) -> torch.Tensor:
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    vals = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return vals.reshape(packed.shape[0], -1)[:, :in_features]
+
+
+def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
+    """Pack unsigned counters ``[rows, K]`` with values in ``[0, 2**bits)`` -> uint8 ``C_packed`` (module doc).
+
+    ``check=False`` skips the range check (a host sync on GPU) for values in range by construction.
+    """
+    planes = check_counter_bits(bits)
+    if c.dim() != 2:
+        raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
+    if check and c.numel() and (int(c.min()) < 0 or int(c.max()) >= (1 << bits)):
+        raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(c.min())} "
+                         f"max {int(c.max())}")
+    ci = c.to(torch.uint8)
+    if len(planes) == 1:
+        return _pack_plane(ci, bits).contiguous()
+    out, shift = [], 0
+    for b in planes:
+        out.append(_pack_plane((ci >> shift) & ((1 << b) - 1), b))
+        shift += b
+    return torch.cat(out, dim=1).contiguous()
 
 
 def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: torch.dtype = torch.int16) -> torch.Tensor:
     """Decode ``C_packed`` -> ``[rows, in_features]`` unsigned counter values (``dtype``)."""
-    per = check_counter_bits(bits)
+    planes = check_counter_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise TypeError(f"unpack_counters: C_packed must be a 2-D uint8 tensor, got {packed.dtype} "
                         f"{tuple(packed.shape)}")
-    if packed.shape[1] != (in_features + per - 1) // per:
+    need = counter_packed_shape(packed.shape[0], in_features, bits)[1]
+    if packed.shape[1] != need:
         raise ValueError(f"unpack_counters: C_packed has {packed.shape[1]} bytes per row, in_features={in_features} "
-                         f"with {bits}-bit counters needs {(in_features + per - 1) // per}")
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
-    vals = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    return vals.reshape(packed.shape[0], -1)[:, :in_features].to(dtype)
+                         f"with {bits}-bit counters needs {need}")
+    if len(planes) == 1:
+        return _unpack_plane(packed, in_features, bits).to(dtype)
+    vals, col, shift = None, 0, 0
+    for b in planes:
+        n = _plane_bytes(in_features, b)
+        v = _unpack_plane(packed[:, col:col + n], in_features, b).to(torch.int16) << shift
+        vals = v if vals is None else vals | v
+        col, shift = col + n, shift + b
+    return vals.to(dtype)
+
+
+def counter_padding_ok(packed: torch.Tensor, in_features: int, bits: int) -> bool:
+    """True when every padding counter after ``in_features`` (in every plane) is 0 (a host sync)."""
+    col = 0
+    for b in check_counter_bits(bits):
+        n = _plane_bytes(in_features, b)
+        tail = in_features % (8 // b)
+        if tail and packed.shape[0] and bool((packed[:, col + n - 1] >> (tail * b)).any()):
+            return False
+        col += n
+    return True
 
 
 def check_group_size(in_features: int, group_size: int) -> None:

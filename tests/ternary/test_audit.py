@@ -45,16 +45,20 @@ def test_cli_audit_table_and_errors(capsys):
 
 
 def test_defaults_are_the_study_winner_within_each_presets_memory_budget(capsys):
-    """docs/quality.md, "Defaults": the counter rule won the full-budget study, so it is the model default; the
-    `3b` preset keeps bigint because counter state (0.89 B/weight at group 64) would pass the spec's 2.04 GB."""
+    """docs/quality.md, "Defaults": the counter rule won the full-budget study, so it is the model default, with
+    5-bit counters (the longer ladder won on the CPU) at <= 1 B/weight of state in every preset that uses it; the
+    `3b` preset keeps bigint because counter state (1.02 B/weight at 5 bits) would pass the spec's 2.04 GB."""
     import json
 
     from arbitor.model.config import preset
     from arbitor.ternary.config import TernaryConfig
     assert TernaryConfig().update_rule == "counter"
-    assert TernaryConfig().counter_rate == 0.5 and TernaryConfig().counter_bits == 4
+    assert TernaryConfig().counter_rate == 1.0 and TernaryConfig().counter_bits == 5
     assert {n: preset(n).ternary.update_rule for n in ("tiny", "small", "base", "medium")} == dict.fromkeys(
         ("tiny", "small", "base", "medium"), "counter")
+    for name in ("tiny", "small", "base", "medium"):              # issue 18: state <= 1 B/weight
+        assert main(["audit", "--preset", name, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["state_bytes_per_weight"] <= 1.0, name
     assert preset("3b").ternary.update_rule == "bigint"
     budget = 2.04e9
     for rule, fits in (("bigint", True), ("counter", False)):

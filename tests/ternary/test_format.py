@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arbitor.ternary.format import (counter_packed_shape, pack_counters, pack_ternary, packed_shape, unpack_counters,
-                                    unpack_ternary, validate_packed)
+from arbitor.ternary.format import (counter_packed_shape, counter_padding_ok, pack_counters, pack_ternary,
+                                    packed_shape, unpack_counters, unpack_ternary, validate_packed)
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,15 +53,16 @@ def test_validate_rejects_invalid_code_and_padding():
 # ------------------------------------------------------------------ per-weight counters (C_packed)
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.sampled_from([1, 2, 4, 8]), rows=st.integers(1, 5), k=st.integers(1, 37), seed=st.integers(0, 999))
+@given(bits=st.sampled_from([1, 2, 4, 5, 8]), rows=st.integers(1, 5), k=st.integers(1, 37), seed=st.integers(0, 999))
 def test_counter_round_trip_any_shape(bits, rows, k, seed):
     c = torch.randint(0, 1 << bits, (rows, k), generator=torch.Generator().manual_seed(seed))
     packed = pack_counters(c, bits)
     assert packed.dtype == torch.uint8 and tuple(packed.shape) == counter_packed_shape(rows, k, bits)
     assert torch.equal(unpack_counters(packed, k, bits).to(torch.int64), c)
-    per = 8 // bits
-    if k % per:  # padding counters are zero
-        assert int(packed[:, -1].max() >> ((k % per) * bits)) == 0
+    assert counter_padding_ok(packed, k, bits)                  # padding counters are zero, in every plane
+    per = 8 // (4 if bits == 5 else bits)
+    if k % per:
+        assert int(packed[:, (k + per - 1) // per - 1].max() >> ((k % per) * (4 if bits == 5 else bits))) == 0
 
 
 def test_counter_bit_layout_is_as_documented():
@@ -69,6 +70,12 @@ def test_counter_bit_layout_is_as_documented():
     assert pack_counters(torch.tensor([[3, 10, 7]]), 4).tolist() == [[3 | 10 << 4, 7]]
     # 2-bit counters share T_packed's byte layout: first counter in the low bits
     assert pack_counters(torch.tensor([[1, 2, 3, 0, 1]]), 2).tolist() == [[1 | 2 << 2 | 3 << 4, 1]]
+    # 5-bit counters 3, 26 (= 16 + 10), 17 (= 16 + 1): the low nibbles as 4-bit counters, then bit 4 as a 1-bit plane
+    assert pack_counters(torch.tensor([[3, 26, 17]]), 5).tolist() == [[3 | 10 << 4, 1, 0b110]]
+    assert counter_packed_shape(2, 36, 5) == (2, 18 + 5)
+    bad = pack_counters(torch.tensor([[3, 26, 17]]), 5)
+    bad[0, 2] |= 0x80                                          # a high bit past in_features = 3
+    assert not counter_padding_ok(bad, 3, 5)
 
 
 def test_counter_packing_errors():

@@ -11,11 +11,12 @@ from arbitor.ternary.layer import TernaryScaleTensor
 from arbitor.ternary.ops.gather import move_cap
 from arbitor.ternary.step import ternary_step
 
-RULES = {"bigint": {}, "counter": {"counter_bits": 2, "counter_rate": 2.0}}
+RULES = {"bigint": {}, "counter": {"counter_bits": 2, "counter_rate": 2.0},
+         "counter-b5": {"counter_bits": 5, "counter_rate": 4.0}}    # two counter planes (format.py)
 
 
 def _layer(rule, **kw):
-    return TernaryScaleTensor(36, 7, 4, update_rule=rule, seed=5, ballot_prior=2, **RULES[rule], **kw)
+    return TernaryScaleTensor(36, 7, 4, update_rule=rule.split("-")[0], seed=5, ballot_prior=2, **RULES[rule], **kw)
 
 
 def _data(k):

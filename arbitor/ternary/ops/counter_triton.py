@@ -88,15 +88,21 @@ def _uniforms(key_ptr, ballot, row0, r64, k, K):
 
 @triton.jit
 def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
-                        KB, CB, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
+                        KB, CB, CB_LO, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_K: tl.constexpr):
-    PER: tl.constexpr = 8 // BITS
+    # BITS 5: two planes in one row of C_packed (format.py) -- the low nibbles (4-bit layout) in columns
+    # [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane, CB_LO unused
+    LO_BITS: tl.constexpr = 4 if BITS == 5 else BITS
+    PER: tl.constexpr = 8 // LO_BITS
     L: tl.constexpr = 1 << BITS
     TOP: tl.constexpr = 3 * L - 1
     # 1. the tile, its trits and counters
     r, k, r_mask, mask, r64, g, t, sgn = _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R, BLOCK_K)
     cb = tl.load(c_ptr + r64[:, None] * CB + (k // PER)[None, :], mask=mask, other=0).to(tl.int32)
-    c = (cb >> ((k % PER) * BITS)[None, :]) & (L - 1)
+    c = (cb >> ((k % PER) * LO_BITS)[None, :]) & ((1 << LO_BITS) - 1)
+    if BITS == 5:
+        hb = tl.load(c_ptr + r64[:, None] * CB + CB_LO + (k // 8)[None, :], mask=mask, other=0).to(tl.int32)
+        c = c | (((hb >> (k % 8)[None, :]) & 1) << 4)
     # 2. BigInt scale votes into corr_accum
     _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
     # 3. counter-based uniforms of this ballot (index step_counter + pending)
@@ -121,9 +127,21 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     bt = pid_k * KT + tl.arange(0, KT)
     tl.store(t_ptr + r64[:, None] * KB + bt[None, :], tbytes.to(tl.uint8), mask=r_mask[:, None] & (bt < KB)[None, :])
     KC: tl.constexpr = BLOCK_K // PER
-    cbytes = tl.sum(tl.reshape(cn << ((k % PER) * BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
+    if BITS == 5:
+        CB_END = CB_LO
+    else:
+        CB_END = CB
+    lo = cn & ((1 << LO_BITS) - 1)
+    cbytes = tl.sum(tl.reshape(lo << ((k % PER) * LO_BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
     bc = pid_k * KC + tl.arange(0, KC)
-    tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8), mask=r_mask[:, None] & (bc < CB)[None, :])
+    tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8),
+             mask=r_mask[:, None] & (bc < CB_END)[None, :])
+    if BITS == 5:
+        KH: tl.constexpr = BLOCK_K // 8
+        hbytes = tl.sum(tl.reshape(((cn >> 4) & 1) << (k % 8)[None, :], (BLOCK_R, KH, 8)), axis=2)
+        bh = pid_k * KH + tl.arange(0, KH)
+        tl.store(c_ptr + r64[:, None] * CB + CB_LO + bh[None, :], hbytes.to(tl.uint8),
+                 mask=r_mask[:, None] & (bh < CB - CB_LO)[None, :])
 
 
 @triton.jit
@@ -218,8 +236,8 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
     block_r = max(1, 2048 // block_k)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
-                              T_packed.shape[1], C_packed.shape[1], corr_accum.shape[1], row0, gw.stride(0),
-                              BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
+                              T_packed.shape[1], C_packed.shape[1], (K + 1) // 2, corr_accum.shape[1], row0,
+                              gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
 
 
 def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,

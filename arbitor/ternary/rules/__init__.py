@@ -1,6 +1,6 @@
 """Update rules: ``UpdateRule`` (``base.py``) and its two implementations, ``bigint`` and ``counter``.
 
-``make_rule("counter", counter_bits=4, counter_rate=0.5)`` builds one; ``RULES`` maps each name to its
+``make_rule("counter", counter_bits=5, counter_rate=1.0)`` builds one; ``RULES`` maps each name to its
 class and ``RULE_SETTINGS`` to the settings it takes (the config fields a model passes on).
 """
 from __future__ import annotations

@@ -57,6 +57,8 @@ def _counters(device="cpu", step=4):
     (7, 96, 32, 4, 0.5),
     (2, 256, 256, 8, 20.0),   # one group wider than 128 columns: BLOCK_K grows to the group
     (9, 200, 8, 4, 3.0),      # several programs along K, a ragged last tile
+    (5, 36, 4, 5, 1.3),       # 5-bit counters: two planes, both with padding (36 = 18 nibbles, 4.5 bit-bytes)
+    (6, 264, 8, 5, 2.0),      # 5-bit counters over several programs along K, a ragged last tile
 ])
 def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
     gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
@@ -120,7 +122,8 @@ def test_triton_counter_block_rejects_bad_operands():
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("N,K,gs,bits", [(1536, 384, 128, 4), (384, 1536, 64, 2), (1000, 520, 8, 1)])
+@pytest.mark.parametrize("N,K,gs,bits", [(1536, 384, 128, 4), (384, 1536, 64, 2), (1000, 520, 8, 1),
+                                         (1000, 520, 8, 5)])
 def test_triton_counter_block_on_cuda(N, K, gs, bits):
     gw, T, C, corr = _state(N, K, gs, bits, seed=1, device="cuda")
     scale = counter_step_scale(gw, 0.5)

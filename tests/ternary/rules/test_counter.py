@@ -71,7 +71,7 @@ def _expected_counter_step(t, c, gw, u, rate, bits):
     return t2, c2
 
 
-@pytest.mark.parametrize("bits,rate", [(1, 0.7), (2, 1.0), (4, 3.0), (8, 20.0)])
+@pytest.mark.parametrize("bits,rate", [(1, 0.7), (2, 1.0), (4, 3.0), (5, 6.0), (8, 20.0)])
 def test_counter_block_matches_elementwise_reference(bits, rate):
     g = torch.Generator().manual_seed(bits)
     t = torch.randint(-1, 2, (5, 24), generator=g)
@@ -163,6 +163,11 @@ def test_counter_audit_and_state_checks():
     sd["C_packed"] = sd["C_packed"][:, :-1].clone()
     with pytest.raises(RuntimeError, match="C_packed"):
         TernaryScaleTensor(36, 2, group_size=4, seed=0, update_rule="counter", counter_bits=1).load_state_dict(sd)
+    five = TernaryScaleTensor(36, 2, group_size=4, seed=0, update_rule="counter", counter_bits=5)
+    assert ternary_audit(five)["state_bytes"]["C_packed"] == 2 * (18 + 5)    # 0.625 bytes per weight + padding
+    assert five.validate_state() is None and int(five.C_packed[0, -1]) == 0x0F    # 16 = L // 2: bit 4 set, 4 pad bits 0
+    five.C_packed[0, -1] |= 0x10                               # a padding high bit
+    assert "padding" in five.validate_state()
     with pytest.raises(ValueError, match="counter_bits"):
         TernaryScaleTensor(32, 4, group_size=8, update_rule="counter", counter_bits=3)
     with pytest.raises(ValueError, match="counter_rate"):

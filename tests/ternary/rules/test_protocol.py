@@ -26,7 +26,7 @@ def test_each_layer_holds_its_own_rule_object():
     a = TernaryScaleTensor(32, 8, 8, update_rule="counter", seed=0)
     b = TernaryScaleTensor(32, 8, 8, update_rule="counter", seed=1)
     assert a.rule is not b.rule and a.update_rule == "counter"
-    assert "update_rule='counter'" in repr(a) and "counter_bits=4" in repr(a)
+    assert "update_rule='counter'" in repr(a) and "counter_bits=5" in repr(a)
 
 
 def test_set_rate_factor_scales_only_the_next_ballots_step():
