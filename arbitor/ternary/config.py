@@ -24,7 +24,7 @@ class TernaryConfig:
     group_size: int = 64             # weights per scale group (power of two >= 4 dividing in_features)
     strength: Optional[float] = None  # S = 2**(E + strength*mean_corr); None: ARB_BIGINT_CORR_STRENGTH, else 4.0
     zero_fraction: float = 1.0 / 3.0  # share of zero trits at init
-    update_rule: str = "counter"     # "counter" (trits on packed counters: the better learner, 0.82-0.89 B/weight
+    update_rule: str = "counter"     # "counter" (trits on packed counters: the better learner, 0.94-1.00 B/weight
                                      # at groups 128-64) or "bigint" (the spec: only scales move, 0.39-0.54
                                      # B/weight at groups 64-32); the default is
                                      # the winner of the full-budget study (docs/quality.md): on shakespeare_char
