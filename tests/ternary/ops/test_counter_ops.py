@@ -91,15 +91,16 @@ def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
 
 
 @interp
-def test_counter_ballot_impls_agree_over_row_blocks(monkeypatch):
+@pytest.mark.parametrize("bits", [4, 5])
+def test_counter_ballot_impls_agree_over_row_blocks(monkeypatch, bits):
     monkeypatch.setenv("ARB_TORCH_BLOCK_ELEMS", str(3 * 64))  # 3 rows per block: several blocks, row0 > 0
     g = torch.Generator().manual_seed(0)
     x, gy = torch.randn(11, 64, generator=g), torch.randn(11, 10, generator=g)
-    _, T, C, corr = _state(10, 64, 16, 4, seed=1)
+    _, T, C, corr = _state(10, 64, 16, bits, seed=1)
     states = {}
-    for impl in ("torch", "triton"):
+    for impl in ("torch", "triton"):       # 5 bits: row blocks of a two-plane C_packed are still row slices
         s = [t.clone() for t in (T, C, corr)] + list(_counters())
-        counter_ballot_(gy, x, *s, hash_key=torch.tensor(99), in_features=64, group_size=16, bits=4, rate=0.8,
+        counter_ballot_(gy, x, *s, hash_key=torch.tensor(99), in_features=64, group_size=16, bits=bits, rate=0.8,
                         impl=impl)
         states[impl] = s
     for a, b in zip(states["torch"], states["triton"]):

@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from arbitor.ternary.format import pack_ternary, unpack_ternary  # noqa: E402
+from arbitor.ternary.format import counter_packed_shape, pack_ternary, unpack_ternary  # noqa: E402
 from arbitor.ternary.layer import TernaryScaleTensor  # noqa: E402
 from arbitor.ternary.ops import linear_triton, votes_triton  # noqa: E402
 from arbitor.ternary.ops.linear import expand_weight, linear_grad_x_torch  # noqa: E402
@@ -372,6 +372,10 @@ def test_custom_ops_opcheck_and_compile():
     C = torch.zeros(N, K // 2, dtype=torch.uint8)
     torch.library.opcheck(torch.ops.arbitor.counter_ballot_.default,
                           (gy, x, T_packed.clone(), C, corr.clone(), step, P(0), P(0), P(5), K, gs, 4, 0.5),
+                          test_utils=utils)
+    C5 = torch.zeros(counter_packed_shape(N, K, 5), dtype=torch.uint8)     # 5-bit counters: two planes
+    torch.library.opcheck(torch.ops.arbitor.counter_ballot_.default,
+                          (gy, x, T_packed.clone(), C5, corr.clone(), step, P(0), P(0), P(5), K, gs, 5, 1.0),
                           test_utils=utils)
     assert library.ternary_linear_forward is not None
 
