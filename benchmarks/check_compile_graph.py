@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arbitor.train.trainer as trainer_module  # noqa: E402
 from arbitor.data import BUNDLED_TEXT_PATH  # noqa: E402
 from arbitor.train import ModelSettings, TextConfig, TrainConfig, build_run  # noqa: E402
+from benchmarks.bench_trainer import MODEL  # noqa: E402
 
 MODES = ("eager", "graph", "compile", "compile+graph")
 
@@ -33,7 +34,7 @@ MODES = ("eager", "graph", "compile", "compile+graph")
 def build(mode: str, rule: str, group_size: int | None, dtype: str, steps: int):
     tcfg = TrainConfig(steps=steps, batch=64, ctx=256, eval_interval=0, log_interval=0,
                        compile="compile" in mode, cuda_graph="graph" in mode)
-    fields = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, compute_dtype=dtype, max_ctx=256)
+    fields = dict(MODEL, compute_dtype=dtype, max_ctx=256)
     settings = ModelSettings(preset="small", update_rule=rule, group_size=group_size)
     saved = trainer_module.ternary_layers
     if mode == "compile+graph":               # bypass the refusal while the run is built (this check only)

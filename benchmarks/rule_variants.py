@@ -19,12 +19,14 @@ joined by ``+``:
 * ``agree``       one bit per weight (the last ballot's gradient sign): a weight moves only when the sign repeats
                   (the scale votes still see every sign);
 * ``crand``       counters start uniform in ``[0, L)`` instead of mid-ladder;
-* ``qmc``         low-discrepancy rounding: ``u = frac(h(weight) + ballot * golden ratio)`` instead of a fresh hash;
-* ``L<levels>``   a ladder of ``levels`` rungs per trit stored in 8-bit counters (rows must say ``b8``): ``L32``
-                  is what the library's 5-bit counters do (``counter-b5-...`` rows reproduce it bit for bit).
+* ``qmc``         low-discrepancy rounding: ``u = frac(h(weight) + ballot * golden ratio)`` instead of a fresh hash.
+
+Longer ladders need no patch: ``base`` with ``counter-b5-...`` (32 rungs per trit, the library's 5-bit counters) or
+``counter-b8-...`` rows. (The study's 32-rung rows first ran as an emulation inside 8-bit counters; the library's
+``counter-b5-r2-g128`` reproduces that run bit for bit.)
 
 Results: ``results/quality/cpu-issue18-rule-variants.md``. These are experiments, not library code: the one
-variant that won (a longer ladder) became the library's 5-bit counters (``format.py``); the rest are recorded
+change that won (a longer ladder) became the library's 5-bit counters (``format.py``); the rest are recorded
 there as negative results.
 """
 from __future__ import annotations
@@ -46,37 +48,16 @@ import arbitor.ternary.layer as layer_module  # noqa: E402
 import arbitor.ternary.ops.counter as counter_ops  # noqa: E402
 import arbitor.ternary.ops.linear as linear_ops  # noqa: E402
 import arbitor.ternary.rules.counter as counter_rule  # noqa: E402
-from arbitor.ternary.format import pack_counters, pack_ternary, unpack_counters, unpack_ternary  # noqa: E402
+from arbitor.ternary.format import pack_counters, unpack_ternary  # noqa: E402
 from arbitor.ternary.ops.hashing import hash_base, uniform_from_base  # noqa: E402
 from arbitor.ternary.ops.votes import group_votes  # noqa: E402
 from benchmarks import quality  # noqa: E402
 
 PHI24 = 10368890               # round(0.6180339887 * 2**24): the golden-ratio step of ``qmc``
-_library_block = counter_ops.counter_block
-
-
-def ladder_step(t, c, gw, u, scale, levels):
-    """``counter.counter_block`` with any ladder size and a ``[rows]`` or ``[rows, K]`` step scale."""
-    top = 3 * levels - 1
-    sc = scale if scale.dim() == 2 else scale[:, None]
-    steps = torch.floor(gw.abs() * sc + u).clamp_(max=top).to(torch.int32)
-    p = (t.to(torch.int32) + 1) * levels + c.to(torch.int32)
-    p = (p - torch.sign(gw).to(torch.int32) * steps).clamp_(0, top)
-    t_new = torch.div(p, levels, rounding_mode="floor")
-    return (t_new - 1).to(torch.int8), (p - t_new * levels).to(torch.int16)
 
 
 def apply_variant(variant: str) -> None:
-    levels: dict[int, int] = {}
     norm = "base"
-
-    def block(t, c, gw, u, rate, bits, scale=None):
-        if scale is None:
-            scale = counter_ops.counter_step_scale(gw, rate)
-        if bits in levels or scale.dim() == 2:
-            return ladder_step(t, c, gw, u, scale, levels.get(bits, 1 << bits))
-        return _library_block(t, c, gw, u, rate, bits, scale)
-    counter_ops.counter_block = block
 
     for tok in variant.split("+"):
         if tok in ("base", "factored", "colnorm"):
@@ -113,39 +94,26 @@ def apply_variant(variant: str) -> None:
                 _lib(gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, row0,
                      in_features, group_size, bits)
             counter_ops.counter_block_torch_ = agree_block
-        elif tok == "crand" or tok.startswith("L"):
-            if tok.startswith("L"):
-                levels[8] = int(tok[1:])
+        elif tok == "crand":
             buffers = counter_rule.CounterRule.buffers
 
-            def init_buffers(self, out_features, in_features, seed, device, _buffers=buffers, _tok=tok):
+            def random_counters(self, out_features, in_features, seed, device, _buffers=buffers):
                 out = _buffers(self, out_features, in_features, seed, device)
                 if device is not None and torch.device(device).type == "meta":
                     return out
-                if _tok == "crand":
-                    gen = torch.Generator().manual_seed(seed ^ 0x2545F491)
-                    c = torch.randint(0, 1 << self.counter_bits, (out_features, in_features), generator=gen)
-                else:
-                    c = torch.full((out_features, in_features), levels[8] // 2)
+                gen = torch.Generator().manual_seed(seed ^ 0x2545F491)
+                c = torch.randint(0, 1 << self.counter_bits, (out_features, in_features), generator=gen)
                 out["C_packed"] = pack_counters(c.to(torch.uint8).to(device), self.counter_bits, check=False)
                 return out
-            counter_rule.CounterRule.buffers = init_buffers
-        elif tok == "qmc":
-            def qmc_block(gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, row0,
-                          in_features, group_size, bits):
-                rows, ok = gw.shape[0], bad == 0
-                gw = gw.to(torch.float32)
-                t = unpack_ternary(T_packed, in_features)
-                corr_accum += group_votes(gw, t, group_size) * ok
-                c = unpack_counters(C_packed, in_features, bits)
-                u0 = uniform_from_base(hash_base(hash_key, torch.zeros_like(step_counter)), row0, row0 + rows,
-                                       in_features, gw.device)
-                h = (u0 * 2.0 ** 24).to(torch.int64)
-                u = ((h + (step_counter + pending) * PHI24) & (2 ** 24 - 1)).to(torch.float32) * 2.0 ** -24
-                t_new, c_new = counter_ops.counter_block(t, c, gw, u, 0.0, bits, scale=scale)
-                T_packed.copy_(torch.where(ok, pack_ternary(t_new, check=False), T_packed))
-                C_packed.copy_(torch.where(ok, pack_counters(c_new, bits, check=False), C_packed))
-            counter_ops.counter_block_torch_ = qmc_block
+            counter_rule.CounterRule.buffers = random_counters
+        elif tok == "qmc":      # the library's step with another uniform: its hash base carries (key, ballot)
+            def qmc_uniform(base, n0, n1, in_features, device):
+                key, ballot = base
+                u0 = uniform_from_base(hash_base(key, torch.zeros_like(ballot)), n0, n1, in_features, device)
+                h = (u0 * 2.0 ** 24).to(torch.int64)                # the weight's ballot-independent draw
+                return ((h + ballot * PHI24) & (2 ** 24 - 1)).to(torch.float32) * 2.0 ** -24
+            counter_ops.hash_base = lambda key, ballot: (key, ballot)
+            counter_ops.uniform_from_base = qmc_uniform
         else:
             raise SystemExit(f"unknown variant token {tok!r}")
 
@@ -159,7 +127,10 @@ def apply_variant(variant: str) -> None:
                 v = g2.mean(dim=1, keepdim=True).clamp_min(1e-30) * col / g2.mean().clamp_min(1e-30)
             else:
                 v = col.expand_as(gw)
-            return bad, iter([(0, gw, (rate / v.sqrt()).contiguous())])
+            # the library's step takes a per-row scale: fold the per-weight one into grad_W (|g * s| * 1 ==
+            # |g| * s exactly for s > 0, and the signs, hence the votes, do not change)
+            scale = rate / v.sqrt()
+            return bad, iter([(0, (gw * scale).contiguous(), torch.ones(gw.shape[0]))])
         counter_ops.gradw_blocks = blocks
 
 

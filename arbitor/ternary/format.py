@@ -74,8 +74,7 @@ import torch
 
 __all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
            "COUNTER_BITS", "check_counter_bits", "counter_packed_shape", "pack_counters", "unpack_counters",
-           "counter_padding_ok",
-           "check_group_size"]
+           "counter_planes", "counter_padding_ok", "check_group_size"]
 
 CODE_ZERO = 0b00
 CODE_POS = 0b01
@@ -157,14 +156,21 @@ def check_counter_bits(bits: int) -> tuple[int, ...]:
     return _PLANES[bits]
 
 
-def _plane_bytes(in_features: int, plane_bits: int) -> int:
-    per = 8 // plane_bits
-    return (in_features + per - 1) // per
+def counter_planes(in_features: int, bits: int) -> list[tuple[int, int, int, int]]:
+    """Where each plane of ``bits``-bit counters lies in a ``C_packed`` row (module doc): ``(plane_bits, shift,
+    first_column, n_bytes)`` per plane, low bits first (``shift``: the plane's lowest counter bit)."""
+    out, shift, col = [], 0, 0
+    for b in check_counter_bits(bits):
+        per = 8 // b
+        n = (in_features + per - 1) // per
+        out.append((b, shift, col, n))
+        shift, col = shift + b, col + n
+    return out
 
 
 def counter_packed_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int]:
     """Shape of ``C_packed`` for ``[out_features, in_features]`` counters of ``bits`` bits."""
-    return out_features, sum(_plane_bytes(in_features, b) for b in check_counter_bits(bits))
+    return out_features, sum(n for _, _, _, n in counter_planes(in_features, bits))
 
 
 def _pack_plane(ci: torch.Tensor, bits: int) -> torch.Tensor:
@@ -189,52 +195,41 @@ def pack_counters(c: torch.Tensor, bits: int, check: bool = True) -> torch.Tenso
 
     ``check=False`` skips the range check (a host sync on GPU) for values in range by construction.
     """
-    planes = check_counter_bits(bits)
+    check_counter_bits(bits)
     if c.dim() != 2:
         raise ValueError(f"pack_counters expects a 2-D [rows, K] tensor, got shape {tuple(c.shape)}")
+    planes = counter_planes(c.shape[1], bits)
     if check and c.numel() and (int(c.min()) < 0 or int(c.max()) >= (1 << bits)):
         raise ValueError(f"pack_counters: values must be in [0, {1 << bits}), got min {int(c.min())} "
                          f"max {int(c.max())}")
     ci = c.to(torch.uint8)
-    if len(planes) == 1:
-        return _pack_plane(ci, bits).contiguous()
-    out, shift = [], 0
-    for b in planes:
-        out.append(_pack_plane((ci >> shift) & ((1 << b) - 1), b))
-        shift += b
-    return torch.cat(out, dim=1).contiguous()
+    out = [_pack_plane((ci >> shift) & ((1 << b) - 1), b) for b, shift, _, _ in planes]
+    return (out[0] if len(out) == 1 else torch.cat(out, dim=1)).contiguous()
 
 
 def unpack_counters(packed: torch.Tensor, in_features: int, bits: int, dtype: torch.dtype = torch.int16) -> torch.Tensor:
     """Decode ``C_packed`` -> ``[rows, in_features]`` unsigned counter values (``dtype``)."""
-    planes = check_counter_bits(bits)
+    planes = counter_planes(in_features, bits)
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise TypeError(f"unpack_counters: C_packed must be a 2-D uint8 tensor, got {packed.dtype} "
                         f"{tuple(packed.shape)}")
-    need = counter_packed_shape(packed.shape[0], in_features, bits)[1]
+    need = sum(n for _, _, _, n in planes)
     if packed.shape[1] != need:
         raise ValueError(f"unpack_counters: C_packed has {packed.shape[1]} bytes per row, in_features={in_features} "
                          f"with {bits}-bit counters needs {need}")
-    if len(planes) == 1:
-        return _unpack_plane(packed, in_features, bits).to(dtype)
-    vals, col, shift = None, 0, 0
-    for b in planes:
-        n = _plane_bytes(in_features, b)
-        v = _unpack_plane(packed[:, col:col + n], in_features, b).to(torch.int16) << shift
-        vals = v if vals is None else vals | v
-        col, shift = col + n, shift + b
-    return vals.to(dtype)
+    vals = None
+    for b, shift, col, n in planes:
+        v = _unpack_plane(packed[:, col:col + n], in_features, b).to(dtype)
+        vals = v if vals is None else vals | (v << shift)
+    return vals
 
 
 def counter_padding_ok(packed: torch.Tensor, in_features: int, bits: int) -> bool:
     """True when every padding counter after ``in_features`` (in every plane) is 0 (a host sync)."""
-    col = 0
-    for b in check_counter_bits(bits):
-        n = _plane_bytes(in_features, b)
+    for b, _, col, n in counter_planes(in_features, bits):
         tail = in_features % (8 // b)
         if tail and packed.shape[0] and bool((packed[:, col + n - 1] >> (tail * b)).any()):
             return False
-        col += n
     return True
 
 

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..format import counter_planes
 from .triton_common import mix32u
 
 __all__ = ["counter_step_kernel", "counter_block_triton_", "counter_gather_kernel", "counter_gather_block_triton_",
@@ -235,8 +236,9 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
     block_k = max(128, group_size)
     block_r = max(1, 2048 // block_k)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
+    lo_bytes = counter_planes(K, bits)[0][3]        # bytes of a row's first (low-bit) counter plane
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
-                              T_packed.shape[1], C_packed.shape[1], (K + 1) // 2, corr_accum.shape[1], row0,
+                              T_packed.shape[1], C_packed.shape[1], lo_bytes, corr_accum.shape[1], row0,
                               gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
 
 
