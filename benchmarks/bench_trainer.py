@@ -6,9 +6,9 @@ the same speed through the trainer's flags (``TrainConfig.cuda_graph`` / ``compi
 
 * ``eager``              -- the default;
 * ``cuda_graph``         -- ``--cuda-graph``: the whole step replayed from one CUDA graph;
-* ``compile``            -- ``--compile`` (each block compiled). ``--compile --cuda-graph`` is refused for ternary
-  blocks since the H200 run of ``results/trainer/h200-compile.md`` (the compiled, graphed ternary step did not
-  learn); the ``loss`` column here is what shows whether a compiled step learns like the eager one.
+* ``compile``            -- ``--compile`` (each block compiled);
+* ``compile+cuda_graph`` -- both: the compiled step replayed from one graph (bit-equal to ``compile`` alone,
+  ``results/trainer/h200-compile.md``). The ``loss`` column shows whether each mode learns like the eager one.
 
 Each row: mean tokens/s over ``--steps`` timed steps (one sync at the end, as in ``fit``) after ``--warmup`` (graph capture included in the
 warm-up), the peak allocated MiB of an eager step, and the loss after the run (the same data order in
@@ -34,7 +34,8 @@ from arbitor.train import ModelSettings, TextConfig, TrainConfig, build_run  # n
 from benchmarks._device import device_tag  # noqa: E402
 
 MODEL = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, compute_dtype="bfloat16")
-MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
+MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True},
+         "compile+cuda_graph": {"compile": True, "cuda_graph": True}}
 
 
 def measure(text: str, rule: str, mode: str, batch: int, ctx: int, steps: int, warmup: int) -> dict:

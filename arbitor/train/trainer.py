@@ -126,15 +126,6 @@ class Trainer:
             if not task.fixed_step:
                 raise ValueError(f"cuda_graph needs a task that trains the same components every step "
                                  f"({task.kind!r} draws them per step); train without cuda_graph")
-            if tcfg.compile and any(next(iter(ternary_layers(u)), None) is not None for u in compile_units(model)):
-                # On the H200 the compiled + graphed ternary step stopped learning (26 steps: loss 5.63 / 7.55
-                # against 4.23 / 3.95 eager, benchmarks/results/trainer/h200-compile.md), while graph-only replay
-                # is bit-identical to eager and compile alone trains like eager on the CPU. Refused until the
-                # cause is found; float blocks (the baselines, whose ternary embedding stays outside the compiled
-                # blocks) are not affected: compiled + graphed they train like eager (h200-issue18-dropout-check).
-                raise ValueError("cuda_graph with compile is not offered for ternary layers in the blocks (the "
-                                 "compiled, graphed ternary step did not learn on the H200: "
-                                 "benchmarks/results/trainer/h200-compile.md); use cuda_graph alone")
             if tcfg.compile and recompute:
                 raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
                                  "crosses the capture's stream); drop compile or activation_checkpointing")

@@ -23,8 +23,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
     ({"schedule": "cosine"}, {}, "cuda_graph needs schedule='constant' (got 'cosine') or a held schedule"),
     ({"schedule": "cosine", "schedule_hold": 5}, {}, "cuda_graph needs a CUDA device"),   # a held schedule is fine
     ({}, {"dropout": 0.1, "activation_checkpointing": True}, "cannot capture activation checkpointing with dropout"),
-    ({"compile": True}, {}, "cuda_graph with compile is not offered for ternary layers"),
-    ({"compile": True}, {"linear": "bitnet"}, "cuda_graph needs a CUDA device"),   # a float model may
+    ({"compile": True}, {}, "cuda_graph needs a CUDA device"),   # compile + graph is offered for both
+    ({"compile": True}, {"linear": "bitnet"}, "cuda_graph needs a CUDA device"),
 ])
 def test_cuda_graph_refusals_on_cpu(changes, fields, message):
     tcfg = TrainConfig(steps=2, batch=2, ctx=16, cuda_graph=True, **changes)
@@ -130,6 +130,26 @@ def test_compiled_ternary_run_learns_like_eager_in_bf16(rule):
     tail = lambda ls: sum(ls[-8:]) / 8                                      # noqa: E731
     assert tail(eager) < eager[0] - 0.5                                      # the eager run does learn
     assert abs(tail(compiled) - tail(eager)) < 0.15, (compiled[::5], eager[::5])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rule", ["bigint", "counter"])
+def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule):
+    """A graph replays the compiled step exactly (benchmarks/results/trainer/h200-compile.md, third follow-up):
+    the same losses and integer state as the compiled run without a graph, in bf16 and without a sync."""
+    def run(graph):
+        tcfg = TrainConfig(steps=8, batch=8, ctx=64, compile=True, cuda_graph=graph, eval_interval=0,
+                           log_interval=0, seed=1)
+        tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda",
+                       model_fields={"compute_dtype": "bfloat16", "max_ctx": 64})
+        losses = torch.stack([tr.train_step()["text"].clone() for _ in range(8)]).tolist()
+        return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
+    _, compiled_losses, compiled = run(False)
+    tr, graph_losses, graphed = run(True)
+    assert tr.graphed.captured
+    assert graph_losses == compiled_losses
+    assert [k for k in compiled if not torch.equal(compiled[k], graphed[k])] == []
 
 
 HELD = {"schedule": "cosine", "warmup_steps": 2, "schedule_hold": 3}
