@@ -195,8 +195,9 @@ def gemv_rows(args, device, res, flush) -> None:
 
 def _sweep_configs(M: int) -> list[dict]:
     """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), ``decode_mma_kernel`` above."""
-    if M == 1:
-        grid = [(bn, bk, w, p) for bn in (32, 64, 128) for bk in (128, 256, 512) for w in (4, 8) for p in (2, 4, 8)]
+    if M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step
+        grid = [(bn, bk, w, p) for bn in (16, 32, 64, 128) for bk in (128, 256, 512, 1024, 2048) for w in (4, 8)
+                for p in (2, 4, 8) if bn * bk <= 128 * 512]
     else:
         grid = [(bn, bk, 4, p) for bn in (16, 32, 64) for bk in (128, 256, 512) for p in (1, 2, 4)]
     return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "PROGRAMS_PER_SM": p} for bn, bk, w, p in grid]

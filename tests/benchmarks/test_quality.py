@@ -122,3 +122,16 @@ def test_code_corpus_is_deterministic(tmp_path, load_benchmark):
     assert mk.main([str(tmp_path / "c.txt"), "--stdlib", str(root)]) == 0
     assert (tmp_path / "c.txt").read_text() == ("# ===== file: a.py =====\nx = 1\n"
                                                 "# ===== file: pkg/b.py =====\ny = '\ufffd'\n")
+
+
+def test_fast_settings_per_family(load_benchmark):
+    """Ternary rows graphed unless the study says ``fast_ternary`` (older studies have no such key), float rows as
+    ``fast_float`` says; nothing off CUDA or without ``--fast``."""
+    q = load_benchmark("quality")
+    st = {"fast": True, "fast_float": "compile+graph"}
+    assert q.fast_settings(st, {}, "cuda:0") == {"cuda_graph": True}
+    assert q.fast_settings(dict(st, fast_ternary="compile+graph"), {}, "cuda:1") == {"compile": True,
+                                                                                    "cuda_graph": True}
+    assert q.fast_settings(st, {"linear": "dense"}, "cuda") == {"compile": True, "cuda_graph": True}
+    assert q.fast_settings(dict(st, fast_float="graph"), {"linear": "bitnet"}, "cuda") == {"cuda_graph": True}
+    assert q.fast_settings(st, {}, "cpu") == {} and q.fast_settings(dict(st, fast=False), {}, "cuda") == {}

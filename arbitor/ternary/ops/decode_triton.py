@@ -77,7 +77,7 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
     if SPLIT == 1:
         tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
     else:
-        split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
+        split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N, 8)
 
 
 @triton.jit
@@ -129,7 +129,7 @@ def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, K
     if SPLIT == 1:
         tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        split_epilogue(acc, y_ptr + offs, ws_ptr + offs, mask, cnt_ptr + pid_n, pid_s, SPLIT, M * N)
+        split_epilogue(acc, y_ptr + offs, ws_ptr + offs, mask, cnt_ptr + pid_n, pid_s, SPLIT, M * N, 4)
 
 
 @triton.jit

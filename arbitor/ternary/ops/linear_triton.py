@@ -103,7 +103,7 @@ def ternary_fwd_kernel(x_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, y_p
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         split_epilogue(acc, y_ptrs, ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], mask,
-                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * N)
+                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * N, 1)
 
 
 @triton.jit
@@ -163,7 +163,8 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
     if SPLIT == 1:
         tl.store(y_ptr + offs_n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
     else:
-        split_epilogue(acc, y_ptr + offs_n * stride_yn, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N)
+        split_epilogue(acc, y_ptr + offs_n * stride_yn, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N,
+                       8)
 
 
 @triton.jit
@@ -212,7 +213,7 @@ def ternary_gradx_kernel(gy_ptr, t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, 
         tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=mask)
     else:
         split_epilogue(acc, gx_ptrs, ws_ptr + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :], mask,
-                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * K)
+                       cnt_ptr + tl.program_id(0), pid_s, SPLIT, M * K, 1)
 
 
 

@@ -281,20 +281,32 @@ def group_sums(ps, xs, s, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 
 
 @triton.jit
-def split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE):
+def split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE, UNROLL: tl.constexpr):
     """Store this K split's fp32 partial ``acc``; the program of the tile that finishes last sums all the
     tile's partials in ascending split order (deterministic: the order never depends on which program is last)
     and writes ``y``. ``cnt_ptr``: the tile's int32 arrival counter (``arrival_counters``), 0 on entry and reset
     to 0 by the last program (so a replayed CUDA graph finds it at 0). Every split-K/N kernel (decode and
     training paths) ends with it: a second reduction kernel cost more to launch than the reduction (3.3 us
-    against a 9 us GEMV in the 3b decode step)."""
+    against a 9 us GEMV in the 3b decode step).
+
+    ``UNROLL``: partials read per loop trip. The reads of one trip are independent, so they are in flight
+    together (one memory latency a trip instead of one a split) and then added one by one in split order: the
+    sum is bit-identical for every ``UNROLL``. Small tiles (the M = 1 GEMVs' ``[BLOCK_N]``) take 8; big tiles 1
+    (each read in flight holds the whole tile in registers)."""
     tl.store(ws_ptrs + pid_s * WS_STRIDE, acc, mask=mask)
     tl.debug_barrier()                                       # every thread's partial is written ...
     arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")   # ... before it is released
     if arrived == SPLIT - 1:
         tot = tl.zeros_like(acc)
-        for s in range(0, SPLIT):
-            tot += tl.load(ws_ptrs + s * WS_STRIDE, mask=mask, other=0.0, cache_modifier=".cg")
+        if UNROLL == 1:
+            for s in range(0, SPLIT):
+                tot += tl.load(ws_ptrs + s * WS_STRIDE, mask=mask, other=0.0, cache_modifier=".cg")
+        else:
+            for s0 in range(0, SPLIT, UNROLL):
+                for u in tl.static_range(UNROLL):            # a split past the end adds nothing (not even -0.0)
+                    part = tl.load(ws_ptrs + (s0 + u) * WS_STRIDE, mask=mask & (s0 + u < SPLIT), other=0.0,
+                                   cache_modifier=".cg")
+                    tot = tl.where(s0 + u < SPLIT, tot + part, tot)
         tl.store(y_ptrs, tot.to(y_ptrs.dtype.element_ty), mask=mask)
         tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
 

@@ -47,6 +47,7 @@ CASES = [
     (1, 192, 37, 64, None, "gemv"),
     (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv"),       # split-K, 4 groups a K step
     (1, 512, 21, 128, {"BLOCK_K": 64}, "gemv"),                  # a group over two K steps
+    (1, 2112, 19, 64, {"BLOCK_N": 16, "BLOCK_K": 1024}, "gemv"),  # the sweep's wide tiles, ragged last K step
     (1, 100, 7, 4, None, "mma"),                                 # one row the GEMV does not take (groups of 4)
     (3, 512, 21, 128, {"BLOCK_K": 64}, "mma"),                   # a group over two K steps
     (6, 96, 13, 32, {"BLOCK_K": 32, "BLOCK_N": 16}, "mma"),      # K % BLOCK_K != 0 (split not on a step)
@@ -124,3 +125,29 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
     y2 = decode_triton.decode_forward(x, T_packed, S, K, 64)
     assert torch.equal(y1, y2)
     close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
+
+
+@interp
+@pytest.mark.parametrize("M,split,path", [(1, 11, "gemv"), (1, 3, "gemv"), (5, 6, "mma")])
+def test_split_partials_are_summed_in_split_order(monkeypatch, M, split, path):
+    """The last program of a tile adds the splits' fp32 partials one by one in split order, however many it reads
+    at once (``split_epilogue``'s ``UNROLL``: 8 for the GEMV, 4 for the tensor-core kernel; 11 and 6 splits are
+    not multiples of it): the output equals that sequential sum of the workspace bit for bit."""
+    seen = {}
+    real = decode_triton.split_buffers
+
+    def spy(out, s, tiles):
+        seen["ws"], seen["cnt"] = real(out, s, tiles)
+        return seen["ws"], seen["cnt"]
+    monkeypatch.setattr(decode_triton, "split_buffers", spy)
+    K, N, gs = 64 * split, 21, 64
+    T_packed, S = frozen_state(N, K, gs, seed=split)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(split))
+    y = decode_triton.decode_forward(x, T_packed, S, K, gs, config={"BLOCK_K": 64, "SPLIT": split}, path=path)
+    ws = seen["ws"]
+    assert ws.shape[0] == split
+    tot = torch.zeros_like(ws[0])
+    for part in ws:
+        tot = tot + part
+    assert torch.equal(y, tot.reshape(y.shape))
+    close(y, decode_forward_torch(x, T_packed, S, K, gs), 3e-6, 2e-6)

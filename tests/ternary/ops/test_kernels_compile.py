@@ -1,0 +1,89 @@
+"""Kernels compile for a Hopper GPU (sm_90) on a machine without one: the counter step kernel and the M = 1 /
+small-M decode kernels.
+
+The interpreter tests (``test_counter_ops.py``, ``test_decode_ops.py``) check what a kernel computes; they cannot
+see an error that only Triton's GPU compiler raises (a constexpr branch, a reshape it will not lower, an unrolled
+loop over masked loads). ``triton.compile`` with an explicit ``GPUTarget`` runs the whole pipeline to a cubin
+(Triton ships ``ptxas``) without a device, so CI compiles each kernel with the settings its launcher picks (and
+the decode sweep's wide tiles). It runs in a subprocess because the other kernel tests import the kernels under
+``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from arbitor.ternary.ops.counter_triton import counter_step_kernel
+sig = {'gw_ptr': '*bf16', 'scale_ptr': '*fp32', 't_ptr': '*u8', 'c_ptr': '*u8', 'corr_ptr': '*i64',
+       'key_ptr': '*i64', 'step_ptr': '*i64', 'pending_ptr': '*i64', 'bad_ptr': '*i32', 'rows': 'i32', 'K': 'i32',
+       'KB': 'i32', 'CB': 'i32', 'CB_LO': 'i32', 'G': 'i32', 'row0': 'i32', 'stride_g': 'i32',
+       'BITS': 'constexpr', 'GS': 'constexpr', 'BLOCK_R': 'constexpr', 'BLOCK_K': 'constexpr'}
+for bits in (1, 2, 4, 5, 8):
+    for gs, dtype in ((8, '*fp32'), (128, '*bf16'), (256, '*fp16')):
+        block_k = max(128, gs)                       # as counter_block_triton_ picks them
+        block_r = max(1, 2048 // block_k)
+        src = ASTSource(fn=counter_step_kernel, signature=dict(sig, gw_ptr=dtype),
+                        constexprs={'BITS': bits, 'GS': gs, 'BLOCK_R': block_r, 'BLOCK_K': block_k})
+        kernel = triton.compile(src, target=GPUTarget('cuda', 90, 32))
+        assert kernel.asm['cubin'], (bits, gs)
+print('compiled')
+"""
+
+DECODE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from arbitor.ternary.ops.decode_triton import _GEMV_TILE, _MMA_TILE, decode_gemv_kernel, decode_mma_kernel
+from arbitor.ternary.ops.linear_triton import ternary_gemv_m1_kernel
+common = {'x_ptr': '*bf16', 's_ptr': '*fp32', 'y_ptr': '*bf16', 'ws_ptr': '*fp32', 'cnt_ptr': '*i32', 'N': 'i32',
+          'K': 'i32', 'G': 'i32', 'SPLIT': 'i32', 'GS': 'constexpr', 'BLOCK_N': 'constexpr', 'BLOCK_K': 'constexpr',
+          'INTERP': 'constexpr'}
+gemv = dict(common, w_ptr='*i32', KW='i32', stride_xk='i32', Q_PER_SPLIT='i32', F_HI='i32')
+mma = dict(common, t_ptr='*u8', M='i32', KB='i32', stride_xm='i32', stride_xk='i32', K_PER_SPLIT='i32',
+           DOT_PRECISION='constexpr', BLOCK_M='constexpr')
+train = {k: v for k, v in gemv.items() if k != 's_ptr'}
+train.update({'e_ptr': '*i8', 'corr_ptr': '*i64', 'step_ptr': '*i64', 'pending_ptr': '*i64', 'M': 'i32',
+              'stride_xm': 'i32', 'stride_ym': 'i32', 'stride_yn': 'i32', 'strength': 'fp32'})
+target = GPUTarget('cuda', 90, 32)
+for bn, bk, warps in ((_GEMV_TILE[0], _GEMV_TILE[1], _GEMV_TILE[2]), (16, 2048, 4), (128, 512, 8)):
+    for fn, sig in ((decode_gemv_kernel, gemv), (ternary_gemv_m1_kernel, train)):
+        src = ASTSource(fn=fn, signature=sig, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'INTERP': False})
+        assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (fn, bn, bk)
+bn, bk, warps = _MMA_TILE[:3]
+src = ASTSource(fn=decode_mma_kernel, signature=mma, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'BLOCK_M': 16,
+                                                                 'DOT_PRECISION': 'tf32', 'INTERP': False})
+assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin']
+print('compiled')
+"""
+
+
+def _compile(script: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("this triton build has no ptxas")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_counter_step_kernel_compiles_for_sm90_at_every_counter_width():
+    _compile(SCRIPT)
+
+
+def test_decode_kernels_compile_for_sm90():
+    """The M = 1 GEMVs (frozen and trained layers) at the launcher's tile and the sweep's extremes (a narrow, wide
+    tile and the widest 128 x 512), with ``split_epilogue``'s unrolled reads; the tensor-core decode kernel."""
+    _compile(DECODE_SCRIPT)
