@@ -34,8 +34,8 @@ Rows are named with their step size, so each family gets the same tuning effort 
 spec's rule: group 32, strength 16; it has no step size). Names of these forms need no table entry.
 
 Speed (``--fast``, the default on CUDA): ternary rows replay the whole step as a CUDA graph
-(``TrainConfig.cuda_graph``; ``--fast-ternary compile+graph`` compiles them too, about 1.5x faster for the
-counter rule at nanoGPT's shape on the H200, ``results/trainer/``), float rows are compiled and graphed as well
+(``TrainConfig.cuda_graph``; ``--fast-ternary compile+graph`` compiles them too: 1.55x for the counter rule in
+bf16 at nanoGPT's shape on the H200, ``results/trainer/h200-compile.md``), float rows are compiled and graphed as well
 (``--fast-float``). A graph replays the
 step sizes it was captured with, so a cosine schedule is held constant for blocks of ``--schedule-hold`` steps
 (each block takes its middle step's factor) and the step is captured again once per block; every row uses the
