@@ -4,7 +4,11 @@
 * float parameters (only the ``dense`` / ``bitnet`` baselines have any): AdamW, one step per step -- betas
   ``(0.9, beta2)``, decoupled weight decay on the parameters of 2 or more dimensions only (nanoGPT's rule:
   matrices and embeddings decay, norms and biases do not), the float gradients' global L2 norm clipped to
-  ``grad_clip`` first when it is > 0 (on the device: no host sync, so a CUDA graph can replay it).
+  ``grad_clip`` first when it is > 0 (on the device: no host sync, so a CUDA graph can replay it). On CUDA it
+  is torch's fused AdamW (one kernel for all parameters, the fast form the speed baselines use). Its step count
+  lives on the device whether or not the step is captured, so an eager step and a graph replay of it run the same
+  kernel on the same numbers: bit-identical. (The foreach AdamW it replaced computes its bias corrections on the
+  host when not capturable and on the device when capturable, which differ in the last bits.)
 
 ``set_rate_factor(f)`` is how the schedule reaches both: AdamW's lr becomes ``base_lr * f`` and every
 ternary rule's step size ``base * f`` (``ternary.step.set_rate_factor``). ``state_tensors()`` /
@@ -22,6 +26,9 @@ from torch import nn
 from ..ternary.step import set_rate_factor, ternary_step
 
 __all__ = ["Updater"]
+
+#: AdamW param-group keys that choose how it computes, not what (kept from the running optimizer on load)
+_IMPLEMENTATION = ("fused", "capturable", "foreach", "differentiable")
 
 
 class Updater:
@@ -50,7 +57,9 @@ class Updater:
                             {"params": rest, "weight_decay": 0.0}) if g["params"]]
 
     def _adamw(self, capturable: bool = False) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self._param_groups(), lr=self.base_lr, betas=self.betas, capturable=capturable)
+        fused = all(p.is_cuda for p in self.params) or None        # None: torch's default (foreach / for-loop)
+        return torch.optim.AdamW(self._param_groups(), lr=self.base_lr, betas=self.betas, capturable=capturable,
+                                 fused=fused)
 
     def set_rate_factor(self, factor: float) -> None:
         """This step's schedule factor for AdamW's lr and the ternary rules' step sizes."""
@@ -60,8 +69,8 @@ class Updater:
                 group["lr"] = self.base_lr * factor
 
     def make_capturable(self) -> None:
-        """Rebuild AdamW (before its first step) with ``capturable=True``, its step count on the device, so
-        a CUDA graph can replay ``step()`` (``graph.py``)."""
+        """Rebuild AdamW (before its first step) with ``capturable=True``, so a CUDA graph can replay ``step()``
+        (``graph.py``); fused on CUDA, it runs the same kernel as the eager step."""
         if self.optimizer is not None:
             if self.optimizer.state:
                 raise RuntimeError("Updater.make_capturable(): AdamW has already stepped")
@@ -97,4 +106,8 @@ class Updater:
                 _, idx, key = k.split(".", 2)
                 state.setdefault(int(idx), {})[key] = v.to(device) if key != "step" else v
         if groups:
+            # the saved hyperparameters, this optimizer's implementation: a checkpoint of a graphed CUDA run
+            # (capturable, fused) resumes in an eager or CPU run and the other way round
+            for saved, now in zip(groups, self.optimizer.param_groups):
+                saved.update({k: now[k] for k in _IMPLEMENTATION if k in now})
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})

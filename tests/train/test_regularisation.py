@@ -90,6 +90,32 @@ def test_weight_decay_spares_vectors():
     assert len(Updater(model, 1e-3).optimizer.param_groups) == 1
 
 
+def test_adamw_state_loads_into_another_implementation():
+    """A checkpoint's AdamW groups keep their hyperparameters but take the running optimizer's implementation
+    flags: the state of a graphed CUDA run (capturable, fused) resumes on the CPU and the other way round."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    up = Updater(model, 1e-2, weight_decay=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    up.step()
+    tensors, groups = up.state_tensors()
+    saved = json.loads(groups)
+    for g in saved:                                     # as a graphed run on CUDA saves them
+        g.update(capturable=True, fused=True)
+    fresh_model = nn.Linear(4, 3)
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = Updater(fresh_model, 1e-2, weight_decay=0.1)
+    fresh.load_state_tensors({k: v.clone() for k, v in tensors.items()}, json.dumps(saved), torch.device("cpu"))
+    g = fresh.optimizer.param_groups[0]
+    assert not g["capturable"] and not g["fused"] and g["weight_decay"] == 0.1
+    assert int(fresh.optimizer.state[fresh_model.weight]["step"]) == 1
+    for m, u in ((model, up), (fresh_model, fresh)):    # and the next step is the same one
+        torch.manual_seed(1)
+        m(torch.randn(2, 4)).sum().backward()
+        u.step()
+    assert torch.equal(model.weight, fresh_model.weight)
+
+
 def test_resume_with_other_optimizer_settings_is_refused(tmp_path):
     _fit(tmp_path / "r", 2, fields={"linear": "dense"}, **NANOGPT)
     with pytest.raises(CheckpointError, match="weight-decay=0.1, not 0.0"):
