@@ -193,9 +193,13 @@ def gemv_rows(args, device, res, flush) -> None:
         torch.cuda.empty_cache()
 
 
-def _sweep_configs(M: int) -> list[dict]:
-    """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), ``decode_mma_kernel`` above."""
-    if M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step
+def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
+    """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), its plain form
+    ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above."""
+    if M == 1 and path == "gemv_expand":   # a float tile of <= 64 values a thread (more: 128-255 registers)
+        grid = [(bn, bk, w, p) for bn in (8, 16, 32, 64) for bk in (128, 256, 512, 1024) for w in (4, 8)
+                for p in (2, 4, 8) if bn * bk <= 64 * 32 * w]
+    elif M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step
         grid = [(bn, bk, w, p) for bn in (16, 32, 64, 128) for bk in (128, 256, 512, 1024, 2048) for w in (4, 8)
                 for p in (2, 4, 8) if bn * bk <= 128 * 512]
     else:
@@ -214,24 +218,26 @@ def sweep_rows(args, device, res, flush) -> None:
         _, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            for cfg in _sweep_configs(M):
+            # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel) on the same grid
+            for path, cfg in [(p, c) for p in (("gemv", "gemv_expand") if M == 1 else ("mma",))
+                              for c in _sweep_configs(M, p)]:
                 if time.perf_counter() > t_end:
                     res.setdefault("errors", []).append("sweep stopped at its time limit")
                     flush()
                     return
                 try:
-                    path = "gemv" if M == 1 else "mma"
                     ms = _graph_time([(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(x, s[0], s[5], K, gs,
                                                                                                 config=c, path=p))
                                       for s in states], max(5, args.reps // 2))
                 except Exception as exc:
                     ms = None
-                    res.setdefault("errors", []).append(f"sweep M={M} K={K} N={N} {cfg}: {exc!r}"[:300])
-                sweep.append({"M": M, "K": K, "N": N, **cfg, "ms": ms,
+                    res.setdefault("errors", []).append(f"sweep M={M} K={K} N={N} {path} {cfg}: {exc!r}"[:300])
+                sweep.append({"M": M, "K": K, "N": N, "path": path, **cfg, "ms": ms,
                               "tbps": f_bytes / (ms * 1e9) if ms else None})
-            best = min((r for r in sweep if r["M"] == M and r["K"] == K and r["N"] == N and r["ms"]),
-                       key=lambda r: r["ms"], default=None)
-            print(f"sweep M={M} K={K} N={N}: best {best}", flush=True)
+            for path in {r.get("path") for r in sweep if r["M"] == M and r["K"] == K and r["N"] == N}:
+                best = min((r for r in sweep if (r["M"], r["K"], r["N"], r.get("path")) == (M, K, N, path)
+                            and r["ms"]), key=lambda r: r["ms"], default=None)
+                print(f"sweep M={M} K={K} N={N} {path}: best {best}", flush=True)
             flush()
         del states
         gc.collect()
@@ -428,16 +434,18 @@ def write(res, out: Path) -> None:
                   "| kernel | calls/step | us/step |", "|---|---:|---:|"]
         lines += [f"| `{r['kernel']}` | {r['calls_per_step']:.0f} | {r['us_per_step']:.1f} |" for r in prof["top"]]
     if res.get("sweep"):
-        lines += ["", "Sweep of `decode_gemv_kernel` launch configs (fastest per shape and M):", "",
-                  "| M | K | N | BLOCK_N | BLOCK_K | warps | programs/SM | ms | TB/s |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        keys = sorted({(r["M"], r["K"], r["N"]) for r in res["sweep"]})
+        lines += ["", "Sweep of the decode kernels' launch configs (fastest per shape, M and kernel path):", "",
+                  "| M | K | N | path | BLOCK_N | BLOCK_K | warps | programs/SM | ms | TB/s |",
+                  "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        keys = sorted({(r["M"], r["K"], r["N"], r.get("path", "gemv" if r["M"] == 1 else "mma"))
+                       for r in res["sweep"]})
         for key in keys:
-            cands = [r for r in res["sweep"] if (r["M"], r["K"], r["N"]) == key and r["ms"]]
+            cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"],
+                                                             r.get("path", "gemv" if r["M"] == 1 else "mma")) == key]
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
-                lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['BLOCK_N']} | {r['BLOCK_K']} | {r['num_warps']} | "
-                             f"{r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
+                lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {r['BLOCK_N']} | {r['BLOCK_K']} | "
+                             f"{r['num_warps']} | {r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
     if res.get("errors"):
         lines += ["", "Errors:", ""] + [f"* {e}" for e in res["errors"]]
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")

@@ -5,6 +5,9 @@
   ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = 1 + (t + 1) / 4``,
   made by one byte permute (``prmt``) -- exactly representable, and ``f * x`` is exact for 16-bit ``x`` -- and
   a group's sum is ``sum(t * x) = 4 * sum(f * x) - 5 * sum(x)``, times the group's ``S``.
+* ``decode_gemv_expand_kernel`` (``path="gemv_expand"``, not chosen by ``auto``): the plain form of the GEMV --
+  trits expanded to a float tile, ``x`` loaded once per K step as a vector -- kept for the decode sweep to time
+  against ``decode_gemv_kernel`` (``bench_decode.py --parts sweep``).
 * ``decode_mma_kernel`` (2-16 rows, or one row of a layer the GEMV does not take): tensor cores, one 16-row
   tile, ``W_eff`` built in registers in x's dtype.
 * ``expand_scaled_kernel`` (more rows: the prompt): ``W_eff`` in x's dtype into a transient ``[N, K]`` buffer,
@@ -28,8 +31,8 @@ from .triton_common import (INTERPRETED, check_act, check_device, check_group_si
                             dot_precision, expand_bits16, expand_bytes, group_sums, load_bytes, n_sm, round_to,
                             split_buffers, split_epilogue, split_len, word_dots, gemv_split_start)
 
-__all__ = ["decode_forward", "decode_gemv_kernel", "decode_mma_kernel", "expand_scaled_kernel", "expand_scaled",
-           "DECODE_MAX_M", "decode_config", "gemv_ok"]
+__all__ = ["decode_forward", "decode_gemv_kernel", "decode_gemv_expand_kernel", "decode_mma_kernel",
+           "expand_scaled_kernel", "expand_scaled", "DECODE_MAX_M", "decode_config", "gemv_ok"]
 
 #: rows of ``x`` up to which the GEMV kernel runs; above it (prompts) W_eff is expanded once for cuBLAS
 DECODE_MAX_M = 16
@@ -81,6 +84,50 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
 
 
 @triton.jit
+def _byte_split_start(N, K, G, KB, K_PER_SPLIT, BLOCK_N: tl.constexpr):
+    """The prologue of the decode kernels that read ``T_packed`` as bytes: program axis 0 owns ``BLOCK_N`` rows,
+    axis 1 the columns ``[k_start, k_end)``. Returns ``(pid_n, pid_s, offs_n, n_mask, row_off, row_g, k_start,
+    k_end)``: ``row_off`` / ``row_g`` the rows' offsets in bytes (``KB`` a row) / groups (``G`` a row)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start = pid_s * K_PER_SPLIT
+    return (pid_n, pid_s, offs_n, offs_n < N, offs_n.to(tl.int64) * KB, offs_n.to(tl.int64) * G, k_start,
+            tl.minimum(K, k_start + K_PER_SPLIT))
+
+
+@triton.jit
+def decode_gemv_expand_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KB, stride_xk, SPLIT,
+                              K_PER_SPLIT, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The plain form of ``decode_gemv_kernel`` (``path="gemv_expand"``; an alternative the decode sweep times
+    against it): each K step's packed bytes become a float trit tile ``[BLOCK_N, BLOCK_K]`` (``expand_bytes``),
+    multiplied by ``x``'s ``BLOCK_K`` columns loaded once as one contiguous vector, summed per group, times the
+    group's ``S``. More decode work a weight than ``word_dots``' byte permute; no per-trit reload of ``x``. Split-K
+    and the next step's prefetch as ``decode_gemv_kernel``."""
+    pid_n, pid_s, offs_n, n_mask, row_off, row_g, k_start, k_end = _byte_split_start(N, K, G, KB, K_PER_SPLIT,
+                                                                                      BLOCK_N)
+    b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
+    s_next = _load_s(s_ptr, row_g, n_mask, k_start, k_end, G, GS, BLOCK_K)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        b, s = b_next, s_next
+        b_next = load_bytes(t_ptr, row_off, n_mask, k0 + BLOCK_K, KB, BLOCK_K)
+        s_next = _load_s(s_ptr, row_g, n_mask, k0 + BLOCK_K, k_end, G, GS, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_k * stride_xk, mask=offs_k < k_end, other=0.0).to(tl.float32)
+        p = expand_bytes(b, BLOCK_N, BLOCK_K).to(tl.float32) * x[None, :]
+        if GS >= BLOCK_K:
+            acc += tl.sum(p, axis=1) * s
+        else:
+            NG: tl.constexpr = BLOCK_K // GS
+            acc += tl.sum(tl.sum(tl.reshape(p, (BLOCK_N, NG, GS)), axis=2) * s, axis=1)
+    if SPLIT == 1:
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        split_epilogue(acc, y_ptr + offs_n, ws_ptr + offs_n, n_mask, cnt_ptr + pid_n, pid_s, SPLIT, N, 8)
+
+
+@triton.jit
 def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, KB, stride_xm, stride_xk, SPLIT,
                       K_PER_SPLIT, GS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
@@ -89,17 +136,11 @@ def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, K
     step by bit construction, ``expand_bits16``) and multiplied with fp32 accumulation. Bytes and scales of the
     next K step are loaded before the current one is used; split-K as ``decode_gemv_kernel``. Under the CPU
     interpreter (``INTERP``, whose bf16 dot is not usable) the same rounded operands are multiplied in fp32."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    pid_n, pid_s, offs_n, n_mask, row_off, row_g, k_start, k_end = _byte_split_start(N, K, G, KB, K_PER_SPLIT,
+                                                                                      BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
-    n_mask = offs_n < N
-    row_off = offs_n.to(tl.int64) * KB
-    row_g = offs_n.to(tl.int64) * G
     x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    k_start = pid_s * K_PER_SPLIT
-    k_end = tl.minimum(K, k_start + K_PER_SPLIT)
     b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
     s_next = _load_s(s_ptr, row_g, n_mask, k_start, k_end, G, GS, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -223,11 +264,13 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     ``expand``; ``config``: see ``decode_config``."""
     N, G = _check(x, T_packed, S, in_features, group_size)
     M = x.shape[0]
-    if path not in ("auto", "gemv", "mma", "expand"):
-        raise ValueError(f"path must be 'auto', 'gemv', 'mma' or 'expand', got {path!r}")
+    if path not in ("auto", "gemv", "gemv_expand", "mma", "expand"):
+        raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma' or 'expand', got {path!r}")
     if path == "gemv" and not gemv_ok(M, T_packed, in_features, group_size):
         raise ValueError(f"triton decode op: path='gemv' needs M == 1 (got {M}), group_size >= 16, "
                          "in_features % 16 == 0 and an aligned T_packed")
+    if path == "gemv_expand" and not (M == 1 and N > 0):
+        raise ValueError(f"triton decode op: path='gemv_expand' needs M == 1 (got {M})")
     if path == "mma" and not 0 < M <= DECODE_MAX_M:
         raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
     if path == "auto":
@@ -245,6 +288,10 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                                            in_features // 16, x.stride(1), split, red_per // 16, 0x3F000000,
                                            GS=group_size, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
                                            INTERP=INTERPRETED, num_warps=cfg["num_warps"])
+    elif path == "gemv_expand":
+        decode_gemv_expand_kernel[(tiles, split)](x, T_packed, S, y, ws, cnt, N, in_features, G, T_packed.shape[1],
+                                                  x.stride(1), split, red_per, GS=group_size, BLOCK_N=cfg["BLOCK_N"],
+                                                  BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
     else:
         decode_mma_kernel[(tiles, split)](x, T_packed, S, y, ws, cnt, M, N, in_features, G, T_packed.shape[1],
                                           x.stride(0), x.stride(1), split, red_per, GS=group_size,

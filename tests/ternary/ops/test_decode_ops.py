@@ -48,6 +48,10 @@ CASES = [
     (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv"),       # split-K, 4 groups a K step
     (1, 512, 21, 128, {"BLOCK_K": 64}, "gemv"),                  # a group over two K steps
     (1, 2112, 19, 64, {"BLOCK_N": 16, "BLOCK_K": 1024}, "gemv"),  # the sweep's wide tiles, ragged last K step
+    (1, 192, 37, 64, None, "gemv_expand"),                       # the plain GEMV the sweep times against it
+    (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv_expand"),  # split-K, 4 groups a K step
+    (1, 520, 21, 8, {"BLOCK_K": 64}, "gemv_expand"),             # groups of 8 (K % 16 != 0), ragged last step
+    (1, 512, 21, 128, {"BLOCK_K": 64, "SPLIT": 2}, "gemv_expand"),  # a group over two K steps
     (1, 100, 7, 4, None, "mma"),                                 # one row the GEMV does not take (groups of 4)
     (3, 512, 21, 128, {"BLOCK_K": 64}, "mma"),                   # a group over two K steps
     (6, 96, 13, 32, {"BLOCK_K": 32, "BLOCK_N": 16}, "mma"),      # K % BLOCK_K != 0 (split not on a step)
@@ -128,7 +132,7 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
 
 
 @interp
-@pytest.mark.parametrize("M,split,path", [(1, 11, "gemv"), (1, 3, "gemv"), (5, 6, "mma")])
+@pytest.mark.parametrize("M,split,path", [(1, 11, "gemv"), (1, 3, "gemv"), (1, 9, "gemv_expand"), (5, 6, "mma")])
 def test_split_partials_are_summed_in_split_order(monkeypatch, M, split, path):
     """The last program of a tile adds the splits' fp32 partials one by one in split order, however many it reads
     at once (``split_epilogue``'s ``UNROLL``: 8 for the GEMV, 4 for the tensor-core kernel; 11 and 6 splits are

@@ -46,7 +46,8 @@ DECODE_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from arbitor.ternary.ops.decode_triton import _GEMV_TILE, _MMA_TILE, decode_gemv_kernel, decode_mma_kernel
+from arbitor.ternary.ops.decode_triton import (_GEMV_TILE, _MMA_TILE, decode_gemv_expand_kernel, decode_gemv_kernel,
+                                              decode_mma_kernel)
 from arbitor.ternary.ops.linear_triton import ternary_gemv_m1_kernel
 common = {'x_ptr': '*bf16', 's_ptr': '*fp32', 'y_ptr': '*bf16', 'ws_ptr': '*fp32', 'cnt_ptr': '*i32', 'N': 'i32',
           'K': 'i32', 'G': 'i32', 'SPLIT': 'i32', 'GS': 'constexpr', 'BLOCK_N': 'constexpr', 'BLOCK_K': 'constexpr',
@@ -62,6 +63,10 @@ for bn, bk, warps in ((_GEMV_TILE[0], _GEMV_TILE[1], _GEMV_TILE[2]), (16, 2048, 
     for fn, sig in ((decode_gemv_kernel, gemv), (ternary_gemv_m1_kernel, train)):
         src = ASTSource(fn=fn, signature=sig, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'INTERP': False})
         assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (fn, bn, bk)
+expand = {k: v for k, v in mma.items() if k not in ('M', 'stride_xm', 'DOT_PRECISION', 'BLOCK_M', 'INTERP')}
+for bn, bk, warps in ((_GEMV_TILE[0], _GEMV_TILE[1], _GEMV_TILE[2]), (16, 2048, 4), (128, 512, 8)):
+    src = ASTSource(fn=decode_gemv_expand_kernel, signature=expand, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk})
+    assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (bn, bk)
 bn, bk, warps = _MMA_TILE[:3]
 src = ASTSource(fn=decode_mma_kernel, signature=mma, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'BLOCK_M': 16,
                                                                  'DOT_PRECISION': 'tf32', 'INTERP': False})
@@ -84,6 +89,7 @@ def test_counter_step_kernel_compiles_for_sm90_at_every_counter_width():
 
 
 def test_decode_kernels_compile_for_sm90():
-    """The M = 1 GEMVs (frozen and trained layers) at the launcher's tile and the sweep's extremes (a narrow, wide
-    tile and the widest 128 x 512), with ``split_epilogue``'s unrolled reads; the tensor-core decode kernel."""
+    """The M = 1 GEMVs (frozen and trained layers, and the frozen GEMV's plain form) at the launcher's tile and the
+    sweep's extremes (a narrow, wide tile and the widest 128 x 512), with ``split_epilogue``'s unrolled reads; the
+    tensor-core decode kernel."""
     _compile(DECODE_SCRIPT)
