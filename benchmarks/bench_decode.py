@@ -218,9 +218,9 @@ def sweep_rows(args, device, res, flush) -> None:
         _, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel) on the same grid
-            for path, cfg in [(p, c) for p in (("gemv", "gemv_expand") if M == 1 else ("mma",))
-                              for c in _sweep_configs(M, p)]:
+            # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel), each on its grid
+            paths = ("gemv", "gemv_expand") if M == 1 else ("mma",)
+            for path, cfg in [(p, c) for p in paths for c in _sweep_configs(M, p)]:
                 if time.perf_counter() > t_end:
                     res.setdefault("errors", []).append("sweep stopped at its time limit")
                     flush()
@@ -234,9 +234,9 @@ def sweep_rows(args, device, res, flush) -> None:
                     res.setdefault("errors", []).append(f"sweep M={M} K={K} N={N} {path} {cfg}: {exc!r}"[:300])
                 sweep.append({"M": M, "K": K, "N": N, "path": path, **cfg, "ms": ms,
                               "tbps": f_bytes / (ms * 1e9) if ms else None})
-            for path in {r.get("path") for r in sweep if r["M"] == M and r["K"] == K and r["N"] == N}:
-                best = min((r for r in sweep if (r["M"], r["K"], r["N"], r.get("path")) == (M, K, N, path)
-                            and r["ms"]), key=lambda r: r["ms"], default=None)
+            for path in paths:
+                best = min((r for r in sweep if (r["M"], r["K"], r["N"], r["path"]) == (M, K, N, path) and r["ms"]),
+                           key=lambda r: r["ms"], default=None)
                 print(f"sweep M={M} K={K} N={N} {path}: best {best}", flush=True)
             flush()
         del states
@@ -437,11 +437,9 @@ def write(res, out: Path) -> None:
         lines += ["", "Sweep of the decode kernels' launch configs (fastest per shape, M and kernel path):", "",
                   "| M | K | N | path | BLOCK_N | BLOCK_K | warps | programs/SM | ms | TB/s |",
                   "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-        keys = sorted({(r["M"], r["K"], r["N"], r.get("path", "gemv" if r["M"] == 1 else "mma"))
-                       for r in res["sweep"]})
+        keys = sorted({(r["M"], r["K"], r["N"], r["path"]) for r in res["sweep"]})
         for key in keys:
-            cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"],
-                                                             r.get("path", "gemv" if r["M"] == 1 else "mma")) == key]
+            cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"], r["path"]) == key]
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
                 lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {r['BLOCK_N']} | {r['BLOCK_K']} | "

@@ -58,21 +58,18 @@ def main(argv=None) -> int:
     runs = {m: build(m, args.rule, args.group_size, args.dtype, args.steps) for m in MODES}
     print(f"rule {args.rule}, group {args.group_size or 'preset'}, {args.dtype}, "
           f"{'no sync' if args.no_sync else 'sync'} between steps", flush=True)
-    history = []
+    history = []                          # per step: the losses, and (synced runs) the buffers that differ
     for step in range(args.steps):
         losses = {m: tr.train_step()["text"].detach().clone() for m, tr in runs.items()}  # replay reuses its output
-        if args.no_sync:
-            history.append(losses)
-            continue
-        diff = int_diffs(runs["compile"].model, runs["compile+graph"].model)
+        history.append((losses, None if args.no_sync else int_diffs(runs["compile"].model,
+                                                                     runs["compile+graph"].model)))
+    torch.cuda.synchronize()
+    for step, (losses, diff) in enumerate(history):
         if step % 5 == 0 or diff or step == args.steps - 1:
             print(step, {m: round(float(v), 4) for m, v in losses.items()},
-                  "compile vs compile+graph integer buffers that differ:", len(diff), diff[:3], flush=True)
+                  *(() if diff is None else ("compile vs compile+graph integer buffers that differ:", len(diff),
+                                             diff[:3])), flush=True)
     if args.no_sync:
-        torch.cuda.synchronize()
-        for step, losses in enumerate(history):
-            if step % 5 == 0 or step == args.steps - 1:
-                print(step, {m: round(float(v), 4) for m, v in losses.items()}, flush=True)
         diff = int_diffs(runs["compile"].model, runs["compile+graph"].model)
         print("compile vs compile+graph integer buffers that differ at the end:", len(diff), diff[:3], flush=True)
     return 0

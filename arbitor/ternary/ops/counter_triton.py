@@ -92,7 +92,7 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
                         KB, CB, CB_LO, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_K: tl.constexpr):
     # BITS 5: two planes in one row of C_packed (format.py) -- the low nibbles (4-bit layout) in columns
-    # [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane, CB_LO unused
+    # [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane, CB_LO = CB
     LO_BITS: tl.constexpr = 4 if BITS == 5 else BITS
     PER: tl.constexpr = 8 // LO_BITS
     L: tl.constexpr = 1 << BITS
@@ -128,15 +128,11 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     bt = pid_k * KT + tl.arange(0, KT)
     tl.store(t_ptr + r64[:, None] * KB + bt[None, :], tbytes.to(tl.uint8), mask=r_mask[:, None] & (bt < KB)[None, :])
     KC: tl.constexpr = BLOCK_K // PER
-    if BITS == 5:
-        CB_END = CB_LO
-    else:
-        CB_END = CB
     lo = cn & ((1 << LO_BITS) - 1)
     cbytes = tl.sum(tl.reshape(lo << ((k % PER) * LO_BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
     bc = pid_k * KC + tl.arange(0, KC)
     tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8),
-             mask=r_mask[:, None] & (bc < CB_END)[None, :])
+             mask=r_mask[:, None] & (bc < CB_LO)[None, :])
     if BITS == 5:
         KH: tl.constexpr = BLOCK_K // 8
         hbytes = tl.sum(tl.reshape(((cn >> 4) & 1) << (k % 8)[None, :], (BLOCK_R, KH, 8)), axis=2)
@@ -236,7 +232,7 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
     block_k = max(128, group_size)
     block_r = max(1, 2048 // block_k)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
-    lo_bytes = counter_planes(K, bits)[0][3]        # bytes of a row's first (low-bit) counter plane
+    lo_bytes = counter_planes(K, bits)[0][3]        # bytes of the low-bit plane: the whole row but at 5 bits
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
                               T_packed.shape[1], C_packed.shape[1], lo_bytes, corr_accum.shape[1], row0,
                               gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
