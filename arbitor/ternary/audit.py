@@ -11,7 +11,9 @@ For any ``nn.Module`` it reports
 * ``trainable_float_params`` -- elements of float parameters with ``requires_grad``
   (0 for a pure ternary model: anything else is a latent float weight or optimizer target);
 * ``frozen_float_elements`` / ``frozen_float_bytes`` -- float parameters without grad
-  and float buffers (e.g. frozen LTI constants): constants, not training state.
+  and float buffers (e.g. frozen LTI constants): constants, not training state. A module's
+  ``setting_buffers`` (a ternary layer's ``rate``: its rule's step size as a float32 scalar on the device, set
+  by the schedule, never saved) are settings, neither state nor constants, and are not counted.
 
 One ``TernaryScaleTensor(K, N, group_size=g)`` reports ``N*ceil(K/4)`` bytes of
 ``T_packed`` (2 bits per weight), ``9 * N*K/g`` bytes of ``E`` + ``corr_accum``
@@ -49,8 +51,9 @@ def ternary_audit(model: nn.Module) -> dict[str, Any]:
         if module._buffers.get("T_packed") is not None:
             logical += _logical_weights(module)
             ternary_modules += 1
+        settings = getattr(module, "setting_buffers", ())
         for name, buf in module._buffers.items():
-            if buf is None:
+            if buf is None or name in settings:
                 continue
             nbytes = buf.numel() * buf.element_size()
             if buf.is_floating_point() or buf.is_complex():

@@ -135,6 +135,9 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
     """
 
+    #: buffers that hold a setting, not state (never saved; ``ternary_audit`` does not count them)
+    setting_buffers = ("rate",)
+
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, *,
                  update_rule: Union[str, UpdateRule] = "bigint", strength: Optional[float] = None,
                  zero_fraction: float = 1.0 / 3.0, ballot_prior: int = 0, seed: Optional[int] = None,
@@ -187,6 +190,11 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         self.register_buffer("step_counter", torch.full((), ballot_prior, dtype=torch.int64, device=dev))
         self.register_buffer("pending", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
         self.register_buffer("nonfinite", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        # the rule's step size on the device (float32; not state: set_rate_factor refills it), so a schedule
+        # changes neither a torch.compile graph (a float would be guarded by value: a recompile per change, inside
+        # a CUDA-graph capture an error) nor a captured graph's launch constants
+        self.register_buffer("rate", torch.full((), self.rule.rate, dtype=torch.float32, device=dev),
+                             persistent=False)
         for name, buf in self.rule.buffers(out_features, in_features, self.seed, dev).items():
             self.register_buffer(name, buf)
         # a frozen float bias (a converted nn.Linear's, convert/): a buffer, so still no trainable parameter
@@ -234,7 +242,7 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     def _state(self) -> TernaryState:
         return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,
                             self.in_features, self.out_features, self.group_size,
-                            {name: getattr(self, name) for name in self.rule.buffer_dtypes})
+                            {name: getattr(self, name) for name in self.rule.buffer_dtypes}, self.rate)
 
     def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
         """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule (counted on the device)."""
@@ -291,6 +299,7 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     def set_rate_factor(self, factor: float) -> None:
         """Scale the rule's step size for the following ballots (a schedule's one door into a layer)."""
         self.rule.set_rate_factor(factor)
+        self.rate.fill_(self.rule.rate)                  # in place: compiled and captured steps read this tensor
 
     @property
     def update_rule(self) -> str:

@@ -47,8 +47,10 @@ def test_buffers_dtypes_and_no_parameters():
     bufs = dict(layer.state_dict())
     assert {k: v.dtype for k, v in bufs.items()} == {
         "T_packed": torch.uint8, "E": torch.int8, "corr_accum": torch.int64, "step_counter": torch.int64}
-    # the step's device counters are buffers (they follow .to()) but not state: never in a checkpoint
-    assert {k for k, _ in layer.named_buffers()} - set(bufs) == {"pending", "nonfinite"}
+    # the step's device counters and the rule's step size are buffers (they follow .to()) but not state: never in
+    # a checkpoint
+    assert {k for k, _ in layer.named_buffers()} - set(bufs) == {"pending", "nonfinite", "rate"}
+    assert layer.rate.dtype == torch.float32 and layer.setting_buffers == ("rate",)
     assert tuple(bufs["T_packed"].shape) == (24, 32)
     assert tuple(bufs["E"].shape) == tuple(bufs["corr_accum"].shape) == (24, 4)
     assert bufs["step_counter"].shape == ()

@@ -31,9 +31,12 @@ from .votes import ballot_ok, count_ballot_, group_votes
 __all__ = ["counter_step_scale", "counter_block", "counter_block_torch_", "counter_ballot_"]
 
 
-def counter_step_scale(gw: torch.Tensor, rate: float) -> torch.Tensor:
-    """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32 (shared by the torch and Triton steps)."""
+def counter_step_scale(gw: torch.Tensor, rate: float | torch.Tensor) -> torch.Tensor:
+    """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32 (shared by the torch and Triton steps). ``rate``: a
+    float or a float32 0-d tensor on ``gw``'s device (the same bits: a float is rounded to float32 as well)."""
     rms = gw.pow(2).mean(dim=1).sqrt_().clamp_min_(1e-30)
+    if isinstance(rate, torch.Tensor):
+        return torch.div(rate, rms)
     return torch.full_like(rms, rate).div_(rms)
 
 
@@ -97,7 +100,7 @@ def _block_fn(impl: str):
 def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
                     corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
                     nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
-                    rate: float, impl: str = "torch") -> None:
+                    rate: float | torch.Tensor, impl: str = "torch") -> None:
     """Apply one ballot of the ``counter`` rule in place.
 
     Args:
@@ -108,7 +111,9 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         corr_accum: ``[out_features, in_features/group_size]`` int64 (this ballot's votes are added).
         step_counter, pending, nonfinite: the layer's int64 0-d counters (``pending`` or ``nonfinite`` +1).
         hash_key: the layer's int64 0-d hash key; the ballot's index is ``step_counter + pending``.
-        rate: rungs per unit of row-RMS gradient (0: only the scale votes are cast).
+        rate: rungs per unit of row-RMS gradient (0: only the scale votes are cast); a float or a float32 0-d
+            tensor on the device (a layer passes its ``rate`` buffer: a schedule changes it without a recompile or
+            a new CUDA graph).
         impl: ``"torch"`` or ``"triton"`` for the per-weight step.
     """
     block_fn = _block_fn(impl)
@@ -124,8 +129,8 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         count_ballot_(bad == 0, pending, nonfinite)
 
 
-def gradw_blocks(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int, rate: float,
-                 impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
+def gradw_blocks(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int,
+                 rate: float | torch.Tensor, impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
     """One ballot's ``grad_W = grad_y.T @ x`` in row blocks, with each block's row scale (the counter rule's
     online step and its step-boundary gather share it).
 

@@ -160,9 +160,10 @@ def counter_gather_kernel(gw_ptr, scale_ptr, t_ptr, vote_ptr, move_ptr, key_ptr,
 
 
 @triton.jit
-def row_scale_kernel(gw_ptr, scale_ptr, bad_ptr, rows, K, stride_g, rate, BLOCK_K: tl.constexpr):
-    """Per row: ``scale = rate / max(rms(grad_W[n, :]), 1e-30)`` (float32, sum of squares in fp32) and the
-    ballot's ``bad`` flag (int32) set if any entry is not finite. One program per row."""
+def row_scale_kernel(gw_ptr, scale_ptr, bad_ptr, rate_ptr, rows, K, stride_g, BLOCK_K: tl.constexpr):
+    """Per row: ``scale = rate / max(rms(grad_W[n, :]), 1e-30)`` (float32, sum of squares in fp32; ``rate`` read
+    from a float32 0-d tensor, so a schedule needs no new launch constant) and the ballot's ``bad`` flag (int32)
+    set if any entry is not finite. One program per row."""
     r = tl.program_id(0)
     acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
     nonfin = tl.zeros((BLOCK_K,), dtype=tl.int32)
@@ -175,7 +176,7 @@ def row_scale_kernel(gw_ptr, scale_ptr, bad_ptr, rows, K, stride_g, rate, BLOCK_
     if tl.sum(nonfin, axis=0) > 0:
         tl.atomic_max(bad_ptr, 1)
     rms = tl.maximum(tl.sqrt(tl.sum(acc, axis=0) / K), 1e-30)
-    tl.store(scale_ptr + r, rate / rms)
+    tl.store(scale_ptr + r, tl.load(rate_ptr) / rms)
 
 
 @triton.jit
@@ -186,13 +187,18 @@ def count_ballot_kernel(bad_ptr, pending_ptr, nonfinite_ptr):
     tl.store(nonfinite_ptr, tl.load(nonfinite_ptr) + bad)
 
 
-def row_scale_triton(gw: torch.Tensor, rate: float, bad: torch.Tensor) -> torch.Tensor:
+def row_scale_triton(gw: torch.Tensor, rate: float | torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     """``rate / rms(gw[n, :])`` per row, ``[rows]`` float32, one read of a (16-bit) ``grad_W`` chunk; raises the
-    int32 ``bad`` flag when an entry is not finite."""
+    int32 ``bad`` flag when an entry is not finite. ``rate``: a float or a float32 0-d tensor on the device."""
     rows, K = gw.shape
     scale = torch.empty(rows, dtype=torch.float32, device=gw.device)
+    if not isinstance(rate, torch.Tensor):
+        rate = torch.full((), rate, dtype=torch.float32, device=gw.device)
+    elif rate.dtype != torch.float32 or rate.dim() != 0 or rate.device != gw.device:
+        raise ValueError(f"row_scale_triton: rate must be a float32 0-d tensor on {gw.device}, got {rate.dtype} "
+                         f"{tuple(rate.shape)} on {rate.device}")
     if rows:
-        row_scale_kernel[(rows,)](gw, scale, bad, rows, K, gw.stride(0), float(rate),
+        row_scale_kernel[(rows,)](gw, scale, bad, rate, rows, K, gw.stride(0),
                                   BLOCK_K=min(4096, triton.next_power_of_2(max(K, 16))))
     return scale
 

@@ -194,8 +194,10 @@ def expand_scaled_kernel(t_ptr, s_ptr, w_ptr, N, K, G, KB, GS: tl.constexpr, BLO
 
 # ----------------------------------------------------------------------------- launch
 #: M = 1 GEMV ``(BLOCK_N, BLOCK_K, num_warps, programs per SM)`` and the tensor-core kernel's for 2-16 rows
-#: (``BLOCK_M`` 16): from the H200 sweeps of ``bench_decode.py --parts sweep`` (benchmarks/results/inference).
-_GEMV_TILE = (128, 128, 4, 4)
+#: (``BLOCK_M`` 16): from the H200 sweeps of ``bench_decode.py --parts sweep`` (benchmarks/results/inference:
+#: ``h200-sweep-gemv.md`` -- 16 x 2048 within 5 % of the best at all four shapes, 128 x 128 1.3-1.9x slower -- and
+#: ``h200-sweep.json``).
+_GEMV_TILE = (16, 2048, 4, 2)
 _MMA_TILE = (32, 256, 4, 4)
 _INTERP_TILE = (16, 64, 4, 1)
 
@@ -209,6 +211,8 @@ def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional
     bn, bk, warps, per_sm = _INTERP_TILE if INTERPRETED else (_GEMV_TILE if M == 1 else _MMA_TILE)
     if M > 1 and dtype == torch.float32 and not INTERPRETED:
         bk //= 2                                                  # tf32x3 operands: half the K tile
+    if M == 1:
+        bk = min(bk, max(16, triton.next_power_of_2(K)))           # a K of 384 needs no 2048-wide tile
     cfg = {"BLOCK_N": config.pop("BLOCK_N", bn), "BLOCK_K": config.pop("BLOCK_K", bk),
            "num_warps": config.pop("num_warps", warps)}
     per_sm = config.pop("PROGRAMS_PER_SM", per_sm)

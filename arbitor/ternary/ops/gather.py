@@ -68,7 +68,7 @@ def counter_gather_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed:
 
 def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, vote_sum: torch.Tensor,
                     move_sum: torch.Tensor, ballot: torch.Tensor, pending: torch.Tensor, nonfinite: torch.Tensor,
-                    hash_key: torch.Tensor, in_features: int, group_size: int, rate: float, cap: int,
+                    hash_key: torch.Tensor, in_features: int, group_size: int, rate: float | torch.Tensor, cap: int,
                     impl: str = "torch") -> None:
     """Gather one ``counter`` ballot (module doc).
 

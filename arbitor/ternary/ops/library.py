@@ -10,7 +10,8 @@ Registered ops (namespace ``arbitor``; ``pending`` and the other counters are in
   mutates ``corr_accum``, ``pending``, ``nonfinite``
 * ``arbitor::counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite,
   hash_key, in_features, group_size, bits, rate)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
-  ``pending``, ``nonfinite``
+  ``pending``, ``nonfinite``; ``rate`` is a float32 0-d device tensor (a schedule that changes it changes no
+  compiled graph's constants: ``torch.compile`` guards a float argument by value and would recompile)
 * ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size) -> y``   a frozen layer
   (``inference.py``): ``x [M, K] -> y [M, N]`` from ``T_packed`` and the float32 group scale ``S``, pure
 
@@ -77,7 +78,7 @@ def _(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_si
 def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
                     corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
                     nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
-                    rate: float) -> None:
+                    rate: torch.Tensor) -> None:
     """One ``counter`` ballot with the fused Triton step (``counter.counter_ballot_(impl="triton")``)."""
     _counter_ballot(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
                     in_features, group_size, bits, rate, impl="triton")

@@ -59,7 +59,9 @@ class TernaryState:
     ``T_packed [N, ceil(K/4)]`` uint8, ``E [N, G]`` int8, ``corr_accum [N, G]`` int64, ``step_counter []``
     int64; ``pending []`` int64 the ballots counted since the last ``ternary_step`` and ``nonfinite []`` int64
     the ballots skipped for a non-finite input (both device counters: a ballot's index is ``step_counter +
-    pending``); ``extra`` the rule's own buffers.
+    pending``); ``extra`` the rule's own buffers; ``rate []`` float32 the rule's step size for this ballot
+    (``UpdateRule.rate``, kept on the device by the layer so that a schedule changes no compiled graph and no
+    CUDA graph; ``None``: the rule's own float).
     """
 
     T_packed: torch.Tensor
@@ -72,6 +74,7 @@ class TernaryState:
     out_features: int
     group_size: int
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    rate: Optional[torch.Tensor] = None
 
     def count_ballot(self, ok: torch.Tensor) -> None:
         """Count this ballot on the device: ``pending += ok``, ``nonfinite += not ok`` (``ok``: 0-d bool, the
@@ -127,6 +130,11 @@ class UpdateRule(ABC):
     def set_rate_factor(self, factor: float) -> None:
         """Scale the rule's step size by ``factor`` for the ballots that follow (schedules)."""
         self.rate_factor = float(factor)
+
+    @property
+    def rate(self) -> float:
+        """The step size of the next ballots (a rule without one, like ``bigint``, reports ``rate_factor``)."""
+        return self.rate_factor
 
     def extra_state_bytes(self, out_features: int, in_features: int) -> int:
         """Bytes of the rule's extra buffers for a ``[out_features, in_features]`` layer."""

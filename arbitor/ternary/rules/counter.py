@@ -22,7 +22,8 @@ A weight must collect about ``L`` rungs of net drift before its trit changes, so
 longer flips trits back and forth, and a saturated ``+-1`` needs ``L`` opposite rungs to come back
 (hysteresis, like the clipped latent weight of QAT). Initial ``C`` is ``L // 2`` (the middle of each
 trit's rungs). ``rate = counter_rate * rate_factor``: a schedule scales it through
-``set_rate_factor``. The draw is keyed by the integer state (``hash_key``, the ballot index), so runs
+``set_rate_factor``, and the layer keeps its float32 value on the device (its ``rate`` buffer), which the ballot
+reads: a compiled or CUDA-graphed step sees a new rate without a recompile or a new launch constant. The draw is keyed by the integer state (``hash_key``, the ballot index), so runs
 are reproducible and resume bit-exactly.
 
 State: the BigInt state + ``b / 8`` bytes per weight (``C_packed``) + the int64 ``hash_key``; ``b = 4``
@@ -70,6 +71,10 @@ class CounterRule(UpdateRule):
         """The step size of the next ballots: ``counter_rate * rate_factor`` rungs per unit of row-RMS gradient."""
         return self.counter_rate * self.rate_factor
 
+    def _rate_of(self, state: TernaryState) -> float | torch.Tensor:
+        """The layer's device copy of ``rate`` (what a compiled or graphed step reads), else the float."""
+        return self.rate if state.rate is None else state.rate
+
     def buffers(self, out_features: int, in_features: int, seed: int,
                 device: Optional[torch.device]) -> dict[str, torch.Tensor]:
         bits = self.counter_bits
@@ -84,7 +89,7 @@ class CounterRule(UpdateRule):
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
         ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, state.step_counter,
                             state.pending, state.nonfinite, state.extra["hash_key"], state.in_features,
-                            state.group_size, self.counter_bits, self.rate)
+                            state.group_size, self.counter_bits, self._rate_of(state))
 
     def gather_buffers(self, state: TernaryState, max_ballots: int) -> dict[str, torch.Tensor]:
         out = super().gather_buffers(state, max_ballots)
@@ -100,7 +105,7 @@ class CounterRule(UpdateRule):
     def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
                ops: Any, ballot: torch.Tensor) -> None:
         counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
-                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, self.rate,
+                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, self._rate_of(state),
                         self._cap, impl="triton" if ops.name == "triton" else "torch")
 
     def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:

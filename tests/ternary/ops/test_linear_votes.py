@@ -371,12 +371,12 @@ def test_custom_ops_opcheck_and_compile():
                           (gy, x, T_packed, corr.clone(), P(0), P(0), K, gs), test_utils=utils)
     C = torch.zeros(N, K // 2, dtype=torch.uint8)
     torch.library.opcheck(torch.ops.arbitor.counter_ballot_.default,
-                          (gy, x, T_packed.clone(), C, corr.clone(), step, P(0), P(0), P(5), K, gs, 4, 0.5),
-                          test_utils=utils)
+                          (gy, x, T_packed.clone(), C, corr.clone(), step, P(0), P(0), P(5), K, gs, 4,
+                           torch.tensor(0.5)), test_utils=utils)
     C5 = torch.zeros(counter_packed_shape(N, K, 5), dtype=torch.uint8)     # 5-bit counters: two planes
     torch.library.opcheck(torch.ops.arbitor.counter_ballot_.default,
-                          (gy, x, T_packed.clone(), C5, corr.clone(), step, P(0), P(0), P(5), K, gs, 5, 1.0),
-                          test_utils=utils)
+                          (gy, x, T_packed.clone(), C5, corr.clone(), step, P(0), P(0), P(5), K, gs, 5,
+                           torch.tensor(1.0)), test_utils=utils)
     assert library.ternary_linear_forward is not None
 
     def make():

@@ -44,6 +44,32 @@ def test_set_rate_factor_scales_only_the_next_ballots_step():
     assert frozen.corr_accum.abs().sum() > 0
 
 
+def _counter_stack() -> torch.nn.Sequential:
+    return torch.nn.Sequential(TernaryScaleTensor(32, 24, 8, update_rule="counter", counter_rate=1.0, seed=3),
+                               TernaryScaleTensor(24, 16, 8, update_rule="counter", counter_rate=2.0, seed=4))
+
+
+def test_a_schedule_reaches_a_compiled_counter_step_without_a_recompile():
+    """The step size lives on the device (the layer's ``rate`` buffer): a compiled step sees a new rate factor
+    without a recompile (torch.compile guarded the float by value: one recompile per schedule block, and on a GPU
+    a recompile inside a CUDA-graph capture failed), and moves the state exactly as eager does."""
+    torch._dynamo.reset()                       # no cache entries of earlier tests' compiles of the same forward
+    eager, src = _counter_stack(), _counter_stack()
+    compiled = torch.compile(src, backend="aot_eager")
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)  # as both layers see it
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for factor in (1.0, 0.5, 0.125, 0.0, 0.75):
+            for model, run in ((eager, eager), (src, compiled)):
+                set_rate_factor(model, factor)
+                run(x).pow(2).sum().backward()
+                ternary_step(model)
+    for a, b in zip(eager, src):
+        assert float(b.rate) == b.rule.rate == b.rule.counter_rate * 0.75
+        for name in ("T_packed", "C_packed", "corr_accum", "E", "step_counter"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert "rate" not in src.state_dict() and "0.rate" not in src.state_dict()   # not state: a checkpoint is unchanged
+
+
 def test_from_config_builds_the_configured_layer():
     cfg = TernaryConfig(group_size=16, strength=8.0, update_rule="counter", counter_bits=2, counter_rate=1.0,
                         ballot_prior=3, backend="torch")
