@@ -199,9 +199,10 @@ def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
     if M == 1 and path == "gemv_expand":   # a float tile of <= 64 values a thread (more: 128-255 registers)
         grid = [(bn, bk, w, p) for bn in (8, 16, 32, 64) for bk in (128, 256, 512, 1024) for w in (4, 8)
                 for p in (2, 4, 8) if bn * bk <= 64 * 32 * w]
-    elif M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step
-        grid = [(bn, bk, w, p) for bn in (16, 32, 64, 128) for bk in (128, 256, 512, 1024, 2048) for w in (4, 8)
-                for p in (2, 4, 8) if bn * bk <= 128 * 512]
+    elif M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step; the 2026-11-30
+        # sweep's best (16 x 2048) sat at the old grid's narrow / deep corner, so the grid goes past it
+        grid = [(bn, bk, w, p) for bn in (4, 8, 16, 32, 64, 128) for bk in (256, 512, 1024, 2048, 4096, 8192)
+                for w in (2, 4, 8) for p in (1, 2, 4, 8) if bn * bk <= 128 * 512 and bn * bk >= 32 * 32 * w]
     else:
         grid = [(bn, bk, 4, p) for bn in (16, 32, 64) for bk in (128, 256, 512) for p in (1, 2, 4)]
     return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "PROGRAMS_PER_SM": p} for bn, bk, w, p in grid]

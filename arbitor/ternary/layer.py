@@ -301,6 +301,14 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         self.rule.set_rate_factor(factor)
         self.rate.fill_(self.rule.rate)                  # in place: compiled and captured steps read this tensor
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()`` / ``.half()`` move ``rate`` but keep it float32 (a half-precision step size would round
+        every ballot's steps; the rule's float is the source of truth)."""
+        super()._apply(fn, recurse)
+        if self.rate.dtype != torch.float32:
+            self.rate = torch.full((), self.rule.rate, dtype=torch.float32, device=self.rate.device)
+        return self
+
     @property
     def update_rule(self) -> str:
         """The name of the layer's update rule."""

@@ -51,6 +51,10 @@ def test_buffers_dtypes_and_no_parameters():
     # a checkpoint
     assert {k for k, _ in layer.named_buffers()} - set(bufs) == {"pending", "nonfinite", "rate"}
     assert layer.rate.dtype == torch.float32 and layer.setting_buffers == ("rate",)
+    counter = TernaryScaleTensor(64, 8, group_size=32, update_rule="counter", counter_rate=0.3, seed=0)
+    counter.set_rate_factor(0.7)
+    counter.half()                       # a float cast moves the step size but keeps it float32 (no rounding)
+    assert counter.rate.dtype == torch.float32 and float(counter.rate) == float(torch.tensor(0.3 * 0.7))
     assert tuple(bufs["T_packed"].shape) == (24, 32)
     assert tuple(bufs["E"].shape) == tuple(bufs["corr_accum"].shape) == (24, 4)
     assert bufs["step_counter"].shape == ()

@@ -48,6 +48,8 @@ CASES = [
     (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv"),       # split-K, 4 groups a K step
     (1, 512, 21, 128, {"BLOCK_K": 64}, "gemv"),                  # a group over two K steps
     (1, 2112, 19, 64, {"BLOCK_N": 16, "BLOCK_K": 1024}, "gemv"),  # the sweep's wide tiles, ragged last K step
+    (1, 4160, 11, 64, {"BLOCK_N": 4, "BLOCK_K": 4096, "num_warps": 2}, "gemv"),  # the narrowest, deepest tile
+    (1, 384, 9, 128, None, "gemv"),                              # K < the default tile's 2048: a clamped K step
     (1, 192, 37, 64, None, "gemv_expand"),                       # the plain GEMV the sweep times against it
     (1, 256, 19, 16, {"BLOCK_K": 64, "SPLIT": 3}, "gemv_expand"),  # split-K, 4 groups a K step
     (1, 520, 21, 8, {"BLOCK_K": 64}, "gemv_expand"),             # groups of 8 (K % 16 != 0), ragged last step
