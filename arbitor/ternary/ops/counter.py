@@ -130,7 +130,8 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
 
 
 def gradw_blocks(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int,
-                 rate: float | torch.Tensor, impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
+                 rate: float | torch.Tensor,
+                 impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
     """One ballot's ``grad_W = grad_y.T @ x`` in row blocks, with each block's row scale (the counter rule's
     online step and its step-boundary gather share it).
 

@@ -23,8 +23,8 @@ longer flips trits back and forth, and a saturated ``+-1`` needs ``L`` opposite 
 (hysteresis, like the clipped latent weight of QAT). Initial ``C`` is ``L // 2`` (the middle of each
 trit's rungs). ``rate = counter_rate * rate_factor``: a schedule scales it through
 ``set_rate_factor``, and the layer keeps its float32 value on the device (its ``rate`` buffer), which the ballot
-reads: a compiled or CUDA-graphed step sees a new rate without a recompile or a new launch constant. The draw is keyed by the integer state (``hash_key``, the ballot index), so runs
-are reproducible and resume bit-exactly.
+reads: a compiled or CUDA-graphed step sees a new rate without a recompile or a new launch constant. The draw
+is keyed by the integer state (``hash_key``, the ballot index), so runs are reproducible and resume bit-exactly.
 
 State: the BigInt state + ``b / 8`` bytes per weight (``C_packed``) + the int64 ``hash_key``; ``b = 4``
 with group 64 is 0.25 + 0.5 + 9/64 = 0.89 bytes per weight, ``b = 5`` (two planes, ``format.py``) with group
@@ -105,8 +105,8 @@ class CounterRule(UpdateRule):
     def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
                ops: Any, ballot: torch.Tensor) -> None:
         counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
-                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, self._rate_of(state),
-                        self._cap, impl="triton" if ops.name == "triton" else "torch")
+                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size,
+                        self._rate_of(state), self._cap, impl="triton" if ops.name == "triton" else "torch")
 
     def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
         super().apply_gathered(state, gathered)
