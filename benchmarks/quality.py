@@ -8,6 +8,7 @@ Usage::
         [--steps N] [--eval-every N | --eval-at 100,200,...] [--eval-batches N] [--final-eval-batches N]
         [--shape nanogpt|gpt60m|cpu|tiny] [--vocab char|byte] [--schedule cosine] [--warmup-steps N] ...
     PYTHONPATH=. python benchmarks/quality.py --aggregate OUT_DIR [--device-name h100]   # re-render
+    PYTHONPATH=. python benchmarks/quality.py --aggregate OUT_DIR --merge OTHER/quality-h200.json [...]
 
 Every row trains the same architecture (``--shape``; ``nanogpt``: nanoGPT's ``shakespeare_char`` shape, 6 layers,
 6 heads, d_model 384, ctx 256, batch 64; arbitor's block: RMSNorm, attention, LTI injection, squared-ReLU MLP,
@@ -47,7 +48,9 @@ after every evaluation and when the row stops at ``--time-limit`` (status ``dead
 checkpoint (bit-exact: a resumed row's evaluations equal an uninterrupted run's) and skips finished ones, so a
 long study runs as several calls. The settings of the first call are kept in ``<out-dir>/study.json``; a later
 call with other settings is refused. A row whose process fails is recorded with its error (``status``) and
-retried by the next call; the other rows go on.
+retried by the next call; the other rows go on. Rows trained under another out dir (another call or machine)
+join a report with ``--aggregate OUT_DIR --merge OTHER/quality-<device>.json``: same data digest and training
+settings required, only the data path and the speed modes may differ (``merge_reports``).
 
 Rows run as parallel subprocesses (``--parallel`` at a time) spread over the ``--device`` list; each writes
 ``<out-dir>/rows/<row>-s<seed>.json`` after every evaluation, and the parent re-renders ``quality-<device>.json``
@@ -397,6 +400,48 @@ def run_row(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ report
+#: settings that may differ between studies merged into one report (the data's path and the speed modes; the
+#: data's digest, the model, the recipe and every training setting must be equal)
+MERGE_FREE_SETTINGS = ("data", "fast", "fast_float", "fast_ternary")
+
+
+def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
+    """Add the rows of other studies' reports (``quality-<device>.json``, e.g. calls run with another ``--out-dir``
+    or fetched from another machine) to ``out_dir``: each row with evaluations becomes ``rows/<row>-s<seed>.json``
+    (replacing a stored one only if it reached at least as far), its commands and row names join ``meta``.
+    Raises ``ValueError`` naming the file and the first setting that differs (``MERGE_FREE_SETTINGS`` aside)."""
+    meta = dict(meta)
+    for src in sources:
+        try:
+            rep = json.loads(Path(src).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--merge {src}: not a readable quality report ({exc})") from None
+        smeta = rep.get("meta") or {}
+        st, mine = smeta.get("settings") or {}, meta.get("settings")
+        if mine is None:
+            meta["settings"] = st
+        else:
+            diff = [k for k in sorted(set(st) | set(mine)) if k not in MERGE_FREE_SETTINGS and st.get(k) != mine.get(k)]
+            if diff:
+                k = diff[0]
+                raise ValueError(f"--merge {src}: setting {k}={st.get(k)!r} differs from {out_dir}'s {mine.get(k)!r} "
+                                 "(only the data path and the speed modes may differ)")
+        (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+        for r in rep.get("rows", []):
+            if not r.get("evals"):
+                continue                                   # a row that failed before its first evaluation
+            dest = out_dir / "rows" / f"{r['name']}-s{r.get('seed', 0)}.json"
+            if dest.exists() and json.loads(dest.read_text()).get("step", 0) > r.get("step", 0):
+                continue
+            _write_json(dest, r)
+            if r["name"] not in meta.setdefault("rows", []):
+                meta["rows"].append(r["name"])
+        for c in smeta.get("commands", []) or [rep.get("command", "")]:
+            if c and c not in meta.setdefault("commands", []):
+                meta["commands"].append(c)
+    return meta
+
+
 def _device_slug(rows: list[dict], fallback: str) -> str:
     for r in rows:
         d = r.get("device_name", "")
@@ -645,6 +690,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     ap.add_argument("--aggregate", help="only re-render the report of this out dir")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="REPORT",
+                    help="with --aggregate: first add the rows and commands of these quality-<device>.json reports "
+                         "(same data and settings; the speed modes may differ)")
     ap.add_argument("--device-name", default=None)
     return ap
 
@@ -749,8 +797,15 @@ def main(argv=None) -> int:
         meta = prev.get("meta") or {}
         if args.qat_row or args.dense_row:
             meta.update({k: v for k, v in (("qat_row", args.qat_row), ("dense_row", args.dense_row)) if v})
+        if args.merge:
+            try:
+                meta = merge_reports(Path(args.aggregate), [Path(m) for m in args.merge], meta)
+            except ValueError as exc:
+                ap.error(str(exc))
         aggregate(Path(args.aggregate), args.device_name or prev.get("device"), prev.get("command", ""), meta)
         return 0
+    if args.merge:
+        ap.error("--merge needs --aggregate OUT_DIR (the report the rows are added to)")
     if args.row:
         return run_row(args)
     if not args.data:

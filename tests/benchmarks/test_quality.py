@@ -135,3 +135,27 @@ def test_fast_settings_per_family(load_benchmark):
     assert q.fast_settings(st, {"linear": "dense"}, "cuda") == {"compile": True, "cuda_graph": True}
     assert q.fast_settings(dict(st, fast_float="graph"), {"linear": "bitnet"}, "cuda") == {"cuda_graph": True}
     assert q.fast_settings(st, {}, "cpu") == {} and q.fast_settings(dict(st, fast=False), {}, "cuda") == {}
+
+
+def test_merge_adds_another_studys_rows_and_refuses_other_settings(tmp_path, load_benchmark, capsys):
+    """``--aggregate A --merge B/quality-cpu.json``: B's rows and command join A's report (as when a study's rows
+    ran in calls with different out dirs); a report with another training setting is refused with exit code 2."""
+    q = load_benchmark("quality")
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    common = ["--shape", "tiny", "--steps", "2", "--eval-at", "2", "--eval-batches", "1", "--device", "cpu",
+              "--time-limit", "120"]
+    assert q.main([str(data), *common, "--rows", "bitnet", "--out-dir", str(tmp_path / "a")]) == 0
+    assert q.main([str(data), *common, "--rows", "counter-b2-r0.5-g32", "--out-dir", str(tmp_path / "b")]) == 0
+    assert q.main(["--aggregate", str(tmp_path / "a"), "--merge", str(tmp_path / "b" / "quality-cpu.json")]) == 0
+    res = json.loads((tmp_path / "a" / "quality-cpu.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["bitnet", "counter-b2-r0.5-g32"]
+    assert res["meta"]["rows"] == ["bitnet", "counter-b2-r0.5-g32"] and len(res["meta"]["commands"]) == 2
+    assert res["summary"]["counter-b2-r0.5-g32"]["vs_qat"]["n"] == 1       # paired with A's QAT row
+    other = json.loads((tmp_path / "b" / "quality-cpu.json").read_text())
+    other["meta"]["settings"]["steps"] = 3
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exc:
+        q.main(["--aggregate", str(tmp_path / "a"), "--merge", str(tmp_path / "c.json")])
+    assert exc.value.code == 2 and "setting steps=3 differs" in capsys.readouterr().err
+    assert len(list((tmp_path / "a" / "rows").glob("*.json"))) == 2       # nothing written
