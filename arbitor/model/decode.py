@@ -181,10 +181,11 @@ def generate_static(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, te
                     top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
                     cuda_graph: bool = True) -> torch.Tensor:
     """``model.generate`` through a fresh ``GraphedDecoder`` sized for this call (``cuda_graph=False``: the
-    static-cache path eagerly). Prompts longer than ``max_ctx`` or runs past it take the eager path (which
-    rebuilds its cache from the last ``max_ctx // 2`` tokens)."""
+    static-cache path eagerly). Prompts longer than ``max_ctx`` or runs past it take ``model.generate_dynamic``
+    (which rebuilds its cache from the last ``max_ctx // 2`` tokens)."""
     B, T0 = idx.shape
     if T0 + max_new_tokens > model.cfg.max_ctx:
-        return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+        return model.generate_dynamic(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                      generator=generator)
     dec = GraphedDecoder(model, B, T0 + max_new_tokens, cuda_graph=cuda_graph)
     return dec.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)

@@ -116,16 +116,24 @@ class ArbitorLM(nn.Module):
                  cuda_graph: bool = False) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``idx [B, T0]`` with a KV cache; returns ``[B, T0 + new]``.
 
-        ``temperature == 0`` picks the most likely token (greedy). When the context would pass
-        ``max_ctx`` the cache is rebuilt from the last ``max_ctx // 2`` tokens.
-
-        ``cuda_graph=True`` (CUDA only): one token step is captured as a CUDA graph over a preallocated
-        ``StaticKVCache`` and replayed (``decode.py``: no per-layer Python / launch overhead); same tokens as the
-        eager path. Falls back to the eager path when ``T0 + max_new_tokens`` exceeds ``max_ctx``.
+        ``temperature == 0`` picks the most likely token (greedy). While ``T0 + max_new_tokens`` fits in
+        ``max_ctx``, every token runs one step over a preallocated ``StaticKVCache`` (``decode.py``): eagerly, or,
+        with ``cuda_graph=True`` (CUDA only), captured once as a CUDA graph and replayed (no per-layer Python /
+        launch overhead). Both run the same kernels on the same shapes, so they give the same tokens bit for bit.
+        Longer runs take ``generate_dynamic``, whose cache grows and is rebuilt from the last ``max_ctx // 2``
+        tokens when it would pass ``max_ctx``.
         """
-        if cuda_graph:
+        if idx.shape[1] + max_new_tokens <= self.cfg.max_ctx:
             return generate_static(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   generator=generator, cuda_graph=True)
+                                   generator=generator, cuda_graph=cuda_graph)
+        return self.generate_dynamic(idx, max_new_tokens, temperature, top_k, generator)
+
+    @torch.no_grad()
+    def generate_dynamic(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                         top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``generate`` with a growing ``KVCache`` (any length; rebuilt from the last ``max_ctx // 2`` tokens when
+        it would pass ``max_ctx``). Same tokens as the static cache in float32; in 16-bit activations the shorter
+        attention may round differently, which can flip a near-tie."""
         was_training = self.training
         self.eval()
         try:

@@ -1,4 +1,5 @@
-"""The static-KV-cache decode path (``arbitor/model/decode.py``) against ``ArbitorLM.generate``.
+"""The static-KV-cache decode path (``arbitor/model/decode.py``, what ``ArbitorLM.generate`` runs while the
+run fits in ``max_ctx``) against the growing cache of ``ArbitorLM.generate_dynamic``.
 
 On the CPU the static cache runs eagerly (``cuda_graph=False``): the same computation a CUDA graph of one
 token step replays (the graph itself is tested in ``tests/test_gpu.py``).
@@ -21,10 +22,10 @@ def model(name="tiny", **kw):
 def test_static_cache_greedy_tokens_equal_generate(linear):
     m = model(linear=linear)
     idx = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(1))
-    ref = m.generate(idx, 12, temperature=0)
+    ref = m.generate_dynamic(idx, 12, temperature=0)
     out = generate_static(m, idx, 12, temperature=0, cuda_graph=False)
     assert out.shape == (3, 23)
-    assert torch.equal(out, ref)
+    assert torch.equal(out, ref) and torch.equal(m.generate(idx, 12, temperature=0), out)
 
 
 @pytest.mark.parametrize("linear", ["dense", "ternary"])
@@ -36,11 +37,12 @@ def test_bf16_static_cache_equals_generate(linear):
     if linear == "dense":
         assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
     idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
-    ref = m.generate(idx, 6, temperature=0)
+    ref = m.generate_dynamic(idx, 6, temperature=0)
     out = GraphedDecoder(m, 2, 15, cuda_graph=False).generate(idx, 6, temperature=0)
     assert out.shape == (2, 15)
-    # bf16: the padded-buffer attention may round differently from the eager one (a near-tie can flip later)
+    # bf16: the padded-buffer attention may round differently from the growing one (a near-tie can flip later)
     assert torch.equal(out[:, :9 + 4], ref[:, :9 + 4])
+    assert torch.equal(m.generate(idx, 6, temperature=0), out)       # generate runs the static step: bit-equal
     logits, _ = m(idx)
     assert logits.dtype == torch.bfloat16
 
@@ -80,10 +82,11 @@ def test_decoder_reuse_sampling_and_limits():
         dec.generate(idx.repeat(2, 1), 2)            # wrong batch
     with pytest.raises(ValueError):
         GraphedDecoder(m, 1, 20, cuda_graph=True)    # CPU model
-    # past max_ctx: the eager path with its cache rebuild
+    # past max_ctx: the growing cache with its rebuild
     long = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(4))
     assert torch.equal(generate_static(m, long, 12, temperature=0, cuda_graph=False),
-                       m.generate(long, 12, temperature=0))
+                       m.generate_dynamic(long, 12, temperature=0))
+    assert torch.equal(m.generate(long, 12, temperature=0), m.generate_dynamic(long, 12, temperature=0))
 
 
 def test_static_cache_buffers():
