@@ -68,7 +68,7 @@ def tokens_per_s(model, batch: int, prompt: int, new: int, device, reps: int) ->
 
 
 def cpu_decode_rows(args, device, res, flush) -> None:
-    """Frozen arbitor against dense float32, each in three forms: ``generate`` (eager, growing KV cache), the
+    """Frozen arbitor against dense float32, each in three forms: ``generate`` (eager, what a user calls), the
     static-cache token step (``GraphedDecoder(cuda_graph=False)``) and that step compiled (Inductor's C++
     backend); the faster form of each side is the row's figure (all are kept in ``variants_tokens_per_s``)."""
     from arbitor import for_inference
