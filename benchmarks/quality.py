@@ -409,24 +409,25 @@ def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
     """Add the rows of other studies' reports (``quality-<device>.json``, e.g. calls run with another ``--out-dir``
     or fetched from another machine) to ``out_dir``: each row with evaluations becomes ``rows/<row>-s<seed>.json``
     (replacing a stored one only if it reached at least as far), its commands and row names join ``meta``.
-    Raises ``ValueError`` naming the file and the first setting that differs (``MERGE_FREE_SETTINGS`` aside)."""
+    Raises ``ValueError`` naming the file and the first setting that differs (``MERGE_FREE_SETTINGS`` aside);
+    every report is checked before any row is written."""
     meta = dict(meta)
+    reports = []
     for src in sources:
         try:
             rep = json.loads(Path(src).read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"--merge {src}: not a readable quality report ({exc})") from None
-        smeta = rep.get("meta") or {}
-        st, mine = smeta.get("settings") or {}, meta.get("settings")
-        if mine is None:
-            meta["settings"] = st
-        else:
-            diff = [k for k in sorted(set(st) | set(mine)) if k not in MERGE_FREE_SETTINGS and st.get(k) != mine.get(k)]
-            if diff:
-                k = diff[0]
-                raise ValueError(f"--merge {src}: setting {k}={st.get(k)!r} differs from {out_dir}'s {mine.get(k)!r} "
-                                 "(only the data path and the speed modes may differ)")
-        (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+        st = (rep.get("meta") or {}).get("settings") or {}
+        mine = meta.setdefault("settings", st)
+        diff = [k for k in sorted(set(st) | set(mine)) if k not in MERGE_FREE_SETTINGS and st.get(k) != mine.get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"--merge {src}: setting {k}={st.get(k)!r} differs from {out_dir}'s {mine.get(k)!r} "
+                             "(only the data path and the speed modes may differ)")
+        reports.append(rep)
+    (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+    for rep in reports:
         for r in rep.get("rows", []):
             if not r.get("evals"):
                 continue                                   # a row that failed before its first evaluation
@@ -436,7 +437,7 @@ def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
             _write_json(dest, r)
             if r["name"] not in meta.setdefault("rows", []):
                 meta["rows"].append(r["name"])
-        for c in smeta.get("commands", []) or [rep.get("command", "")]:
+        for c in (rep.get("meta") or {}).get("commands", []) or [rep.get("command", "")]:
             if c and c not in meta.setdefault("commands", []):
                 meta["commands"].append(c)
     return meta

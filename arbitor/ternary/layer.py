@@ -241,8 +241,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     # ------------------------------------------------------------- ballots
     def _state(self) -> TernaryState:
         return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,
-                            self.in_features, self.out_features, self.group_size,
-                            {name: getattr(self, name) for name in self.rule.buffer_dtypes}, self.rate)
+                            self.in_features, self.out_features, self.group_size, self.rate,
+                            {name: getattr(self, name) for name in self.rule.buffer_dtypes})
 
     def _cast_ballot(self, grad_y: torch.Tensor, x: torch.Tensor, ops: TernaryOps) -> None:
         """One ballot of ``grad_y [M, N]`` and ``x [M, K]`` through the rule (counted on the device)."""

@@ -59,9 +59,9 @@ class TernaryState:
     ``T_packed [N, ceil(K/4)]`` uint8, ``E [N, G]`` int8, ``corr_accum [N, G]`` int64, ``step_counter []``
     int64; ``pending []`` int64 the ballots counted since the last ``ternary_step`` and ``nonfinite []`` int64
     the ballots skipped for a non-finite input (both device counters: a ballot's index is ``step_counter +
-    pending``); ``extra`` the rule's own buffers; ``rate []`` float32 the rule's step size for this ballot
-    (``UpdateRule.rate``, kept on the device by the layer so that a schedule changes no compiled graph and no
-    CUDA graph; ``None``: the rule's own float).
+    pending``); ``rate []`` float32 the rule's step size for this ballot (``UpdateRule.rate``, kept on the
+    device by the layer so that a schedule changes no compiled graph and no CUDA graph); ``extra`` the rule's own
+    buffers.
     """
 
     T_packed: torch.Tensor
@@ -73,8 +73,8 @@ class TernaryState:
     in_features: int
     out_features: int
     group_size: int
+    rate: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    rate: Optional[torch.Tensor] = None
 
     def count_ballot(self, ok: torch.Tensor) -> None:
         """Count this ballot on the device: ``pending += ok``, ``nonfinite += not ok`` (``ok``: 0-d bool, the

@@ -71,10 +71,6 @@ class CounterRule(UpdateRule):
         """The step size of the next ballots: ``counter_rate * rate_factor`` rungs per unit of row-RMS gradient."""
         return self.counter_rate * self.rate_factor
 
-    def _rate_of(self, state: TernaryState) -> float | torch.Tensor:
-        """The layer's device copy of ``rate`` (what a compiled or graphed step reads), else the float."""
-        return self.rate if state.rate is None else state.rate
-
     def buffers(self, out_features: int, in_features: int, seed: int,
                 device: Optional[torch.device]) -> dict[str, torch.Tensor]:
         bits = self.counter_bits
@@ -89,7 +85,7 @@ class CounterRule(UpdateRule):
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
         ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, state.step_counter,
                             state.pending, state.nonfinite, state.extra["hash_key"], state.in_features,
-                            state.group_size, self.counter_bits, self._rate_of(state))
+                            state.group_size, self.counter_bits, state.rate)
 
     def gather_buffers(self, state: TernaryState, max_ballots: int) -> dict[str, torch.Tensor]:
         out = super().gather_buffers(state, max_ballots)
@@ -105,8 +101,8 @@ class CounterRule(UpdateRule):
     def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
                ops: Any, ballot: torch.Tensor) -> None:
         counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
-                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size,
-                        self._rate_of(state), self._cap, impl="triton" if ops.name == "triton" else "torch")
+                        state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, state.rate,
+                        self._cap, impl="triton" if ops.name == "triton" else "torch")
 
     def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
         super().apply_gathered(state, gathered)

@@ -59,12 +59,13 @@ train = {k: v for k, v in gemv.items() if k != 's_ptr'}
 train.update({'e_ptr': '*i8', 'corr_ptr': '*i64', 'step_ptr': '*i64', 'pending_ptr': '*i64', 'M': 'i32',
               'stride_xm': 'i32', 'stride_ym': 'i32', 'stride_yn': 'i32', 'strength': 'fp32'})
 target = GPUTarget('cuda', 90, 32)
-for bn, bk, warps in ((_GEMV_TILE[0], _GEMV_TILE[1], _GEMV_TILE[2]), (16, 2048, 4), (128, 512, 8)):
+tiles = dict.fromkeys([tuple(_GEMV_TILE[:3]), (16, 2048, 4), (128, 512, 8)])   # the launcher's, the sweep's extremes
+for bn, bk, warps in tiles:
     for fn, sig in ((decode_gemv_kernel, gemv), (ternary_gemv_m1_kernel, train)):
         src = ASTSource(fn=fn, signature=sig, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'INTERP': False})
         assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (fn, bn, bk)
 expand = {k: v for k, v in mma.items() if k not in ('M', 'stride_xm', 'DOT_PRECISION', 'BLOCK_M', 'INTERP')}
-for bn, bk, warps in ((_GEMV_TILE[0], _GEMV_TILE[1], _GEMV_TILE[2]), (16, 2048, 4), (128, 512, 8)):
+for bn, bk, warps in tiles:
     src = ASTSource(fn=decode_gemv_expand_kernel, signature=expand, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk})
     assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (bn, bk)
 bn, bk, warps = _MMA_TILE[:3]
