@@ -829,9 +829,11 @@ def main(argv=None) -> int:
     study = out / "study.json"
     if study.exists():
         old = json.loads(study.read_text())
-        want = {k: v for k, v in st.items() if k != "data_sha256"}
-        diff = [f"{k}={old['settings'].get(k)!r} (now {v!r})" for k, v in want.items()
-                if old["settings"].get(k) != v]
+        # every key of either side: one recorded only when not its default (fast_ternary) must not be kept
+        # silently from the old study when this call asks for the default
+        keys = sorted((set(st) | set(old["settings"])) - {"data_sha256"})
+        diff = [f"{k}={old['settings'].get(k)!r} (now {st.get(k)!r})" for k in keys
+                if old["settings"].get(k) != st.get(k)]
         if diff:
             ap.error(f"{out} holds a study with other settings: {', '.join(diff[:4])}; use another --out-dir")
         st = old["settings"]

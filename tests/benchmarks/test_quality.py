@@ -159,3 +159,22 @@ def test_merge_adds_another_studys_rows_and_refuses_other_settings(tmp_path, loa
         q.main(["--aggregate", str(tmp_path / "a"), "--merge", str(tmp_path / "c.json")])
     assert exc.value.code == 2 and "setting steps=3 differs" in capsys.readouterr().err
     assert len(list((tmp_path / "a" / "rows").glob("*.json"))) == 2       # nothing written
+
+
+def test_a_study_is_not_resumed_with_a_setting_it_recorded_and_this_call_left_at_its_default(tmp_path,
+                                                                                          load_benchmark, capsys):
+    """``fast_ternary`` is recorded only when not the default: a call that asks for the default must be refused,
+    not resume the study's compile+graph rows silently (a GPU call was lost that way)."""
+    q = load_benchmark("quality")
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    args = [str(data), "--shape", "tiny", "--steps", "2", "--eval-at", "2", "--eval-batches", "1", "--device", "cpu",
+            "--rows", "counter-b2-r0.5-g32", "--out-dir", str(tmp_path / "s"), "--time-limit", "120"]
+    assert q.main(args) == 0
+    study = tmp_path / "s" / "study.json"
+    old = json.loads(study.read_text())
+    old["settings"]["fast_ternary"] = "compile+graph"            # as a CUDA study with --fast-ternary records it
+    study.write_text(json.dumps(old))
+    with pytest.raises(SystemExit) as exc:
+        q.main(args)
+    assert exc.value.code == 2 and "fast_ternary='compile+graph' (now None)" in capsys.readouterr().err
