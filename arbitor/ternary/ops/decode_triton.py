@@ -2,9 +2,9 @@
 ``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``linear.decode_forward_torch``).
 
 * ``decode_gemv_kernel`` (``M == 1``, ``group_size >= 16``, ``in_features % 16 == 0``): a CUDA-core GEMV.
-  ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = 1 + (t + 1) / 4``,
+  ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = (t + 5) / 8``,
   made by one byte permute (``prmt``) -- exactly representable, and ``f * x`` is exact for 16-bit ``x`` -- and
-  a group's sum is ``sum(t * x) = 4 * sum(f * x) - 5 * sum(x)``, times the group's ``S``.
+  a group's sum is ``sum(t * x) = 8 * sum(f * x) - 5 * sum(x)``, times the group's ``S``.
 * ``decode_gemv_expand_kernel`` (``path="gemv_expand"``, not chosen by ``auto``): the plain form of the GEMV --
   trits expanded to a float tile, ``x`` loaded once per K step as a vector -- kept for the decode sweep to time
   against ``decode_gemv_kernel`` (``bench_decode.py --parts sweep``).
@@ -59,7 +59,9 @@ def decode_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, G, KW,
     Program axis 0: ``BLOCK_N`` output features; axis 1: the K range ``[16 * s * Q_PER_SPLIT, ...)``; with
     ``SPLIT > 1`` the partials meet in ``ws_ptr [SPLIT, N]`` (``triton_common.split_epilogue``). The next K step's words *and
     scales* are loaded before the current step is decoded (a scale load waited for inside its own step costs a
-    full memory latency per step)."""
+    full memory latency per step). Each K step's group sums are reduced to ``[BLOCK_N]`` inside the loop: keeping
+    a ``[BLOCK_N, BLOCK_K // 16]`` accumulator and summing it once after the loop measured 1.2-1.5x slower on the
+    H200 (a scale load per word; ``benchmarks/results/inference/h200-gemv-ab/``)."""
     pid_n, pid_s, offs_n, n_mask, row_w, row_g, q_start, q_end, offs_q, w_next = gemv_split_start(
         w_ptr, N, G, KW, Q_PER_SPLIT, BLOCK_N, BLOCK_K)
     BW: tl.constexpr = BLOCK_K // 16

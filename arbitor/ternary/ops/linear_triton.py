@@ -115,8 +115,8 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
     fp32, on 2-D ``[BLOCK_N, BLOCK_K // 16]`` tiles (``x`` a broadcast row).
 
     ``w_ptr``: ``T_packed`` read as int32 words ``[N, K // 16]`` (16 trits a word; byte ``b`` of word ``q``
-    is packed byte ``4q + b``). For ``GS >= 16`` the trit enters the FMA as ``f = 1 + (t + 1) / 4`` (one
-    ``prmt`` a weight, no float op) and each group's sum is ``4 * sum(f * x) - 5 * sum(x)``, times the group
+    is packed byte ``4q + b``). For ``GS >= 16`` the trit enters the FMA as ``f = (t + 5) / 8`` (one
+    ``prmt`` a weight, no float op) and each group's sum is ``8 * sum(f * x) - 5 * sum(x)``, times the group
     scale; groups of 4 / 8 decode ``t`` exactly as ``bits(0x4B000000 | (t + 1)) - (2**23 + 1)`` and scale
     per byte. A program owns ``BLOCK_N`` rows and one K range of ``16 * Q_PER_SPLIT`` columns (split-K:
     program axis 1, fp32 partials in ``ws_ptr [SPLIT, N]`` summed in a fixed order by the tile's last program,
@@ -149,7 +149,7 @@ def ternary_gemv_m1_kernel(x_ptr, w_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr,
                 ps += pb * s
             acc += tl.sum(ps, axis=1)
         else:
-            # a word in one group: sum(t * x) = 4 * sum(f * x) - 5 * sum(x) per group (``word_dots``)
+            # a word in one group: sum(t * x) = 8 * sum(f * x) - 5 * sum(x) per group (``word_dots``)
             ps, xs = word_dots(w, x_base, x_mask, stride_xk, F_HI, BLOCK_N, BW, INTERP)
             if GS >= BLOCK_K:
                 g = k0 // GS
