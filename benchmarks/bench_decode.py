@@ -377,9 +377,14 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             m.generate(idx, 1, temperature=0)
             _sync(device)
             t1 = time.perf_counter()
-            ref = m.generate(idx, 1 + args.eager_new, temperature=0)
+            m.generate(idx, 1 + args.eager_new, temperature=0)
             _sync(device)
             eager = batch * args.eager_new / max(1e-9, (time.perf_counter() - t1) - (t1 - t0))
+            # the tokens to compare: the same static-cache step eagerly, over a cache of the fast path's length
+            # (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in bf16)
+            from arbitor.model.decode import GraphedDecoder
+            ref = GraphedDecoder(m, batch, args.prompt + args.new, cuda_graph=False).generate(
+                idx, 1 + args.eager_new, temperature=0)
             for key, o in outs.items():        # greedy tokens of each fast path vs the eager path
                 if key.startswith("ternary") and o is not None:
                     same = (o[:, :ref.shape[1]] == ref)[:, args.prompt:].all(0)
@@ -442,7 +447,8 @@ def write(res, out: Path) -> None:
                      f"{wb['arbitor_training_state'] / 2 ** 30:.2f} GiB" if "arbitor_training_state" in wb else "")
                   + "."]
     if res.get("fast_vs_eager_tokens"):
-        lines += ["", "Greedy tokens, fast path against the eager `generate`: "
+        lines += ["", "Greedy tokens, fast path against the same static-cache step run eagerly (a cache of the fast "
+                  "path's length): "
                   + ", ".join(f"{k}: {v}" for k, v in res["fast_vs_eager_tokens"].items()) + "."]
     for key, prof in res.get("profile", {}).items():
         lines += ["", f"Profile `{key}` (eager token step, torch.profiler): {prof['gpu_us_per_step']:,.0f} us of GPU "

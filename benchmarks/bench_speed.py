@@ -57,7 +57,8 @@ TARGETS = {"layer_fwd": 0.93, "layer_fwd_bwd": 0.93, "step_3b_8x512": 1.0, "step
            "step_nanogpt_vs_dense": 0.8}
 NANOGPT = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256, vocab_size=65)
 RULES = {"bigint": dict(update_rule="bigint", group_size=64, strength=16.0),
-         "counter": dict(update_rule="counter", group_size=64, strength=16.0, counter_bits=4, counter_rate=0.5)}
+         # the API's default counter settings (5-bit counters, rate 1: docs/quality.md)
+         "counter": dict(update_rule="counter", group_size=64, strength=16.0, counter_bits=5, counter_rate=1.0)}
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -91,7 +91,9 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
     """``for_inference`` (the decode GEMV over ``T_packed`` + float32 ``S`` at group 64, expand + cuBLAS at
     group 4): graph replays equal the eager static step bit for bit, with and without ``torch.compile``; greedy
     tokens agree with the trained model's eager ``generate`` (the first 8 in bf16, where a kernel's different
-    summation order may flip a near-tie of a random model)."""
+    summation order may flip a near-tie of a random model). The compiled step fuses bf16 elementwise ops with
+    float32 intermediates, so it is not bit-equal to the eager one: its logits, teacher-forced along the eager
+    tokens, stay within bf16 rounding of the eager logits (a wrong kernel is off by the logits' own size)."""
     from arbitor import for_inference
     from arbitor.model.config import preset
     from arbitor.model.decode import GraphedDecoder
@@ -108,4 +110,18 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
     comp_eager = GraphedDecoder(f, 1, 57, cuda_graph=False, compile=True).generate(idx, 24, temperature=0)
     comp_graph = GraphedDecoder(f, 1, 57, compile=True).generate(idx, 24, temperature=0)
     assert torch.equal(comp_graph, comp_eager)
-    assert torch.equal(comp_graph[:, :33 + 8], eager[:, :33 + 8])
+
+    @torch.no_grad()
+    def forced_logits(dec: GraphedDecoder) -> torch.Tensor:
+        dec.cache.reset()
+        out = [dec._step(idx)]
+        for t in range(8):
+            out.append(dec.next_logits(eager[:, 33 + t:34 + t]).clone())
+        return torch.stack(out)
+
+    ref = forced_logits(GraphedDecoder(f, 1, 57, cuda_graph=False))
+    comp = forced_logits(GraphedDecoder(f, 1, 57, compile=True))
+    err = float((comp - ref).abs().max() / ref.abs().max())
+    print(f"[group {group_size}] compiled vs eager logits: max |diff| / max |logit| = {err:.2e}; tokens "
+          f"{'equal' if torch.equal(comp_graph, eager) else 'differ'}")
+    assert err < 0.03
