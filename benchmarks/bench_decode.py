@@ -16,8 +16,9 @@ over the baseline's for decode rows):
   prompt. GPU (``--preset 3b`` by default): both models built on the meta device and materialised with random
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
   ``arbitor.model.decode.GraphedDecoder`` (static KV cache, one token step replayed as a CUDA graph; the
-  prefill and the first step are excluded from the timing); arbitor's eager ``generate`` is recorded beside
-  it, and both models' weight bytes. CPU (``--preset small``): ``ArbitorLM.generate`` eagerly for both,
+  prefill and the first step are excluded from the timing); arbitor's eager ``generate`` is timed beside it,
+  the fast paths' greedy tokens are compared with the same static-cache step run eagerly over a cache of the
+  same length (``fast_vs_eager_tokens``), and both models' weight bytes are recorded. CPU (``--preset small``): ``ArbitorLM.generate`` eagerly for both,
   dense float32 (the rows of ``results/inference/cpu.json``).
 
 Partial results are written after every row.
@@ -319,6 +320,7 @@ def gpu_decode_rows(args, device, res, flush) -> None:
     """Frozen arbitor (``for_inference``) against dense bf16, each graphed and compiled + graphed; the faster
     variant of each side is the row's figure (all variants are kept in ``variants``)."""
     from arbitor import for_inference
+    from arbitor.model.decode import GraphedDecoder
     from benchmarks.bench_speed import _build
     name = args.preset
     models, wbytes = {}, {}
@@ -382,7 +384,6 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             eager = batch * args.eager_new / max(1e-9, (time.perf_counter() - t1) - (t1 - t0))
             # the tokens to compare: the same static-cache step eagerly, over a cache of the fast path's length
             # (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in bf16)
-            from arbitor.model.decode import GraphedDecoder
             ref = GraphedDecoder(m, batch, args.prompt + args.new, cuda_graph=False).generate(
                 idx, 1 + args.eager_new, temperature=0)
             for key, o in outs.items():        # greedy tokens of each fast path vs the eager path
