@@ -19,7 +19,11 @@ joined by ``+``:
 * ``agree``       one bit per weight (the last ballot's gradient sign): a weight moves only when the sign repeats
                   (the scale votes still see every sign);
 * ``crand``       counters start uniform in ``[0, L)`` instead of mid-ladder;
-* ``qmc``         low-discrepancy rounding: ``u = frac(h(weight) + ballot * golden ratio)`` instead of a fresh hash.
+* ``qmc``         low-discrepancy rounding: ``u = frac(h(weight) + ballot * golden ratio)`` instead of a fresh hash;
+* ``wdX``         decay of the ladder, the analogue of AdamW's decoupled weight decay: after each ballot's step a
+                  weight's position moves toward the middle of the zero band by ``X * rate * (p - middle)`` rungs
+                  (stochastically rounded with ``frac(u + 1/2)``; ``rate`` the layer's step size of this ballot, so
+                  the schedule scales the decay as it scales AdamW's ``lr * wd``).
 
 Longer ladders need no patch: ``base`` with ``counter-b5-...`` (32 rungs per trit, the library's 5-bit counters) or
 ``counter-b8-...`` rows. (The study's 32-rung rows first ran as an emulation inside 8-bit counters; the library's
@@ -114,6 +118,28 @@ def apply_variant(variant: str) -> None:
                 return ((h + ballot * PHI24) & (2 ** 24 - 1)).to(torch.float32) * 2.0 ** -24
             counter_ops.hash_base = lambda key, ballot: (key, ballot)
             counter_ops.uniform_from_base = qmc_uniform
+        elif tok.startswith("wd"):
+            lam = float(tok[2:])
+            state = {"rate": 1.0}
+            lib_blocks = counter_ops.gradw_blocks
+            lib_block = counter_ops.counter_block
+
+            def blocks_with_rate(grad_y, x, out_features, in_features, rate, impl, _lib=lib_blocks):
+                state["rate"] = float(rate)                             # this ballot's step size (schedule included)
+                return _lib(grad_y, x, out_features, in_features, rate, impl)
+
+            def decayed_block(t, c, gw, u, rate, bits, scale=None, _lib=lib_block, _lam=lam):
+                t_new, c_new = _lib(t, c, gw, u, rate, bits, scale=scale)
+                levels = 1 << bits
+                p = (t_new.to(torch.int32) + 1) * levels + c_new.to(torch.int32)
+                d2 = 2 * p - (3 * levels - 1)                           # twice the distance to the middle
+                move = torch.floor(_lam * state["rate"] * d2.abs().to(torch.float32) / 2
+                                   + torch.remainder(u + 0.5, 1.0))
+                p = (p - torch.sign(d2) * move.to(torch.int32)).clamp_(0, 3 * levels - 1)
+                t2 = torch.div(p, levels, rounding_mode="floor")
+                return (t2 - 1).to(torch.int8), (p - t2 * levels).to(torch.int16)
+            counter_ops.gradw_blocks = blocks_with_rate
+            counter_ops.counter_block = decayed_block
         else:
             raise SystemExit(f"unknown variant token {tok!r}")
 
