@@ -82,8 +82,8 @@ def _bench(fn, rep: int = 200) -> tuple[float, str]:
 
 def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A model built on ``meta`` made real on ``device`` with random values: float parameters N(0, 1/fan_in)
-    in ``dtype``, ternary trits uniform, exponents around 2**-6, counters mid-ladder, frozen buffers rebuilt, each
-    ternary layer's step-size buffer refilled from its rule."""
+    in ``dtype``, ternary trits uniform, exponents around 2**-6, counters mid-ladder, frozen buffers rebuilt (a
+    ternary layer refills its step-size buffer from its rule itself, ``TernaryScaleTensor._apply``)."""
     from arbitor.ternary.format import pack_counters
     from arbitor.ternary.layer import TernaryScaleTensor
     model = model.to_empty(device=device)
@@ -102,8 +102,6 @@ def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> 
                         getattr(m, buf).zero_()
                 if hasattr(m, "step_counter"):
                     m.step_counter.fill_(8)
-                if isinstance(m, TernaryScaleTensor):
-                    m.set_rate_factor(m.rule.rate_factor)     # refills the (uninitialised) device copy of the rate
                 if isinstance(m, TernaryScaleTensor) and hasattr(m, "C_packed"):
                     bits = m.rule.counter_bits
                     mid = torch.full((m.out_features, m.in_features), 1 << (bits - 1), dtype=torch.uint8,

@@ -405,6 +405,13 @@ def run_row(args) -> int:
 MERGE_FREE_SETTINGS = ("data", "fast", "fast_float", "fast_ternary")
 
 
+def settings_diff(a: dict, b: dict, free: tuple = ()) -> list[str]:
+    """The keys, sorted, whose values differ between two studies' settings, over the keys of *either* side (a
+    setting recorded only when not its default, like ``fast_ternary``, must not pass silently when the other side
+    left it at the default), ``free`` aside."""
+    return [k for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)]
+
+
 def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
     """Add the rows of other studies' reports (``quality-<device>.json``, e.g. calls run with another ``--out-dir``
     or fetched from another machine) to ``out_dir``: each row with evaluations becomes ``rows/<row>-s<seed>.json``
@@ -420,7 +427,7 @@ def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
             raise ValueError(f"--merge {src}: not a readable quality report ({exc})") from None
         st = (rep.get("meta") or {}).get("settings") or {}
         mine = meta.setdefault("settings", st)
-        diff = [k for k in sorted(set(st) | set(mine)) if k not in MERGE_FREE_SETTINGS and st.get(k) != mine.get(k)]
+        diff = settings_diff(mine, st, MERGE_FREE_SETTINGS)
         if diff:
             k = diff[0]
             raise ValueError(f"--merge {src}: setting {k}={st.get(k)!r} differs from {out_dir}'s {mine.get(k)!r} "
@@ -431,7 +438,7 @@ def merge_reports(out_dir: Path, sources: list[Path], meta: dict) -> dict:
         for r in rep.get("rows", []):
             if not r.get("evals"):
                 continue                                   # a row that failed before its first evaluation
-            dest = out_dir / "rows" / f"{r['name']}-s{r.get('seed', 0)}.json"
+            dest = out_dir / "rows" / f"{row_file(r['name'], r.get('seed', 0))}.json"
             if dest.exists() and json.loads(dest.read_text()).get("step", 0) > r.get("step", 0):
                 continue
             _write_json(dest, r)
@@ -829,11 +836,8 @@ def main(argv=None) -> int:
     study = out / "study.json"
     if study.exists():
         old = json.loads(study.read_text())
-        # every key of either side: one recorded only when not its default (fast_ternary) must not be kept
-        # silently from the old study when this call asks for the default
-        keys = sorted((set(st) | set(old["settings"])) - {"data_sha256"})
-        diff = [f"{k}={old['settings'].get(k)!r} (now {st.get(k)!r})" for k in keys
-                if old["settings"].get(k) != st.get(k)]
+        diff = [f"{k}={old['settings'].get(k)!r} (now {st.get(k)!r})"
+                for k in settings_diff(old["settings"], st, ("data_sha256",))]
         if diff:
             ap.error(f"{out} holds a study with other settings: {', '.join(diff[:4])}; use another --out-dir")
         st = old["settings"]

@@ -302,11 +302,14 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         self.rate.fill_(self.rule.rate)                  # in place: compiled and captured steps read this tensor
 
     def _apply(self, fn, recurse: bool = True):
-        """``.to()`` / ``.half()`` move ``rate`` but keep it float32 (a half-precision step size would round
-        every ballot's steps; the rule's float is the source of truth)."""
+        """``.to()`` / ``.half()`` / ``.to_empty()`` move ``rate`` and refill it from the rule, the source of
+        truth: it stays float32 (a half-precision step size would round every ballot's steps) and is defined after
+        ``to_empty`` (which leaves buffers uninitialised)."""
         super()._apply(fn, recurse)
         if self.rate.dtype != torch.float32:
             self.rate = torch.full((), self.rule.rate, dtype=torch.float32, device=self.rate.device)
+        else:
+            self.rate.fill_(self.rule.rate)              # in place: a tensor a captured graph reads keeps its address
         return self
 
     @property
