@@ -28,11 +28,12 @@ import triton
 import triton.language as tl
 
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
-                            dot_precision, expand_bits16, expand_bytes, group_sums, load_bytes, n_sm, round_to,
-                            split_buffers, split_epilogue, split_len, word_dots, gemv_split_start)
+                            dot_precision, expand_bytes, group_sums, load_bytes, n_sm, round_to,
+                            split_buffers, split_epilogue, split_len, word_dots, gemv_split_start, plane_signs16,
+                            SIGN_TABLES)
 
 __all__ = ["decode_forward", "decode_gemv_kernel", "decode_gemv_expand_kernel", "decode_mma_kernel",
-           "expand_scaled_kernel", "expand_scaled", "DECODE_MAX_M", "decode_config", "gemv_ok"]
+           "expand_scaled_kernel", "expand_scaled", "DECODE_MAX_M", "decode_config", "gemv_ok", "planes_ok"]
 
 #: rows of ``x`` up to which the GEMV kernel runs; above it (prompts) W_eff is expanded once for cuBLAS
 DECODE_MAX_M = 16
@@ -130,43 +131,74 @@ def decode_gemv_expand_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, N, K,
 
 
 @triton.jit
+def _plane_dot(x_row, q4, j: tl.constexpr, k_end, stride_xk, m_mask, m, acc, DOT_PRECISION: tl.constexpr,
+               INTERP: tl.constexpr):
+    """``acc [BLOCK_M, BLOCK_N] += x[:, 4q + j] @ T[:, 4q + j].T`` for code plane ``j``: ``m`` its trits as
+    16-bit float bit patterns ``[BLOCK_N, BLOCK_K // 4]`` (``plane_signs16``), ``x`` read at columns ``q4 + j``."""
+    cols = q4 + j
+    xj = tl.load(x_row + cols[None, :] * stride_xk, mask=m_mask[:, None] & (cols < k_end)[None, :], other=0.0)
+    t = m.to(xj.dtype, bitcast=True)
+    if INTERP:
+        return tl.dot(xj.to(tl.float32), tl.trans(t.to(tl.float32)), acc, input_precision="ieee")
+    return tl.dot(xj, tl.trans(t), acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def decode_mma_kernel(x_ptr, t_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, G, KB, stride_xm, stride_xk, SPLIT,
                       K_PER_SPLIT, GS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr, PLANES: tl.constexpr,
+                      T_HI: tl.constexpr, T_LO: tl.constexpr):
     """``y[M, N] (+)= x[M, K] @ (T * S)[N, K].T`` on tensor cores for ``M <= BLOCK_M`` (one row tile): the
-    ``W_eff`` tile is built in registers in x's dtype (``round(T * S)``: for 16-bit types with one group per K
-    step by bit construction, ``expand_bits16``) and multiplied with fp32 accumulation. Bytes and scales of the
-    next K step are loaded before the current one is used; split-K as ``decode_gemv_kernel``. Under the CPU
-    interpreter (``INTERP``, whose bf16 dot is not usable) the same rounded operands are multiplied in fp32."""
+    ``W_eff`` tile is built in registers in x's dtype, ``round(T * S)``, and multiplied with fp32 accumulation.
+    ``PLANES`` (``planes_ok``: 16-bit x, one group a K step): the trits themselves (+-1, 0 in x's type: ``T_HI`` /
+    ``T_LO``, ``SIGN_TABLES``), one code plane at a time (``plane_signs16``, 1.75 instructions a weight), each
+    plane multiplied with the x columns it holds, so the weights are never reordered; each K step's fp32 sum
+    ``x @ T.T`` is then scaled by its group's ``S`` -- as the GEMV does, one rounding less than ``round(T * S)``.
+    The bytes are loaded where they are used (a copy carried to the next iteration would be split into single
+    bytes and packed again for the asm). Otherwise: ``W_eff = round(T * S)`` in x's dtype, the next K step's
+    bytes and scales loaded before the current one is used. Split-K as ``decode_gemv_kernel``.
+    Under the CPU interpreter (``INTERP``, whose bf16 dot is not usable) the same rounded operands are multiplied
+    in fp32."""
     pid_n, pid_s, offs_n, n_mask, row_off, row_g, k_start, k_end = _byte_split_start(N, K, G, KB, K_PER_SPLIT,
                                                                                       BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     x_row = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
-    s_next = _load_s(s_ptr, row_g, n_mask, k_start, k_end, G, GS, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dtype = x_ptr.dtype.element_ty
-    for k0 in range(k_start, k_end, BLOCK_K):
-        b, s = b_next, s_next
-        b_next = load_bytes(t_ptr, row_off, n_mask, k0 + BLOCK_K, KB, BLOCK_K)
-        s_next = _load_s(s_ptr, row_g, n_mask, k0 + BLOCK_K, k_end, G, GS, BLOCK_K)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=m_mask[:, None] & (offs_k < k_end)[None, :], other=0.0)
-        if dtype != tl.float32 and GS >= BLOCK_K:
-            sbits = s.to(dtype).to(tl.int16, bitcast=True).to(tl.int32)
-            w = expand_bits16(b, sbits[:, None], BLOCK_N, BLOCK_K).to(dtype, bitcast=True)
-        else:
+    if PLANES:
+        for k0 in range(k_start, k_end, BLOCK_K):
+            b = load_bytes(t_ptr, row_off, n_mask, k0, KB, BLOCK_K, True)
+            s = tl.load(s_ptr + row_g + k0 // GS, mask=n_mask, other=0.0)
+            m0, m1, m2, m3 = plane_signs16(b, T_HI, T_LO, INTERP)
+            q4 = k0 + 4 * tl.arange(0, BLOCK_K // 4)     # plane j holds columns 4q + j: x is read there
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            part = _plane_dot(x_row, q4, 0, k_end, stride_xk, m_mask, m0, part, DOT_PRECISION, INTERP)
+            part = _plane_dot(x_row, q4, 1, k_end, stride_xk, m_mask, m1, part, DOT_PRECISION, INTERP)
+            part = _plane_dot(x_row, q4, 2, k_end, stride_xk, m_mask, m2, part, DOT_PRECISION, INTERP)
+            part = _plane_dot(x_row, q4, 3, k_end, stride_xk, m_mask, m3, part, DOT_PRECISION, INTERP)
+            acc += part * s[None, :]                    # sum(t * x) over the group, times its scale
+    else:
+        b_next = load_bytes(t_ptr, row_off, n_mask, k_start, KB, BLOCK_K)
+        s_next = _load_s(s_ptr, row_g, n_mask, k_start, k_end, G, GS, BLOCK_K)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            b, s = b_next, s_next
+            b_next = load_bytes(t_ptr, row_off, n_mask, k0 + BLOCK_K, KB, BLOCK_K)
+            s_next = _load_s(s_ptr, row_g, n_mask, k0 + BLOCK_K, k_end, G, GS, BLOCK_K)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=m_mask[:, None] & (offs_k < k_end)[None, :],
+                        other=0.0)
             t = expand_bytes(b, BLOCK_N, BLOCK_K).to(tl.float32)
             if GS >= BLOCK_K:
                 w = round_to(t * s[:, None], dtype)
             else:
                 NG: tl.constexpr = BLOCK_K // GS
-                w = round_to(tl.reshape(tl.reshape(t, (BLOCK_N, NG, GS)) * s[:, :, None], (BLOCK_N, BLOCK_K)), dtype)
-        if INTERP:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+                w = round_to(tl.reshape(tl.reshape(t, (BLOCK_N, NG, GS)) * s[:, :, None], (BLOCK_N, BLOCK_K)),
+                             dtype)
+            if INTERP:
+                acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]           # y and each split of ws: [M, N]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT == 1:
@@ -201,16 +233,27 @@ def expand_scaled_kernel(t_ptr, s_ptr, w_ptr, N, K, G, KB, GS: tl.constexpr, BLO
 #: ``h200-sweep.json``).
 _GEMV_TILE = (16, 2048, 4, 2)
 _MMA_TILE = (32, 256, 4, 4)
+#: the tensor-core kernel's plane-by-plane form (``plane_signs16``: 16-bit x, one group a K step): 256 rows x
+#: one 64-column group, 4 warps -- about 4.2 sm_90 instructions a weight in its K loop against 14.7 for the
+#: ``_MMA_TILE`` form at group 64 (``benchmarks/gemv_sass.py --kernel mma``)
+_PLANES_TILE = (256, 64, 4, 2)
 _INTERP_TILE = (16, 64, 4, 1)
 
 
 def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional[dict] = None,
-                  dtype: torch.dtype = torch.bfloat16) -> dict:
+                  dtype: torch.dtype = torch.bfloat16, group_size: int = 0) -> dict:
     """``BLOCK_N/K``, ``num_warps`` and ``SPLIT`` of the kernel for an ``[M, K] x [N, K]`` call (M == 1: the GEMV,
-    else the tensor-core kernel). ``config`` overrides any key (and may give ``PROGRAMS_PER_SM`` instead of
-    ``SPLIT``)."""
+    else the tensor-core kernel; its plane-by-plane form, ``_PLANES_TILE``, for 16-bit ``x`` and groups of 64 or
+    more). ``config`` overrides any key (and may give ``PROGRAMS_PER_SM`` instead of ``SPLIT``)."""
     config = dict(config or {})
-    bn, bk, warps, per_sm = _INTERP_TILE if INTERPRETED else (_GEMV_TILE if M == 1 else _MMA_TILE)
+    if INTERPRETED:
+        bn, bk, warps, per_sm = _INTERP_TILE
+    elif M == 1:
+        bn, bk, warps, per_sm = _GEMV_TILE
+    elif dtype in (torch.bfloat16, torch.float16) and group_size >= _PLANES_TILE[1]:
+        bn, bk, warps, per_sm = _PLANES_TILE
+    else:
+        bn, bk, warps, per_sm = _MMA_TILE
     if M > 1 and dtype == torch.float32 and not INTERPRETED:
         bk //= 2                                                  # tf32x3 operands: half the K tile
     if M == 1:
@@ -241,6 +284,12 @@ def _check(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features
     check_device(S, "S", T_packed.device)
     check_act(x, "x", in_features, "in_features", T_packed.device)
     return N, G
+
+
+def planes_ok(dtype: torch.dtype, group_size: int, block_k: int) -> bool:
+    """Whether ``decode_mma_kernel`` builds ``W_eff`` one code plane at a time (``plane_signs16``): 16-bit ``x``,
+    one scale group per K step, and a plane of at least 16 columns (the tensor cores' K)."""
+    return dtype in (torch.bfloat16, torch.float16) and group_size >= block_k >= 64
 
 
 def gemv_ok(M: int, T_packed: torch.Tensor, in_features: int, group_size: int) -> bool:
@@ -285,7 +334,7 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     if path == "expand":
         return x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    cfg = decode_config(M, N, in_features, x.device, config, x.dtype)
+    cfg = decode_config(M, N, in_features, x.device, config, x.dtype, group_size)
     red_per, split = split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
     tiles = triton.cdiv(N, cfg["BLOCK_N"])
     ws, cnt = split_buffers(y, split, tiles)
@@ -299,9 +348,12 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                                                   x.stride(1), split, red_per, GS=group_size, BLOCK_N=cfg["BLOCK_N"],
                                                   BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
     else:
+        tables = SIGN_TABLES["fp16" if x.dtype == torch.float16 else "bf16"]
         decode_mma_kernel[(tiles, split)](x, T_packed, S, y, ws, cnt, M, N, in_features, G, T_packed.shape[1],
                                           x.stride(0), x.stride(1), split, red_per, GS=group_size,
                                           DOT_PRECISION=dot_precision(x.dtype), BLOCK_M=16, BLOCK_N=cfg["BLOCK_N"],
-                                          BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED, num_warps=cfg["num_warps"],
-                                          num_stages=3)
+                                          BLOCK_K=cfg["BLOCK_K"], INTERP=INTERPRETED,
+                                          PLANES=planes_ok(x.dtype, group_size, cfg["BLOCK_K"]),
+                                          T_HI=tables[0], T_LO=tables[1],
+                                          num_warps=cfg["num_warps"], num_stages=3)
     return y

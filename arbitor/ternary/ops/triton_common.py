@@ -58,7 +58,8 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "scale_from_state", "group_scale", "weff_from", "expand_bits16", "weff_cast", "grouped_pid", "mix32u",
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
-           "round_to", "byte_to_float", "word_dots", "group_sums", "n_sm", "split_len", "split_epilogue",
+           "round_to", "byte_to_float", "plane_signs16", "SIGN_TABLES", "word_dots", "group_sums", "n_sm", "split_len",
+           "split_epilogue",
            "arrival_counters", "split_buffers", "gemv_split_start", "COUNTERS"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -76,12 +77,15 @@ def ballot_coef(step_ptr, pending_ptr, strength, GS: tl.constexpr):
 
 
 @triton.jit
-def load_bytes(t_ptr, row_off, n_mask, k0, KB, BLOCK_K: tl.constexpr):
+def load_bytes(t_ptr, row_off, n_mask, k0, KB, BLOCK_K: tl.constexpr, RAW: tl.constexpr = False):
     """The ``BLOCK_K // 4`` packed bytes of columns ``k0 .. k0+BLOCK_K`` of rows ``row_off / KB``:
-    int32 ``[BLOCK_N, BLOCK_K // 4]`` (contiguous per row; bytes past the row end read as 0)."""
+    int32 ``[BLOCK_N, BLOCK_K // 4]`` (contiguous per row; bytes past the row end read as 0); ``RAW``: as loaded,
+    uint8 (four bytes of a row stay one register: ``plane_signs16``'s input)."""
     offs_b = k0 // 4 + tl.arange(0, BLOCK_K // 4)
     b = tl.load(t_ptr + row_off[:, None] + offs_b[None, :], mask=n_mask[:, None] & (offs_b < KB)[None, :], other=0)
-    return b.to(tl.int32)
+    if not RAW:
+        b = b.to(tl.int32)
+    return b
 
 
 @triton.jit
@@ -191,6 +195,56 @@ def expand_bits16(b, sbits, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     m3 = (((b >> 6) | (b >> 7)) & 1) * sbits | ((b << 8) & 0x8000)
     w = tl.interleave(tl.interleave(m0, m2), tl.interleave(m1, m3))
     return w.to(tl.int16)
+
+
+def _plane_asm(j: int) -> str:
+    """PTX of code plane ``j`` for ``plane_signs16`` (see there): ``v`` = the plane's four codes, one a byte;
+    ``s0`` / ``s1`` the selectors of bytes 0-1 / 2-3."""
+    v = f"shr.b32 v, $8, {2 * j};\n and.b32 v, v, 0x03030303;" if j else "and.b32 v, $8, 0x03030303;"
+    return (f" {v}\n mad.lo.u32 s0, v, 17, 0x0404;\n mad.hi.u32 s1, v, 0x110000, 0x0404;\n"
+            f" prmt.b32 ${2 * j}, $9, $13, s0;\n prmt.b32 ${2 * j + 1}, $9, $13, s1;\n")
+
+
+_PLANE_ASM = tl.constexpr("{\n .reg .b32 v, s0, s1;\n" + "".join(_plane_asm(j) for j in range(4)) + "}")
+#: ``plane_signs16``'s tables: the high / low bytes of the 16-bit float -1, 0, +1 by 2-bit code (0: 0, 1: +1,
+#: 2: -1, 3: the invalid code, read as 0), byte ``c`` of each word
+SIGN_TABLES = {"bf16": (0x00BF3F00, 0x00808000), "fp16": (0x00BC3C00, 0x00000000)}
+
+
+@triton.jit
+def plane_signs16(b, t_hi, t_lo, INTERP: tl.constexpr):
+    """The trits of packed bytes ``b [BLOCK_N, BLOCK_K // 4]`` (``load_bytes(..., RAW=True)``) as 16-bit float
+    bit patterns of -1 / 0 / +1, one code plane at a time: ``(m0, m1, m2, m3)``, each int16 ``[BLOCK_N,
+    BLOCK_K // 4]``, ``m_j[:, q]`` the weight of column ``4q + j``, so that a caller multiplies plane ``j`` by
+    ``x``'s columns ``4q + j`` and never reorders the weights. ``t_hi`` / ``t_lo``: the type's ``SIGN_TABLES``
+    (``tl.int32`` scalars or tensors of one value).
+
+    On NVIDIA, 1.75 instructions a weight: one ``prmt.b32`` looks up two weights in the two 4-entry tables --
+    its selector takes, for each output byte, the code (the high byte, first register) or the code plus 4 (the
+    low byte, second register). For code plane ``j`` of four packed bytes, ``v = (w >> 2j) & 0x03030303`` gives
+    both pairs' selectors with one ``mad.lo`` / ``mad.hi`` (``v * 17 + 0x0404`` puts each code into two nibbles;
+    ``mad.hi`` by ``17 << 16`` brings bytes 2-3 down), so four weights cost two integer ops, two multiply-adds
+    (the FMA pipe) and two byte permutes. The tables are the same for every weight, so the result does not
+    depend on which elements an ``asm`` call gets (``pack=4``). The interpreter computes the same patterns with
+    plain integer ops."""
+    if INTERP:
+        bi = b.to(tl.int32)
+        one = (t_hi & 0xFF00) | ((t_lo >> 8) & 0xFF)          # the +1 pattern, from byte 1 of each table
+        m0 = ((bi | (bi >> 1)) & 1) * one | ((bi << 14) & 0x8000)
+        m1 = (((bi >> 2) | (bi >> 3)) & 1) * one | ((bi << 12) & 0x8000)
+        m2 = (((bi >> 4) | (bi >> 5)) & 1) * one | ((bi << 10) & 0x8000)
+        m3 = (((bi >> 6) | (bi >> 7)) & 1) * one | ((bi << 8) & 0x8000)
+        inv0, inv1 = (bi & 3) == 3, ((bi >> 2) & 3) == 3                # code 3 reads as 0
+        inv2, inv3 = ((bi >> 4) & 3) == 3, ((bi >> 6) & 3) == 3
+        return (tl.where(inv0, 0, m0).to(tl.int16), tl.where(inv1, 0, m1).to(tl.int16),
+                tl.where(inv2, 0, m2).to(tl.int16), tl.where(inv3, 0, m3).to(tl.int16))
+    zero = tl.zeros(b.shape, dtype=tl.int32)
+    # operands: $0-$7 out (plane j: $2j bytes 0-1, $2j+1 bytes 2-3), $8 the four bytes, $9-$12 / $13-$16 the
+    # tables of the four elements (one value: the asm reads $9 and $13)
+    m0, m1, m2, m3 = tl.inline_asm_elementwise(_PLANE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
+                                               [b, zero + t_hi, zero + t_lo],
+                                               dtype=(tl.int16, tl.int16, tl.int16, tl.int16), is_pure=True, pack=4)
+    return m0, m1, m2, m3
 
 
 @triton.jit

@@ -60,6 +60,10 @@ CASES = [
     (16, 320, 9, 64, {"BLOCK_K": 128, "SPLIT": 2}, "mma"),       # 16 rows, ragged last K step
     (2, 1024, 5, 256, {"BLOCK_K": 64}, "mma"),
     (5, 136, 11, 8, {"BLOCK_K": 32, "SPLIT": 2}, "mma"),         # 4 groups a K step, K % 4 == 2 bytes
+    # 16-bit x, a group of >= 64 a K step: W_eff one code plane at a time (plane_signs16, decode_triton.planes_ok)
+    (16, 192, 37, 64, {"BLOCK_K": 64, "SPLIT": 2}, "mma"),       # split-K not on a step boundary of 3 steps
+    (7, 640, 19, 128, {"BLOCK_K": 64, "BLOCK_N": 32}, "mma"),    # a group over two K steps
+    (4, 64, 3, 64, {"BLOCK_K": 64}, "mma"),                      # one K step, fewer rows than the tile
 ]
 
 
@@ -74,6 +78,19 @@ def test_kernels_match_reference(M, K, N, gs, config, path, dtype):
     ref = decode_forward_torch(x.float(), T_packed, S, K, gs)
     assert all(int(b.abs().sum()) == 0 for b in COUNTERS.get(x.device, []))   # left at 0
     close(y, ref, *((3e-6, 2e-6) if dtype == torch.float32 else (8e-3, 8e-3)))
+
+
+@interp
+@pytest.mark.parametrize("M", [2, 16])
+def test_plane_path_in_fp16_with_strided_x(M):
+    """The plane-by-plane tensor-core path (``planes_ok``) reads x at columns ``4q + j``: with x strided along K
+    and in fp16 it still matches the reference."""
+    assert decode_triton.planes_ok(torch.float16, 64, 64) and not decode_triton.planes_ok(torch.float32, 64, 64)
+    T_packed, S = frozen_state(29, 256, 64, seed=M)
+    base = torch.randn(M, 512, generator=torch.Generator().manual_seed(M)).to(torch.float16)
+    x = base[:, ::2]
+    y = decode_triton.decode_forward(x, T_packed, S, 256, 64, config={"BLOCK_K": 64, "SPLIT": 2}, path="mma")
+    close(y, decode_forward_torch(x.float(), T_packed, S, 256, 64), 4e-3, 4e-3)
 
 
 @interp

@@ -68,10 +68,15 @@ expand = {k: v for k, v in mma.items() if k not in ('M', 'stride_xm', 'DOT_PRECI
 for bn, bk, warps in tiles:
     src = ASTSource(fn=decode_gemv_expand_kernel, signature=expand, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk})
     assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin'], (bn, bk)
-bn, bk, warps = _MMA_TILE[:3]
-src = ASTSource(fn=decode_mma_kernel, signature=mma, constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'BLOCK_M': 16,
-                                                                 'DOT_PRECISION': 'tf32', 'INTERP': False})
-assert triton.compile(src, target=target, options={'num_warps': warps}).asm['cubin']
+from arbitor.ternary.ops.decode_triton import _PLANES_TILE
+mma.update(PLANES='constexpr', T_HI='constexpr', T_LO='constexpr')
+for (bn, bk, warps), planes in ((_MMA_TILE[:3], False), (_PLANES_TILE[:3], True)):
+    src = ASTSource(fn=decode_mma_kernel, signature=mma,
+                    constexprs={'GS': 64, 'BLOCK_N': bn, 'BLOCK_K': bk, 'BLOCK_M': 16, 'DOT_PRECISION': 'tf32',
+                                'INTERP': False, 'PLANES': planes, 'T_HI': 0x00BF3F00, 'T_LO': 0x00808000})
+    k = triton.compile(src, target=target, options={'num_warps': warps})
+    assert k.asm['cubin']
+    assert planes == ('0x110000' in k.asm['ptx']), planes      # plane_signs16's selectors (mad.hi by 17 << 16)
 print('compiled')
 """
 
