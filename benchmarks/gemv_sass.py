@@ -1,5 +1,6 @@
-"""Instructions a weight in the K loop of the M = 1 decode GEMV (``decode_gemv_kernel``), from its sm_90 SASS,
-compiled on any machine (no GPU: Triton ships ``ptxas`` and ``cuobjdump``).
+"""Instructions a weight in the K loop of the decode kernels (``--kernel gemv``: the M = 1 ``decode_gemv_kernel``;
+``--kernel mma``: ``decode_mma_kernel``, the 2-16 row tensor-core kernel, in its plane-by-plane form), from their
+sm_90 SASS, compiled on any machine (no GPU: Triton ships ``ptxas`` and ``cuobjdump``).
 
 The kernel is bound by instruction issue, mostly the integer pipe (``docs/inference.md``), so this count predicts
 its speed on a Hopper GPU better than any CPU timing. The compile is specialised as the launcher's calls are at
@@ -7,6 +8,7 @@ run time (pointers and the integer arguments 16-aligned, ``stride_xk == 1``).
 
     python benchmarks/gemv_sass.py                      # the launcher's tile
     python benchmarks/gemv_sass.py --tile 16,2048,4 --tile 32,1024,4
+    python benchmarks/gemv_sass.py --kernel mma         # _PLANES_TILE
 
 Prints one line a tile: registers, instructions in the loop, per weight, integer-pipe ops per weight, the most
 frequent opcodes. Must run without ``TRITON_INTERPRET``.
@@ -38,20 +40,35 @@ def loop_counts(sass: str) -> Counter:
     return Counter(op for addr, op in lines if start <= int(addr, 16) <= end)
 
 
-def count(bn: int, bk: int, warps: int, group_size: int = 64) -> dict:
+def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str = "gemv") -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from arbitor.ternary.ops.decode_triton import decode_gemv_kernel
-    sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
-           "cnt_ptr": "*i32", "N": "i32", "K": "i32", "G": "i32", "KW": "i32", "stride_xk": "constexpr",
-           "SPLIT": "i32", "Q_PER_SPLIT": "i32", "F_HI": "i32", "GS": "constexpr", "BLOCK_N": "constexpr",
-           "BLOCK_K": "constexpr", "INTERP": "constexpr"}
-    aligned = [i for i, k in enumerate(sig) if k in ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "N", "K",
-                                                     "G", "KW", "Q_PER_SPLIT")]
-    src = ASTSource(fn=decode_gemv_kernel, signature=sig, attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
-                    constexprs={"stride_xk": 1, "GS": group_size, "BLOCK_N": bn, "BLOCK_K": bk, "INTERP": False})
+    from arbitor.ternary.ops.decode_triton import decode_gemv_kernel, decode_mma_kernel
+    from arbitor.ternary.ops.triton_common import SIGN_TABLES
+    if kernel_name == "gemv":
+        fn = decode_gemv_kernel
+        sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
+               "cnt_ptr": "*i32", "N": "i32", "K": "i32", "G": "i32", "KW": "i32", "stride_xk": "constexpr",
+               "SPLIT": "i32", "Q_PER_SPLIT": "i32", "F_HI": "i32", "GS": "constexpr", "BLOCK_N": "constexpr",
+               "BLOCK_K": "constexpr", "INTERP": "constexpr"}
+        const = {"stride_xk": 1, "GS": group_size, "BLOCK_N": bn, "BLOCK_K": bk, "INTERP": False}
+        aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "N", "K", "G", "KW", "Q_PER_SPLIT")
+    else:
+        fn = decode_mma_kernel
+        sig = {"x_ptr": "*bf16", "t_ptr": "*u8", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
+               "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "G": "i32", "KB": "i32", "stride_xm": "i32",
+               "stride_xk": "constexpr", "SPLIT": "i32", "K_PER_SPLIT": "i32", "GS": "constexpr",
+               "DOT_PRECISION": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+               "INTERP": "constexpr", "PLANES": "constexpr", "T_HI": "constexpr", "T_LO": "constexpr"}
+        t_hi, t_lo = SIGN_TABLES["bf16"]
+        const = {"stride_xk": 1, "GS": group_size, "DOT_PRECISION": "tf32", "BLOCK_M": 16, "BLOCK_N": bn,
+                 "BLOCK_K": bk, "INTERP": False, "PLANES": group_size >= bk >= 64, "T_HI": t_hi, "T_LO": t_lo}
+        aligned_names = ("x_ptr", "t_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "N", "K", "G", "KB", "stride_xm",
+                         "K_PER_SPLIT")
+    aligned = [i for i, k in enumerate(sig) if k in aligned_names]
+    src = ASTSource(fn=fn, signature=sig, attrs={(i,): [["tt.divisibility", 16]] for i in aligned}, constexprs=const)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"gemv_{bn}_{bk}_{warps}_{os.getpid()}.cubin"
@@ -72,8 +89,9 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64) -> dict:
 
 
 def main(argv=None) -> int:
-    from arbitor.ternary.ops.decode_triton import _GEMV_TILE
+    from arbitor.ternary.ops.decode_triton import _GEMV_TILE, _PLANES_TILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernel", choices=("gemv", "mma"), default="gemv", help="which decode kernel (default gemv)")
     ap.add_argument("--tile", action="append", default=None, metavar="BLOCK_N,BLOCK_K,WARPS",
                     help="a launch tile (repeatable); default: the launcher's")
     args = ap.parse_args(argv)
@@ -81,7 +99,7 @@ def main(argv=None) -> int:
         print("gemv_sass.py: unset TRITON_INTERPRET (it compiles for a GPU)", file=sys.stderr)
         return 2
     tiles = []
-    for t in args.tile or [",".join(map(str, _GEMV_TILE[:3]))]:
+    for t in args.tile or [",".join(map(str, (_GEMV_TILE if args.kernel == "gemv" else _PLANES_TILE)[:3]))]:
         try:
             bn, bk, warps = (int(v) for v in t.split(","))
         except ValueError:
@@ -89,7 +107,7 @@ def main(argv=None) -> int:
             return 2
         tiles.append((bn, bk, warps))
     for bn, bk, warps in tiles:
-        r = count(bn, bk, warps)
+        r = count(bn, bk, warps, kernel_name=args.kernel)
         print(f"tile {bn} x {bk}, {warps} warps: {r['registers']} registers, {r['loop']} instructions in the K loop, "
               f"{r['per_weight']:.2f} a weight ({r['int_per_weight']:.2f} on the integer pipe); "
               + " ".join(f"{o}:{n}" for o, n in r["top"]), flush=True)

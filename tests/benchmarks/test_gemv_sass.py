@@ -37,3 +37,12 @@ def test_counts_the_k_loop_of_the_launchers_tile():
 def test_a_bad_tile_is_one_line_and_exit_2():
     out = _run("--tile", "16,x,4")
     assert out.returncode == 2 and "--tile" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_tensor_core_kernels_plane_form_takes_fewer_instructions_a_weight():
+    """``--kernel mma``: the plane-by-plane form (one group a K step, ``plane_signs16``) against the form that
+    builds ``round(T * S)`` from floats (a 256-column K step over four groups)."""
+    out = _run("--kernel", "mma", "--tile", "256,64,4", "--tile", "32,256,4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    planes, floats = (float(v) for v in re.findall(r"([\d.]+) a weight", out.stdout))
+    assert planes < 0.5 * floats, out.stdout
