@@ -234,7 +234,7 @@ def expand_scaled_kernel(t_ptr, s_ptr, w_ptr, N, K, G, KB, GS: tl.constexpr, BLO
 _GEMV_TILE = (16, 2048, 4, 2)
 _MMA_TILE = (32, 256, 4, 4)
 #: the tensor-core kernel's plane-by-plane form (``plane_signs16``: 16-bit x, one group a K step): 256 rows x
-#: one 64-column group, 4 warps -- about 4.2 sm_90 instructions a weight in its K loop against 14.7 for the
+#: one 64-column group, 4 warps -- 4.5 sm_90 instructions a weight in its K loop against 14.7 for the
 #: ``_MMA_TILE`` form at group 64 (``python benchmarks/gemv_sass.py --kernel mma --tile 256,64,4 --tile 32,256,4``)
 _PLANES_TILE = (256, 64, 4, 2)
 _INTERP_TILE = (16, 64, 4, 1)
