@@ -209,10 +209,22 @@ def gemv_rows(args, device, res, flush) -> None:
         torch.cuda.empty_cache()
 
 
+#: the sweep's grids: which M each serves (``planes``: ``decode_mma_kernel``'s plane-by-plane form, one 64-column
+#: group a K step, at any M -- at M = 1 it races the GEMV)
+SWEEP_PATHS = {"gemv": "M = 1", "gemv_expand": "M = 1", "mma": "M > 1", "planes": "any M"}
+
+
+def _sweep_paths(M: int, wanted: list[str]) -> tuple[str, ...]:
+    return tuple(p for p in wanted if p == "planes" or (p == "mma") == (M > 1))
+
+
 def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
     """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), its plain form
-    ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above."""
-    if M == 1 and path == "gemv_expand":   # a float tile of <= 64 values a thread (more: 128-255 registers)
+    ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above, and that kernel's
+    plane-by-plane form (``path="planes"``: ``BLOCK_K`` = the sweep's group of 64, wide ``BLOCK_N``)."""
+    if path == "planes":
+        grid = [(bn, 64, w, p) for bn in (64, 128, 256, 512) for w in (4, 8) for p in (1, 2, 4)]
+    elif M == 1 and path == "gemv_expand":   # a float tile of <= 64 values a thread (more: 128-255 registers)
         grid = [(bn, bk, w, p) for bn in (8, 16, 32, 64) for bk in (128, 256, 512, 1024) for w in (4, 8)
                 for p in (2, 4, 8) if bn * bk <= 64 * 32 * w]
     elif M == 1:   # narrow and wide tiles, at most 128 x 512 columns (4,096 words) a K step; the 2026-11-30
@@ -236,15 +248,15 @@ def sweep_rows(args, device, res, flush) -> None:
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
             # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel), each on its grid
-            paths = ("gemv", "gemv_expand") if M == 1 else ("mma",)
+            paths = _sweep_paths(M, args.sweep_paths)
             for path, cfg in [(p, c) for p in paths for c in _sweep_configs(M, p)]:
                 if time.perf_counter() > t_end:
                     res.setdefault("errors", []).append("sweep stopped at its time limit")
                     flush()
                     return
                 try:
-                    ms = _graph_time([(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(x, s[0], s[5], K, gs,
-                                                                                                config=c, path=p))
+                    ms = _graph_time([(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(
+                        x, s[0], s[5], K, gs, config=c, path="mma" if p == "planes" else p))
                                       for s in states], max(5, args.reps // 2))
                 except Exception as exc:
                     ms = None
@@ -493,6 +505,8 @@ def main(argv=None) -> int:
                          "(for_inference(fuse_projections=True)) as the variant 'ternary-fused'")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
+    ap.add_argument("--sweep-paths", default=",".join(SWEEP_PATHS),
+                    help="--parts sweep: comma list of " + ", ".join(f"{k} ({v})" for k, v in SWEEP_PATHS.items()))
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)
@@ -506,6 +520,9 @@ def main(argv=None) -> int:
     args.reps = args.reps if args.reps is not None else (20 if cuda else 3)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.gemv_m = [int(m) for m in args.gemv_m.split(",")]
+    args.sweep_paths = args.sweep_paths.split(",")
+    if not set(args.sweep_paths) <= set(SWEEP_PATHS):
+        raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")
     parts = (args.parts or ("gemv,decode" if cuda else "decode")).split(",")
     if not set(parts) <= {"gemv", "decode", "sweep"}:
         raise SystemExit(f"--parts: comma list of gemv, decode, sweep; got {args.parts!r}")
