@@ -4,7 +4,9 @@ A field declared with ``setting(default, help, ...)`` carries its help text and 
 ``check_settings(obj)`` validates an instance against them (``ValueError`` naming the field, its range
 and the value), ``add_arguments(parser, cls)`` derives the ``--flag`` of every field (range checked at
 parse time, same message), and ``from_args(cls, args)`` builds the instance back from the parsed
-namespace. So a setting's name, default, help and bounds are written once, in its dataclass.
+namespace. So a setting's name, default, help and bounds are written once, in its dataclass. A numeric
+setting may also take a few ``words`` instead of a number (``counter_rate``: a float or ``"auto"``; its
+type is then ``Union[float, str]``).
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ __all__ = ["setting", "check_settings", "add_arguments", "from_args", "flag_name
 
 
 def setting(default: Any, help: str, *, low: Optional[float] = None, high: Optional[float] = None,
-            choices: Optional[Sequence[Any]] = None, flag: bool = True, positive: bool = False) -> Any:
+            choices: Optional[Sequence[Any]] = None, flag: bool = True, positive: bool = False,
+            words: Sequence[str] = ()) -> Any:
     """A dataclass field with its help text and bounds (``low <= v <= high``; ``positive``: ``v > 0``).
 
-    ``flag=False`` keeps the field out of the command line.
+    ``flag=False`` keeps the field out of the command line; ``words``: strings a numeric field also accepts
+    in place of a number (e.g. ``("auto",)``).
     """
     meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "flag": flag,
-            "positive": positive}
+            "positive": positive, "words": tuple(words)}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -42,6 +46,10 @@ def _num(v: float) -> str:
 
 
 def _range_text(meta: dict) -> str:
+    words = meta.get("words")
+    if words:
+        numbers = _range_text({**meta, "words": ()}) or "a number"
+        return f"{numbers} or {' or '.join(words)}"
     if meta.get("choices"):
         return "one of " + ", ".join(map(str, meta["choices"]))
     low, high = meta.get("low"), meta.get("high")
@@ -64,6 +72,8 @@ def _problem(meta: dict, value: Any) -> Optional[str]:
         return None
     if meta.get("choices") and value not in meta["choices"]:
         return _range_text(meta)
+    if meta.get("words") and isinstance(value, str):
+        return None if value in meta["words"] else _range_text(meta)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, float) and not math.isfinite(value):
@@ -79,7 +89,7 @@ def check_settings(obj: Any) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        want = _base_type(hints.get(f.name))
+        want = _base_type(hints.get(f.name), f.metadata.get("words", ()))
         if want is int and (isinstance(value, bool) or not isinstance(value, int)) and value is not None:
             raise ValueError(f"{flag_name(f.name)} must be an integer, got {value!r}")
         problem = _problem(f.metadata, value)
@@ -87,21 +97,27 @@ def check_settings(obj: Any) -> None:
             raise ValueError(f"{flag_name(f.name)} must be {problem}, got {value!r}")
 
 
-def _base_type(hint: Any) -> Any:
-    """``int`` for ``int`` and ``Optional[int]``; likewise float, str, bool; else None."""
+def _base_type(hint: Any, words: Sequence[str] = ()) -> Any:
+    """``int`` for ``int`` and ``Optional[int]``; likewise float, str, bool; else None. With ``words``, the number
+    type of ``Union[float, str]`` (and of ``Optional[...]`` of it)."""
     args = typing.get_args(hint)
-    if args and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
+    if args and (type(None) in args or (words and str in args)):       # Optional[X], Union[X, str]
+        rest = [a for a in args if a is not type(None) and not (words and a is str)]
         hint = rest[0] if len(rest) == 1 else None
     return hint if hint in (int, float, str, bool) else None
 
 
 def _parser_type(kind: Any, meta: dict, name: str):
+    words = meta.get("words") or ()
+
     def parse(text: str):
+        if text in words:
+            return text
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}{''.join(f' or {w}' for w in words)}, "
                                              f"got {text!r}") from None
         problem = _problem(meta, value)
         if problem:
@@ -123,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Optional
         meta = f.metadata
         if not meta.get("flag", False):
             continue
-        kind = _base_type(hints[f.name])
+        kind = _base_type(hints[f.name], meta.get("words", ()))
         if kind is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {hints[f.name]}")
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)

@@ -1,7 +1,7 @@
 """Settings dataclasses as flags: one declaration gives the flag, its help, its default and its range check."""
 import argparse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import pytest
 
@@ -53,3 +53,28 @@ def test_out_of_range_values_are_refused_in_the_dataclass():
         TrainConfig(warmup_steps=-2)
     assert TrainConfig(eval_interval=30).checkpoint_interval == 30
     assert TrainConfig(eval_interval=30, save_interval=0).checkpoint_interval == 0
+
+
+@dataclass
+class _Words:
+    rate: Optional[Union[float, str]] = setting("auto", "a rate", low=0.0, high=2.0, words=("auto",))
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+def test_a_number_or_a_word():
+    p = argparse.ArgumentParser()
+    add_arguments(p, _Words)
+    assert "in [0, 2] or auto (default auto)" in " ".join(p.format_help().split())
+    assert from_args(_Words, p.parse_args([])) == _Words(rate="auto")
+    assert from_args(_Words, p.parse_args(["--rate", "auto"])).rate == "auto"
+    assert from_args(_Words, p.parse_args(["--rate", "1.5"])).rate == 1.5
+    for bad in ("fast", "2.5", "nan"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--rate", bad])
+    with pytest.raises(ValueError, match=r"--rate must be in \[0, 2\] or auto, got 'fast'"):
+        _Words(rate="fast")
+    with pytest.raises(ValueError, match=r"--rate must be in \[0, 2\] or auto, got 3"):
+        _Words(rate=3)
+    assert _Words(rate=None).rate is None
