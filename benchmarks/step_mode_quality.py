@@ -35,8 +35,10 @@ def run(text: str, rule: str, mode: str, K: int, seqs: int, ctx: int, steps: int
                      ModelSettings(update_rule=rule)).model.cfg.ternary.ballot_prior
     if mode == "boundary" and prior == "scaled":
         fields = {"ternary": {"ballot_prior": base * K}}
+    # counter_rate=None: the preset's rate (1.0) in every row; "auto" would count passes from batch = seqs // K and
+    # could give the rows different rates
     tr = build_run("text", TrainConfig(steps=steps, batch=seqs // K, ctx=ctx), TextConfig(text_data=text),
-                   ModelSettings(update_rule=rule), model_fields=fields)
+                   ModelSettings(update_rule=rule, counter_rate=None), model_fields=fields)
     if mode == "boundary":
         set_step_mode(tr.model, K)
     dev = torch.device("cpu")

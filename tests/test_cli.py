@@ -34,6 +34,8 @@ def _err(capsys, argv):
     (["train", "--text-data", TEXT, "--steps", "0"], "must be > 0"),
     (["train", "--text-data", TEXT, "--update-rule", "counter", "--counter-bits", "3"], "--counter-bits: invalid choice"),
     (["train", "--text-data", TEXT, "--update-rule", "adam"], "--update-rule: invalid choice"),
+    (["train", "--text-data", TEXT, "--counter-rate", "bad"], "--counter-rate: expected a number or auto, got 'bad'"),
+    (["train", "--text-data", TEXT, "--counter-rate", "65"], "--counter-rate: must be in [0, 64] or auto, got 65"),
     (["sample", "--run", "RUNS/nothing"], "run directory not found"),
     (["audit", "--preset", "gigantic"], "unknown preset"),
     (["audit"], "--layer IN OUT or --preset NAME"),
@@ -122,6 +124,25 @@ def test_train_with_the_counter_rule(capsys, tmp_path):
     assert main(argv) == 0
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())["model"]["ternary"]
     assert (cfg["update_rule"], cfg["counter_bits"], cfg["counter_rate"]) == ("counter", 4, 0.5)
+
+
+def test_counter_rate_auto_and_explicit(capsys, tmp_path):
+    base = ["train", "--text-data", TEXT, "--ctx", "32", "--batch", "4", "--steps", "3", "--eval-interval", "0",
+            "--eval-batches", "1", "--runs-dir", str(tmp_path), "--no-progress"]
+
+    def cfg(run):
+        return json.loads((tmp_path / run / "config.json").read_text())
+
+    assert main(base + ["--run", "auto", "--counter-rate", "auto"]) == 0      # 0.1 passes: rate 1
+    out = capsys.readouterr().out
+    assert out.count("counter_rate auto -> 1.0 (0.1 passes over 3,107 training tokens") == 1
+    assert cfg("auto")["model"]["ternary"]["counter_rate"] == 1.0
+    assert cfg("auto")["resolved_settings"]["counter_rate"]["value"] == 1.0
+    assert main(base + ["--run", "r07", "--counter-rate", "0.7"]) == 0
+    assert "counter_rate auto" not in capsys.readouterr().out
+    assert cfg("r07")["model"]["ternary"]["counter_rate"] == 0.7 and cfg("r07")["resolved_settings"] == {}
+    rc, lines = _err(capsys, base + ["--run", "auto", "--steps", "4", "--resume", "--counter-rate", "0.7"])
+    assert rc == 2 and len(lines) == 1 and "counter_rate=1.0, you asked for 0.7" in lines[0]
 
 
 def test_audit_with_the_counter_rule(capsys):

@@ -36,8 +36,12 @@ class TernaryConfig:
                                      # (32 rungs per trit) end 0.034-0.052 nats below 4 at the same step in
                                      # trit units, on two CPU corpora (docs/quality.md, "A longer ladder")
     counter_rate: float = 1.0        # counter only: rungs per ballot per unit of row-RMS gradient (times the
-                                     # schedule's rate factor); 1.0 at 5 bits = 0.5 at 4 bits, the full-budget
-                                     # GPU studies' best on both corpora
+                                     # schedule's rate factor). A layer has no notion of a corpus, so it keeps
+                                     # 1.0, the best rate where a run sees its data a few times (Python source,
+                                     # 8-10 passes, docs/quality.md). The trainer's default is "auto"
+                                     # (train/run.py): 0.5 when the run's planned passes over its training
+                                     # tokens exceed 30, else 1.0 (rules/counter.py auto_counter_rate has the
+                                     # evidence); the resolved float is what the run's config stores
     ballot_prior: int = 0            # step_counter starts at this many zero-vote ballots: damps the first
                                      # ballots' jump (one unanimous ballot otherwise moves S by 2**strength)
     backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)

@@ -10,7 +10,8 @@ File ``<run>/checkpoint.safetensors``:
   ``rng.data`` for text; ``rng.modality`` and ``rng.data.<m>`` for multimodal runs) and
   ``optim.<i>.<key>`` (AdamW state, float baselines only);
 * metadata (strings): ``format`` (``arbitor-checkpoint-3``), ``model_config``, ``train_state``
-  (step, tokens seen, train config, ``task``: its kind, config and e.g. vocabulary; preset),
+  (step, tokens seen, train config, ``task``: its kind, config and e.g. vocabulary; preset; the settings the
+  run builder resolved, ``resolved_settings``),
   ``optim_groups``, ``tensors_sha256`` (the tensors' own digest) and ``sha256`` -- one digest over every
   other metadata field (name and value) and every tensor's name, dtype, shape and bytes, checked on load: editing ``"step"`` in the header, renaming a
   tensor or flipping one byte of it is refused, naming which part does not match.
@@ -236,7 +237,7 @@ def _check_header(model_config: dict, train_state: dict) -> None:
     _nonneg_int(train_state, "tokens_seen", "train_state", 2 ** 63 - 1)
     if "micro_batches_per_step" in train_state:
         _nonneg_int(train_state, "micro_batches_per_step", "train_state", 2 ** 20)
-    for key in ("train_config", "task"):
+    for key in ("train_config", "task", "resolved_settings"):
         if key in train_state and not isinstance(train_state[key], dict):
             raise ValueError(f"train_state.{key} is not a JSON object")
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_ctx"):

@@ -11,8 +11,18 @@ the trainer from ``<run>/checkpoint.safetensors`` after checking that the run is
 * the data itself: the text's sha256 (text), the modality layout (multimodal).
 
 Any difference is a ``CheckpointError`` naming the setting: a bit-exact continuation needs the same
-value. A run directory that holds a checkpoint is only continued with ``resume`` and never
-overwritten when its checkpoint cannot be loaded.
+value.
+
+``counter_rate="auto"`` (``ModelSettings``' default) is resolved once, when a new run is built: a run of
+ternary projections on the ``counter`` rule gets ``ternary.rules.counter.auto_counter_rate`` of its planned
+passes over the training tokens, ``steps * batch * ctx * grad_accum * processes / training tokens`` (a
+multimodal run: no such number, so rate 1.0). The resolved float is the run's ``counter_rate`` from then on: the
+model config and checkpoint hold it, the checkpoint and ``config.json`` also record how it was chosen
+(``resolved_settings``), and ``--resume`` continues with it whatever ``--steps`` or the data now give ("auto"
+asks for nothing on resume; an explicit other rate is refused like any other setting).
+
+A run directory that holds a checkpoint is only continued with ``resume`` and never overwritten when its
+checkpoint cannot be loaded.
 """
 from __future__ import annotations
 
@@ -33,7 +43,8 @@ from ..ternary.embedding import EMBEDDING_RULES
 from ..ternary.format import COUNTER_BITS
 from ..ternary.ops.backend import resolve_backend
 from ..ternary.rules import RULES
-from ..ternary.rules.counter import MAX_COUNTER_RATE
+from ..ternary.rules.counter import (AUTO_RATE_FEW, AUTO_RATE_MANY, AUTO_RATE_PASSES, MAX_COUNTER_RATE,
+                                     auto_counter_rate)
 from ..ternary.scale import MAX_STRENGTH
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint, remove_stale_temps
@@ -43,9 +54,10 @@ from .settings import check_settings, flag_name, setting
 from .text import TextConfig, TextTask, build_dataset
 from .trainer import Trainer
 
-__all__ = ["ModelSettings", "TASK_CONFIGS", "build_run", "load_run", "fit_config", "RunError"]
+__all__ = ["ModelSettings", "TASK_CONFIGS", "build_run", "load_run", "fit_config", "planned_passes", "RunError"]
 
 TASK_CONFIGS = {"text": TextConfig, "multimodal": MultimodalConfig}
+AUTO = "auto"
 TaskConfig = Union[TextConfig, MultimodalConfig]
 RunError = (DataError, ConfigError, CheckpointError)
 
@@ -64,8 +76,14 @@ class ModelSettings:
                                                "counter (docs/quality.md)", choices=tuple(RULES))
     counter_bits: Optional[int] = setting(None, "counter rule: bits per weight of the packed counters",
                                           choices=COUNTER_BITS)
-    counter_rate: Optional[float] = setting(None, "counter rule: rungs per ballot per unit of row-RMS gradient",
-                                            low=0.0, high=MAX_COUNTER_RATE)
+    # "auto": chosen from the run's planned passes over its training tokens when a new run is built (module doc;
+    # ternary/rules/counter.py auto_counter_rate); None: the preset's / TernaryConfig's (1.0)
+    counter_rate: Optional[Union[float, str]] = setting(
+        AUTO, f"counter rule: rungs per ballot per unit of row-RMS gradient; auto: {AUTO_RATE_MANY:g} when the run's "
+              f"planned passes over its training tokens (steps x batch x ctx x grad_accum x processes / training "
+              f"tokens) exceed {AUTO_RATE_PASSES:g}, else {AUTO_RATE_FEW:g} (a resumed run keeps its checkpoint's "
+              "rate)", low=0.0,
+        high=MAX_COUNTER_RATE, words=(AUTO,))
     embedding_update_rule: Optional[str] = setting(None, "update rule of the sparse embedding",
                                                    choices=EMBEDDING_RULES)
     backend: Optional[str] = setting(None, "ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)",
@@ -78,9 +96,10 @@ class ModelSettings:
         check_settings(self)
 
     def ternary_changes(self) -> dict[str, Any]:
-        """The ``TernaryConfig`` fields these settings change."""
+        """The ``TernaryConfig`` fields these settings change (``counter_rate="auto"`` is none: it is resolved when
+        a new run is built, and asks nothing of a resumed one)."""
         return {k: getattr(self, k) for k in ("group_size", "strength", "update_rule", "counter_bits", "counter_rate",
-                                              "backend") if getattr(self, k) is not None}
+                                              "backend") if getattr(self, k) not in (None, AUTO)}
 
     def model_changes(self) -> dict[str, Any]:
         """The other ``ModelConfig`` fields these settings change."""
@@ -170,6 +189,9 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
     model_fields = dict(model_fields or {})
     settings = settings or ModelSettings()
     ternary_fields = {**settings.ternary_changes(), **model_fields.pop("ternary", {})}
+    auto_rate = ternary_fields.get("counter_rate", settings.counter_rate) == AUTO
+    if ternary_fields.get("counter_rate") == AUTO:
+        del ternary_fields["counter_rate"]
     if kind not in TASK_CONFIGS:
         raise ConfigError(f"unknown task {kind!r}; choose one of {', '.join(TASK_CONFIGS)}")
     dev = _device(device)
@@ -182,6 +204,7 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
             raise CheckpointError(f"{path} already exists; pass --resume to continue it or choose another --run "
                                   "(arbitor never overwrites a checkpoint)")
     saved_task: dict[str, Any] = {}
+    resolved: dict[str, Any] = {}         # settings chosen here ("auto"): recorded by the trainer
     if ckpt is not None:
         model_state, model_cfg, train_state, other, meta = ckpt
         saved_task = train_state.get("task", {})
@@ -233,6 +256,8 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
         preset_name = settings.preset or "tiny"
         fields = {"vocab_size": vocab_size, "seed": tcfg.seed, **settings.model_changes(), **model_fields}
         cfg = preset(preset_name, ternary=ternary_fields, **fields)
+        if auto_rate and cfg.linear == "ternary" and cfg.ternary.update_rule == "counter":
+            cfg, resolved, line = _resolve_counter_rate(cfg, tcfg, task)
         cfg = scale_prior(cfg, tcfg.grad_accum * distributed.world_size())
     elif cfg.vocab_size != vocab_size:
         raise CheckpointError(f"checkpoint vocab_size {cfg.vocab_size} != vocabulary size {vocab_size}")
@@ -243,6 +268,9 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
         for s in specs:
             model.vq[s.name].init_from_data(datasets[s.name].train, gen)
     trainer = Trainer(model, task, tcfg, run_dir=run_dir, device=dev, preset=preset_name)
+    if ckpt is None and resolved:
+        trainer.resolved_settings.update(resolved)
+        trainer.start_lines.append(line)
     if ckpt is not None:
         trainer.restore(model_state, train_state, other, meta)
         if inexact:
@@ -255,6 +283,32 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
         if stale.exists():
             stale.unlink()
     return trainer
+
+
+def planned_passes(tcfg: TrainConfig, task) -> Optional[float]:
+    """How many times a new run of ``tcfg`` will go over ``task``'s training tokens: ``steps`` x the tokens of
+    one step (``batch * ctx`` per micro-batch, ``grad_accum`` micro-batches on each of the data-parallel
+    processes) / the training tokens; None when the task has no one number of them (multimodal)."""
+    train_tokens = task.train_tokens()
+    if not train_tokens:
+        return None
+    tokens_per_step = tcfg.batch * tcfg.ctx * tcfg.grad_accum * distributed.world_size()
+    return tcfg.steps * tokens_per_step / train_tokens
+
+
+def _resolve_counter_rate(cfg: ModelConfig, tcfg: TrainConfig, task) -> tuple[ModelConfig, dict[str, Any], str]:
+    """``cfg`` with ``counter_rate="auto"`` resolved (module doc), the record of how it was chosen and the line
+    that says so."""
+    passes = planned_passes(tcfg, task)
+    rate = auto_counter_rate(passes)
+    train_tokens = task.train_tokens()
+    why = (f"{passes:.1f} passes over {train_tokens:,} training tokens" if passes is not None
+           else f"no single number of passes for a {task.kind} run")
+    record = {"asked": AUTO, "value": rate, "passes": passes, "train_tokens": train_tokens,
+              "threshold_passes": AUTO_RATE_PASSES}
+    line = (f"counter_rate auto -> {rate} ({why}; {AUTO_RATE_MANY} above {AUTO_RATE_PASSES:g} passes, else "
+            f"{AUTO_RATE_FEW})")
+    return cfg.replace(ternary={"counter_rate": rate}), {"counter_rate": record}, line
 
 
 def _result_changes(saved_t: dict[str, Any], tcfg: TrainConfig, saved_device: Optional[str],

@@ -92,6 +92,11 @@ class Task(ABC):
         """Write task-specific files after an evaluation (none by default)."""
         return None
 
+    def train_tokens(self) -> Optional[int]:
+        """The tokens one pass over the training data reads (what ``counter_rate="auto"`` counts passes of,
+        ``run.py``); None when there is no one such number (several modalities, your own batches)."""
+        return None
+
     def summary(self) -> str:
         """What the run trains on, for the start line."""
         return self.kind

@@ -119,6 +119,9 @@ class TextTask(Task):
     def checkpoint_state(self) -> dict[str, Any]:
         return {"vocab": self.vocab.to_json(), "text_sha256": self.data.text_sha256}
 
+    def train_tokens(self) -> int:
+        return self.data.train.numel()
+
     def summary(self) -> str:
         return (f"{self.data.train.numel():,} train / {self.data.val.numel():,} val tokens "
                 f"({self.cfg.text_data or 'stdlib docstrings'}, {self.cfg.vocab} vocabulary)")

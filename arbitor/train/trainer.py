@@ -105,6 +105,10 @@ class Trainer:
         self.run_lock = None               # the run directory's lock (run.lock_run), held by rank 0
         self._tb = None                    # the TensorBoard writer (None: not made yet; False: not installed)
         self.inexact_resumes: list[dict] = []  # resumes that changed a result-changing setting (--inexact-resume)
+        # settings the run builder chose for this run (run.py: counter_rate "auto" -> its rate, and why): saved in
+        # the checkpoint and config.json, restored on resume; start_lines: what fit() prints once before training
+        self.resolved_settings: dict[str, Any] = {}
+        self.start_lines: list[str] = []
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
         # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
@@ -340,13 +344,14 @@ class Trainer:
         task = {"kind": self.task.kind, "config": self.task.config(), **self.task.checkpoint_state()}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
                  "task": task, "preset": self.preset, "micro_batches_per_step": self.micro_per_step,
-                 "device_type": self.device.type, "inexact_resumes": self.inexact_resumes}
+                 "device_type": self.device.type, "inexact_resumes": self.inexact_resumes,
+                 "resolved_settings": self.resolved_settings}
         cfg = getattr(self.model, "cfg", None)
         model_cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else {}      # a user model has none
         save_checkpoint(path, self.model.state_dict(), model_cfg, state, extra,
                         {"optim_groups": groups})
         cfg_json = {"preset": self.preset, "model": model_cfg, "train": self.tcfg.to_dict(),
-                    "task": task, "step": self.step}
+                    "task": task, "step": self.step, "resolved_settings": self.resolved_settings}
         atomic_write_bytes(self.run_dir / "config.json", json.dumps(cfg_json, indent=2).encode())
         return path
 
@@ -377,6 +382,7 @@ class Trainer:
         self.step = int(train_state["step"])
         self.tokens_seen = int(train_state["tokens_seen"])
         self.inexact_resumes = list(train_state.get("inexact_resumes", []))
+        self.resolved_settings = dict(train_state.get("resolved_settings", {}))
         self.updater.load_state_tensors(other, meta.get("optim_groups", "[]"), self.device)
 
     def plot(self) -> Optional[Path]:
@@ -396,6 +402,10 @@ class Trainer:
         if meter is not None:
             meter.header()
         last_eval: dict[str, float] = {}
+        if self.rank == 0:
+            for line in self.start_lines:          # e.g. the counter rate "auto" chose (run.py)
+                tqdm.write(line)
+        self.start_lines = []
         if self.step == 0 and target > 0:  # the untrained model's validation starts the curve
             last_eval = self.evaluate()
             self.log({"step": 0, **last_eval})

@@ -45,10 +45,38 @@ from ..format import check_counter_bits, counter_packed_shape, counter_padding_o
 from ..ops.gather import apply_moves_, counter_gather_, move_cap
 from .base import TernaryState, UpdateRule
 
-__all__ = ["CounterRule", "MAX_COUNTER_RATE"]
+__all__ = ["CounterRule", "MAX_COUNTER_RATE", "AUTO_RATE_PASSES", "AUTO_RATE_MANY", "AUTO_RATE_FEW",
+           "auto_counter_rate"]
 
 MAX_COUNTER_RATE = 64.0
+# ``counter_rate="auto"`` (the trainer's default, ``train/run.py``) picks the rate from how often a run will repeat
+# its training tokens. Evidence (issue 18, 5-bit counters):
+# * CPU grid, benchmarks/results/quality/cpu-issue18-rule-variants.md (last section; 0.59 M weights, 2000 steps):
+#   at 76 passes rate 0.5 beats rate 1 by 0.09-0.17 nats on both Shakespeare and Python source (2.0366 vs
+#   2.2048, 1.4288 vs 1.5164); at 23 passes (Shakespeare 100 KB) and 0.2 passes (Python source 10 MB) rate 2 is
+#   best and rate 1 beats rate 0.5.
+# * GPU, docs/quality.md: shakespeare_char with nanoGPT's recipe (82 passes) ends at 1.5125 +- 0.0034 with rate 0.5,
+#   0.010 below QAT's 1.5220, where rate 1 ends 0.015 above it (1.5366); Python source at 14 M weights (about 8
+#   passes) ends 0.003 below QAT with rate 1 and 0.020 above with rate 0.5; at 59 M weights (10 passes) rate 1
+#   ends at 0.8652 against the best QAT's 0.9193 (rate 0.5 there: 0.8606, the one case below 30 passes where 0.5
+#   is ahead, by 0.005).
+# The threshold was read off these same runs, not fitted on held-out ones; a check on a third corpus at GPU scale
+# is pending.
+AUTO_RATE_PASSES = 30.0     # more planned passes than this: AUTO_RATE_MANY, else AUTO_RATE_FEW
+AUTO_RATE_MANY = 0.5        # a run that repeats its corpus many times (overfitting regime)
+AUTO_RATE_FEW = 1.0         # a run that sees its data a few times (TernaryConfig's default)
 _KEY_SALT = 0x5DEECE66D  # hash_key = seed ^ salt: a layer's draws differ from its init draws
+
+
+def auto_counter_rate(passes: Optional[float]) -> float:
+    """The ``counter_rate`` that ``"auto"`` resolves to for a run planned to make ``passes`` passes over its training
+    tokens (``steps * tokens per step / training tokens``): ``AUTO_RATE_MANY`` (0.5) above ``AUTO_RATE_PASSES``
+    (30) passes, else ``AUTO_RATE_FEW`` (1.0); the evidence is in the comment above. ``passes=None`` -- the
+    number cannot be computed meaningfully, e.g. a multimodal run, whose modalities are drawn at random and
+    counted in different units (bytes, patches) -- gives ``AUTO_RATE_FEW``."""
+    if passes is None or not math.isfinite(passes):
+        return AUTO_RATE_FEW
+    return AUTO_RATE_MANY if passes > AUTO_RATE_PASSES else AUTO_RATE_FEW
 
 
 class CounterRule(UpdateRule):

@@ -8,6 +8,7 @@ from arbitor.ternary.step import ternary_step
 from arbitor.ternary.format import unpack_counters
 from arbitor.ternary.ops.counter import counter_block
 from arbitor.ternary.ops.hashing import counter_uniform
+from arbitor.ternary.rules.counter import AUTO_RATE_PASSES, auto_counter_rate
 
 
 def int_data(*shape, seed):
@@ -172,3 +173,10 @@ def test_counter_audit_and_state_checks():
         TernaryScaleTensor(32, 4, group_size=8, update_rule="counter", counter_bits=3)
     with pytest.raises(ValueError, match="counter_rate"):
         TernaryScaleTensor(32, 4, group_size=8, update_rule="counter", counter_rate=-1.0)
+
+
+def test_auto_counter_rate_threshold():
+    assert AUTO_RATE_PASSES == 30.0
+    assert [auto_counter_rate(p) for p in (0.2, 8.0, 23.0, 30.0)] == [1.0] * 4        # few passes: rate 1
+    assert [auto_counter_rate(p) for p in (30.01, 76.0, 82.0, 1e6)] == [0.5] * 4      # many: rate 0.5
+    assert auto_counter_rate(None) == auto_counter_rate(float("nan")) == 1.0          # unknown (multimodal)
