@@ -133,9 +133,9 @@ def test_counter_rate_auto_and_explicit(capsys, tmp_path):
     def cfg(run):
         return json.loads((tmp_path / run / "config.json").read_text())
 
-    assert main(base + ["--run", "auto", "--counter-rate", "auto"]) == 0      # 0.1 passes: rate 1
+    assert main(base + ["--run", "auto", "--counter-rate", "auto"]) == 0      # 0.12 passes: rate 1
     out = capsys.readouterr().out
-    assert out.count("counter_rate auto -> 1.0 (0.1 passes over 3,107 training tokens") == 1
+    assert out.count("counter_rate auto -> 1.0 (0.12 passes over 3,107 training tokens") == 1
     assert cfg("auto")["model"]["ternary"]["counter_rate"] == 1.0
     assert cfg("auto")["resolved_settings"]["counter_rate"]["value"] == 1.0
     assert main(base + ["--run", "r07", "--counter-rate", "0.7"]) == 0

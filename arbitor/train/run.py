@@ -302,7 +302,7 @@ def _resolve_counter_rate(cfg: ModelConfig, tcfg: TrainConfig, task) -> tuple[Mo
     passes = planned_passes(tcfg, task)
     rate = auto_counter_rate(passes)
     train_tokens = task.train_tokens()
-    why = (f"{passes:.1f} passes over {train_tokens:,} training tokens" if passes is not None
+    why = (f"{passes:.2f} passes over {train_tokens:,} training tokens" if passes is not None
            else f"no single number of passes for a {task.kind} run")
     record = {"asked": AUTO, "value": rate, "passes": passes, "train_tokens": train_tokens,
               "threshold_passes": AUTO_RATE_PASSES}

@@ -49,7 +49,7 @@ def test_auto_rate_follows_the_planned_passes(steps, grad_accum, rate):
     rec = tr.resolved_settings["counter_rate"]
     assert (rec["asked"], rec["value"], rec["train_tokens"]) == ("auto", rate, TRAIN_TOKENS)
     assert rec["passes"] == pytest.approx(passes)
-    assert tr.start_lines == [f"counter_rate auto -> {rate} ({passes:.1f} passes over {TRAIN_TOKENS:,} training "
+    assert tr.start_lines == [f"counter_rate auto -> {rate} ({passes:.2f} passes over {TRAIN_TOKENS:,} training "
                               "tokens; 0.5 above 30 passes, else 1.0)"]
 
 
@@ -88,7 +88,7 @@ def test_auto_rate_is_stored_and_resume_keeps_it_bit_exactly(tmp_path, capsys):
     split = _build(_tcfg(1000), tmp_path / "split")
     split.fit(steps=3, progress=False)
     out = capsys.readouterr().out
-    assert out.count("counter_rate auto -> 0.5 (41.2 passes over 3,107 training tokens") == 2
+    assert out.count("counter_rate auto -> 0.5 (41.20 passes over 3,107 training tokens") == 2
     cfg = json.loads((tmp_path / "split" / "config.json").read_text())
     assert cfg["model"]["ternary"]["counter_rate"] == 0.5 and cfg["resolved_settings"]["counter_rate"]["value"] == 0.5
     # resumed with a --steps whose passes would resolve to 1.0: the stored rate is kept, not re-resolved
