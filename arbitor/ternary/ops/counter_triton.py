@@ -2,16 +2,18 @@
 
 Given one row block of ``grad_W`` (``[rows, K]``, from cuBLAS, any float dtype, read once) and the per-row
 step scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32), one program handles a ``[BLOCK_R, BLOCK_K]``
-tile of weights and does in registers what the plain-torch reference ``counter.counter_block_torch_`` does
-with ~50 torch kernels:
+tile of weights -- held as ``[BLOCK_R, BLOCK_K / 8, 8]`` octets, each thread owning whole octets, so that every
+byte of ``T_packed`` and ``C_packed`` is decoded and re-packed in its registers -- and does what the plain-torch
+reference ``counter.counter_block_torch_`` does with ~50 torch kernels:
 
 1. decode the trits (``T_packed``, 2 bits) and counters (``C_packed``, ``BITS`` bits);
 2. cast the BigInt scale votes ``-sum_group sign(g) * T`` and add them to ``corr_accum``
    (``BLOCK_K`` is a multiple of the group size, so each group belongs to one program: a plain
    load-add-store, no atomics);
 3. draw ``u = (hash >> 8) * 2**-24`` from the same counter-based hash as
-   ``hashing.counter_uniform`` (lowbias32 in int64 lanes masked to 32 bits), with the ballot's hash base
-   read from the device (``hashing.hash_base`` of the layer's key and the ballot index: no host value);
+   ``hashing.counter_uniform`` (lowbias32 in uint32 lanes; the int64 index's two words from the row's, with a
+   carry), with the ballot's hash base read from the device (``hashing.hash_base`` of the layer's key and the
+   ballot index: no host value);
 4. move each ladder position ``p = (T+1)*L + C`` by ``-sign(g) * floor(|g| * scale + u)``,
    clamped to ``[0, 3L)``;
 5. re-encode and store whole bytes of ``T_packed`` and ``C_packed`` (``BLOCK_K`` is a
@@ -35,8 +37,9 @@ import triton.language as tl
 from ..format import counter_planes
 from .triton_common import mix32u
 
-__all__ = ["counter_step_kernel", "counter_block_triton_", "counter_gather_kernel", "counter_gather_block_triton_",
-           "row_scale_kernel", "row_scale_triton", "count_ballot_kernel", "count_ballot_triton_"]
+__all__ = ["counter_step_kernel", "step_tile", "counter_block_triton_", "counter_gather_kernel",
+           "counter_gather_block_triton_", "row_scale_kernel", "row_scale_triton", "count_ballot_kernel",
+           "count_ballot_triton_"]
 
 
 @triton.jit
@@ -88,57 +91,95 @@ def _uniforms(key_ptr, ballot, row0, r64, k, K):
 
 
 @triton.jit
+def _octets(x, W: tl.constexpr, BLOCK_R: tl.constexpr, Q: tl.constexpr):
+    """``[BLOCK_R, Q, W]`` bytes (int32) of a plane of ``W``-bit fields -> the ``[BLOCK_R, Q, 8]`` fields, low bits
+    first (``format.py``'s layout: ``8 // W`` fields a byte). Each thread holds whole octets, so this is in-register."""
+    PER: tl.constexpr = 8 // W
+    f = (x[:, :, :, None] >> (tl.arange(0, PER) * W)[None, None, None, :]) & ((1 << W) - 1)
+    return tl.reshape(f, (BLOCK_R, Q, 8))
+
+
+@triton.jit
+def _pack_octets(f, W: tl.constexpr, BLOCK_R: tl.constexpr, Q: tl.constexpr):
+    """The inverse of ``_octets``: ``[BLOCK_R, Q, 8]`` fields in ``[0, 2**W)`` -> ``[BLOCK_R, Q, W]`` bytes (int32;
+    the fields are disjoint, so the sum is the bitwise or)."""
+    PER: tl.constexpr = 8 // W
+    f = tl.reshape(f, (BLOCK_R, Q, W, PER))
+    return tl.sum(f << (tl.arange(0, PER) * W)[None, None, None, :], axis=3)
+
+
+@triton.jit
 def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
                         KB, CB, CB_LO, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_K: tl.constexpr):
-    # BITS 5: two planes in one row of C_packed (format.py) -- the low nibbles (4-bit layout) in columns
-    # [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane, CB_LO = CB
+    # The tile is [BLOCK_R, Q, 8]: octets of 8 consecutive weights, each held by one thread, so the trits' 2
+    # bytes, the counters' low-plane bytes and their bit-4 byte of an octet are decoded and re-packed in registers
+    # (a [BLOCK_R, BLOCK_K] tile packed with tl.sum over reshapes spent ~1/3 of its 130 sm_90 instructions a
+    # weight on shuffles and shared memory). BITS 5: two planes in one row of C_packed (format.py) -- the low
+    # nibbles (4-bit layout) in columns [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane.
     LO_BITS: tl.constexpr = 4 if BITS == 5 else BITS
-    PER: tl.constexpr = 8 // LO_BITS
     L: tl.constexpr = 1 << BITS
     TOP: tl.constexpr = 3 * L - 1
+    Q: tl.constexpr = BLOCK_K // 8
     # 1. the tile, its trits and counters
-    r, k, r_mask, mask, r64, g, t, sgn = _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R, BLOCK_K)
-    cb = tl.load(c_ptr + r64[:, None] * CB + (k // PER)[None, :], mask=mask, other=0).to(tl.int32)
-    c = (cb >> ((k % PER) * LO_BITS)[None, :]) & ((1 << LO_BITS) - 1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_mask = (r < rows) & (tl.load(bad_ptr) == 0)
+    r64 = r.to(tl.int64)
+    q = tl.program_id(1) * Q + tl.arange(0, Q)                    # octet index in the row
+    j = tl.arange(0, 8)
+    k = q[:, None] * 8 + j[None, :]                              # [Q, 8] columns
+    in_k = (k < K)[None, :, :]
+    mask = r_mask[:, None, None] & in_k
+    g = tl.load(gw_ptr + r64[:, None, None] * stride_g + k[None, :, :], mask=mask, other=0.0).to(tl.float32)
+    tb_i = q[:, None] * 2 + tl.arange(0, 2)[None, :]             # [Q, 2] T_packed bytes of each octet
+    tb_mask = r_mask[:, None, None] & (tb_i < KB)[None, :, :]
+    code = _octets(tl.load(t_ptr + r64[:, None, None] * KB + tb_i[None, :, :], mask=tb_mask, other=0).to(tl.int32),
+                   2, BLOCK_R, Q)
+    t = (code & 1) - (code >> 1)
+    cb_i = q[:, None] * LO_BITS + tl.arange(0, LO_BITS)[None, :]  # [Q, LO_BITS] low-plane bytes of each octet
+    cb_mask = r_mask[:, None, None] & (cb_i < CB_LO)[None, :, :]
+    c = _octets(tl.load(c_ptr + r64[:, None, None] * CB + cb_i[None, :, :], mask=cb_mask, other=0).to(tl.int32),
+                LO_BITS, BLOCK_R, Q)
     if BITS == 5:
-        hb = tl.load(c_ptr + r64[:, None] * CB + CB_LO + (k // 8)[None, :], mask=mask, other=0).to(tl.int32)
-        c = c | (((hb >> (k % 8)[None, :]) & 1) << 4)
-    # 2. BigInt scale votes into corr_accum
-    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
-    # 3. counter-based uniforms of this ballot (index step_counter + pending)
+        hb_mask = r_mask[:, None] & (q < CB - CB_LO)[None, :]
+        hb = tl.load(c_ptr + r64[:, None] * CB + CB_LO + q[None, :], mask=hb_mask, other=0).to(tl.int32)
+        c = c | (((hb[:, :, None] >> j[None, None, :]) & 1) << 4)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+    # 2. BigInt scale votes into corr_accum (each group belongs to one program: no atomics)
+    NG: tl.constexpr = BLOCK_K // GS
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    gi = tl.program_id(1) * NG + tl.arange(0, NG)
+    g_mask = r_mask[:, None] & (gi < G)[None, :]
+    offs = r64[:, None] * G + gi[None, :]
+    tl.store(corr_ptr + offs, tl.load(corr_ptr + offs, mask=g_mask, other=0) + vote.to(tl.int64), mask=g_mask)
+    # 3. counter-based uniforms of this ballot (index step_counter + pending) at idx = (row0 + r) * K + k, as
+    # hashing.counter_uniform: the int64 index's low and high words from the row's in uint32 lanes (k < 2**31,
+    # so one carry at most)
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    u = _uniforms(key_ptr, ballot, row0, r64, k, K)
-
-    # 4. the ladder step
+    key = tl.load(key_ptr).to(tl.int64)
+    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
+    row_idx = (row0 + r64) * K
+    lo_row = _lo32(row_idx)[:, None, None]
+    lo = lo_row + k[None, :, :].to(tl.uint32)
+    hi = _lo32(row_idx >> 32)[:, None, None] + (lo < lo_row).to(tl.uint32)
+    h = mix32u(mix32u(lo ^ base) ^ hi)
+    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    # 4. the ladder step (p >= 0 after the clamp, so p // L is a shift)
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
-    a = tl.abs(g) * sc[:, None]
-    steps = tl.minimum(tl.floor(a + u), TOP).to(tl.int32)
+    steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None, None] + u), TOP).to(tl.int32)
     p = (t + 1) * L + c - sgn * steps
     p = tl.minimum(tl.maximum(p, 0), TOP)
-    tn = p // L - 1
-    cn = p - (tn + 1) * L
-    cn = tl.where(mask, cn, 0)
-    new_code = tl.where(mask, tl.where(tn > 0, 1, tl.where(tn < 0, 2, 0)), 0)
-
+    tn = (p >> BITS) - 1
+    cn = tl.where(in_k, p & (L - 1), 0)                          # padding past K stays code 0, counter 0
+    new_code = tl.where(in_k, tl.where(tn > 0, 1, tl.where(tn < 0, 2, 0)), 0)
     # 5. whole bytes back
-    pid_k = tl.program_id(1)
-    KT: tl.constexpr = BLOCK_K // 4
-    tbytes = tl.sum(tl.reshape(new_code << ((k % 4) * 2)[None, :], (BLOCK_R, KT, 4)), axis=2)
-    bt = pid_k * KT + tl.arange(0, KT)
-    tl.store(t_ptr + r64[:, None] * KB + bt[None, :], tbytes.to(tl.uint8), mask=r_mask[:, None] & (bt < KB)[None, :])
-    KC: tl.constexpr = BLOCK_K // PER
-    lo = cn & ((1 << LO_BITS) - 1)
-    cbytes = tl.sum(tl.reshape(lo << ((k % PER) * LO_BITS)[None, :], (BLOCK_R, KC, PER)), axis=2)
-    bc = pid_k * KC + tl.arange(0, KC)
-    tl.store(c_ptr + r64[:, None] * CB + bc[None, :], cbytes.to(tl.uint8),
-             mask=r_mask[:, None] & (bc < CB_LO)[None, :])
+    tl.store(t_ptr + r64[:, None, None] * KB + tb_i[None, :, :], _pack_octets(new_code, 2, BLOCK_R, Q).to(tl.uint8),
+             mask=tb_mask)
+    tl.store(c_ptr + r64[:, None, None] * CB + cb_i[None, :, :],
+             _pack_octets(cn & ((1 << LO_BITS) - 1), LO_BITS, BLOCK_R, Q).to(tl.uint8), mask=cb_mask)
     if BITS == 5:
-        KH: tl.constexpr = BLOCK_K // 8
-        hbytes = tl.sum(tl.reshape(((cn >> 4) & 1) << (k % 8)[None, :], (BLOCK_R, KH, 8)), axis=2)
-        bh = pid_k * KH + tl.arange(0, KH)
-        tl.store(c_ptr + r64[:, None] * CB + CB_LO + bh[None, :], hbytes.to(tl.uint8),
-                 mask=r_mask[:, None] & (bh < CB - CB_LO)[None, :])
+        hbytes = tl.sum(((cn >> 4) & 1) << j[None, None, :], axis=2)
+        tl.store(c_ptr + r64[:, None] * CB + CB_LO + q[None, :], hbytes.to(tl.uint8), mask=hb_mask)
 
 
 @triton.jit
@@ -208,6 +249,15 @@ def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: to
     count_ballot_kernel[(1,)](bad, pending, nonfinite)
 
 
+def step_tile(K: int, group_size: int) -> tuple[int, int]:
+    """``(BLOCK_R, BLOCK_K)`` of ``counter_step_kernel`` for rows of ``K`` weights: 4 rows x 512 columns (2,048
+    weights, 16 a thread), the fastest of ten tiles at all four layer shapes of
+    ``benchmarks/results/speed/h200-counter-step-ab`` (1.3-1.6x the 16 x 128 tile before it: wide in K, few rows);
+    narrower for short rows, wider for groups of more than 512 (a group belongs to one program)."""
+    block_k = max(group_size, min(512, triton.next_power_of_2(max(K, 8))))
+    return max(1, 2048 // block_k), block_k
+
+
 def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
                           corr_accum: torch.Tensor, hash_key: torch.Tensor, step_counter: torch.Tensor,
                           pending: torch.Tensor, bad: torch.Tensor, row0: int, in_features: int, group_size: int,
@@ -235,8 +285,7 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
         raise ValueError("counter_block_triton_: grad_W rows must be contiguous")
     if not gw.is_floating_point() or scale.dtype != torch.float32:
         raise TypeError("counter_block_triton_: grad_W must be a float tensor and scale float32")
-    block_k = max(128, group_size)
-    block_r = max(1, 2048 // block_k)
+    block_r, block_k = step_tile(K, group_size)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
     lo_bytes = counter_planes(K, bits)[0][3]        # bytes of the low-bit plane: the whole row but at 5 bits
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,

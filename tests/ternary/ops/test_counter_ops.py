@@ -61,22 +61,33 @@ def _counters(device="cpu", step=4):
     (6, 264, 8, 5, 2.0),      # 5-bit counters over several programs along K, a ragged last tile
 ])
 def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
+    _check_block_matches_reference(N, K, gs, bits, rate, row0=3)
+
+
+@interp
+def test_triton_counter_block_hash_index_crosses_2_to_the_32():
+    """The kernel forms the int64 hash index ``(row0 + r) * K + k`` from 32-bit words with a carry: rows whose
+    index crosses 2**32 mid-row (row0 * 200 = 2**32 - 96) draw the reference's uniforms."""
+    _check_block_matches_reference(4, 200, 8, 5, 1.0, row0=2 ** 32 // 200)
+
+
+def _check_block_matches_reference(N, K, gs, bits, rate, row0):
     gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
     scale = counter_step_scale(gw, rate)
     ref = [t.clone() for t in (T, C, corr)]
     hk = _hash(12345, 7)
     assert int(hash_base(hk[0], hk[1] + hk[2])) == hash_base(12345, 7)   # the tensor hash == the host hash
-    counter_block_torch_(gw, scale, *ref, *hk, row0=3, in_features=K, group_size=gs, bits=bits)
+    counter_block_torch_(gw, scale, *ref, *hk, row0=row0, in_features=K, group_size=gs, bits=bits)
     out = [t.clone() for t in (T, C, corr)]
-    counter_block_triton_(gw, scale, *out, *hk, row0=3, in_features=K, group_size=gs, bits=bits)
+    counter_block_triton_(gw, scale, *out, *hk, row0=row0, in_features=K, group_size=gs, bits=bits)
     for name, a, b in zip(("T_packed", "C_packed", "corr_accum"), ref, out):
         assert torch.equal(a, b), name
     assert not torch.equal(ref[0], T) and not torch.equal(ref[2], corr)   # the step did move something
     if bits == 4:   # a 16-bit grad_W is read as is (the GPU path skips the fp32 copy): same integers for its values
         gw16 = gw.to(torch.bfloat16)
         ref16, out16 = [t.clone() for t in (T, C, corr)], [t.clone() for t in (T, C, corr)]
-        counter_block_torch_(gw16.float(), scale, *ref16, *hk, 3, K, gs, bits)
-        counter_block_triton_(gw16, scale, *out16, *hk, 3, K, gs, bits)
+        counter_block_torch_(gw16.float(), scale, *ref16, *hk, row0, K, gs, bits)
+        counter_block_triton_(gw16, scale, *out16, *hk, row0, K, gs, bits)
         assert all(torch.equal(a, b) for a, b in zip(ref16, out16))
         sc16 = row_scale_triton(gw16, rate, bad := torch.zeros((), dtype=torch.int32))   # the fused row scale
         torch.testing.assert_close(sc16, counter_step_scale(gw16.float(), rate), rtol=1e-6, atol=0)
@@ -86,7 +97,7 @@ def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
         assert int(bad) == 1
     for fn in (counter_block_torch_, counter_block_triton_):     # a skipped ballot writes nothing
         skip = [t.clone() for t in (T, C, corr)]
-        fn(gw, scale, *skip, *_hash(12345, 7, bad=1), 3, K, gs, bits)
+        fn(gw, scale, *skip, *_hash(12345, 7, bad=1), row0, K, gs, bits)
         assert all(torch.equal(a, b) for a, b in zip(skip, (T, C, corr)))
 
 

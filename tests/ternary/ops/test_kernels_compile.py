@@ -26,15 +26,14 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from arbitor.ternary.ops.counter_triton import counter_step_kernel
+from arbitor.ternary.ops.counter_triton import counter_step_kernel, step_tile
 sig = {'gw_ptr': '*bf16', 'scale_ptr': '*fp32', 't_ptr': '*u8', 'c_ptr': '*u8', 'corr_ptr': '*i64',
        'key_ptr': '*i64', 'step_ptr': '*i64', 'pending_ptr': '*i64', 'bad_ptr': '*i32', 'rows': 'i32', 'K': 'i32',
        'KB': 'i32', 'CB': 'i32', 'CB_LO': 'i32', 'G': 'i32', 'row0': 'i32', 'stride_g': 'i32',
        'BITS': 'constexpr', 'GS': 'constexpr', 'BLOCK_R': 'constexpr', 'BLOCK_K': 'constexpr'}
 for bits in (1, 2, 4, 5, 8):
     for gs, dtype in ((8, '*fp32'), (128, '*bf16'), (256, '*fp16')):
-        block_k = max(128, gs)                       # as counter_block_triton_ picks them
-        block_r = max(1, 2048 // block_k)
+        block_r, block_k = step_tile(4096, gs)        # as counter_block_triton_ picks them for a long row
         src = ASTSource(fn=counter_step_kernel, signature=dict(sig, gw_ptr=dtype),
                         constexprs={'BITS': bits, 'GS': gs, 'BLOCK_R': block_r, 'BLOCK_K': block_k})
         kernel = triton.compile(src, target=GPUTarget('cuda', 90, 32))
