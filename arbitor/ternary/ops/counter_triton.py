@@ -250,11 +250,12 @@ def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: to
 
 
 def step_tile(K: int, group_size: int) -> tuple[int, int]:
-    """``(BLOCK_R, BLOCK_K)`` of ``counter_step_kernel`` for rows of ``K`` weights: 4 rows x 512 columns (2,048
-    weights, 16 a thread), the fastest of ten tiles at all four layer shapes of
-    ``benchmarks/results/speed/h200-counter-step-ab`` (1.3-1.6x the 16 x 128 tile before it: wide in K, few rows);
-    narrower for short rows, wider for groups of more than 512 (a group belongs to one program)."""
-    block_k = max(group_size, min(512, triton.next_power_of_2(max(K, 8))))
+    """``(BLOCK_R, BLOCK_K)`` of ``counter_step_kernel``: 16 rows x 128 columns (2,048 weights, 16 a thread), or one
+    group wide for groups of more than 128. Not the 4 x 512 tile that was 1.3-1.6x faster in
+    ``benchmarks/results/speed/h200-counter-step-ab``: on the H200 it gave wrong ``corr_accum`` votes at groups of 64
+    and 128 (the group sum's reshape of a tile 64 octets wide; cause not found), where this tile's state equals the
+    old kernel's bit for bit and passes the GPU tests."""
+    block_k = max(128, group_size)
     return max(1, 2048 // block_k), block_k
 
 
