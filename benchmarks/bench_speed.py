@@ -169,16 +169,37 @@ def _time_steps(step, batches, steps: int, warmup: int) -> dict:
 
 
 def _profile(step, batch, top: int = 18) -> dict:
+    """The GPU kernels of one call of ``step`` (after three warm-up calls, so compiles and autotuning stay
+    outside): each kernel's device time summed over its launches, the largest ``top``. Only kernel events are
+    counted (a CPU op's row would count its kernels a second time)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    step(batch)
+    for _ in range(3):
+        step(batch)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         step(batch)
         torch.cuda.synchronize()
-    evs = [e for e in prof.key_averages() if e.device_time_total > 0]
-    rows = [{"name": e.key[:80], "calls": e.count, "cuda_ms": round(e.device_time_total / 1000, 3)}
-            for e in sorted(evs, key=lambda e: -e.self_device_time_total)[:top]]
-    return {"gpu_ms": round(sum(e.self_device_time_total for e in evs) / 1000, 2), "top": rows}
+    kernels: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            k = kernels.setdefault(e.name, [0, 0.0])
+            k[0] += 1
+            k[1] += e.device_time_total
+    rows = [{"name": name[:80], "calls": n, "cuda_ms": round(us / 1000, 3)}
+            for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]]
+    return {"gpu_ms": round(sum(us for _, us in kernels.values()) / 1000, 2),
+            "launches": sum(n for n, _ in kernels.values()), "top": rows}
+
+
+def _profile_compiled(cfg, kind: str, batch, device) -> dict:
+    """``_profile`` of ``cfg``'s training step compiled (not graphed: a replay hides its kernels)."""
+    model = _build(cfg, device)
+    try:
+        return _profile(_step_fn(model, torch.compile(model), kind), batch)
+    finally:
+        model = None
+        _free()
 
 
 def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, device, dtype=torch.bfloat16):
@@ -270,6 +291,10 @@ def part_nanogpt(args, device, add, profiles) -> None:
     ao = None if args.best_modes else _torchao_bitnet(base, batches, args, device, float_modes[:1])
     qat_rows = [r for r in (qat, ao) if r is not None]
     best_qat = max(qat_rows, key=lambda r: r["tokens_per_s"]) if qat_rows else None
+    if args.profile:
+        for name, linear in (("dense", "dense"), ("qat", "bitnet")):
+            profiles[f"nanogpt_{name}_compiled"] = _profile_compiled(preset("small", linear=linear, **base), "float",
+                                                                     batches[0], device)
     for rule, tern in RULES.items():
         cfg = preset("small", ternary=tern, **base)
         arb, arb_tried = _measure_model(f"arbitor {rule}", cfg, "ternary", batches, args.steps, args.warmup,
@@ -279,10 +304,7 @@ def part_nanogpt(args, device, add, profiles) -> None:
         if arb is None:
             continue
         if args.profile:
-            model = _build(cfg, device)
-            profiles[f"nanogpt_{rule}"] = _profile(_step_fn(model, None, "ternary"), batches[0])
-            model = None
-            _free()
+            profiles[f"nanogpt_{rule}_compiled"] = _profile_compiled(cfg, "ternary", batches[0], device)
         for name, bl, label in (("step_nanogpt_vs_dense", dense, "dense bf16 + fused AdamW"),
                                 ("step_nanogpt_vs_qat", best_qat, "BitNet b1.58 QAT + fused AdamW")):
             if bl is None:
@@ -422,10 +444,15 @@ def _render(res: dict) -> str:
         peak = f"{r['peak_mib']:,.0f} vs {r['baseline_peak_mib']:,.0f}" if "peak_mib" in r else ""
         lines.append(f"| {r['name']} | {r['shape']} | {r['update_rule']} | {r['arbitor_ms']:.3f} | {r['baseline']} | "
                      f"{r['baseline_ms']:.3f} | {r['ratio']:.2f} | {r['target_ratio']:.2f} | {tps} | {peak} |")
+    notes = [(r, r["note"]) for r in res["rows"] if r.get("note")]
+    if notes:
+        lines += [""] + [f"* {r['name']}, {r['shape']}, {r['update_rule']}: {note}" for r, note in notes]
     if res.get("profiles"):
-        lines += ["", "## Where the arbitor step's GPU time goes (torch.profiler, one step, self time)", ""]
+        lines += ["", "## Where a step's GPU time goes (torch.profiler, one step, GPU kernels only)", ""]
         for key, prof in res["profiles"].items():
-            lines += [f"### {key}: {prof['gpu_ms']} ms of GPU time", "", "| kernel | calls | ms |", "|---|---:|---:|"]
+            launches = f" in {prof['launches']} launches" if "launches" in prof else ""
+            lines += [f"### {key}: {prof['gpu_ms']} ms of GPU time{launches}", "", "| kernel | calls | ms |",
+                      "|---|---:|---:|"]
             lines += [f"| `{t['name']}` | {t['calls']} | {t['cuda_ms']} |" for t in prof["top"]]
             lines.append("")
     return "\n".join(lines) + "\n"
@@ -438,7 +465,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="fewer shapes and no compiled baselines (a smoke run)")
-    ap.add_argument("--profile", action="store_true", help="add a torch.profiler table of the arbitor steps")
+    ap.add_argument("--profile", action="store_true",
+                    help="add torch.profiler kernel tables: nanogpt, the compiled step of each rule and of the dense "
+                         "and QAT baselines; 3b, an eager bigint step")
     ap.add_argument("--check-graph", action="store_true", help="compare the graphed step's state with eager's")
     ap.add_argument("--best-modes", action="store_true",
                     help="measure each model only in the mode that was fastest in a full run (saves device time)")
@@ -457,6 +486,8 @@ def main(argv=None) -> int:
     res = json.loads(path.read_text()) if path.exists() else {"rows": [], "profiles": {}}
     parts = [p for p in args.parts.split(",") if p]
     res["rows"] = [r for r in res["rows"] if _part_of(r["name"]) not in parts]
+    if args.profile:   # a part profiled again replaces its tables
+        res["profiles"] = {k: v for k, v in res.get("profiles", {}).items() if _part_of(k) not in parts}
     res.update(device=tag, device_name=name, torch=torch.__version__, triton=triton.__version__,
                python=platform.python_version(),
                command="PYTHONPATH=. python benchmarks/bench_speed.py " + " ".join(argv if argv is not None

@@ -44,8 +44,12 @@ def table(res: dict) -> str:
         target = rows[0]["target_ratio"]
         tps = f" ({_tokens(rows[0]['tokens_per_s'])})" if "tokens_per_s" in rows[0] and len(rows) == 1 else ""
         met = "yes" if min(ratios) >= target else "no"
-        lines.append(f"| {LABELS.get(name, name)}{variant} | {rule} | {len(rows)} | {_range(ratios)}{tps} | "
+        mark = " (a)" if any(r.get("note") for r in rows) else ""
+        lines.append(f"| {LABELS.get(name, name)}{variant} | {rule} | {len(rows)} | {_range(ratios)}{tps}{mark} | "
                      f"{target:.2f}x | {met} |")
+    notes = sorted({r["note"] for r in res["rows"] if r.get("note")})
+    if notes:   # a row measured apart from the others says why (bench_speed.py renders the same notes)
+        lines += ["", "(a) " + " / ".join(notes)]
     return "\n".join(lines)
 
 

@@ -58,9 +58,18 @@ def ternary_layers(model: nn.Module) -> list[nn.Module]:
 def ternary_step(model: nn.Module) -> int:
     """The per-step update: fold every layer's pending ballots into its ``step_counter`` (on the device).
 
-    Returns the number of layers that were dirty (had a forward that may have cast ballots).
+    Returns the number of layers that were dirty (had a forward that may have cast ballots). A class that defines
+    ``ternary_step_many(layers)`` (``TernaryScaleTensor``) folds all its layers in one call: a few launches for the
+    whole model instead of a few per layer.
     """
-    return sum(1 for m in ternary_layers(model) if m.ternary_step())
+    by_class: dict[type, list[nn.Module]] = {}
+    for m in ternary_layers(model):
+        by_class.setdefault(type(m), []).append(m)
+    done = 0
+    for cls, layers in by_class.items():
+        many = getattr(cls, "ternary_step_many", None)
+        done += many(layers) if callable(many) else sum(1 for m in layers if m.ternary_step())
+    return done
 
 
 def set_rate_factor(model: nn.Module, factor: float) -> None:

@@ -21,3 +21,14 @@ def test_table_reports_range_target_and_miss(tmp_path, load_benchmark):
     assert mod.main(["--readme", str(readme), "--results", str(path)]) == 0
     assert mod.main(["--check", "--readme", str(readme), "--results", str(path)]) == 0
     assert readme.read_text().startswith("a\n") and readme.read_text().endswith("\nb\n")
+
+
+def test_a_row_with_a_note_is_marked_and_its_note_printed(load_benchmark):
+    mod = load_benchmark("speed_table")
+    rows = [{"name": "layer_fwd", "shape": "s", "update_rule": "any", "ratio": 1.0, "target_ratio": 0.93},
+            {"name": "step_3b_8x512", "shape": "3b", "update_rule": "counter", "ratio": 0.5, "target_ratio": 1.0,
+             "note": "measured with an older kernel"}]
+    out = mod.table({"device_name": "GPU X", "rows": rows})
+    assert "| counter | 1 | 0.50x (a) | 1.00x | no |" in out
+    assert "| any | 1 | 1.00x | 0.93x | yes |" in out
+    assert out.endswith("(a) measured with an older kernel")

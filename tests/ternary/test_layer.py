@@ -246,6 +246,43 @@ def test_overflow_is_refused_when_it_would_happen():
     assert "exceeds the bound" in over.validate_state()
 
 
+def _model_of_layers(seed: int) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(TernaryScaleTensor(32, 16, group_size=8, seed=1),
+                                TernaryScaleTensor(16, 16, group_size=16, seed=2, update_rule="counter"),
+                                TernaryScaleTensor(16, 8, group_size=8, seed=3),
+                                TernaryScaleTensor(8, 8, group_size=8, seed=4))
+    model[3].set_step_mode(2)                                # one layer in step-boundary mode
+    return model
+
+
+def test_folding_a_model_at_once_equals_layer_by_layer():
+    """``ternary_step(model)`` folds the layers of one group size with multi-tensor launches
+    (``ternary_step_many``); the state equals each layer's own ``ternary_step()``, step-boundary layers included,
+    over several steps."""
+    a, b = _model_of_layers(0), _model_of_layers(0)
+    start = [int(layer.step_counter) for layer in a]
+    for step in range(3):
+        x = torch.randn(5, 32, generator=torch.Generator().manual_seed(step))
+        for m in (a, b):
+            m(x).square().sum().backward()
+        assert ternary_step(a) == 4
+        assert sum(layer.ternary_step() for layer in b) == 4
+        assert ternary_step(a) == 0                         # nothing dirty: nothing folds
+        for (name, x_a), x_b in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x_a, x_b), (step, name)
+        for layer, s0 in zip(a, start):                     # one ballot a backward, folded; nothing left pending
+            assert (int(layer.step_counter), int(layer.pending)) == (s0 + step + 1, 0)
+
+
+def test_folding_a_model_at_once_checks_every_layers_bound():
+    model = _model_of_layers(0)
+    model[2].step_counter.fill_(bs.MAX_VOTE_TOTAL // 8)     # the second layer of its group size
+    model(torch.randn(2, 32)).sum().backward()
+    with pytest.raises(RuntimeError, match="2\\*\\*62"):
+        ternary_step(model)
+
+
 def test_bad_input_errors():
     layer = TernaryScaleTensor(64, 8, group_size=16, seed=0)
     with pytest.raises(ValueError, match="last dimension must be 64"):
