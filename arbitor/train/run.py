@@ -267,10 +267,8 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
         gen = torch.Generator().manual_seed(tcfg.seed + 31)
         for s in specs:
             model.vq[s.name].init_from_data(datasets[s.name].train, gen)
-    trainer = Trainer(model, task, tcfg, run_dir=run_dir, device=dev, preset=preset_name)
-    if ckpt is None and resolved:
-        trainer.resolved_settings.update(resolved)
-        trainer.start_lines.append(line)
+    trainer = Trainer(model, task, tcfg, run_dir=run_dir, device=dev, preset=preset_name, resolved_settings=resolved,
+                      start_lines=[line] if resolved else [])
     if ckpt is not None:
         trainer.restore(model_state, train_state, other, meta)
         if inexact:

@@ -34,7 +34,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -86,7 +86,8 @@ class Trainer:
     """Runs optimisation steps of ``model`` on ``task`` and keeps a run directory up to date (module doc)."""
 
     def __init__(self, model: nn.Module, task: Task, tcfg: TrainConfig, run_dir: Optional[Path] = None,
-                 device: Optional[torch.device] = None, preset: Optional[str] = None) -> None:
+                 device: Optional[torch.device] = None, preset: Optional[str] = None,
+                 resolved_settings: Optional[dict[str, Any]] = None, start_lines: Sequence[str] = ()) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = model.to(self.device)
         self.task = task
@@ -107,8 +108,8 @@ class Trainer:
         self.inexact_resumes: list[dict] = []  # resumes that changed a result-changing setting (--inexact-resume)
         # settings the run builder chose for this run (run.py: counter_rate "auto" -> its rate, and why): saved in
         # the checkpoint and config.json, restored on resume; start_lines: what fit() prints once before training
-        self.resolved_settings: dict[str, Any] = {}
-        self.start_lines: list[str] = []
+        self.resolved_settings: dict[str, Any] = dict(resolved_settings or {})
+        self.start_lines: list[str] = list(start_lines)
         self.last_components: list = []    # the components the last step trained
         self.last_parts: dict[str, dict[str, float]] = {}  # their loss parts (shared["parts"])
         # a step of several micro-batches (grad_accum x processes): step-boundary ballots (module doc)
