@@ -236,10 +236,23 @@ def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
     return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "PROGRAMS_PER_SM": p} for bn, bk, w, p in grid]
 
 
+#: a swept config whose output is further than this from the float32 reference (relative Frobenius error) is
+#: reported as wrong and never timed: bf16 outputs of a correct kernel stay near 2**-8 of the reference
+SWEEP_TOLERANCE = 2e-2
+
+
+def sweep_error(y: torch.Tensor, y_ref: torch.Tensor) -> float:
+    """``||y - y_ref|| / ||y_ref||`` (float; inf when ``y`` is not finite)."""
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return float((y - y_ref).norm() / y_ref.norm().clamp_min(1e-30))
+
+
 def sweep_rows(args, device, res, flush) -> None:
     """Launch configs of ``decode_gemv_kernel`` at every GEMV shape and M (``res["sweep"]``; the fastest per M
     bucket become ``decode_triton._DECODE_TILES``)."""
     from arbitor.ternary.ops import decode_triton
+    from arbitor.ternary.ops.linear import decode_forward_torch
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
     t_end = time.perf_counter() + args.sweep_limit_s
     sweep = res.setdefault("sweep", [])
@@ -247,6 +260,9 @@ def sweep_rows(args, device, res, flush) -> None:
         _, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
+            # every config's output is checked against the plain-torch reference (float32) before it may be the
+            # fastest: a tile that is fast and wrong (as a counter-step tile was on 2026-11-30) is an error row
+            y_ref = decode_forward_torch(x.float(), states[0][0], states[0][5], K, gs)
             # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel), each on its grid
             paths = _sweep_paths(M, args.sweep_paths)
             for path, cfg in [(p, c) for p in paths for c in _sweep_configs(M, p)]:
@@ -254,14 +270,19 @@ def sweep_rows(args, device, res, flush) -> None:
                     res.setdefault("errors", []).append("sweep stopped at its time limit")
                     flush()
                     return
+                err = None
                 try:
-                    ms = _graph_time([(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(
-                        x, s[0], s[5], K, gs, config=c, path="mma" if p == "planes" else p))
-                                      for s in states], max(5, args.reps // 2))
+                    run = [(lambda s=s, c=cfg, p=path: decode_triton.decode_forward(
+                        x, s[0], s[5], K, gs, config=c, path="mma" if p == "planes" else p)) for s in states]
+                    err = sweep_error(run[0]().float(), y_ref)
+                    ms = _graph_time(run, max(5, args.reps // 2)) if err <= SWEEP_TOLERANCE else None
+                    if ms is None:
+                        res.setdefault("errors", []).append(
+                            f"sweep M={M} K={K} N={N} {path} {cfg}: wrong output, relative error {err:.3g}")
                 except Exception as exc:
                     ms = None
                     res.setdefault("errors", []).append(f"sweep M={M} K={K} N={N} {path} {cfg}: {exc!r}"[:300])
-                sweep.append({"M": M, "K": K, "N": N, "path": path, **cfg, "ms": ms,
+                sweep.append({"M": M, "K": K, "N": N, "path": path, **cfg, "ms": ms, "rel_err": err,
                               "tbps": f_bytes / (ms * 1e9) if ms else None})
             for path in paths:
                 best = min((r for r in sweep if (r["M"], r["K"], r["N"], r["path"]) == (M, K, N, path) and r["ms"]),

@@ -1,0 +1,24 @@
+"""The decode sweep's output check (``bench_decode.sweep_error`` and its tolerance)."""
+import torch
+
+from arbitor.ternary.format import pack_ternary
+from arbitor.ternary.ops.linear import decode_forward_torch
+
+
+def test_sweep_check_passes_bf16_rounding_and_flags_wrong_outputs(load_benchmark):
+    mod = load_benchmark("bench_decode")
+    g = torch.Generator().manual_seed(0)
+    N, K, gs = 48, 256, 64
+    T_packed = pack_ternary(torch.randint(-1, 2, (N, K), generator=g))
+    S = torch.rand(N, K // gs, generator=g) + 0.5
+    x = torch.randn(4, K, generator=g)
+    y_ref = decode_forward_torch(x, T_packed, S, K, gs)
+    bf16 = decode_forward_torch(x.bfloat16(), T_packed, S, K, gs).float()   # what a correct bf16 kernel returns
+    assert mod.sweep_error(bf16, y_ref) < mod.SWEEP_TOLERANCE
+    wrong = y_ref.clone()
+    wrong[:, : N // 8] *= 1.5                                               # one tile of columns off
+    assert mod.sweep_error(wrong, y_ref) > mod.SWEEP_TOLERANCE
+    wrong[0, 0] = float("nan")
+    assert mod.sweep_error(wrong, y_ref) == float("inf")
+    assert mod._sweep_paths(1, ["gemv", "mma", "planes"]) == ("gemv", "planes")
+    assert mod._sweep_paths(4, ["gemv", "mma", "planes"]) == ("mma", "planes")
