@@ -357,12 +357,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         for m in dirty:
             m._dirty = False
             if m._max_ballots is not None:
-                gathered = m.gathered()
-                m.rule.apply_gathered(m._state(), gathered)
-                for buf in gathered.values():
-                    buf.zero_()
-                m._ballots_in_step = 0
-                m._slot = None
+                m.rule.apply_gathered(m._state(), m.gathered())
+                m._clear_gathered()
             m.rule.fold(m._state())
         return len(dirty)
 
@@ -370,6 +366,10 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         """Forget the pending ballots (after restoring ``corr_accum`` from elsewhere)."""
         self._dirty = False
         self.pending.zero_()
+        self._clear_gathered()
+
+    def _clear_gathered(self) -> None:
+        """Empty the step-boundary buffers for the next step (nothing in the online mode)."""
         for buf in self.gathered().values():
             buf.zero_()
         self._ballots_in_step = 0

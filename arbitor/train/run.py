@@ -190,8 +190,8 @@ def _build_run(kind: str, tcfg: TrainConfig, task_cfg: TaskConfig, settings: Opt
     settings = settings or ModelSettings()
     ternary_fields = {**settings.ternary_changes(), **model_fields.pop("ternary", {})}
     auto_rate = ternary_fields.get("counter_rate", settings.counter_rate) == AUTO
-    if ternary_fields.get("counter_rate") == AUTO:
-        del ternary_fields["counter_rate"]
+    if auto_rate:
+        ternary_fields.pop("counter_rate", None)          # resolved below, once the run's data is known
     if kind not in TASK_CONFIGS:
         raise ConfigError(f"unknown task {kind!r}; choose one of {', '.join(TASK_CONFIGS)}")
     dev = _device(device)

@@ -69,7 +69,9 @@ def _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R: tl.constexpr, 
 def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                      GS: tl.constexpr):
     """The BigInt scale votes ``-sum_group sign(g) * T``, one group per ``GS`` columns, added to the int64
-    ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics)."""
+    ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics). ``sgn`` and ``t``: the
+    tile's ``[BLOCK_R, BLOCK_K]`` values in column order, in any shape of that order (``[BLOCK_R, BLOCK_K / 8,
+    8]`` octets included)."""
     NG: tl.constexpr = BLOCK_K // GS
     vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
     gi = tl.program_id(1) * NG + tl.arange(0, NG)
@@ -79,14 +81,18 @@ def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BL
 
 
 @triton.jit
-def _uniforms(key_ptr, ballot, row0, r64, k, K):
-    """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = (row0 + r) * K + k``, as
-    ``hashing.counter_uniform`` (lowbias32 in uint32 lanes: the hash is defined mod 2**32, so wrapping 32-bit
-    products are exact and far cheaper than int64 ones); the hash base is ``hashing.hash_base``, on the device."""
-    idx = (row0 + r64)[:, None] * K + k[None, :].to(tl.int64)
+def _uniforms(key_ptr, ballot, row_idx, k):
+    """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = row_idx + k``, as ``hashing.counter_uniform``
+    (lowbias32 in uint32 lanes: the hash is defined mod 2**32, so wrapping 32-bit products are exact and far cheaper
+    than int64 ones); ``row_idx = (row0 + r) * K`` int64 and ``k`` int32 (``0 <= k < 2**31``) broadcast to the tile's
+    shape, the index's low and high words formed from the row's with one carry; the hash base is
+    ``hashing.hash_base``, on the device."""
     key = tl.load(key_ptr).to(tl.int64)
     base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
-    h = mix32u(mix32u(_lo32(idx) ^ base) ^ _lo32(idx >> 32))
+    lo_row = _lo32(row_idx)
+    lo = lo_row + k.to(tl.uint32)
+    hi = _lo32(row_idx >> 32) + (lo < lo_row).to(tl.uint32)
+    h = mix32u(mix32u(lo ^ base) ^ hi)
     return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
@@ -145,25 +151,11 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
         hb = tl.load(c_ptr + r64[:, None] * CB + CB_LO + q[None, :], mask=hb_mask, other=0).to(tl.int32)
         c = c | (((hb[:, :, None] >> j[None, None, :]) & 1) << 4)
     sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
-    # 2. BigInt scale votes into corr_accum (each group belongs to one program: no atomics)
-    NG: tl.constexpr = BLOCK_K // GS
-    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
-    gi = tl.program_id(1) * NG + tl.arange(0, NG)
-    g_mask = r_mask[:, None] & (gi < G)[None, :]
-    offs = r64[:, None] * G + gi[None, :]
-    tl.store(corr_ptr + offs, tl.load(corr_ptr + offs, mask=g_mask, other=0) + vote.to(tl.int64), mask=g_mask)
-    # 3. counter-based uniforms of this ballot (index step_counter + pending) at idx = (row0 + r) * K + k, as
-    # hashing.counter_uniform: the int64 index's low and high words from the row's in uint32 lanes (k < 2**31,
-    # so one carry at most)
+    # 2. BigInt scale votes into corr_accum
+    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
+    # 3. counter-based uniforms of this ballot (index step_counter + pending)
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    key = tl.load(key_ptr).to(tl.int64)
-    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
-    row_idx = (row0 + r64) * K
-    lo_row = _lo32(row_idx)[:, None, None]
-    lo = lo_row + k[None, :, :].to(tl.uint32)
-    hi = _lo32(row_idx >> 32)[:, None, None] + (lo < lo_row).to(tl.uint32)
-    h = mix32u(mix32u(lo ^ base) ^ hi)
-    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    u = _uniforms(key_ptr, ballot, ((row0 + r64) * K)[:, None, None], k[None, :, :])
     # 4. the ladder step (p >= 0 after the clamp, so p // L is a shift)
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
     steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None, None] + u), TOP).to(tl.int32)
@@ -192,7 +184,7 @@ def counter_gather_kernel(gw_ptr, scale_ptr, t_ptr, vote_ptr, move_ptr, key_ptr,
     (``ballot_ptr``: ``step_counter + slot``)."""
     r, k, r_mask, mask, r64, g, t, sgn = _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R, BLOCK_K)
     _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
-    u = _uniforms(key_ptr, tl.load(ballot_ptr).to(tl.int64), row0, r64, k, K)
+    u = _uniforms(key_ptr, tl.load(ballot_ptr).to(tl.int64), ((row0 + r64) * K)[:, None], k[None, :])
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
     steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None] + u), CAP).to(tl.int32)
     m_offs = r64[:, None] * K + k[None, :]

@@ -59,8 +59,7 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
            "round_to", "byte_to_float", "plane_signs16", "SIGN_TABLES", "word_dots", "group_sums", "n_sm", "split_len",
-           "split_epilogue",
-           "arrival_counters", "split_buffers", "gemv_split_start", "COUNTERS"]
+           "split_epilogue", "arrival_counters", "split_buffers", "gemv_split_start", "COUNTERS"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}

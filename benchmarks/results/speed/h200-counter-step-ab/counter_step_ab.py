@@ -1,5 +1,6 @@
 """A/B of the counter rule's per-weight step kernel on a GPU, one process: ``counter_step_kernel`` of the
-2026-11-30 morning (``counter_triton_v1.py`` beside this file, from git 8fe86d6) against the current one (octet
+2026-11-30 morning (taken from git at ``OLD`` = 8fe86d6, as ``inference/h200-gemv-ab/gemv_ab.py`` takes its A side)
+against the current one (octet
 tiles), at the layer shapes of ``bench_speed.py``; with the other parts of one ballot for scale (the bare
 ``grad_W`` GEMM, the row-scale pass, both rules' whole ballots) and a tile sweep of the current kernel.
 
@@ -24,7 +25,24 @@ sys.path.insert(0, str(ROOT))
 #: the swept tiles of counter_step_kernel (BLOCK_R, BLOCK_K, num_warps)
 TILES = [(16, 128, 4), (8, 256, 4), (32, 128, 4), (32, 128, 8), (16, 256, 8), (64, 64, 4), (8, 128, 2), (16, 128, 2),
          (32, 256, 8), (4, 512, 4)]
+OLD = "8fe86d6"   # the commit whose counter_step_kernel is the A side
 SHAPES = [(8192, 4096, 4096), (16384, 8192, 8192), (4096, 3072, 12288), (4096, 12288, 3072)]   # M, K, N
+
+
+def _old_module():
+    """``ops/counter_triton.py`` of commit ``OLD`` as a module (written to a file: Triton's jit reads the source)."""
+    import subprocess
+    import tempfile
+    src = subprocess.run(["git", "show", f"{OLD}:arbitor/ternary/ops/counter_triton.py"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    src = src.replace("from ..format import", "from arbitor.ternary.format import").replace(
+        "from .triton_common import", "from arbitor.ternary.ops.triton_common import")
+    path = Path(tempfile.mkdtemp()) / "counter_triton_v1.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("counter_triton_v1", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main() -> int:
@@ -34,9 +52,7 @@ def main() -> int:
     from arbitor.ternary.format import counter_packed_shape, counter_planes, pack_counters, pack_ternary
     from arbitor.ternary.ops import counter_triton
     from arbitor.ternary.ops.backend import get_ops
-    spec = importlib.util.spec_from_file_location("counter_triton_v1", Path(__file__).with_name("counter_triton_v1.py"))
-    v1 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(v1)
+    v1 = _old_module()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", default=str(Path(__file__).parent))
     ap.add_argument("--gs", type=int, default=64)
