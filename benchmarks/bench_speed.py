@@ -49,12 +49,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitor.train.graph import GraphedStep  # noqa: E402
+from arbitor.train.trainer import compile_blocks  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
 
 _MB = 2 ** 20
 LAYER_SHAPES = [(8192, 4096, 4096), (16384, 8192, 8192), (4096, 3072, 12288), (4096, 12288, 3072)]
 TARGETS = {"layer_fwd": 0.93, "layer_fwd_bwd": 0.93, "step_3b_8x512": 1.0, "step_nanogpt_vs_qat": 1.0,
            "step_nanogpt_vs_dense": 0.8}
+#: how a model's step runs: eager or replayed from a CUDA graph ("graph"), each with the model compiled whole
+#: (torch.compile(model): "compile") or block by block as the trainer's --compile does ("blocks")
+MODES = ("eager", "graph", "compile", "compile-graph", "blocks", "blocks-graph")
+#: issue 13's memory target of the 3b step (<= 3.2 GB; it is met only with the speed target)
+TARGET_3B_PEAK_MIB = round(3.2e9 / _MB)
+#: how a compiled 3b row's shape names its form: with checkpointing they differ in memory (Inductor, compiling the
+#: model whole, keeps most GEMM outputs of a checkpointed block instead of recomputing them)
+COMPILE_FORMS = {"compile": ", model compiled whole", "blocks": ", blocks compiled as by the trainer's --compile"}
 NANOGPT = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256, vocab_size=65)
 RULES = {"bigint": dict(update_rule="bigint", group_size=64, strength=16.0),
          # the API's default counter settings (5-bit counters, rate 1: docs/quality.md)
@@ -212,6 +221,8 @@ def _measure_model(label, cfg, kind, batches, steps, warmup, compile_modes, devi
         try:
             model = _build(cfg, device, dtype)
             compiled = torch.compile(model) if mode.startswith("compile") else None
+            if mode.startswith("blocks"):    # the trainer's --compile: each block compiled in place
+                compile_blocks(model)
             step = _step_fn(model, compiled, kind, capturable=mode.endswith("graph"))
             peak = None
             if mode.endswith("graph"):
@@ -295,8 +306,8 @@ def part_nanogpt(args, device, add, profiles) -> None:
         for name, linear in (("dense", "dense"), ("qat", "bitnet")):
             profiles[f"nanogpt_{name}_compiled"] = _profile_compiled(preset("small", linear=linear, **base), "float",
                                                                      batches[0], device)
-    for rule, tern in RULES.items():
-        cfg = preset("small", ternary=tern, **base)
+    for rule in args.rules.split(","):
+        cfg = preset("small", ternary=RULES[rule], **base)
         arb, arb_tried = _measure_model(f"arbitor {rule}", cfg, "ternary", batches, args.steps, args.warmup,
                                         modes, device)
         if args.check_graph and arb is not None:
@@ -403,25 +414,31 @@ def part_3b(args, device, add, profiles) -> None:
         return
     # the preset as it ships (block checkpointing: the <= 3.2 GB row), then without checkpointing (faster, more
     # memory); the riskier compile + capture last, so a failed capture cannot spoil the rows before it
-    variants = [(rule, ckpt, mode) for ckpt in (True, False) for rule in RULES for mode in ("graph",)]
-    variants += [] if args.best_modes else [("bigint", True, "compile-graph")]
+    modes = args.modes_3b.split(",") if args.modes_3b else ["graph"] + ([] if args.best_modes else ["compile-graph"])
+    variants = [(rule, ckpt, mode) for ckpt in (True, False) for rule in args.rules.split(",") for mode in modes]
     for rule, ckpt, mode in variants:
         cfg = preset("3b", ternary=RULES[rule], activation_checkpointing=ckpt)
-        probe = _probe(cfg, device) if ckpt and mode == "graph" else None
+        probe = _probe(cfg, device) if ckpt and mode == modes[0] else None
         if probe:
             print(f"  arbitor 3b {rule}: probe 1 x 4 peak {probe['peak_mib']:,.0f} MiB", flush=True)
-        if args.profile and rule == "bigint" and ckpt and mode == "graph":
-            model = _build(cfg, device)
-            profiles["3b_bigint_eager"] = _profile(_step_fn(model, None, "ternary"), batches[0])
-            model = None
-            _free()
+        if args.profile and rule == "bigint" and mode == modes[0]:
+            key = f"3b_bigint{'' if ckpt else '_no_ckpt'}"
+            if mode.startswith("compile"):
+                profiles[f"{key}_compiled"] = _profile_compiled(cfg, "ternary", batches[0], device)
+            else:
+                model = _build(cfg, device)
+                profiles[f"{key}_eager"] = _profile(_step_fn(model, None, "ternary"), batches[0])
+                model = None
+                _free()
         arb, tried = _measure_model(f"arbitor 3b {rule} ckpt={ckpt}", cfg, "ternary", batches, steps, warmup, [mode],
                                     device)
         if arb is None:
             continue
         add({"name": "step_3b_8x512", "shape": "3b preset, batch 8 x ctx 512" + ("" if ckpt else
-                                                                                 ", no activation checkpointing"),
+                                                                                 ", no activation checkpointing")
+             + COMPILE_FORMS.get(mode.split("-")[0], ""),
              "update_rule": rule, "activation_checkpointing": ckpt, "arbitor_ms": arb["step_ms"],
+             "target_peak_mib": TARGET_3B_PEAK_MIB,
              "arbitor_mode": arb["mode"], "tokens_per_s": arb["tokens_per_s"], "peak_mib": arb["peak_mib"],
              "probe_1x4": probe, "baseline": f"dense bf16 + fused AdamW, {dense['mode']}, no activation checkpointing",
              "baseline_ms": dense["step_ms"], "baseline_tokens_per_s": dense["tokens_per_s"],
@@ -467,12 +484,22 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes and no compiled baselines (a smoke run)")
     ap.add_argument("--profile", action="store_true",
                     help="add torch.profiler kernel tables: nanogpt, the compiled step of each rule and of the dense "
-                         "and QAT baselines; 3b, an eager bigint step")
+                         "and QAT baselines; 3b, the bigint step in the first of --modes-3b (eager if not compiled)")
     ap.add_argument("--check-graph", action="store_true", help="compare the graphed step's state with eager's")
     ap.add_argument("--best-modes", action="store_true",
                     help="measure each model only in the mode that was fastest in a full run (saves device time)")
+    ap.add_argument("--modes-3b", default=None,
+                    help="comma list of the modes the 3b arbitor rows try (MODES); "
+                         "each row keeps its fastest (default: graph, plus compile-graph without --best-modes)")
+    ap.add_argument("--rules", default=",".join(RULES), help="the update rules of the arbitor rows (comma list)")
     ap.add_argument("--device-name", default=None)
     args = ap.parse_args(argv)
+    bad = [r for r in args.rules.split(",") if r not in RULES]
+    if bad:
+        ap.error(f"--rules: unknown update rule {bad[0]!r} (choose from {', '.join(RULES)})")
+    bad = [m for m in (args.modes_3b or "graph").split(",") if m not in MODES]
+    if bad:
+        ap.error(f"--modes-3b: unknown mode {bad[0]!r} (choose from {', '.join(MODES)})")
     if not torch.cuda.is_available():
         print("bench_speed.py needs a CUDA device", file=sys.stderr)
         return 2

@@ -3,8 +3,8 @@
     python benchmarks/speed_table.py            # rewrite the block between the README's speed-table markers
     python benchmarks/speed_table.py --check    # exit 1 if the README's block differs from the file's
 
-One line per row kind and update rule: the range of ``ratio`` over the shapes measured, the target, and
-whether every shape meets it. ``tests/benchmarks/test_speed_table.py`` runs ``--check``, so the README
+One line per row kind, form and update rule: the range of ``ratio`` over the shapes measured, the target, and
+whether every shape meets it (a ``3b`` step row also its memory target, ``target_peak_mib``). ``tests/benchmarks/test_speed_table.py`` runs ``--check``, so the README
 cannot drift from the measured file.
 """
 from __future__ import annotations
@@ -36,14 +36,19 @@ def table(res: dict) -> str:
     """Markdown table of ``res`` (a ``bench_speed.py`` JSON object)."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in res["rows"]:
-        variant = " (no activation checkpointing)" if "no activation checkpointing" in r["shape"] else ""
+        suffix = r["shape"].split(" ctx ", 1)[1].split(", ", 1)[1:] if " ctx " in r["shape"] else []
+        variant = f" ({suffix[0]})" if suffix else ""     # a step row's form: "no activation checkpointing", ...
         groups.setdefault((r["name"], variant, r["update_rule"]), []).append(r)
     lines = [f"| row ({res['device_name']}) | rule | shapes | ratio | target | met |", "|---|---|---:|---:|---:|---|"]
     for (name, variant, rule), rows in groups.items():
         ratios = [r["ratio"] for r in rows]
         target = rows[0]["target_ratio"]
         tps = f" ({_tokens(rows[0]['tokens_per_s'])})" if "tokens_per_s" in rows[0] and len(rows) == 1 else ""
-        met = "yes" if min(ratios) >= target else "no"
+        if rows[0].get("peak_mib") and len(rows) == 1 and name.startswith("step_3b"):   # the memory it took
+            tps = f"{tps[:-1]}, peak {rows[0]['peak_mib']:,.0f} MiB)"
+        # a row with a memory target (the 3b step: <= 3.2 GB) meets it only with both
+        met = "yes" if min(ratios) >= target and all(r["peak_mib"] <= r.get("target_peak_mib", float("inf"))
+                                                     for r in rows if "peak_mib" in r) else "no"
         mark = " (a)" if any(r.get("note") for r in rows) else ""
         lines.append(f"| {LABELS.get(name, name)}{variant} | {rule} | {len(rows)} | {_range(ratios)}{tps}{mark} | "
                      f"{target:.2f}x | {met} |")

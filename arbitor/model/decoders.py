@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ternary.step import expect_ballots
 from .layers import RMSNorm, make_linear
 
 __all__ = ["Decoder", "TextDecoder", "PatchDecoder", "DECODERS", "register_decoder"]
@@ -43,6 +44,7 @@ class Decoder(nn.Module):
             logits = self(h2)
             return F.cross_entropy(logits.float(), t2)
         total = h2.new_zeros((), dtype=torch.float32)
+        expect_ballots(self)    # outside the checkpoints (TernaryScaleTensor.expect_ballot)
         for i in range(0, h2.shape[0], chunk_tokens):
             total = total + checkpoint(self._chunk_loss_sum, h2[i:i + chunk_tokens], t2[i:i + chunk_tokens],
                                        use_reentrant=False, preserve_rng_state=False)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ternary.embedding import SparseTernaryEmbedding
+from ..ternary.step import expect_ballots
 from .attention import ContextAttention, KVCache
 from .config import ModelConfig
 from .decoders import DECODERS
@@ -91,8 +92,11 @@ class ArbitorLM(nn.Module):
             # recomputed forward reads the same integer state: a layer's own votes land after it). Without
             # dropout the recompute needs no saved RNG state, which also keeps the step graph-capturable; with
             # dropout the RNG state is saved and restored so the recompute draws the same masks
-            x = (checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
-                 if recompute else block(x, cache, i))
+            if recompute:
+                expect_ballots(block)   # the dirty flags set here, not inside the checkpoint: it compiles whole
+                x = checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
+            else:
+                x = block(x, cache, i)
         if cache is not None:
             cache.advance(idx.shape[1])
         return x

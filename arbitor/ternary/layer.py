@@ -224,13 +224,24 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         check_linear_input(self, x, self.T_packed.device)
         anchor = None
         if self.training and self._voting and torch.is_grad_enabled():
-            self._dirty = True
+            if not self._dirty:    # stored only when unset: see expect_ballot
+                self._dirty = True
             if not x.requires_grad:
                 # Votes are cast in backward, which autograd runs only if some input requires grad:
                 # an empty anchor makes the output part of the graph without computing grad_x.
                 anchor = self._anchor(x.device)
         y = _TernaryLinearFn.apply(x, anchor, self)
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def expect_ballot(self) -> None:
+        """Mark the layer dirty now if its next forward may cast a ballot (training, voting, grad enabled), as that
+        forward would. For a caller about to run the layer inside ``torch.utils.checkpoint``
+        (``step.expect_ballots``): under ``torch.compile`` a checkpointed region is one higher-order op, inside
+        which Dynamo refuses a store to a module attribute and runs the whole region eagerly instead (the ``3b``
+        preset's blocks: unfused norms and activations, ~1.6x the GPU time of the compiled step); the forward
+        stores the flag only when it is unset, so a marked layer's forward stores nothing."""
+        if self.training and self._voting and torch.is_grad_enabled():
+            self._dirty = True
 
     def _anchor(self, device: torch.device) -> torch.Tensor:
         """An empty leaf that requires grad, made once per device (so a compiled forward creates none)."""

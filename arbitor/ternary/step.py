@@ -24,7 +24,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["TernaryModule", "ternary_layers", "ternary_step", "set_rate_factor", "set_step_mode"]
+__all__ = ["TernaryModule", "ternary_layers", "ternary_step", "set_rate_factor", "set_step_mode", "expect_ballots"]
 
 
 @runtime_checkable
@@ -88,3 +88,13 @@ def set_step_mode(model: nn.Module, max_ballots: Optional[int]) -> None:
     result does not depend on how a step's micro-batches are split (``parallel.py``)."""
     for m in ternary_layers(model):
         m.set_step_mode(max_ballots)
+
+
+def expect_ballots(module: nn.Module) -> None:
+    """Mark the ternary layers under ``module`` that its next forward may make cast ballots, before that forward
+    runs inside ``torch.utils.checkpoint`` (``TernaryScaleTensor.expect_ballot``): so a compiled model's
+    checkpointed blocks carry no attribute store and compile whole."""
+    for m in module.modules():
+        mark = getattr(m, "expect_ballot", None)
+        if callable(mark):
+            mark()

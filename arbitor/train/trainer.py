@@ -131,9 +131,6 @@ class Trainer:
             if not task.fixed_step:
                 raise ValueError(f"cuda_graph needs a task that trains the same components every step "
                                  f"({task.kind!r} draws them per step); train without cuda_graph")
-            if tcfg.compile and recompute:
-                raise ValueError("cuda_graph with compile cannot capture activation checkpointing (recompute "
-                                 "crosses the capture's stream); drop compile or activation_checkpointing")
             if recompute and self._dropout:
                 raise ValueError("cuda_graph cannot capture activation checkpointing with dropout (the recompute "
                                  "saves and restores the RNG state, which a capture cannot read); drop one of them")

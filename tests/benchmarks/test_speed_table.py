@@ -32,3 +32,16 @@ def test_a_row_with_a_note_is_marked_and_its_note_printed(load_benchmark):
     assert "| counter | 1 | 0.50x (a) | 1.00x | no |" in out
     assert "| any | 1 | 1.00x | 0.93x | yes |" in out
     assert out.endswith("(a) measured with an older kernel")
+
+
+def test_a_3b_row_meets_its_target_only_within_its_memory_target(load_benchmark):
+    """The 3b step's target is speed and memory: 1.0x dense at <= 3.2 GB. A row as fast as dense that took more
+    memory is a miss; each form of the step (after ``ctx N, `` in its shape) gets its own line."""
+    mod = load_benchmark("speed_table")
+    row = {"name": "step_3b_8x512", "update_rule": "bigint", "ratio": 1.0, "target_ratio": 1.0,
+           "tokens_per_s": 30000.0, "target_peak_mib": 3052}
+    rows = [dict(row, shape="3b preset, batch 8 x ctx 512, model compiled whole", peak_mib=7326.0),
+            dict(row, shape="3b preset, batch 8 x ctx 512, blocks compiled", peak_mib=2454.0)]
+    out = mod.table({"device_name": "GPU X", "rows": rows})
+    assert "(model compiled whole) | bigint | 1 | 1.00x (30,000 tok/s, peak 7,326 MiB) | 1.00x | no |" in out
+    assert "(blocks compiled) | bigint | 1 | 1.00x (30,000 tok/s, peak 2,454 MiB) | 1.00x | yes |" in out

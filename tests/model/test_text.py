@@ -121,3 +121,27 @@ def test_config_roundtrip_and_errors():
         ModelConfig(d_model=30, n_heads=4)
     with pytest.raises(ConfigError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"d_modl": 3})
+
+
+def test_compiled_checkpointed_blocks_and_loss_chunks_compile_whole():
+    """With activation checkpointing, ``torch.compile(model)`` captures each block and each loss chunk as a
+    checkpoint higher-order op instead of running them eagerly: the layers' dirty flags are set before each
+    checkpoint (``expect_ballots``), so no attribute store happens inside one (Dynamo's reason to fall back to
+    eager, which made the compiled ``3b`` step no faster than the eager one). Backward still votes in every layer."""
+    cfg = preset("3b", d_model=64, n_layers=2, n_heads=2, max_ctx=16, vocab_size=32, embedding_group_size=32,
+                 activation_checkpointing=True, loss_chunk_tokens=16, ternary=dict(backend="torch"))
+    m = ArbitorLM(cfg).train()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    idx = torch.randint(0, 32, (2, 17), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    _, loss = torch.compile(m, backend=backend)(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    hops = [n for g in graphs for n in g.graph.nodes if "checkpoint" in str(n.target)]
+    assert len(hops) == cfg.n_layers + 2          # the blocks and the loss's two 16-token chunks
+    layers = [x for x in m.modules() if isinstance(x, TernaryScaleTensor)]
+    assert all(x.dirty for x in layers) and ternary_step(m) >= len(layers)

@@ -335,3 +335,22 @@ def test_ternary_step_walks_nested_modules():
     model(torch.randn(3, 32)).sum().backward()
     assert ternary_step(model) == 2
     assert [int(m.step_counter) for m in ternary_layers(model)] == [1, 1]
+
+
+def test_expect_ballots_marks_what_a_voting_forward_would():
+    """``expect_ballots`` (called before a checkpointed region) sets the dirty flag exactly where a forward would:
+    training, voting, grad enabled -- and a marked layer's forward then leaves it set."""
+    from arbitor.ternary.step import expect_ballots
+    model = torch.nn.Sequential(TernaryScaleTensor(16, 8, 8, seed=0), TernaryScaleTensor(8, 4, 4, seed=1))
+    model.eval()
+    expect_ballots(model)
+    assert [m.dirty for m in model] == [False, False]
+    model.train()
+    with torch.no_grad():
+        expect_ballots(model)
+    model[1].set_voting(False)
+    assert [m.dirty for m in model] == [False, False]
+    expect_ballots(model)
+    assert [m.dirty for m in model] == [True, False]
+    model(torch.randn(3, 16)).sum().backward()
+    assert [m.dirty for m in model] == [True, False] and ternary_step(model) == 1

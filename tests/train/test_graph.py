@@ -134,15 +134,18 @@ def test_compiled_ternary_run_learns_like_eager_in_bf16(rule):
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("rule", ["bigint", "counter"])
-def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule):
+@pytest.mark.parametrize("rule,fields", [("bigint", {}), ("counter", {}),
+                                         ("bigint", {"activation_checkpointing": True, "loss_chunk_tokens": 192}),
+                                         ("counter", {"activation_checkpointing": True})])
+def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule, fields):
     """A graph replays the compiled step exactly (benchmarks/results/trainer/h200-compile.md, third follow-up):
-    the same losses and integer state as the compiled run without a graph, in bf16 and without a sync."""
+    the same losses and integer state as the compiled run without a graph, in bf16 and without a sync; with
+    activation checkpointing too (each block's recompute, and the chunked loss's, run inside the capture)."""
     def run(graph):
         tcfg = TrainConfig(steps=8, batch=8, ctx=64, compile=True, cuda_graph=graph, eval_interval=0,
                            log_interval=0, seed=1)
         tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda",
-                       model_fields={"compute_dtype": "bfloat16", "max_ctx": 64})
+                       model_fields={"compute_dtype": "bfloat16", "max_ctx": 64, **fields})
         losses = torch.stack([tr.train_step()["text"].clone() for _ in range(8)]).tolist()
         return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
     _, compiled_losses, compiled = run(False)

@@ -66,14 +66,37 @@ def _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R: tl.constexpr, 
 
 
 @triton.jit
+def _group_sums(x, BLOCK_R: tl.constexpr, Q: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr):
+    """``[BLOCK_R, Q, 8]`` int32 -> ``[BLOCK_R, NG]`` sums over each group of ``GS`` consecutive columns, without
+    reshaping the octet axis (spread over lanes and warps: a 4 x 512 tile's reshape of it into ``[rows, groups,
+    group]`` summed wrong on the H200, benchmarks/results/speed/h200-counter-step-ab). Octets are summed in their
+    thread, then each group's octets by a masked reduction; half octets for groups of 4."""
+    if GS == 4:
+        return tl.reshape(tl.sum(tl.reshape(x, (BLOCK_R, Q, 2, 4)), axis=3), (BLOCK_R, NG))
+    octet = tl.sum(x, axis=2)                                    # [BLOCK_R, Q], in-thread
+    if GS == 8:
+        return octet
+    group_of = tl.arange(0, Q) // (GS // 8)
+    g_idx = tl.arange(0, NG)
+    out = tl.zeros((BLOCK_R, NG), dtype=tl.int32)
+    for gg in tl.static_range(NG):
+        s_g = tl.sum(tl.where((group_of == gg)[None, :], octet, 0), axis=1)
+        out = tl.where((g_idx == gg)[None, :], s_g[:, None], out)
+    return out
+
+
+@triton.jit
 def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GS: tl.constexpr):
+                     GS: tl.constexpr, OCTETS: tl.constexpr = False):
     """The BigInt scale votes ``-sum_group sign(g) * T``, one group per ``GS`` columns, added to the int64
     ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics). ``sgn`` and ``t``: the
     tile's ``[BLOCK_R, BLOCK_K]`` values in column order, in any shape of that order (``[BLOCK_R, BLOCK_K / 8,
     8]`` octets included)."""
     NG: tl.constexpr = BLOCK_K // GS
-    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    if OCTETS:
+        vote = -_group_sums(sgn * t, BLOCK_R, BLOCK_K // 8, GS, NG)
+    else:
+        vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
     gi = tl.program_id(1) * NG + tl.arange(0, NG)
     g_mask = r_mask[:, None] & (gi < G)[None, :]
     offs = r64[:, None] * G + gi[None, :]
@@ -152,7 +175,7 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
         c = c | (((hb[:, :, None] >> j[None, None, :]) & 1) << 4)
     sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
     # 2. BigInt scale votes into corr_accum
-    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS)
+    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS, True)
     # 3. counter-based uniforms of this ballot (index step_counter + pending)
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
     u = _uniforms(key_ptr, ballot, ((row0 + r64) * K)[:, None, None], k[None, :, :])
@@ -241,14 +264,14 @@ def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: to
     count_ballot_kernel[(1,)](bad, pending, nonfinite)
 
 
-def step_tile(K: int, group_size: int) -> tuple[int, int]:
-    """``(BLOCK_R, BLOCK_K)`` of ``counter_step_kernel``: 16 rows x 128 columns (2,048 weights, 16 a thread), or one
-    group wide for groups of more than 128. Not the 4 x 512 tile that was 1.3-1.6x faster in
-    ``benchmarks/results/speed/h200-counter-step-ab``: on the H200 it gave wrong ``corr_accum`` votes at groups of 64
-    and 128 (the group sum's reshape of a tile 64 octets wide; cause not found), where this tile's state equals the
-    old kernel's bit for bit and passes the GPU tests."""
+def step_tile(K: int, group_size: int) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_K, num_warps)`` of ``counter_step_kernel``: 8 rows x 128 columns on 2 warps (1,024 weights,
+    16 a thread), or one group wide for groups of more than 128. The fastest of ten tiles at all four layer shapes
+    of ``benchmarks/results/speed/h200-counter-step-ab`` (1.19-1.26x the 16 x 128 / 4-warp tile it replaces), each
+    tile's state checked equal to the old kernel's there before it was timed. (A 4 x 512 tile was faster still
+    with the group sum's reshape, but gave wrong votes on the H200; ``_group_sums`` sums without that reshape.)"""
     block_k = max(128, group_size)
-    return max(1, 2048 // block_k), block_k
+    return max(1, 1024 // block_k), block_k, 2
 
 
 def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
@@ -278,12 +301,13 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
         raise ValueError("counter_block_triton_: grad_W rows must be contiguous")
     if not gw.is_floating_point() or scale.dtype != torch.float32:
         raise TypeError("counter_block_triton_: grad_W must be a float tensor and scale float32")
-    block_r, block_k = step_tile(K, group_size)
+    block_r, block_k, warps = step_tile(K, group_size)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
     lo_bytes = counter_planes(K, bits)[0][3]        # bytes of the low-bit plane: the whole row but at 5 bits
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
                               T_packed.shape[1], C_packed.shape[1], lo_bytes, corr_accum.shape[1], row0,
-                              gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)
+                              gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k,
+                              num_warps=warps)
 
 
 def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,

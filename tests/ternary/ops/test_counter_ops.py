@@ -135,7 +135,8 @@ def test_triton_counter_block_rejects_bad_operands():
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("N,K,gs,bits", [(1536, 384, 128, 4), (384, 1536, 64, 2), (1000, 520, 8, 1),
-                                         (1000, 520, 8, 5)])
+                                         (1000, 520, 8, 5), (1000, 520, 4, 5), (96, 1024, 256, 4),
+                                         (300, 4096, 64, 5)])   # groups of 4, wider than a tile, many tiles
 def test_triton_counter_block_on_cuda(N, K, gs, bits):
     gw, T, C, corr = _state(N, K, gs, bits, seed=1, device="cuda")
     scale = counter_step_scale(gw, 0.5)

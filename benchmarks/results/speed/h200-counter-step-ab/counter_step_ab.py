@@ -29,12 +29,15 @@ OLD = "8fe86d6"   # the commit whose counter_step_kernel is the A side
 SHAPES = [(8192, 4096, 4096), (16384, 8192, 8192), (4096, 3072, 12288), (4096, 12288, 3072)]   # M, K, N
 
 
-def _old_module():
-    """``ops/counter_triton.py`` of commit ``OLD`` as a module (written to a file: Triton's jit reads the source)."""
+def _old_module(old_file: str | None = None):
+    """``ops/counter_triton.py`` of commit ``OLD`` as a module (written to a file: Triton's jit reads the source);
+    ``old_file``: that file's text saved beforehand (``git show OLD:arbitor/ternary/ops/counter_triton.py``), for a
+    machine whose copy of the project has no git history."""
     import subprocess
     import tempfile
-    src = subprocess.run(["git", "show", f"{OLD}:arbitor/ternary/ops/counter_triton.py"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    src = (Path(old_file).read_text() if old_file else
+           subprocess.run(["git", "show", f"{OLD}:arbitor/ternary/ops/counter_triton.py"], capture_output=True,
+                          text=True, check=True, cwd=ROOT).stdout)
     src = src.replace("from ..format import", "from arbitor.ternary.format import").replace(
         "from .triton_common import", "from arbitor.ternary.ops.triton_common import")
     path = Path(tempfile.mkdtemp()) / "counter_triton_v1.py"
@@ -52,12 +55,13 @@ def main() -> int:
     from arbitor.ternary.format import counter_packed_shape, counter_planes, pack_counters, pack_ternary
     from arbitor.ternary.ops import counter_triton
     from arbitor.ternary.ops.backend import get_ops
-    v1 = _old_module()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", default=str(Path(__file__).parent))
     ap.add_argument("--gs", type=int, default=64)
     ap.add_argument("--bits", type=int, default=5)
+    ap.add_argument("--old-file", default=None, help="the A side's source, saved from git (default: git show OLD)")
     args = ap.parse_args()
+    v1 = _old_module(args.old_file)
     dev = torch.device("cuda")
     ops = get_ops(dev, "triton")
     gs, bits = args.gs, args.bits
