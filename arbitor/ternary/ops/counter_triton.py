@@ -90,8 +90,8 @@ def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BL
                      GS: tl.constexpr, OCTETS: tl.constexpr = False):
     """The BigInt scale votes ``-sum_group sign(g) * T``, one group per ``GS`` columns, added to the int64
     ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics). ``sgn`` and ``t``: the
-    tile's ``[BLOCK_R, BLOCK_K]`` values in column order, in any shape of that order (``[BLOCK_R, BLOCK_K / 8,
-    8]`` octets included)."""
+    tile's ``[BLOCK_R, BLOCK_K]`` values in column order; with ``OCTETS`` as ``[BLOCK_R, BLOCK_K / 8, 8]`` octets
+    (each thread holding whole octets), summed by ``_group_sums`` without reshaping the octet axis."""
     NG: tl.constexpr = BLOCK_K // GS
     if OCTETS:
         vote = -_group_sums(sgn * t, BLOCK_R, BLOCK_K // 8, GS, NG)
