@@ -201,11 +201,11 @@ def _profile(step, batch, top: int = 18) -> dict:
             "launches": sum(n for n, _ in kernels.values()), "top": rows}
 
 
-def _profile_compiled(cfg, kind: str, batch, device) -> dict:
-    """``_profile`` of ``cfg``'s training step compiled (not graphed: a replay hides its kernels)."""
+def _profile_model(cfg, kind: str, batch, device, compiled: bool = True) -> dict:
+    """``_profile`` of ``cfg``'s training step, compiled or eager (never graphed: a replay hides its kernels)."""
     model = _build(cfg, device)
     try:
-        return _profile(_step_fn(model, torch.compile(model), kind), batch)
+        return _profile(_step_fn(model, torch.compile(model) if compiled else None, kind), batch)
     finally:
         model = None
         _free()
@@ -304,8 +304,8 @@ def part_nanogpt(args, device, add, profiles) -> None:
     best_qat = max(qat_rows, key=lambda r: r["tokens_per_s"]) if qat_rows else None
     if args.profile:
         for name, linear in (("dense", "dense"), ("qat", "bitnet")):
-            profiles[f"nanogpt_{name}_compiled"] = _profile_compiled(preset("small", linear=linear, **base), "float",
-                                                                     batches[0], device)
+            profiles[f"nanogpt_{name}_compiled"] = _profile_model(preset("small", linear=linear, **base), "float",
+                                                                  batches[0], device)
     for rule in args.rules.split(","):
         cfg = preset("small", ternary=RULES[rule], **base)
         arb, arb_tried = _measure_model(f"arbitor {rule}", cfg, "ternary", batches, args.steps, args.warmup,
@@ -315,7 +315,7 @@ def part_nanogpt(args, device, add, profiles) -> None:
         if arb is None:
             continue
         if args.profile:
-            profiles[f"nanogpt_{rule}_compiled"] = _profile_compiled(cfg, "ternary", batches[0], device)
+            profiles[f"nanogpt_{rule}_compiled"] = _profile_model(cfg, "ternary", batches[0], device)
         for name, bl, label in (("step_nanogpt_vs_dense", dense, "dense bf16 + fused AdamW"),
                                 ("step_nanogpt_vs_qat", best_qat, "BitNet b1.58 QAT + fused AdamW")):
             if bl is None:
@@ -413,7 +413,7 @@ def part_3b(args, device, add, profiles) -> None:
     if dense is None:
         return
     # the preset as it ships (block checkpointing: the <= 3.2 GB row), then without checkpointing (faster, more
-    # memory); the riskier compile + capture last, so a failed capture cannot spoil the rows before it
+    # memory); each row in every mode asked for (a failed mode is reported and skipped)
     modes = args.modes_3b.split(",") if args.modes_3b else ["graph"] + ([] if args.best_modes else ["compile-graph"])
     variants = [(rule, ckpt, mode) for ckpt in (True, False) for rule in args.rules.split(",") for mode in modes]
     for rule, ckpt, mode in variants:
@@ -422,14 +422,9 @@ def part_3b(args, device, add, profiles) -> None:
         if probe:
             print(f"  arbitor 3b {rule}: probe 1 x 4 peak {probe['peak_mib']:,.0f} MiB", flush=True)
         if args.profile and rule == "bigint" and mode == modes[0]:
-            key = f"3b_bigint{'' if ckpt else '_no_ckpt'}"
-            if mode.startswith("compile"):
-                profiles[f"{key}_compiled"] = _profile_compiled(cfg, "ternary", batches[0], device)
-            else:
-                model = _build(cfg, device)
-                profiles[f"{key}_eager"] = _profile(_step_fn(model, None, "ternary"), batches[0])
-                model = None
-                _free()
+            compiled = mode.startswith("compile")
+            key = f"3b_bigint{'' if ckpt else '_no_ckpt'}_{'compiled' if compiled else 'eager'}"
+            profiles[key] = _profile_model(cfg, "ternary", batches[0], device, compiled)
         arb, tried = _measure_model(f"arbitor 3b {rule} ckpt={ckpt}", cfg, "ternary", batches, steps, warmup, [mode],
                                     device)
         if arb is None:

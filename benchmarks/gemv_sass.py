@@ -41,11 +41,12 @@ def loop_counts(sass: str) -> Counter:
 
 
 def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str = "gemv") -> dict:
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from arbitor.ternary.ops.decode_triton import decode_gemv_kernel, decode_mma_kernel
+    from arbitor.ternary.ops.decode_triton import decode_gemv_kernel, decode_mma_kernel, planes_ok
     from arbitor.ternary.ops.triton_common import SIGN_TABLES
     if kernel_name == "gemv":
         fn = decode_gemv_kernel
@@ -64,7 +65,8 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
                "INTERP": "constexpr", "PLANES": "constexpr", "T_HI": "constexpr", "T_LO": "constexpr"}
         t_hi, t_lo = SIGN_TABLES["bf16"]
         const = {"stride_xk": 1, "GS": group_size, "DOT_PRECISION": "tf32", "BLOCK_M": 16, "BLOCK_N": bn,
-                 "BLOCK_K": bk, "INTERP": False, "PLANES": group_size >= bk >= 64, "T_HI": t_hi, "T_LO": t_lo}
+                 "BLOCK_K": bk, "INTERP": False, "PLANES": planes_ok(torch.bfloat16, group_size, bk), "T_HI": t_hi,
+                 "T_LO": t_lo}
         aligned_names = ("x_ptr", "t_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "N", "K", "G", "KB", "stride_xm",
                          "K_PER_SPLIT")
     aligned = [i for i, k in enumerate(sig) if k in aligned_names]

@@ -264,7 +264,7 @@ def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: to
     count_ballot_kernel[(1,)](bad, pending, nonfinite)
 
 
-def step_tile(K: int, group_size: int) -> tuple[int, int, int]:
+def step_tile(group_size: int) -> tuple[int, int, int]:
     """``(BLOCK_R, BLOCK_K, num_warps)`` of ``counter_step_kernel``: 8 rows x 128 columns on 2 warps (1,024 weights,
     16 a thread), or one group wide for groups of more than 128. The fastest of ten tiles at all four layer shapes
     of ``benchmarks/results/speed/h200-counter-step-ab`` (1.19-1.26x the 16 x 128 / 4-warp tile it replaces), each
@@ -301,7 +301,7 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
         raise ValueError("counter_block_triton_: grad_W rows must be contiguous")
     if not gw.is_floating_point() or scale.dtype != torch.float32:
         raise TypeError("counter_block_triton_: grad_W must be a float tensor and scale float32")
-    block_r, block_k, warps = step_tile(K, group_size)
+    block_r, block_k, warps = step_tile(group_size)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
     lo_bytes = counter_planes(K, bits)[0][3]        # bytes of the low-bit plane: the whole row but at 5 bits
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,

@@ -250,7 +250,7 @@ def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional
         bn, bk, warps, per_sm = _INTERP_TILE
     elif M == 1:
         bn, bk, warps, per_sm = _GEMV_TILE
-    elif dtype in (torch.bfloat16, torch.float16) and group_size >= _PLANES_TILE[1]:
+    elif planes_ok(dtype, group_size, _PLANES_TILE[1]):
         bn, bk, warps, per_sm = _PLANES_TILE
     else:
         bn, bk, warps, per_sm = _MMA_TILE

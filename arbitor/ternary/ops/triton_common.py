@@ -211,6 +211,14 @@ SIGN_TABLES = {"bf16": (0x00BF3F00, 0x00808000), "fp16": (0x00BC3C00, 0x00000000
 
 
 @triton.jit
+def _plane_signs_plain(bi, one, J: tl.constexpr):
+    """Code plane ``J`` of ``plane_signs16`` with plain integer ops (the interpreter's form): code 1 -> ``one``
+    (the +1 pattern), 2 -> ``one`` with the sign bit, 0 and the invalid 3 -> 0."""
+    code = (bi >> (2 * J)) & 3
+    return tl.where(code == 1, one, tl.where(code == 2, one | 0x8000, 0)).to(tl.int16)
+
+
+@triton.jit
 def plane_signs16(b, t_hi, t_lo, INTERP: tl.constexpr):
     """The trits of packed bytes ``b [BLOCK_N, BLOCK_K // 4]`` (``load_bytes(..., RAW=True)``) as 16-bit float
     bit patterns of -1 / 0 / +1, one code plane at a time: ``(m0, m1, m2, m3)``, each int16 ``[BLOCK_N,
@@ -229,14 +237,8 @@ def plane_signs16(b, t_hi, t_lo, INTERP: tl.constexpr):
     if INTERP:
         bi = b.to(tl.int32)
         one = (t_hi & 0xFF00) | ((t_lo >> 8) & 0xFF)          # the +1 pattern, from byte 1 of each table
-        m0 = ((bi | (bi >> 1)) & 1) * one | ((bi << 14) & 0x8000)
-        m1 = (((bi >> 2) | (bi >> 3)) & 1) * one | ((bi << 12) & 0x8000)
-        m2 = (((bi >> 4) | (bi >> 5)) & 1) * one | ((bi << 10) & 0x8000)
-        m3 = (((bi >> 6) | (bi >> 7)) & 1) * one | ((bi << 8) & 0x8000)
-        inv0, inv1 = (bi & 3) == 3, ((bi >> 2) & 3) == 3                # code 3 reads as 0
-        inv2, inv3 = ((bi >> 4) & 3) == 3, ((bi >> 6) & 3) == 3
-        return (tl.where(inv0, 0, m0).to(tl.int16), tl.where(inv1, 0, m1).to(tl.int16),
-                tl.where(inv2, 0, m2).to(tl.int16), tl.where(inv3, 0, m3).to(tl.int16))
+        return (_plane_signs_plain(bi, one, 0), _plane_signs_plain(bi, one, 1), _plane_signs_plain(bi, one, 2),
+                _plane_signs_plain(bi, one, 3))
     zero = tl.zeros(b.shape, dtype=tl.int32)
     # operands: $0-$7 out (plane j: $2j bytes 0-1, $2j+1 bytes 2-3), $8 the four bytes, $9-$12 / $13-$16 the
     # tables of the four elements (one value: the asm reads $9 and $13)

@@ -33,7 +33,7 @@ sig = {'gw_ptr': '*bf16', 'scale_ptr': '*fp32', 't_ptr': '*u8', 'c_ptr': '*u8', 
        'BITS': 'constexpr', 'GS': 'constexpr', 'BLOCK_R': 'constexpr', 'BLOCK_K': 'constexpr'}
 for bits in (1, 2, 4, 5, 8):
     for gs, dtype in ((8, '*fp32'), (128, '*bf16'), (256, '*fp16')):
-        block_r, block_k, warps = step_tile(4096, gs)   # as counter_block_triton_ picks them for a long row
+        block_r, block_k, warps = step_tile(gs)          # as counter_block_triton_ picks them
         src = ASTSource(fn=counter_step_kernel, signature=dict(sig, gw_ptr=dtype),
                         constexprs={'BITS': bits, 'GS': gs, 'BLOCK_R': block_r, 'BLOCK_K': block_k})
         kernel = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
