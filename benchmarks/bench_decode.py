@@ -172,12 +172,15 @@ def gemv_rows(args, device, res, flush) -> None:
         Ws = [torch.randn(N, K, device=device, dtype=torch.bfloat16) / math.sqrt(K) for _ in range(n_w)]
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            times = {"gemv": None}                        # the training layer's GEMV is M = 1 only
+            times = {"gemv": None, "frozen_before_tc": None}  # the training layer's GEMV is M = 1 only
             variants = {"frozen": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs),
                         "auto": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="auto"),
                         "fused": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="fused")}
             if M == 1:
                 variants["gemv"] = lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="gemv")
+            # the frozen layer's kernels before decode_tc: the CUDA-core GEMV at one row, decode_mma_kernel above
+            variants["frozen_before_tc"] = lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs,
+                                                                                  path="gemv" if M == 1 else "mma")
             for path, fn in variants.items():
                 try:
                     times[path] = _graph_time([(lambda s=s, fn=fn: fn(s)) for s in states], args.reps)
@@ -189,7 +192,7 @@ def gemv_rows(args, device, res, flush) -> None:
             bound_ms = 1000 * f_bytes / (args.hbm_tbps * 1e12)
             ms = times["frozen"]
             row = {"name": f"gemv_m{M}", "shape": f"M={M}, K={K}, N={N}, bf16, group 64", "arbitor_ms": ms,
-                   "arbitor": "frozen layer (arbitor.for_inference): decode_gemv_kernel (M = 1) / decode_mma_kernel over "
+                   "arbitor": "frozen layer (arbitor.for_inference): decode_tc_kernel (tensor cores, 1-16 rows) over "
                               "T_packed + float32 S",
                    "baseline": f"cuBLAS bf16 x @ W.T (weights rotated over {n_w} copies)", "baseline_ms": base,
                    "ratio": base / ms if ms else None, "bound_ms": bound_ms,
@@ -200,6 +203,7 @@ def gemv_rows(args, device, res, flush) -> None:
                    "training_layer_ms": times["auto"], "training_layer_bytes": t_bytes,
                    "training_layer_ratio": base / times["auto"] if times["auto"] else None,
                    "arbitor_gemv_ms": times["gemv"], "arbitor_fused_ms": times["fused"],
+                   "frozen_before_tc_ms": times["frozen_before_tc"],
                    "ternary_copies": len(states)}
             res["rows"].append(row)
             print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
@@ -211,17 +215,21 @@ def gemv_rows(args, device, res, flush) -> None:
 
 #: the sweep's grids: which M each serves (``planes``: ``decode_mma_kernel``'s plane-by-plane form, one 64-column
 #: group a K step, at any M -- at M = 1 it races the GEMV)
-SWEEP_PATHS = {"gemv": "M = 1", "gemv_expand": "M = 1", "mma": "M > 1", "planes": "any M"}
+SWEEP_PATHS = {"gemv": "M = 1", "gemv_expand": "M = 1", "mma": "M > 1", "planes": "any M", "tc": "any M"}
 
 
 def _sweep_paths(M: int, wanted: list[str]) -> tuple[str, ...]:
-    return tuple(p for p in wanted if p == "planes" or (p == "mma") == (M > 1))
+    return tuple(p for p in wanted if p in ("planes", "tc") or (p == "mma") == (M > 1))
 
 
 def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
     """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), its plain form
     ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above, and that kernel's
     plane-by-plane form (``path="planes"``: ``BLOCK_K`` = the sweep's group of 64, wide ``BLOCK_N``)."""
+    if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
+        return [{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "X_AHEAD": xa, "AHEAD": ah}
+                for r in (1, 2) for w in (2, 4, 8) for p in (1, 2, 4) for ah, xa in ((1, True), (1, False), (2, False))
+                if r * ah <= 2]
     if path == "planes":
         grid = [(bn, 64, w, p) for bn in (64, 128, 256, 512) for w in (4, 8) for p in (1, 2, 4)]
     elif M == 1 and path == "gemv_expand":   # a float tile of <= 64 values a thread (more: 128-255 registers)
@@ -415,12 +423,14 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             m.generate(idx, 1 + args.eager_new, temperature=0)
             _sync(device)
             eager = batch * args.eager_new / max(1e-9, (time.perf_counter() - t1) - (t1 - t0))
-            # the tokens to compare: the same static-cache step eagerly, over a cache of the fast path's length
-            # (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in bf16)
-            ref = GraphedDecoder(m, batch, args.prompt + args.new, cuda_graph=False).generate(
-                idx, 1 + args.eager_new, temperature=0)
-            for key, o in outs.items():        # greedy tokens of each fast path vs the eager path
+            # the tokens to compare: the same model's static-cache step eagerly, over a cache of the fast path's
+            # length (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in
+            # bf16); fused projections are another model (other kernels, other roundings): their own eager path
+            refs = {name: GraphedDecoder(models[name], batch, args.prompt + args.new, cuda_graph=False).generate(
+                idx, 1 + args.eager_new, temperature=0) for name in models if name.startswith("ternary")}
+            for key, o in outs.items():        # greedy tokens of each fast path vs its model's eager path
                 if key.startswith("ternary") and o is not None:
+                    ref = refs[key.split("/")[0]]
                     same = (o[:, :ref.shape[1]] == ref)[:, args.prompt:].all(0)
                     res.setdefault("fast_vs_eager_tokens", {})[f"{key}_b{batch}"] = (
                         f"{int(same.long().cumprod(0).sum())}/{same.numel()} leading tokens equal")
@@ -457,11 +467,14 @@ def write(res, out: Path) -> None:
     gemv = [r for r in res["rows"] if r["name"].startswith("gemv")]
     if gemv:
         lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`); "
-                  "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`). ratio = "
-                  "cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate.", "",
-                  "| row | shape | arbitor ms | training layer ms | cuBLAS bf16 ms | ratio | bound ms | of bound |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`); `before tc ms` "
+                  "the frozen layer's kernels before `decode_tc` (the CUDA-core GEMV at one row, `decode_mma_kernel` "
+                  "above). ratio = cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate.", "",
+                  "| row | shape | arbitor ms | before tc ms | training layer ms | cuBLAS bf16 ms | ratio | bound ms | "
+                  "of bound |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | "
+                  f"{f(r.get('frozen_before_tc_ms'), '.4f')} | "
                   f"{f(r.get('training_layer_ms'), '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
                   f"{f(r['bound_ms'], '.4f')} | {f(r['of_bound'], '.2f')} |" for r in gemv]
         lines.append("")
@@ -481,8 +494,8 @@ def write(res, out: Path) -> None:
                      f"{wb['arbitor_training_state'] / 2 ** 30:.2f} GiB" if "arbitor_training_state" in wb else "")
                   + "."]
     if res.get("fast_vs_eager_tokens"):
-        lines += ["", "Greedy tokens, fast path against the same static-cache step run eagerly (a cache of the fast "
-                  "path's length): "
+        lines += ["", "Greedy tokens, fast path against the same model's static-cache step run eagerly (a cache of "
+                  "the fast path's length): "
                   + ", ".join(f"{k}: {v}" for k, v in res["fast_vs_eager_tokens"].items()) + "."]
     for key, prof in res.get("profile", {}).items():
         lines += ["", f"Profile `{key}` (eager token step, torch.profiler): {prof['gpu_us_per_step']:,.0f} us of GPU "
@@ -491,14 +504,16 @@ def write(res, out: Path) -> None:
         lines += [f"| `{r['kernel']}` | {r['calls_per_step']:.0f} | {r['us_per_step']:.1f} |" for r in prof["top"]]
     if res.get("sweep"):
         lines += ["", "Sweep of the decode kernels' launch configs (fastest per shape, M and kernel path):", "",
-                  "| M | K | N | path | BLOCK_N | BLOCK_K | warps | programs/SM | ms | TB/s |",
+                  "| M | K | N | path | BLOCK_N (tc: R x 16 a warp) | BLOCK_K | warps | programs/SM | ms | TB/s |",
                   "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         keys = sorted({(r["M"], r["K"], r["N"], r["path"]) for r in res["sweep"]})
         for key in keys:
             cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"], r["path"]) == key]
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
-                lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {r['BLOCK_N']} | {r['BLOCK_K']} | "
+                bn = (r["BLOCK_N"] if "BLOCK_N" in r else ", ".join(
+                    f"{k} = {int(r[k])}" for k in ("R", "AHEAD", "X_AHEAD") if k in r))
+                lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {bn} | {r.get('BLOCK_K', '-')} | "
                              f"{r['num_warps']} | {r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
     if res.get("errors"):
         lines += ["", "Errors:", ""] + [f"* {e}" for e in res["errors"]]

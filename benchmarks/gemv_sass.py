@@ -1,5 +1,6 @@
 """Instructions a weight in the K loop of the decode kernels (``--kernel gemv``: the M = 1 ``decode_gemv_kernel``;
-``--kernel mma``: ``decode_mma_kernel``, the 2-16 row tensor-core kernel, in its plane-by-plane form), from their
+``--kernel mma``: ``decode_mma_kernel``, the 2-16 row tensor-core kernel, in its plane-by-plane form; ``--kernel
+tc``: ``decode_tc_kernel``, the PTX tensor-core kernel, per row of x), from their
 sm_90 SASS, compiled on any machine (no GPU: Triton ships ``ptxas`` and ``cuobjdump``).
 
 The kernel is bound by instruction issue, mostly the integer pipe (``docs/inference.md``), so this count predicts
@@ -9,6 +10,7 @@ run time (pointers and the integer arguments 16-aligned, ``stride_xk == 1``).
     python benchmarks/gemv_sass.py                      # the launcher's tile
     python benchmarks/gemv_sass.py --tile 16,2048,4 --tile 32,1024,4
     python benchmarks/gemv_sass.py --kernel mma         # _PLANES_TILE
+    python benchmarks/gemv_sass.py --kernel tc          # decode_tc_kernel at one row (--tile R,TOKENS,WARPS)
 
 Prints one line a tile: registers, instructions in the loop, per weight, integer-pipe ops per weight, the most
 frequent opcodes. Must run without ``TRITON_INTERPRET``.
@@ -48,7 +50,24 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
 
     from arbitor.ternary.ops.decode_triton import decode_gemv_kernel, decode_mma_kernel, planes_ok
     from arbitor.ternary.ops.triton_common import SIGN_TABLES
-    if kernel_name == "gemv":
+    weights = bn * bk / (32 * warps)                      # weights a thread decodes per K step
+    if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
+        from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm
+        R, tokens = bn, bk
+        _, _, _, x_ahead, ahead = TC_TILES[tokens]
+        fn = decode_tc_kernel
+        sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
+               "cnt_ptr": "*i32", "tbl_ptr": "*i32", "M": "i32", "N": "i32", "KW": "i32", "G": "i32",
+               "stride_xm": "i32", "SPLIT": "i32", "Q_PER_SPLIT": "i32", "GS": "constexpr", "R": "constexpr",
+               "TOKENS": "constexpr", "NUM_WARPS": "constexpr", "ASM": "constexpr", "CONSTRAINTS": "constexpr",
+               "INTERP": "constexpr"}
+        const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps,
+                 "ASM": tc_gemv_asm(R, group_size, tokens, False, x_ahead, ahead),
+                 "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
+        aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
+                         "stride_xm", "Q_PER_SPLIT")
+        weights = (ahead + 1) * R * 16 * 256 / 32            # the loop body: ahead + 1 chunks of 256 columns
+    elif kernel_name == "gemv":
         fn = decode_gemv_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
                "cnt_ptr": "*i32", "N": "i32", "K": "i32", "G": "i32", "KW": "i32", "stride_xk": "constexpr",
@@ -83,7 +102,6 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     finally:
         cubin.unlink(missing_ok=True)
     ops = loop_counts(sass)
-    weights = bn * bk / (32 * warps)                      # weights a thread decodes per K step
     total = sum(ops.values())
     return {"tile": (bn, bk, warps), "registers": int(re.search(r"REG:(\d+)", res).group(1)), "loop": total,
             "per_weight": total / weights, "int_per_weight": sum(ops[o] for o in INT_PIPE) / weights,
@@ -91,9 +109,11 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
 
 
 def main(argv=None) -> int:
+    from arbitor.ternary.ops.decode_tc import TC_TILES
     from arbitor.ternary.ops.decode_triton import _GEMV_TILE, _PLANES_TILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", choices=("gemv", "mma"), default="gemv", help="which decode kernel (default gemv)")
+    ap.add_argument("--kernel", choices=("gemv", "mma", "tc"), default="gemv",
+                    help="which decode kernel (default gemv; tc: decode_tc_kernel, --tile R,TOKENS,WARPS)")
     ap.add_argument("--tile", action="append", default=None, metavar="BLOCK_N,BLOCK_K,WARPS",
                     help="a launch tile (repeatable); default: the launcher's")
     args = ap.parse_args(argv)
@@ -101,7 +121,8 @@ def main(argv=None) -> int:
         print("gemv_sass.py: unset TRITON_INTERPRET (it compiles for a GPU)", file=sys.stderr)
         return 2
     tiles = []
-    for t in args.tile or [",".join(map(str, (_GEMV_TILE if args.kernel == "gemv" else _PLANES_TILE)[:3]))]:
+    default = {"gemv": _GEMV_TILE[:3], "mma": _PLANES_TILE[:3], "tc": (TC_TILES[1][0], 1, TC_TILES[1][1])}
+    for t in args.tile or [",".join(map(str, default[args.kernel]))]:
         try:
             bn, bk, warps = (int(v) for v in t.split(","))
         except ValueError:
@@ -110,7 +131,8 @@ def main(argv=None) -> int:
         tiles.append((bn, bk, warps))
     for bn, bk, warps in tiles:
         r = count(bn, bk, warps, kernel_name=args.kernel)
-        print(f"tile {bn} x {bk}, {warps} warps: {r['registers']} registers, {r['loop']} instructions in the K loop, "
+        name = f"R {bn}, {bk} token(s)" if args.kernel == "tc" else f"tile {bn} x {bk}"
+        print(f"{name}, {warps} warps: {r['registers']} registers, {r['loop']} instructions in the K loop, "
               f"{r['per_weight']:.2f} a weight ({r['int_per_weight']:.2f} on the integer pipe); "
               + " ".join(f"{o}:{n}" for o, n in r["top"]), flush=True)
     return 0

@@ -16,6 +16,14 @@ attends over everything cached so far; a query at absolute position ``p`` sees k
 ``StaticKVCache`` is the preallocated form (fixed shapes, the position held on the device) that a CUDA graph
 of one decode step can replay (``decode.py``): keys/values are written in place at the current position and
 every query attends over the whole buffer under the mask ``key position <= query position``.
+
+Decoding (any call with a cache) runs SDPA on backends whose forward is deterministic run to run
+(``DECODE_SDPA_BACKENDS``: flash, memory-efficient, math). cuDNN's attention, which PyTorch picks first on
+the H200 for the masked decode step, is not: two eager calls of the ``3b`` preset's batch-16 token step on
+identical inputs differed in the attention output of one layer in 22 (by up to 4e-3), so graphed and eager
+greedy tokens parted after four or five tokens (``docs/inference.md``). Training
+(no cache) keeps PyTorch's own choice, cuDNN's fused kernels on Hopper. A single-query step on CUDA (the token
+step) skips SDPA: two cuBLAS ``bmm`` s and a float32 softmax (``_one_query_attention``).
 """
 from __future__ import annotations
 
@@ -25,10 +33,41 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .layers import make_linear, residual_dropout
 
-__all__ = ["ContextAttention", "KVCache", "StaticKVCache"]
+__all__ = ["ContextAttention", "KVCache", "StaticKVCache", "DECODE_SDPA_BACKENDS", "cached_attention"]
+
+#: SDPA backends of a cached (decoding) call: those whose forward is deterministic run to run (not cuDNN's)
+DECODE_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The attention of a decoding call, deterministic run to run: ``q [B, H, T, hd]`` over ``k, v [B, H, L, hd]``,
+    causal when ``mask`` is ``None``, else under the bool ``mask [T, L]`` (True: may attend). One masked query
+    in 16 bits on CUDA (a token step): ``_one_query_attention``; otherwise SDPA on ``DECODE_SDPA_BACKENDS``."""
+    if mask is not None and q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        return _one_query_attention(q, k, v, mask)
+    with sdpa_kernel(list(DECODE_SDPA_BACKENDS)):
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A decode step's attention on CUDA (one query, 16-bit): scores by a cuBLAS ``bmm`` with float32 output,
+    scaled, masked and soft-maxed in float32, the probabilities rounded to q's type for ``@ v`` (as the fused
+    kernels do). Deterministic; the memory-efficient kernel, the deterministic SDPA backend that takes a mask,
+    tiles 64 queries and took 28 us a call in the ``3b`` batch-1 token step on the H200 (cuDNN's: 7.5 us, not
+    deterministic; ``docs/inference.md`` has this path's figure)."""
+    B, H, _, hd = q.shape
+    L = k.shape[2]
+    s = torch.bmm(q.reshape(B * H, 1, hd), k.reshape(B * H, L, hd).transpose(1, 2), out_dtype=torch.float32)
+    s = (s.view(B, H, 1, L) * hd ** -0.5).masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).to(v.dtype)
+    return torch.bmm(p.view(B * H, 1, L), v.reshape(B * H, L, hd)).view(B, H, 1, hd)
 
 
 @dataclass
@@ -140,8 +179,7 @@ class ContextAttention(nn.Module):
         if isinstance(cache, StaticKVCache):
             kk, vv, mask = cache.update(layer, k, v)
             # the prompt (nothing cached yet) attends exactly as without a cache; later steps over the buffer
-            a = (F.scaled_dot_product_attention(q, k, v, is_causal=True) if cache.length == 0
-                 else F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask))
+            a = cached_attention(q, k, v) if cache.length == 0 else cached_attention(q, kk, vv, mask)
             return torch.sigmoid(g) * self.o(a.transpose(1, 2).reshape(B, T, D))
         if cache is not None:
             while len(cache.k) <= layer:
@@ -153,12 +191,14 @@ class ContextAttention(nn.Module):
                 v = torch.cat([cache.v[layer], v], dim=2)
             cache.k[layer], cache.v[layer] = k.detach(), v.detach()
         p = self.dropout if cache is None and self.training else 0.0    # only the training path drops
-        if past == 0:
+        if cache is None:
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        elif past == 0:
+            a = cached_attention(q, k, v)
         else:
             # query i (absolute position past+i) may see keys j <= past+i
             qpos = torch.arange(past, past + T, device=x.device).view(-1, 1)
             kpos = torch.arange(past + T, device=x.device).view(1, -1)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
+            a = cached_attention(q, k, v, kpos <= qpos)
         a = a.transpose(1, 2).reshape(B, T, D)
         return residual_dropout(torch.sigmoid(g) * self.o(a), p, self.training)

@@ -46,3 +46,13 @@ def test_the_tensor_core_kernels_plane_form_takes_fewer_instructions_a_weight():
     assert out.returncode == 0, out.stderr[-2000:]
     planes, floats = (float(v) for v in re.findall(r"([\d.]+) a weight", out.stdout))
     assert planes < 0.5 * floats, out.stdout
+
+
+def test_the_ptx_tensor_core_kernel_takes_fewer_instructions_a_weight_than_the_gemv():
+    """``--kernel tc`` (``decode_tc_kernel`` at one row, its launch tile): its sm_90 K loop has HMMAs and fewer
+    instructions a weight than the CUDA-core GEMV's (1.84 against 4.21 on 2026-11-30)."""
+    tc = _run("--kernel", "tc")
+    gemv = _run("--tile", "16,2048,4")
+    assert tc.returncode == 0 and gemv.returncode == 0, tc.stderr[-2000:] + gemv.stderr[-2000:]
+    (t,), (g,) = (re.findall(r"([\d.]+) a weight", o.stdout) for o in (tc, gemv))
+    assert "HMMA:" in tc.stdout and float(t) < 0.6 * float(g), (tc.stdout, gemv.stdout)

@@ -100,3 +100,40 @@ def test_static_cache_buffers():
     assert c.get_lti(0) is not None and int(c.pos) == 2 and c.length == 2
     c.reset()
     assert int(c.pos) == 0 and c.length == 0 and c.get_lti(0) is None
+
+
+def test_decoding_attention_avoids_cudnn_training_keeps_default(monkeypatch):
+    """Every SDPA call of a decoding step (prefill, static-cache steps, growing-cache steps) runs with cuDNN's
+    attention disabled (its forward is not deterministic run to run: the H200's batch-16 graphed tokens parted
+    from the eager ones); the training forward (no cache) leaves PyTorch's backend choice alone."""
+    import torch.nn.functional as F
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        seen.append((k.get("attn_mask") is not None, torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(*a, **k)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    m = ArbitorLM(preset("small")).eval()
+    idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    m(idx)
+    assert seen and all(cudnn for _, cudnn in seen)            # training / no cache: default backends
+    seen.clear()
+    GraphedDecoder(m, 2, 14, cuda_graph=False).generate(idx, 5, temperature=0)
+    m.generate_dynamic(idx, 5, temperature=0)
+    assert len(seen) >= 2 * 4 * 5 and any(masked for masked, _ in seen)
+    assert not any(cudnn for _, cudnn in seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()             # restored after each call
+
+
+def test_cached_attention_matches_sdpa():
+    from arbitor.model.attention import cached_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g) for n in (2, 7, 7))
+    mask = torch.arange(7).view(1, -1) <= torch.tensor([[4], [5]])
+    import torch.nn.functional as F
+    assert torch.allclose(cached_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                          atol=1e-6)
+    assert torch.allclose(cached_attention(q, k[:, :, :2], v[:, :, :2]),
+                          F.scaled_dot_product_attention(q, k[:, :, :2], v[:, :, :2], is_causal=True), atol=1e-6)

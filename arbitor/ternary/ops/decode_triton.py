@@ -1,6 +1,10 @@
 """Triton kernels of the frozen (inference) ternary linear op: ``y [M, N] = x [M, K] @ (T * S).T`` from
 ``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``linear.decode_forward_torch``).
 
+``decode_forward(path="auto")`` sends 1-16 rows of bf16/fp16 x (groups 64/128/256, ``K % 256 == 0``) to
+``decode_tc.decode_tc_kernel`` (tensor cores, inline PTX; 2.0-2.7x cuBLAS bf16 at one row on the H200 where
+the kernels below reach 1.8-2.3x); the kernels here take the rest (fp32 x, other group sizes, the prompt).
+
 * ``decode_gemv_kernel`` (``M == 1``, ``group_size >= 16``, ``in_features % 16 == 0``): a CUDA-core GEMV.
   ``T_packed`` is read as int32 words (16 trits a word); a trit enters the FMA as ``f = (t + 5) / 8``,
   made by one byte permute (``prmt``) -- exactly representable, and ``f * x`` is exact for 16-bit ``x`` -- and
@@ -27,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .decode_tc import tc_forward, tc_ok
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
                             dot_precision, expand_bytes, group_sums, load_bytes, n_sm, round_to,
                             split_buffers, split_epilogue, split_len, word_dots, gemv_split_start, plane_signs16,
@@ -314,13 +319,20 @@ def expand_scaled(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, gro
 
 def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
                    *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
-    """``y [M, N] = x [M, K] @ (T * S).T`` in x's dtype. ``path``: ``auto`` (the GEMV at one row when the layer
-    allows it, the tensor-core kernel up to ``DECODE_MAX_M`` rows, expand + cuBLAS above), ``gemv``, ``mma`` or
-    ``expand``; ``config``: see ``decode_config``."""
+    """``y [M, N] = x [M, K] @ (T * S).T`` in x's dtype. ``path``: ``auto`` (``decode_tc`` for 1-16 rows of 16-bit
+    x where ``tc_ok``; else the GEMV at one row when the layer allows it, the tensor-core kernel up to
+    ``DECODE_MAX_M`` rows, expand + cuBLAS above), ``tc``, ``gemv``, ``gemv_expand``, ``mma`` or ``expand``;
+    ``config``: see ``decode_config`` (``decode_tc.tc_forward`` for ``tc``)."""
     N, G = _check(x, T_packed, S, in_features, group_size)
     M = x.shape[0]
-    if path not in ("auto", "gemv", "gemv_expand", "mma", "expand"):
-        raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma' or 'expand', got {path!r}")
+    if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
+        raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma', 'expand' or 'tc', got {path!r}")
+    if path == "tc":
+        if not tc_ok(x, T_packed, in_features, group_size):
+            raise ValueError("triton decode op: path='tc' needs 1-16 rows of 16-bit x (unit column stride, 16-byte "
+                             f"aligned rows), group_size 64/128/256 and in_features % 256 == 0; got x {x.dtype} "
+                             f"{tuple(x.shape)}, group_size {group_size}")
+        return tc_forward(x, T_packed, S, in_features, group_size, config)
     if path == "gemv" and not gemv_ok(M, T_packed, in_features, group_size):
         raise ValueError(f"triton decode op: path='gemv' needs M == 1 (got {M}), group_size >= 16, "
                          "in_features % 16 == 0 and an aligned T_packed")
@@ -329,6 +341,8 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     if path == "mma" and not 0 < M <= DECODE_MAX_M:
         raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
     if path == "auto":
+        if tc_ok(x, T_packed, in_features, group_size):        # 1-16 rows of 16-bit x: the tensor-core GEMV
+            return tc_forward(x, T_packed, S, in_features, group_size, config)
         path = ("gemv" if gemv_ok(M, T_packed, in_features, group_size)
                 else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
     if path == "expand":

@@ -151,6 +151,57 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
 
 
 @interp
+@pytest.mark.parametrize("M,K,N,gs,config", [
+    (1, 256, 19, 64, {"R": 1, "num_warps": 1}),                   # one row, features past N in the last block
+    (5, 1024, 21, 128, {"R": 2, "num_warps": 1, "PROGRAMS_PER_SM": 8}),   # split-K in whole chunks
+    (11, 512, 9, 256, {"R": 1, "num_warps": 2}),                   # 9-16 rows: the second B fragment
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tc_path_matches_reference(M, K, N, gs, config, dtype):
+    """``path="tc"`` (``decode_tc``; its PTX is checked lane by lane in ``test_decode_tc.py``): the interpreter
+    form of the kernel -- the thread-to-output mapping, the clamped rows, the K split -- matches the reference."""
+    T_packed, S = frozen_state(N, K, gs, seed=M + K)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dtype)
+    y = decode_triton.decode_forward(x, T_packed, S, K, gs, config=config, path="tc")
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert all(int(b.abs().sum()) == 0 for b in COUNTERS.get(x.device, []))
+    close(y, decode_forward_torch(x.float(), T_packed, S, K, gs), 8e-3, 8e-3)
+
+
+@interp
+def test_tc_path_refuses_what_it_cannot_take():
+    T_packed, S = frozen_state(8, 256, 64, seed=1)
+    for x, gs, why in [(torch.randn(1, 256), 64, "float32"), (torch.randn(17, 256).bfloat16(), 64, "17 rows"),
+                       (torch.randn(2, 512).bfloat16()[:, ::2], 64, "strided")]:
+        with pytest.raises(ValueError, match="path='tc' needs"):
+            decode_triton.decode_forward(x, T_packed, S, 256, gs, path="tc")
+    T2, S2 = frozen_state(8, 192, 64, seed=1)                     # K % 256 != 0
+    with pytest.raises(ValueError, match="path='tc' needs"):
+        decode_triton.decode_forward(torch.randn(1, 192).bfloat16(), T2, S2, 192, 64, path="tc")
+    with pytest.raises(ValueError, match="unknown tc decode config keys"):
+        decode_triton.decode_forward(torch.randn(1, 256).bfloat16(), T_packed, S, 256, 64, path="tc",
+                                     config={"BLOCK_N": 4})
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4, 9, 16])
+@pytest.mark.parametrize("K,N", [(4096, 4096), (3072, 12288), (12288, 3072), (256, 40)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_tc_path_matches_reference_and_is_deterministic(M, K, N, dtype):
+    """The tensor-core decode kernel on the GPU (its PTX) at model shapes and one ragged one: equal to the
+    reference to bf16/fp16 output rounding, and bit-equal from call to call."""
+    T_packed, S = frozen_state(N, K, 64, seed=K + N + M, device="cuda")
+    x = torch.randn(M, K, device="cuda", dtype=dtype)
+    y1 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc")
+    y2 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc")
+    assert torch.equal(y1, y2)
+    close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
+    for cfg in ({"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 8}, {"R": 4, "num_warps": 4, "PROGRAMS_PER_SM": 1}):
+        close(decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg), y1, 8e-3, 8e-3)
+
+
+@interp
 @pytest.mark.parametrize("M,split,path", [(1, 11, "gemv"), (1, 3, "gemv"), (1, 9, "gemv_expand"), (5, 6, "mma")])
 def test_split_partials_are_summed_in_split_order(monkeypatch, M, split, path):
     """The last program of a tile adds the splits' fp32 partials one by one in split order, however many it reads

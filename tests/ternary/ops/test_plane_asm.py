@@ -10,19 +10,11 @@ import torch
 
 pytest.importorskip("triton")
 
+from ptxsim import prmt  # noqa: E402  (tests/ is on sys.path: conftest.py)
+
 from arbitor.ternary.ops.triton_common import _PLANE_ASM, SIGN_TABLES  # noqa: E402
 
 M32 = 0xFFFFFFFF
-
-
-def _prmt(a: int, b: int, sel: int) -> int:
-    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        nib = (sel >> (4 * i)) & 0xF
-        assert nib < 8, "sign-replicate mode is never used"
-        out |= src[nib] << (8 * i)
-    return out
 
 
 def run_asm(asm: str, operands: dict[int, int]) -> dict[int, int]:
@@ -48,7 +40,7 @@ def run_asm(asm: str, operands: dict[int, int]) -> dict[int, int]:
         elif op == "mad.hi.u32":
             r = ((a[0] * a[1]) >> 32) + a[2]
         elif op == "prmt.b32":
-            r = _prmt(a[0], a[1], a[2])
+            r = prmt(a[0], a[1], a[2])
         else:
             raise AssertionError(f"instruction {op} not modelled")
         regs[d] = r & M32

@@ -1,0 +1,374 @@
+"""The tensor-core decode GEMV of a frozen ternary layer: ``y [M, N] = x [M, K] @ (T * S).T`` for ``M = 1..16``
+rows of 16-bit ``x``, straight from ``T_packed`` (read as int32 words) and a float32 ``S [N, K // group_size]``.
+
+Why: the CUDA-core GEMV (``decode_triton.decode_gemv_kernel``) spends 4.2 sm_90 instructions a weight (a byte
+permute, an FMA, the word decode, Triton's layout exchanges) and is bound by instruction issue. Here a warp
+multiplies with ``mma.sync.m16n8k16``: the weights are its ``A`` operand, built in registers by two ``prmt.b32``
+table lookups per four weights, and ``x`` its ``B`` operand (the tokens are its 8 columns; a second mma serves
+tokens 8-15), so a weight costs 1.84 instructions (``benchmarks/gemv_sass.py --kernel tc``) and the tensor cores
+do the sums.
+
+Fragment mapping (PTX ISA, ``mma.m16n8k16`` with 16-bit inputs; lane ``l`` of a warp, ``g = l // 4``,
+``tq = l % 4``). A warp owns ``R`` blocks of 16 output features; a K step is a *quad* of 64 columns, the 4 int32
+words of each feature's row, word ``tq`` read by lane ``tq``:
+
+* ``A[m][k]`` (``m < 16`` features of the block, ``k < 16``): lane ``(g, tq)`` holds ``A[g][2tq, 2tq+1]``,
+  ``A[g+8][2tq, 2tq+1]``, ``A[g][2tq+8, 2tq+9]``, ``A[g+8][2tq+8, 2tq+9]``: the weights of features ``g`` and
+  ``g + 8`` from the lane's word of each. For the quad's mma ``j`` (``j < 4``) logical ``k = 2tq, 2tq+1`` are the
+  word's columns ``j, 4+j`` and ``k = 2tq+8, 2tq+9`` its columns ``8+j, 12+j`` (column ``16tq + c`` of the quad):
+  the 2-bit codes at bits ``2j`` of each byte. ``sel = (word << (4 - 2j)) & 0x30303030`` puts them in nibbles 1,
+  3, 5, 7; ``prmt`` of ``TABLE`` (code 0: 0x00, 1: 0x40, 2: 0xC0, the invalid 3: 0x00) with ``sel`` and
+  ``sel >> 16`` gives the 16-bit floats ``+2 / -2 / 0`` (0x4000 / 0xC000 / 0, the same bits in bf16 and fp16) of
+  two weights each. The factor 2 keeps every low byte 0; the result is halved once at the end (exact).
+* ``B[k][n]`` (``n < 8`` tokens): lane ``(g, tq)`` holds ``B[2tq, 2tq+1][g]`` and ``B[2tq+8, 2tq+9][g]``: token
+  ``g`` of ``x`` at the same columns, from the lane's 16 columns ``16tq .. 16tq+15`` of the quad (two 16-byte
+  loads, one ``prmt`` per register; shared by the warp's ``R`` blocks).
+* ``D[m][n]``: lane ``(g, tq)`` holds ``D[g][2tq, 2tq+1]`` and ``D[g+8][2tq, 2tq+1]``: features ``g``, ``g + 8``
+  of the block for tokens ``2tq``, ``2tq + 1``. The quads of one scale group chain through ``C``; at the group's
+  end each value is multiplied by its feature's group scale and added to the lane's fp32 accumulators (at one
+  token only ``D[.][0]`` is kept: two accumulators a block).
+
+Rows past ``N`` (features) and ``M`` (tokens) are clamped to the last one instead of masked: their sums land in
+outputs that are never stored, so no load is predicated. Each program is ``NUM_WARPS`` warps x ``R`` blocks and
+a K range of whole 256-column chunks (four quads; the next chunk's words, scales and x are loaded while the
+current one is multiplied); K is split as in the other decode kernels (``triton_common.split_len``; partials
+summed in split order by the tile's last program). The whole K loop is one inline-PTX block per thread
+(``tc_gemv_asm``), so Triton places nothing between the lanes and their fragments;
+``tests/ternary/ops/test_decode_tc.py`` runs that PTX for a whole warp in a small interpreter on the CPU, and
+under ``TRITON_INTERPRET`` the kernel computes the same sums with plain loads (``_plain_sums``).
+
+Needs: 16-bit ``x`` with unit column stride and 16-byte aligned rows, ``group_size`` in {64, 128, 256}, ``K``
+a multiple of 256 (``tc_ok``). Deterministic (fixed mma order, fixed split order).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import INTERPRETED, arrival_counters, n_sm, split_len
+
+__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES", "TABLE"]
+
+#: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
+TABLE = 0x00C04000
+#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD)`` -- blocks of 16
+#: features a warp, warps a program, split-K target, x loaded a chunk ahead, chunks of weights in flight ahead
+#: (``tc_gemv_asm``). From the H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12
+#: shapes): at one row, 1 block x 4 warps x 2 per SM is within 3 % of the best config at three shapes and 11 %
+#: at K, N = 12288, 3072; no config with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at
+#: one row.
+TC_TILES = {1: (1, 4, 2, True, 1), 8: (1, 4, 2, True, 1), 16: (1, 2, 2, True, 1)}
+
+
+def _ops(name: str, fmt: str) -> str:
+    return f"{name}.sync.aligned.m16n8k16.row.col.f32.{fmt}.{fmt}.f32"
+
+
+def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1) -> str:
+    """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
+    to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
+    ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
+    then ``2R`` pointers to the lane's words of features ``g`` and ``g + 8`` of each block at the first quad,
+    ``2R`` pointers to those features' scales at the first chunk's first group, ``xp`` / ``xp2`` (x tokens ``g``
+    and ``g + 8`` at the lane's columns), ``nc`` (256-column chunks to do) and ``tbl`` (a pointer to ``TABLE`` in
+    device memory: loaded once, it stays in a register; ptxas re-materialised a constant operand before every
+    ``prmt``). Loads are predicated only on whether there is a next chunk: the caller
+    clamps rows past ``N`` / ``M`` to the last one (their sums land in outputs that are never stored) and a split
+    holds whole chunks. The next chunk's loads are in flight while the current one is computed (the first form,
+    without it, streamed 0.7-1.3 TB/s at one row on the H200 against 0.8-1.5 now: ``h200-sweep-tc-first.md``,
+    ``h200-sweep-tc.md`` in ``benchmarks/results/inference``); ``x_ahead=False``
+    loads x (a few KB, from L1/L2) at the start of each chunk's compute instead, with half the registers.
+    ``ahead``: chunks of words and scales in flight beyond the current one (x is then loaded at each chunk's
+    compute: ``x_ahead`` needs ``ahead == 1``)."""
+    if ahead not in (1, 2, 3) or (x_ahead and ahead != 1):
+        raise ValueError(f"tc_gemv_asm: ahead must be 1, 2 or 3 (x_ahead only with 1), got {ahead}, {x_ahead}")
+    sets = ahead + 1
+    if group_size not in (64, 128, 256):
+        raise ValueError(f"tc_gemv_asm: group_size must be 64, 128 or 256, got {group_size}")
+    if tokens not in (1, 8, 16):
+        raise ValueError(f"tc_gemv_asm: tokens must be 1, 8 or 16, got {tokens}")
+    qg = group_size // 64                      # quads a group
+    ngc = 4 // qg                              # groups a 256-column chunk
+    na = {1: 2, 8: 4, 16: 8}[tokens]           # accumulators a block
+    o = na * R                                 # first input operand
+    wps = [f"${o + k}" for k in range(2 * R)]
+    sps = [f"${o + 2 * R + k}" for k in range(2 * R)]
+    xp, xp2, nc, tbl = (f"${o + 4 * R + i}" for i in range(4))
+    fmt = "f16" if f16 else "bf16"
+    svec = {4: ".v4.f32", 2: ".v2.f32", 1: ".f32"}[ngc]
+    xsets = (("txa", "txp"), ("txb", "txp2")) if tokens == 16 else (("txa", "txp"),)
+    L = ["{",
+         ".reg .pred tpd, tpn;",
+         f".reg .b32 ttb, tn, tsel, tselh, tsh, tw<{8 * R * sets}>, txa<64>, txb<64>, ta<4>, tba<8>, tbb<8>;",
+         f".reg .f32 tfz, td<{8 * R * ngc}>, ts<{8 * R * sets}>;",
+         f".reg .b64 twp<{2 * R}>, tsp<{2 * R}>, txp, txp2;",
+         "mov.f32 tfz, 0f00000000;", f"mov.b32 tn, {nc};", f"ld.global.nc.b32 ttb, [{tbl}];",
+         f"mov.b64 txp, {xp};", f"mov.b64 txp2, {xp2};"]
+    L += [f"mov.b64 twp{k}, {p};" for k, p in enumerate(wps)] + [f"mov.b64 tsp{k}, {p};" for k, p in enumerate(sps)]
+    L += [f"mov.f32 ${k}, 0f00000000;" for k in range(na * R)]
+
+    def loads(b: int, pred: str) -> list[str]:
+        """A chunk's loads into register set ``b`` (words, x, the scales of its groups: one vector a row), then
+        the pointers advance to the next chunk."""
+        out = []
+        for q in range(4):
+            for k in range(2 * R):
+                out.append(f"{pred}ld.global.nc.b32 tw{8 * R * b + 8 * (k // 2) + 4 * (k % 2) + q}, [twp{k}+{16 * q}];")
+        if x_ahead:
+            out += xloads(b, pred)
+        for k in range(2 * R):
+            v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(ngc))
+            out.append(f"{pred}ld.global.nc{svec} {{{v}}}, [tsp{k}];" if ngc > 1 else
+                       f"{pred}ld.global.nc.f32 ts{8 * R * b + 4 * k}, [tsp{k}];")
+        out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
+        out += [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
+        return out + (xadvance() if x_ahead else [])
+
+    def xloads(b: int, pred: str) -> list[str]:
+        out = []
+        for q in range(4):
+            for regs, xreg in xsets:
+                for h in range(2):
+                    v = ", ".join(f"{regs}{32 * b + 8 * q + 4 * h + i}" for i in range(4))
+                    out.append(f"{pred}ld.global.nc.v4.b32 {{{v}}}, [{xreg}+{128 * q + 16 * h}];")
+        return out
+
+    def xadvance() -> list[str]:
+        return ["add.s64 txp, txp, 512;"] + (["add.s64 txp2, txp2, 512;"] if tokens == 16 else [])
+
+    def compute(b: int) -> list[str]:
+        """The chunk in register set ``b``: four quads of four mmas a block, scaled into the accumulators at
+        each group's end."""
+        out = [] if x_ahead else xloads(0, "") + xadvance()
+        for q in range(4):
+            gi, first, last = q // qg, q % qg == 0, q % qg == qg - 1
+            # x as the B fragments of the quad's four mmas: (cols j, 4+j), (8+j, 12+j) of the lane's 16 columns
+            for regs, bregs in (("txa", "tba"), ("txb", "tbb"))[:len(xsets)]:
+                for j in range(4):
+                    sel = "0x5410" if j % 2 == 0 else "0x7632"
+                    x0 = (32 * b if x_ahead else 0) + 8 * q
+                    out += [f"prmt.b32 {bregs}{2 * j}, {regs}{x0 + j // 2}, {regs}{x0 + 2 + j // 2}, {sel};",
+                            f"prmt.b32 {bregs}{2 * j + 1}, {regs}{x0 + 4 + j // 2}, {regs}{x0 + 6 + j // 2}, {sel};"]
+            for r in range(R):
+                for j in range(4):
+                    shift = 4 - 2 * j
+                    for h in range(2):                     # feature g (a0, a2) and feature g + 8 (a1, a3)
+                        w = f"tw{8 * R * b + 8 * r + 4 * h + q}"
+                        out.append(f"shl.b32 tsh, {w}, {shift};" if shift > 0 else
+                                   f"mov.b32 tsh, {w};" if shift == 0 else f"shr.u32 tsh, {w}, {-shift};")
+                        out += ["and.b32 tsel, tsh, 0x30303030;", "shr.u32 tselh, tsel, 16;",
+                                f"prmt.b32 ta{h}, ttb, 0, tsel;", f"prmt.b32 ta{2 + h}, ttb, 0, tselh;"]
+                    for t, bregs in enumerate(("tba", "tbb")[:len(xsets)]):
+                        # one D a group of the chunk: the groups' mma chains are independent (in flight together)
+                        d = ", ".join(f"td{8 * R * gi + 8 * r + 4 * t + i}" for i in range(4))
+                        c = "tfz, tfz, tfz, tfz" if (first and j == 0) else d
+                        out.append(f"{_ops('mma', fmt)} {{{d}}}, {{ta0, ta1, ta2, ta3}}, "
+                                   f"{{{bregs}{2 * j}, {bregs}{2 * j + 1}}}, {{{c}}};")
+            if last:
+                for r in range(R):
+                    sg, sg8 = f"ts{8 * R * b + 4 * (2 * r) + gi}", f"ts{8 * R * b + 4 * (2 * r + 1) + gi}"
+                    # D of feature g: d0 (token 2tq), d1 (2tq + 1); of feature g + 8: d2, d3; tokens 8-15: d4..d7
+                    pairs = [(0, sg), (2, sg8)] if tokens == 1 else [(i, sg if i % 4 < 2 else sg8) for i in range(na)]
+                    for a, (i, sv) in enumerate(pairs):
+                        out.append(f"fma.rn.f32 ${na * r + a}, td{8 * R * gi + 8 * r + i}, {sv}, ${na * r + a};")
+        return out
+
+    # software pipelined: the loads of the chunk ``ahead`` chunks on are issued before the current chunk is
+    # computed (``ahead + 1`` register sets, the loop body unrolled once a set so that each keeps its names)
+    for i in range(ahead):
+        L += [f"setp.gt.s32 tpn, tn, {i};"] + loads(i, "@tpn ")
+    L += ["TCLOOP${:uid}:"]
+    for b in range(sets):
+        L += ["setp.lt.s32 tpd, tn, 1;", "@tpd bra TCDONE${:uid};", f"setp.gt.s32 tpn, tn, {ahead};"]
+        L += loads((b + ahead) % sets, "@tpn ") + compute(b) + ["sub.s32 tn, tn, 1;"]
+    L += ["bra TCLOOP${:uid};", "TCDONE${:uid}:", "}"]
+    return "\n".join(L)
+
+
+def _accs(tokens: int) -> int:
+    return {1: 2, 8: 4, 16: 8}[tokens]
+
+
+def _constraints(R: int, tokens: int) -> str:
+    return ",".join(["=f"] * (_accs(tokens) * R) + ["l"] * (4 * R + 2) + ["r", "l"])
+
+
+@triton.jit
+def _plain_sums(w_ptr, x_ptr, s_ptr, wrow, xrow, xok, srow, sok, q_start, q_end, GS: tl.constexpr):
+    """The interpreter's form of one accumulator: ``sum_k t[n, k] * x[m, k] * S[n, k // GS]`` over the quads
+    ``[q_start, q_end)``, for each thread's ``(m, n)`` (``wrow``/``xrow``/``srow``: the row offsets in words /
+    elements / groups, ``xok``/``sok`` masks), by plain loads -- what the PTX computes, in another order."""
+    acc = tl.zeros(wrow.shape, dtype=tl.float32)
+    part = tl.zeros(wrow.shape, dtype=tl.float32)
+    c = tl.arange(0, 16)
+    for q in range(q_start, q_end):
+        for wi in tl.static_range(4):
+            word = tl.load(w_ptr + wrow + 4 * q + wi, mask=sok, other=0).to(tl.uint32, bitcast=True)
+            code = (word[:, None] >> (2 * c[None, :]).to(tl.uint32)) & 3                   # [threads, 16]
+            t = tl.where(code == 1, 1.0, tl.where(code == 2, -1.0, 0.0))
+            xv = tl.load(x_ptr + xrow[:, None] + 64 * q + 16 * wi + c[None, :], mask=xok[:, None], other=0.0)
+            part += tl.sum(t * xv.to(tl.float32), axis=1)
+        if (q + 1) % (GS // 64) == 0:
+            sv = tl.load(s_ptr + srow + (64 * q) // GS, mask=sok, other=0.0)
+            acc += part * sv
+            part = tl.zeros(wrow.shape, dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _coords(rb, g, tq, r: tl.constexpr, a: tl.constexpr, TOKENS: tl.constexpr):
+    """``(m, n)`` of accumulator ``a`` of block ``r``: the mma ``D`` value ``i`` (``i = 2a`` with one token) is
+    feature ``g`` (``i % 4 < 2``) or ``g + 8`` of the block, token ``2tq + i % 2 (+ 8 for i >= 4)``."""
+    i: tl.constexpr = 2 * a if TOKENS == 1 else a
+    return 2 * tq + (i % 2) + 8 * (i // 4), rb + 16 * r + g + 8 * ((i % 4) // 2)
+
+
+@triton.jit
+def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N, KW, G, stride_xm, SPLIT,
+                     Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
+                     ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
+    """Program axis 0: ``NUM_WARPS * R`` blocks of 16 output features; axis 1: the quads ``[s * Q_PER_SPLIT,
+    ...)`` of K (whole 256-column chunks). One element a thread (``i = 32 * warp + lane``); ``w_ptr``:
+    ``T_packed`` as int32 ``[N, KW]``; ``tbl_ptr``: ``TABLE`` (int32, one element)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    i = tl.arange(0, 32 * NUM_WARPS)
+    lane = i % 32
+    g = lane // 4
+    tq = lane % 4
+    rb = pid_n * (16 * R * NUM_WARPS) + (i // 32) * (16 * R)          # the warp's first feature
+    q_start = pid_s * Q_PER_SPLIT
+    q_end = tl.minimum(KW // 4, q_start + Q_PER_SPLIT)
+    NA: tl.constexpr = 2 if TOKENS == 1 else (4 if TOKENS == 8 else 8)
+    if INTERP:
+        accs = ()
+        for r in tl.static_range(R):
+            for a in tl.static_range(NA):
+                m, n = _coords(rb, g, tq, r, a, TOKENS)
+                accs = accs + (2.0 * _plain_sums(w_ptr, x_ptr, s_ptr, n.to(tl.int64) * KW, m.to(tl.int64) * stride_xm,
+                                                 m < M, n.to(tl.int64) * G, n < N, q_start, q_end, GS),)
+    else:
+        zero = tl.zeros(i.shape, dtype=tl.int32)
+        # rows past N / M are clamped to the last one: no load is predicated, and their sums are never stored
+        ops = ()
+        for r in tl.static_range(R):
+            for h in tl.static_range(2):
+                row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
+                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_start + tq).to(tl.int64),)
+        for r in tl.static_range(R):
+            for h in tl.static_range(2):
+                row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
+                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_start) // GS).to(tl.int64),)
+        xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_start + 16 * tq
+        xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_start + 16 * tq
+        accs = tl.inline_asm_elementwise(
+            ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), zero + (q_end - q_start) // 4,
+                                     (tbl_ptr + zero).to(tl.int64)),
+            dtype=(tl.float32,) * (NA * R), is_pure=True, pack=1)
+    # y = acc / 2 (the weights entered as +-2); split-K: partials in ws [SPLIT, M, N], summed in split order
+    if SPLIT == 1:
+        for r in tl.static_range(R):
+            for a in tl.static_range(NA):
+                m, n = _coords(rb, g, tq, r, a, TOKENS)
+                tl.store(y_ptr + m.to(tl.int64) * N + n, (accs[NA * r + a] * 0.5).to(y_ptr.dtype.element_ty),
+                         mask=(m < M) & (n < N))
+    else:
+        for r in tl.static_range(R):
+            for a in tl.static_range(NA):
+                m, n = _coords(rb, g, tq, r, a, TOKENS)
+                tl.store(ws_ptr + (pid_s * M + m).to(tl.int64) * N + n, accs[NA * r + a], mask=(m < M) & (n < N))
+        tl.debug_barrier()                                       # every thread's partials are written ...
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")   # ... before they are released
+        if arrived == SPLIT - 1:
+            # every accumulator's partials, 4 splits a trip, are in flight together before they are added (in
+            # split order: deterministic); one L2 latency a trip, not one a split and accumulator
+            tots = ()
+            for r in tl.static_range(R):
+                for a in tl.static_range(NA):
+                    tots = tots + (tl.zeros(i.shape, dtype=tl.float32),)
+            for s0 in range(0, SPLIT, 4):
+                parts = ()
+                for r in tl.static_range(R):
+                    for a in tl.static_range(NA):
+                        m, n = _coords(rb, g, tq, r, a, TOKENS)
+                        ok = (m < M) & (n < N)
+                        for u in tl.static_range(4):
+                            parts = parts + (tl.load(ws_ptr + ((s0 + u) * M + m).to(tl.int64) * N + n,
+                                                     mask=ok & (s0 + u < SPLIT), other=0.0, cache_modifier=".cg"),)
+                new = ()
+                for k in tl.static_range(NA * R):
+                    t = tots[k]
+                    for u in tl.static_range(4):
+                        t = tl.where(s0 + u < SPLIT, t + parts[4 * k + u], t)
+                    new = new + (t,)
+                tots = new
+            for r in tl.static_range(R):
+                for a in tl.static_range(NA):
+                    m, n = _coords(rb, g, tq, r, a, TOKENS)
+                    tl.store(y_ptr + m.to(tl.int64) * N + n, (tots[NA * r + a] * 0.5).to(y_ptr.dtype.element_ty),
+                             mask=(m < M) & (n < N))
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+def tc_ok(x: torch.Tensor, T_packed: torch.Tensor, in_features: int, group_size: int) -> bool:
+    """Whether ``decode_tc_kernel`` takes a call: 1-16 rows of 16-bit ``x`` (unit column stride, 16-byte
+    aligned rows), ``group_size`` 64, 128 or 256, ``in_features % 256 == 0`` (whole chunks), a 16-byte aligned
+    ``T_packed``."""
+    return (0 < x.shape[0] <= 16 and x.dtype in (torch.bfloat16, torch.float16) and group_size in (64, 128, 256)
+            and in_features % 256 == 0 and x.stride(1) == 1 and (x.stride(0) * 2) % 16 == 0
+            and x.data_ptr() % 16 == 0 and T_packed.shape[0] > 0 and T_packed.storage_offset() % 4 == 0
+            and T_packed.data_ptr() % 16 == 0)
+
+
+_ASM_CACHE: dict = {}
+_TABLES: dict = {}
+
+
+def _table(device: torch.device) -> torch.Tensor:
+    """``TABLE`` as a one-element int32 tensor on ``device`` (the kernel loads it once a thread)."""
+    if device not in _TABLES:
+        _TABLES[device] = torch.tensor([TABLE], dtype=torch.int32, device=device)
+    return _TABLES[device]
+
+
+def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
+               config: Optional[dict] = None) -> torch.Tensor:
+    """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
+    overrides ``TC_TILES``: ``R`` (blocks of 16 features a warp), ``num_warps``, ``PROGRAMS_PER_SM``, ``AHEAD``,
+    ``X_AHEAD``."""
+    M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
+    config = dict(config or {})
+    tokens = 1 if M == 1 else 8 if M <= 8 else 16
+    tile = TC_TILES[tokens]
+    R = int(config.pop("R", tile[0]))
+    num_warps = int(config.pop("num_warps", tile[1]))
+    per_sm = int(config.pop("PROGRAMS_PER_SM", tile[2]))
+    ahead = int(config.pop("AHEAD", tile[4]))
+    x_ahead = bool(config.pop("X_AHEAD", tile[3])) and ahead == 1
+    if config:
+        raise ValueError(f"unknown tc decode config keys {sorted(config)}")
+    if R not in (1, 2, 4) or num_warps not in (1, 2, 4, 8):
+        raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {R}, {num_warps}")
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    quads = in_features // 64
+    tiles = triton.cdiv(N, 16 * R * num_warps)
+    want = max(1, triton.cdiv(per_sm * n_sm(x.device), tiles))
+    # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
+    per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
+    if split > 1:
+        ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+        cnt = arrival_counters(x.device, tiles)
+    else:
+        ws, cnt = y, y
+    key = (R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead)
+    if key not in _ASM_CACHE:
+        _ASM_CACHE[key] = tc_gemv_asm(*key)
+    decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
+                                     in_features // 16, G, x.stride(0), split, per, GS=group_size, R=R, TOKENS=tokens,
+                                     NUM_WARPS=num_warps, ASM=_ASM_CACHE[key], CONSTRAINTS=_constraints(R, tokens),
+                                     INTERP=INTERPRETED,
+                                     num_warps=num_warps)
+    return y
