@@ -222,11 +222,15 @@ def _sweep_paths(M: int, wanted: list[str]) -> tuple[str, ...]:
     return tuple(p for p in wanted if p in ("planes", "tc") or (p == "mma") == (M > 1))
 
 
-def _sweep_configs(M: int, path: str = "gemv") -> list[dict]:
+def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[dict]:
     """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), its plain form
     ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above, and that kernel's
     plane-by-plane form (``path="planes"``: ``BLOCK_K`` = the sweep's group of 64, wide ``BLOCK_N``)."""
     if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
+        if tc_grid == "warp-split":      # the warps of a program share its features and split its K range
+            return ([{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": True} for r in (1, 2)
+                     for w in (4, 8) for p in (1, 2, 4)]
+                    + [{"R": 1, "num_warps": 4, "PROGRAMS_PER_SM": 2}, {"R": 1, "num_warps": 2, "PROGRAMS_PER_SM": 2}])
         return [{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "X_AHEAD": xa, "AHEAD": ah}
                 for r in (1, 2) for w in (2, 4, 8) for p in (1, 2, 4) for ah, xa in ((1, True), (1, False), (2, False))
                 if r * ah <= 2]
@@ -273,7 +277,7 @@ def sweep_rows(args, device, res, flush) -> None:
             y_ref = decode_forward_torch(x.float(), states[0][0], states[0][5], K, gs)
             # M = 1: the byte-permute GEMV and its plain form (decode_gemv_expand_kernel), each on its grid
             paths = _sweep_paths(M, args.sweep_paths)
-            for path, cfg in [(p, c) for p in paths for c in _sweep_configs(M, p)]:
+            for path, cfg in [(p, c) for p in paths for c in _sweep_configs(M, p, args.sweep_tc_grid)]:
                 if time.perf_counter() > t_end:
                     res.setdefault("errors", []).append("sweep stopped at its time limit")
                     flush()
@@ -512,7 +516,7 @@ def write(res, out: Path) -> None:
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
                 bn = (r["BLOCK_N"] if "BLOCK_N" in r else ", ".join(
-                    f"{k} = {int(r[k])}" for k in ("R", "AHEAD", "X_AHEAD") if k in r))
+                    f"{k} = {int(r[k])}" for k in ("R", "AHEAD", "X_AHEAD", "WARP_SPLIT") if k in r))
                 lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {bn} | {r.get('BLOCK_K', '-')} | "
                              f"{r['num_warps']} | {r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
     if res.get("errors"):
@@ -544,6 +548,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-paths", default=",".join(SWEEP_PATHS),
                     help="--parts sweep: comma list of " + ", ".join(f"{k} ({v})" for k, v in SWEEP_PATHS.items()))
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
+    ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split"), default="full",
+                    help="--parts sweep, path tc: the launch grid (warp-split: WARP_SPLIT configs and the default)")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "inference"))

@@ -54,13 +54,15 @@ __all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES",
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
-#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD)`` -- blocks of 16
-#: features a warp, warps a program, split-K target, x loaded a chunk ahead, chunks of weights in flight ahead
-#: (``tc_gemv_asm``). From the H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12
+#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD, WARP_SPLIT)`` --
+#: blocks of 16 features a warp, warps a program, split-K target, x loaded a chunk ahead, chunks of weights in
+#: flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting its K range. From the H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12
 #: shapes): at one row, 1 block x 4 warps x 2 per SM is within 3 % of the best config at three shapes and 11 %
 #: at K, N = 12288, 3072; no config with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at
-#: one row.
-TC_TILES = {1: (1, 4, 2, True, 1), 8: (1, 4, 2, True, 1), 16: (1, 2, 2, True, 1)}
+#: one row. ``WARP_SPLIT`` (``h200-sweep-tc-warpsplit.md``) was faster at one row at three of the four shapes in
+#: its sweep (6.4 / 12.2 / 9.9 us against 6.9 / 13.8 / 11.3 for this tile in the same run) but is not the default
+#: yet: the model decode rows have not been measured with it.
+TC_TILES = {1: (1, 4, 2, True, 1, False), 8: (1, 4, 2, True, 1, False), 16: (1, 2, 2, True, 1, False)}
 
 
 def _ops(name: str, fmt: str) -> str:
@@ -197,22 +199,24 @@ def _constraints(R: int, tokens: int) -> str:
 
 
 @triton.jit
-def _plain_sums(w_ptr, x_ptr, s_ptr, wrow, xrow, xok, srow, sok, q_start, q_end, GS: tl.constexpr):
-    """The interpreter's form of one accumulator: ``sum_k t[n, k] * x[m, k] * S[n, k // GS]`` over the quads
-    ``[q_start, q_end)``, for each thread's ``(m, n)`` (``wrow``/``xrow``/``srow``: the row offsets in words /
-    elements / groups, ``xok``/``sok`` masks), by plain loads -- what the PTX computes, in another order."""
+def _plain_sums(w_ptr, x_ptr, s_ptr, wrow, xrow, xok, srow, sok, q_start, q_end, q_lo, q_hi, GS: tl.constexpr):
+    """The interpreter's form of one accumulator: ``sum_k t[n, k] * x[m, k] * S[n, k // GS]`` over each thread's
+    quads ``[q_lo, q_hi)`` (inside the program's ``[q_start, q_end)``), for each thread's ``(m, n)``
+    (``wrow``/``xrow``/``srow``: the row offsets in words / elements / groups, ``xok``/``sok`` masks), by plain
+    loads -- what the PTX computes, in another order."""
     acc = tl.zeros(wrow.shape, dtype=tl.float32)
     part = tl.zeros(wrow.shape, dtype=tl.float32)
     c = tl.arange(0, 16)
     for q in range(q_start, q_end):
+        mine = (q >= q_lo) & (q < q_hi)
         for wi in tl.static_range(4):
-            word = tl.load(w_ptr + wrow + 4 * q + wi, mask=sok, other=0).to(tl.uint32, bitcast=True)
+            word = tl.load(w_ptr + wrow + 4 * q + wi, mask=sok & mine, other=0).to(tl.uint32, bitcast=True)
             code = (word[:, None] >> (2 * c[None, :]).to(tl.uint32)) & 3                   # [threads, 16]
             t = tl.where(code == 1, 1.0, tl.where(code == 2, -1.0, 0.0))
             xv = tl.load(x_ptr + xrow[:, None] + 64 * q + 16 * wi + c[None, :], mask=xok[:, None], other=0.0)
             part += tl.sum(t * xv.to(tl.float32), axis=1)
         if (q + 1) % (GS // 64) == 0:
-            sv = tl.load(s_ptr + srow + (64 * q) // GS, mask=sok, other=0.0)
+            sv = tl.load(s_ptr + srow + (64 * q) // GS, mask=sok & mine, other=0.0)
             acc += part * sv
             part = tl.zeros(wrow.shape, dtype=tl.float32)
     return acc
@@ -229,19 +233,31 @@ def _coords(rb, g, tq, r: tl.constexpr, a: tl.constexpr, TOKENS: tl.constexpr):
 @triton.jit
 def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N, KW, G, stride_xm, SPLIT,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
-                     ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
-    """Program axis 0: ``NUM_WARPS * R`` blocks of 16 output features; axis 1: the quads ``[s * Q_PER_SPLIT,
-    ...)`` of K (whole 256-column chunks). One element a thread (``i = 32 * warp + lane``); ``w_ptr``:
-    ``T_packed`` as int32 ``[N, KW]``; ``tbl_ptr``: ``TABLE`` (int32, one element)."""
+                     WARP_SPLIT: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
+    """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
+    ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
+    the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
+    chunks). One element a thread (``i = 32 * warp + lane``); ``w_ptr``: ``T_packed`` as int32 ``[N, KW]``;
+    ``tbl_ptr``: ``TABLE`` (int32, one element)."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     i = tl.arange(0, 32 * NUM_WARPS)
     lane = i % 32
+    warp = i // 32
     g = lane // 4
     tq = lane % 4
-    rb = pid_n * (16 * R * NUM_WARPS) + (i // 32) * (16 * R)          # the warp's first feature
     q_start = pid_s * Q_PER_SPLIT
     q_end = tl.minimum(KW // 4, q_start + Q_PER_SPLIT)
+    if WARP_SPLIT:
+        rb = pid_n * (16 * R) + 0 * i                                  # every warp: the program's blocks
+        chunks = (q_end - q_start) // 4
+        per = (chunks + NUM_WARPS - 1) // NUM_WARPS
+        q_lo = q_start + 4 * tl.minimum(warp * per, chunks)            # the warp's share of the K range
+        q_hi = q_start + 4 * tl.minimum(warp * per + per, chunks)
+    else:
+        rb = pid_n * (16 * R * NUM_WARPS) + warp * (16 * R)            # the warp's first feature
+        q_lo = q_start + 0 * i
+        q_hi = q_end + 0 * i
     NA: tl.constexpr = 2 if TOKENS == 1 else (4 if TOKENS == 8 else 8)
     if INTERP:
         accs = ()
@@ -249,26 +265,42 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
             for a in tl.static_range(NA):
                 m, n = _coords(rb, g, tq, r, a, TOKENS)
                 accs = accs + (2.0 * _plain_sums(w_ptr, x_ptr, s_ptr, n.to(tl.int64) * KW, m.to(tl.int64) * stride_xm,
-                                                 m < M, n.to(tl.int64) * G, n < N, q_start, q_end, GS),)
+                                                 m < M, n.to(tl.int64) * G, n < N, q_start, q_end, q_lo, q_hi,
+                                                 GS),)
     else:
-        zero = tl.zeros(i.shape, dtype=tl.int32)
         # rows past N / M are clamped to the last one: no load is predicated, and their sums are never stored
         ops = ()
         for r in tl.static_range(R):
             for h in tl.static_range(2):
                 row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_start + tq).to(tl.int64),)
+                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + tq).to(tl.int64),)
         for r in tl.static_range(R):
             for h in tl.static_range(2):
                 row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_start) // GS).to(tl.int64),)
-        xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_start + 16 * tq
-        xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_start + 16 * tq
+                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS).to(tl.int64),)
+        xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * tq
+        xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * tq
         accs = tl.inline_asm_elementwise(
-            ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), zero + (q_end - q_start) // 4,
-                                     (tbl_ptr + zero).to(tl.int64)),
+            ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), (q_hi - q_lo) // 4,
+                                     (tbl_ptr + 0 * i).to(tl.int64)),
             dtype=(tl.float32,) * (NA * R), is_pure=True, pack=1)
-    # y = acc / 2 (the weights entered as +-2); split-K: partials in ws [SPLIT, M, N], summed in split order
+    if WARP_SPLIT:       # the warps' sums of each lane's outputs, added in the program (fixed order)
+        red = ()
+        for k in tl.static_range(NA * R):
+            red = red + (tl.sum(tl.reshape(accs[k], (NUM_WARPS, 32)), axis=0),)
+        accs = red
+        e = tl.arange(0, 32)
+        rb = pid_n * (16 * R) + 0 * e
+        g = e // 4
+        tq = e % 4
+    _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, SPLIT, R, NA, TOKENS)
+
+
+@triton.jit
+def _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, SPLIT, R: tl.constexpr,
+                   NA: tl.constexpr, TOKENS: tl.constexpr):
+    """``y = acc / 2`` (the weights entered as +-2) for every accumulator of each thread (``_coords``); with a K
+    split the partials go to ``ws [SPLIT, M, N]`` and the tile's last program adds them in split order."""
     if SPLIT == 1:
         for r in tl.static_range(R):
             for a in tl.static_range(NA):
@@ -286,9 +318,8 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
             # every accumulator's partials, 4 splits a trip, are in flight together before they are added (in
             # split order: deterministic); one L2 latency a trip, not one a split and accumulator
             tots = ()
-            for r in tl.static_range(R):
-                for a in tl.static_range(NA):
-                    tots = tots + (tl.zeros(i.shape, dtype=tl.float32),)
+            for k in tl.static_range(NA * R):
+                tots = tots + (tl.zeros(g.shape, dtype=tl.float32),)
             for s0 in range(0, SPLIT, 4):
                 parts = ()
                 for r in tl.static_range(R):
@@ -338,7 +369,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                config: Optional[dict] = None) -> torch.Tensor:
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
     overrides ``TC_TILES``: ``R`` (blocks of 16 features a warp), ``num_warps``, ``PROGRAMS_PER_SM``, ``AHEAD``,
-    ``X_AHEAD``."""
+    ``X_AHEAD``, ``WARP_SPLIT``."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
     config = dict(config or {})
     tokens = 1 if M == 1 else 8 if M <= 8 else 16
@@ -347,6 +378,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     num_warps = int(config.pop("num_warps", tile[1]))
     per_sm = int(config.pop("PROGRAMS_PER_SM", tile[2]))
     ahead = int(config.pop("AHEAD", tile[4]))
+    warp_split = bool(config.pop("WARP_SPLIT", tile[5]))
     x_ahead = bool(config.pop("X_AHEAD", tile[3])) and ahead == 1
     if config:
         raise ValueError(f"unknown tc decode config keys {sorted(config)}")
@@ -354,7 +386,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
         raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {R}, {num_warps}")
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     quads = in_features // 64
-    tiles = triton.cdiv(N, 16 * R * num_warps)
+    tiles = triton.cdiv(N, 16 * R * (1 if warp_split else num_warps))
     want = max(1, triton.cdiv(per_sm * n_sm(x.device), tiles))
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
@@ -368,7 +400,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
         _ASM_CACHE[key] = tc_gemv_asm(*key)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=R, TOKENS=tokens,
-                                     NUM_WARPS=num_warps, ASM=_ASM_CACHE[key], CONSTRAINTS=_constraints(R, tokens),
+                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split, ASM=_ASM_CACHE[key], CONSTRAINTS=_constraints(R, tokens),
                                      INTERP=INTERPRETED,
                                      num_warps=num_warps)
     return y

@@ -155,6 +155,8 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
     (1, 256, 19, 64, {"R": 1, "num_warps": 1}),                   # one row, features past N in the last block
     (5, 1024, 21, 128, {"R": 2, "num_warps": 1, "PROGRAMS_PER_SM": 8}),   # split-K in whole chunks
     (11, 512, 9, 256, {"R": 1, "num_warps": 2}),                   # 9-16 rows: the second B fragment
+    (3, 1280, 37, 64, {"R": 2, "num_warps": 2, "WARP_SPLIT": True}),  # warps share features, split K (5 chunks)
+    (1, 1024, 19, 128, {"R": 1, "num_warps": 4, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 8}),  # and across programs
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_tc_path_matches_reference(M, K, N, gs, config, dtype):
@@ -197,7 +199,9 @@ def test_gpu_tc_path_matches_reference_and_is_deterministic(M, K, N, dtype):
     y2 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc")
     assert torch.equal(y1, y2)
     close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
-    for cfg in ({"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 8}, {"R": 4, "num_warps": 4, "PROGRAMS_PER_SM": 1}):
+    for cfg in ({"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 8}, {"R": 4, "num_warps": 4, "PROGRAMS_PER_SM": 1},
+                {"R": 1, "num_warps": 4, "WARP_SPLIT": True}, {"R": 2, "num_warps": 8, "WARP_SPLIT": True,
+                                                               "PROGRAMS_PER_SM": 4}):
         close(decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg), y1, 8e-3, 8e-3)
 
 
