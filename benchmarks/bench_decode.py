@@ -214,7 +214,7 @@ def gemv_rows(args, device, res, flush) -> None:
 
 
 #: the sweep's grids: which M each serves (``planes``: ``decode_mma_kernel``'s plane-by-plane form, one 64-column
-#: group a K step, at any M -- at M = 1 it races the GEMV)
+#: group a K step, at any M -- at M = 1 it races the GEMV; ``tc``: ``decode_tc_kernel``, the default at 1-16 rows)
 SWEEP_PATHS = {"gemv": "M = 1", "gemv_expand": "M = 1", "mma": "M > 1", "planes": "any M", "tc": "any M"}
 
 
@@ -224,8 +224,10 @@ def _sweep_paths(M: int, wanted: list[str]) -> tuple[str, ...]:
 
 def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[dict]:
     """The grid: ``decode_gemv_kernel`` at M = 1 (the decode row the targets name), its plain form
-    ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above, and that kernel's
-    plane-by-plane form (``path="planes"``: ``BLOCK_K`` = the sweep's group of 64, wide ``BLOCK_N``)."""
+    ``decode_gemv_expand_kernel`` (``path="gemv_expand"``), ``decode_mma_kernel`` above, that kernel's
+    plane-by-plane form (``path="planes"``: ``BLOCK_K`` = the sweep's group of 64, wide ``BLOCK_N``), and
+    ``decode_tc_kernel`` (``path="tc"``, its own keys; ``tc_grid="warp-split"``: the ``WARP_SPLIT`` configs and
+    the default tiles)."""
     if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
         if tc_grid == "warp-split":      # the warps of a program share its features and split its K range
             return ([{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": True} for r in (1, 2)
