@@ -71,18 +71,7 @@ def main(argv=None) -> int:
         return out
     F.scaled_dot_product_attention = sdpa
 
-    c = dec.cache
-
-    def snap():
-        return ([t.clone() for t in c.k], [t.clone() for t in c.v], [t.clone() for t in c.lti], c.pos.clone(),
-                c.length, c._started)
-
-    def restore(s):
-        for group, saved in zip((c.k, c.v, c.lti), s[:3]):
-            for dst, src in zip(group, saved):
-                dst.copy_(src)
-        c.pos.copy_(s[3])
-        c.length, c._started = s[4], s[5]
+    c = dec.cache     # a step run and undone: StaticKVCache.position / set_position
 
     def recording(fn):
         rec.clear()
@@ -96,24 +85,24 @@ def main(argv=None) -> int:
     c.reset()
     tok = dec._step(idx.cuda()).argmax(-1, keepdim=True)
     tok = dec._step(tok).argmax(-1, keepdim=True)          # one eager token step first (warm-up)
-    state = snap()
+    state = c.position()
     runs = {}
     for rep in range(2):
-        restore(state)
+        c.set_position(state)
         logits = recording(lambda: dec._step(tok).clone())
         runs[f"eager{rep}"] = (dict(rec), logits)
-    restore(state)
+    c.set_position(state)
     dec.tok.copy_(tok)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         dec._step(dec.tok)
     torch.cuda.current_stream().wait_stream(side)
-    restore(state)
+    c.set_position(state)
     recording(dec._capture)                               # the clones become outputs of the graph
     captured = dict(rec)
     for rep in range(2):
-        restore(state)
+        c.set_position(state)
         dec.graph.replay()
         torch.cuda.synchronize()
         runs[f"graph{rep}"] = ({k: v.clone() for k, v in captured.items()}, dec.logits.clone())

@@ -65,7 +65,7 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     B, H, _, hd = q.shape
     L = k.shape[2]
     s = torch.bmm(q.reshape(B * H, 1, hd), k.reshape(B * H, L, hd).transpose(1, 2), out_dtype=torch.float32)
-    s = (s.view(B, H, 1, L) * hd ** -0.5).masked_fill(~mask, float("-inf"))
+    s = torch.where(mask, s.view(B, H, 1, L) * hd ** -0.5, float("-inf"))
     p = torch.softmax(s, dim=-1).to(v.dtype)
     return torch.bmm(p.view(B * H, 1, L), v.reshape(B * H, L, hd)).view(B, H, 1, hd)
 
@@ -139,6 +139,19 @@ class StaticKVCache:
         self.pos.add_(n)
         self.length += n
         self._started = True
+
+    def position(self) -> tuple:
+        """The position and what depends on it (device ``pos``, copies of the LTI states, the host mirrors), for
+        ``set_position``: a step run and undone (``decode.GraphedDecoder``'s dry step before a capture). The keys /
+        values a step writes at ``pos`` need no copy: the next step there overwrites them before reading."""
+        return self.pos.clone(), [t.clone() for t in self.lti], self.length, self._started
+
+    def set_position(self, saved: tuple) -> None:
+        """Back to a ``position()``."""
+        pos, lti, self.length, self._started = saved
+        self.pos.copy_(pos)
+        for t, kept in zip(self.lti, lti):
+            t.copy_(kept)
 
 
 class ContextAttention(nn.Module):

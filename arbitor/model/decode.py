@@ -109,13 +109,9 @@ class GraphedDecoder:
         the capture that follows finds a compiled entry for this position (Dynamo guards on the host length;
         compiling inside a capture would fail). The keys/values it wrote at ``pos`` are overwritten by the next
         real step before anything reads them; the position and the LTI states are restored."""
-        c = self.cache
-        pos, lti, length, started = c.pos.clone(), [t.clone() for t in c.lti], c.length, c._started
+        saved = self.cache.position()
         self._token_step(self.tok)
-        c.pos.copy_(pos)
-        for t, saved in zip(c.lti, lti):
-            t.copy_(saved)
-        c.length, c._started = length, started
+        self.cache.set_position(saved)
 
     def next_logits(self, tok: torch.Tensor) -> torch.Tensor:
         """One token step after the prefill: ``tok [B, 1]`` -> float32 logits ``[B, V]`` (a graph replay once

@@ -137,3 +137,23 @@ def test_cached_attention_matches_sdpa():
                           atol=1e-6)
     assert torch.allclose(cached_attention(q, k[:, :, :2], v[:, :, :2]),
                           F.scaled_dot_product_attention(q, k[:, :, :2], v[:, :, :2], is_causal=True), atol=1e-6)
+
+
+def test_static_cache_position_is_saved_and_set_back():
+    """``StaticKVCache.position`` / ``set_position`` undo a step's effect on the position, the LTI states and the
+    host mirrors (``GraphedDecoder``'s dry step before a capture): the step run again gives the same logits."""
+    torch.manual_seed(0)
+    m = ArbitorLM(preset("small")).eval()
+    idx = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
+    dec = GraphedDecoder(m, 2, 12, cuda_graph=False)
+    dec.generate(idx, 2, temperature=0)
+    c = dec.cache
+    assert c.lti, "the small preset has LTI states"
+    saved = c.position()
+    tok = torch.zeros(2, 1, dtype=torch.long)
+    first = dec.next_logits(tok).clone()
+    assert c.length == saved[2] + 1 and int(c.pos) == int(saved[0]) + 1
+    c.set_position(saved)
+    assert (c.length, c._started, int(c.pos)) == (saved[2], saved[3], int(saved[0]))
+    assert all(torch.equal(t, s) for t, s in zip(c.lti, saved[1]))
+    assert torch.equal(dec.next_logits(tok), first)

@@ -42,13 +42,14 @@ a multiple of 256 (``tc_ok``). Deterministic (fixed mma order, fixed split order
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED, arrival_counters, n_sm, split_len
+from .triton_common import INTERPRETED, n_sm, split_buffers, split_len
 
 __all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES", "TABLE"]
 
@@ -56,12 +57,13 @@ __all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES",
 TABLE = 0x00C04000
 #: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD, WARP_SPLIT)`` --
 #: blocks of 16 features a warp, warps a program, split-K target, x loaded a chunk ahead, chunks of weights in
-#: flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting its K range. From the H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12
-#: shapes): at one row, 1 block x 4 warps x 2 per SM is within 3 % of the best config at three shapes and 11 %
-#: at K, N = 12288, 3072; no config with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at
-#: one row. ``WARP_SPLIT`` (``h200-sweep-tc-warpsplit.md``) was faster at one row at three of the four shapes in
-#: its sweep (6.4 / 12.2 / 9.9 us against 6.9 / 13.8 / 11.3 for this tile in the same run) but is not the default
-#: yet: the model decode rows have not been measured with it.
+#: flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting its K range. From the
+#: H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12 shapes): at one row, 1 block
+#: x 4 warps x 2 per SM is within 3 % of the best config at three shapes and 11 % at K, N = 12288, 3072; none
+#: with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at one row. ``WARP_SPLIT``
+#: (``h200-sweep-tc-warpsplit.md``) was faster at one row at three of the four shapes in its sweep (6.4 / 12.2 /
+#: 9.9 us against 6.9 / 13.8 / 11.3 for this tile in the same run) but is not the default yet: the model decode
+#: rows have not been measured with it.
 TC_TILES = {1: (1, 4, 2, True, 1, False), 8: (1, 4, 2, True, 1, False), 16: (1, 2, 2, True, 1, False)}
 
 
@@ -69,6 +71,7 @@ def _ops(name: str, fmt: str) -> str:
     return f"{name}.sync.aligned.m16n8k16.row.col.f32.{fmt}.{fmt}.f32"
 
 
+@lru_cache(maxsize=None)
 def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
@@ -354,7 +357,6 @@ def tc_ok(x: torch.Tensor, T_packed: torch.Tensor, in_features: int, group_size:
             and T_packed.data_ptr() % 16 == 0)
 
 
-_ASM_CACHE: dict = {}
 _TABLES: dict = {}
 
 
@@ -390,17 +392,10 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     want = max(1, triton.cdiv(per_sm * n_sm(x.device), tiles))
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
-    if split > 1:
-        ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
-        cnt = arrival_counters(x.device, tiles)
-    else:
-        ws, cnt = y, y
-    key = (R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead)
-    if key not in _ASM_CACHE:
-        _ASM_CACHE[key] = tc_gemv_asm(*key)
+    ws, cnt = split_buffers(y, split, tiles)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=R, TOKENS=tokens,
-                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split, ASM=_ASM_CACHE[key], CONSTRAINTS=_constraints(R, tokens),
-                                     INTERP=INTERPRETED,
-                                     num_warps=num_warps)
+                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split,
+                                     ASM=tc_gemv_asm(R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead),
+                                     CONSTRAINTS=_constraints(R, tokens), INTERP=INTERPRETED, num_warps=num_warps)
     return y

@@ -327,12 +327,10 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     M = x.shape[0]
     if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
         raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma', 'expand' or 'tc', got {path!r}")
-    if path == "tc":
-        if not tc_ok(x, T_packed, in_features, group_size):
-            raise ValueError("triton decode op: path='tc' needs 1-16 rows of 16-bit x (unit column stride, 16-byte "
-                             f"aligned rows), group_size 64/128/256 and in_features % 256 == 0; got x {x.dtype} "
-                             f"{tuple(x.shape)}, group_size {group_size}")
-        return tc_forward(x, T_packed, S, in_features, group_size, config)
+    if path == "tc" and not tc_ok(x, T_packed, in_features, group_size):
+        raise ValueError("triton decode op: path='tc' needs 1-16 rows of 16-bit x (unit column stride, 16-byte "
+                         f"aligned rows), group_size 64/128/256 and in_features % 256 == 0; got x {x.dtype} "
+                         f"{tuple(x.shape)}, group_size {group_size}")
     if path == "gemv" and not gemv_ok(M, T_packed, in_features, group_size):
         raise ValueError(f"triton decode op: path='gemv' needs M == 1 (got {M}), group_size >= 16, "
                          "in_features % 16 == 0 and an aligned T_packed")
@@ -341,10 +339,11 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     if path == "mma" and not 0 < M <= DECODE_MAX_M:
         raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
     if path == "auto":
-        if tc_ok(x, T_packed, in_features, group_size):        # 1-16 rows of 16-bit x: the tensor-core GEMV
-            return tc_forward(x, T_packed, S, in_features, group_size, config)
-        path = ("gemv" if gemv_ok(M, T_packed, in_features, group_size)
+        path = ("tc" if tc_ok(x, T_packed, in_features, group_size)        # 1-16 rows of 16-bit x
+                else "gemv" if gemv_ok(M, T_packed, in_features, group_size)
                 else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
+    if path == "tc":
+        return tc_forward(x, T_packed, S, in_features, group_size, config)
     if path == "expand":
         return x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -1,50 +1,21 @@
 """The inline PTX of ``triton_common.plane_signs16`` (two table lookups by ``prmt.b32`` for four weights), run by a
-small interpreter of the five PTX instructions it uses, gives the 16-bit float -1 / 0 / +1 of every code of every
+small interpreter of the PTX instructions it uses (``tests/ptxsim.py``), gives the 16-bit float -1 / 0 / +1 of every code of every
 byte, as its interpreter branch does: the GPU-only code path checked on the CPU, bit for bit."""
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from ptxsim import prmt  # noqa: E402  (tests/ is on sys.path: conftest.py)
+from ptxsim import run  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 from arbitor.ternary.ops.triton_common import _PLANE_ASM, SIGN_TABLES  # noqa: E402
 
-M32 = 0xFFFFFFFF
-
 
 def run_asm(asm: str, operands: dict[int, int]) -> dict[int, int]:
-    """Execute the asm's instructions on 32-bit unsigned values; ``$n`` operands in, output ``$n`` out."""
-    regs: dict[str, int] = {f"${k}": v for k, v in operands.items()}
-
-    def val(tok: str) -> int:
-        tok = tok.strip()
-        return regs[tok] if tok in regs else int(tok, 0)
-    for line in asm.replace("{", "").replace("}", "").split(";"):
-        line = line.strip()
-        if not line or line.startswith(".reg"):
-            continue
-        op, args = line.split(None, 1)
-        d, *src = [t.strip() for t in args.split(",")]
-        a = [val(t) for t in src]
-        if op == "and.b32":
-            r = a[0] & a[1]
-        elif op == "shr.b32":
-            r = a[0] >> a[1]
-        elif op == "mad.lo.u32":
-            r = a[0] * a[1] + a[2]
-        elif op == "mad.hi.u32":
-            r = ((a[0] * a[1]) >> 32) + a[2]
-        elif op == "prmt.b32":
-            r = prmt(a[0], a[1], a[2])
-        else:
-            raise AssertionError(f"instruction {op} not modelled")
-        regs[d] = r & M32
-    return {int(k[1:]): v for k, v in regs.items() if re.fullmatch(r"\$\d+", k)}
+    """Execute the asm for one lane (``tests/ptxsim.py``); ``$n`` operands in, output ``$n`` out."""
+    return run(asm, [operands])[0]
 
 
 ONE = {"bf16": 0x3F80, "fp16": 0x3C00}
