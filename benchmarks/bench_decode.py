@@ -21,6 +21,11 @@ over the baseline's for decode rows):
   same length (``fast_vs_eager_tokens``), and both models' weight bytes are recorded. CPU (``--preset small``): ``ArbitorLM.generate`` eagerly for both,
   dense float32 (the rows of ``results/inference/cpu.json``).
 
+Beside the rows: ``--parts attention`` (GPU) times the token step's attention alone at the preset's shapes
+(``attention``: the fused kernel of ``model/decode_attention.py`` at each tile width against the two-``bmm``
+path it replaced); ``--parts sweep`` times launch configs of the decode kernels (``sweep``); ``--profile`` /
+``--profile-fast`` keep torch.profiler kernel tables of the eager step and of each fast path's graph replays.
+
 Partial results are written after every row.
 
     PYTHONPATH=. python benchmarks/bench_decode.py --preset small --device cpu
@@ -38,6 +43,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -229,6 +235,21 @@ def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[di
     ``decode_tc_kernel`` (``path="tc"``, its own keys; ``tc_grid="warp-split"``: the ``WARP_SPLIT`` configs and
     the default tiles)."""
     if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
+        if tc_grid == "prefetch":        # L2_PREFETCH on the default tiles (and, at one row, the short-K tile)
+            from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES
+            keys = ("R", "num_warps", "PROGRAMS_PER_SM", "X_AHEAD", "AHEAD", "WARP_SPLIT", "GROUP_COLUMNS")
+            tiles = [TC_TILES[1 if M == 1 else 8 if M <= 8 else 16]] + ([TC_TILE_SHORT_K[1]] if M == 1 else [])
+            grid = [{**dict(zip(keys, t[:7])), "L2_PREFETCH": p} for t in tiles for p in (0, 64, 128, 256)]
+            if M == 1:   # the default tile's neighbours with 256-byte fetches: more programs or warps an SM
+                grid += [{**grid[0], "PROGRAMS_PER_SM": p, "num_warps": w, "L2_PREFETCH": 256}
+                         for p, w in ((1, 4), (4, 4), (2, 8))]
+            return grid
+        if tc_grid == "group-columns":   # one row: each lane's 64 contiguous columns (tc_gemv_asm group_columns)
+            if M != 1:
+                return []
+            return ([{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": ws, "GROUP_COLUMNS": True}
+                     for r in (1, 2) for w in (2, 4, 8) for p in (1, 2, 4) for ws in (True, False)]
+                    + [{"R": 1, "num_warps": 4, "PROGRAMS_PER_SM": 2, "WARP_SPLIT": True}])
         if tc_grid == "warp-split":      # the warps of a program share its features and split its K range
             return ([{"R": r, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": True} for r in (1, 2)
                      for w in (4, 8) for p in (1, 2, 4)]
@@ -308,6 +329,41 @@ def sweep_rows(args, device, res, flush) -> None:
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- GPU: the token step's attention
+def attention_rows(args, device, res, flush) -> None:
+    """The decode token step's attention at the preset's shapes (``[B, H, 1, hd]`` over a ``prompt + new``
+    cache, the first ``prompt + 1`` positions allowed): the fused kernel (``decode_attention``) at its default
+    launch and at each tile width, against the two-``bmm`` path it replaced; CUDA-graph timed, K and V rotated
+    over copies larger than L2 (``res["attention"]``)."""
+    from arbitor.model.attention import _one_query_bmm
+    from arbitor.model.decode_attention import launch_config, one_query_attention
+    from arbitor.ternary.ops.triton_common import n_sm
+    cfg = preset(args.preset)
+    H, hd, L = cfg.n_heads, cfg.d_model // cfg.n_heads, args.prompt + args.new
+    mask = (torch.arange(L, device=device) <= args.prompt).view(1, L)
+    for B in args.batches:
+        kv_bytes = 2 * B * H * L * hd * 2
+        n = max(2, math.ceil(4 * args.l2_mb * 2 ** 20 / kv_bytes))
+        sets = [(torch.randn(B, H, 1, hd, device=device, dtype=torch.bfloat16),
+                 torch.randn(B, H, L, hd, device=device, dtype=torch.bfloat16),
+                 torch.randn(B, H, L, hd, device=device, dtype=torch.bfloat16)) for _ in range(n)]
+        default = launch_config(B, H, L, hd, n_sm(device))
+        variants = {"fused (default: BLOCK_L {BLOCK_L}, {SPLIT_TILES} tiles a program)".format(**default): {}}
+        variants.update({f"fused, BLOCK_L {bl}": {"block_l": bl} for bl in (16, 32, 64)})
+        row = {"B": B, "H": H, "L": L, "hd": hd, "kv_bytes": kv_bytes, "ms": {}}
+        ref = _one_query_bmm(*sets[0], mask).float()
+        for name, kw in variants.items():
+            out = one_query_attention(*sets[0], mask, **kw).float()
+            row.setdefault("max_abs_diff_vs_bmm", {})[name] = float((out - ref).abs().max())
+            row["ms"][name] = _graph_time([(lambda s=s, kw=kw: one_query_attention(*s, mask, **kw)) for s in sets],
+                                          args.reps)
+        row["ms"]["two bmm + softmax (before)"] = _graph_time([(lambda s=s: _one_query_bmm(*s, mask)) for s in sets],
+                                                               args.reps)
+        res.setdefault("attention", []).append(row)
+        print(f"attention b{B}: {row['ms']}", flush=True)
+        flush()
+
+
 # ----------------------------------------------------------------------------- GPU: model decode rows
 def _sync(device) -> None:
     if device.type == "cuda":
@@ -325,7 +381,9 @@ def _weight_bytes(model) -> int:
 
 
 def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device,
-                 compile: bool = False) -> tuple[float, torch.Tensor]:
+                 compile: bool = False, profile: bool = False) -> tuple[float, torch.Tensor, Optional[dict]]:
+    """Best decode tokens/s of ``reps`` generations (graphed, compiled or not), the tokens, and (``profile``) the
+    kernel table of a few graph replays (``_kernel_table``)."""
     from arbitor.model.decode import GraphedDecoder
     idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
     idx = idx.to(device)
@@ -335,23 +393,23 @@ def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device,
     for _ in range(reps):
         dec.generate(idx, new, temperature=0)
         best = min(best, dec.timings["decode_s"] / dec.timings["decode_tokens"])
+    table = None
+    if profile:        # the replayed step's kernels: the prompt, then token steps after the capture
+        dec.generate(idx, 2, temperature=0)
+        tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        table = _kernel_table(lambda d=dec: d.next_logits(tok), min(8, new - 3), device)
     del dec
-    return 1.0 / best, out
+    return 1.0 / best, out, table
 
 
-def _profile(model, batch: int, prompt: int, device, steps: int = 3, top: int = 14) -> dict:
-    """Kernel times of ``steps`` eager static-cache token steps (``torch.profiler``; what a graph replays)."""
+def _kernel_table(step, steps: int, device, top: int = 14) -> dict:
+    """GPU kernel times of ``steps`` calls of ``step`` (``torch.profiler``; kernels of a replayed CUDA graph
+    included): the total per step and the ``top`` kernels."""
     from torch.profiler import ProfilerActivity, profile
-
-    from arbitor.model.decode import GraphedDecoder
-    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
-    dec = GraphedDecoder(model, batch, prompt + steps + 2, cuda_graph=False)
-    dec.generate(idx.to(device), 2, temperature=0)
-    tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
     _sync(device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            dec.next_logits(tok)
+            step()
         _sync(device)
     rows = []
     for e in prof.key_averages():
@@ -361,6 +419,16 @@ def _profile(model, batch: int, prompt: int, device, steps: int = 3, top: int = 
     rows.sort(key=lambda r: -r["us_per_step"])
     return {"gpu_us_per_step": sum(r["us_per_step"] for r in rows),
             "kernels_per_step": sum(r["calls_per_step"] for r in rows), "top": rows[:top]}
+
+
+def _profile(model, batch: int, prompt: int, device, steps: int = 3) -> dict:
+    """Kernel times of ``steps`` eager static-cache token steps (what an uncompiled graph replays)."""
+    from arbitor.model.decode import GraphedDecoder
+    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
+    dec = GraphedDecoder(model, batch, prompt + steps + 2, cuda_graph=False)
+    dec.generate(idx.to(device), 2, temperature=0)
+    tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    return _kernel_table(lambda: dec.next_logits(tok), steps, device)
 
 
 def gpu_decode_rows(args, device, res, flush) -> None:
@@ -407,8 +475,10 @@ def gpu_decode_rows(args, device, res, flush) -> None:
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 try:
-                    tps[key], outs[key] = _graphed_tps(m, batch, args.prompt, args.new, args.decode_reps, device,
-                                                       compile=comp)
+                    tps[key], outs[key], table = _graphed_tps(m, batch, args.prompt, args.new, args.decode_reps,
+                                                              device, compile=comp, profile=args.profile_fast)
+                    if table is not None:
+                        res.setdefault("profile", {})[f"{key}_b{batch} replay"] = table
                 except Exception as exc:
                     traceback.print_exc()
                     tps[key] = None
@@ -499,12 +569,18 @@ def write(res, out: Path) -> None:
                   + (f"; the trained model's state before `for_inference`: "
                      f"{wb['arbitor_training_state'] / 2 ** 30:.2f} GiB" if "arbitor_training_state" in wb else "")
                   + "."]
+    for a in res.get("attention", []):
+        lines += ["", f"Token-step attention, batch {a['B']}, {a['H']} heads x {a['hd']}, cache {a['L']} "
+                  f"({a['kv_bytes'] / 2 ** 20:.1f} MiB of K and V; CUDA-graph replays, copies rotated past L2):", "",
+                  "| path | us | K+V TB/s |", "|---|---:|---:|"]
+        lines += [f"| {k} | {1000 * v:.1f} | {a['kv_bytes'] / (v * 1e9):.2f} |" for k, v in a["ms"].items()]
     if res.get("fast_vs_eager_tokens"):
         lines += ["", "Greedy tokens, fast path against the same model's static-cache step run eagerly (a cache of "
                   "the fast path's length): "
                   + ", ".join(f"{k}: {v}" for k, v in res["fast_vs_eager_tokens"].items()) + "."]
     for key, prof in res.get("profile", {}).items():
-        lines += ["", f"Profile `{key}` (eager token step, torch.profiler): {prof['gpu_us_per_step']:,.0f} us of GPU "
+        what = "graph replays of the token step" if key.endswith("replay") else "eager token step"
+        lines += ["", f"Profile `{key}` ({what}, torch.profiler): {prof['gpu_us_per_step']:,.0f} us of GPU "
                   f"time in {prof['kernels_per_step']:.0f} kernels per step", "",
                   "| kernel | calls/step | us/step |", "|---|---:|---:|"]
         lines += [f"| `{r['kernel']}` | {r['calls_per_step']:.0f} | {r['us_per_step']:.1f} |" for r in prof["top"]]
@@ -517,8 +593,8 @@ def write(res, out: Path) -> None:
             cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"], r["path"]) == key]
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
-                bn = (r["BLOCK_N"] if "BLOCK_N" in r else ", ".join(
-                    f"{k} = {int(r[k])}" for k in ("R", "AHEAD", "X_AHEAD", "WARP_SPLIT") if k in r))
+                tc_keys = ("R", "AHEAD", "X_AHEAD", "WARP_SPLIT", "GROUP_COLUMNS", "L2_PREFETCH")
+                bn = (r["BLOCK_N"] if "BLOCK_N" in r else ", ".join(f"{k} = {int(r[k])}" for k in tc_keys if k in r))
                 lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {bn} | {r.get('BLOCK_K', '-')} | "
                              f"{r['num_warps']} | {r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
     if res.get("errors"):
@@ -530,7 +606,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=None, help="decode rows' preset (default: 3b on CUDA, small on the CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--parts", default=None, help="comma list of gemv,decode (default: both on CUDA, decode on CPU)")
+    ap.add_argument("--parts", default=None, help="comma list of gemv, decode, attention, sweep (default: gemv,decode "
+                    "on CUDA, decode on the CPU)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default: 512 on CUDA, 64 on the CPU)")
     ap.add_argument("--new", type=int, default=None, help="new tokens (default: 64 on CUDA, 32 on the CPU)")
     ap.add_argument("--batches", default="1,16")
@@ -547,11 +624,16 @@ def main(argv=None) -> int:
                          "(for_inference(fuse_projections=True)) as the variant 'ternary-fused'")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
+    ap.add_argument("--profile-fast", action="store_true",
+                    help="GPU decode rows: also the kernel table of each fast path's graph replays")
     ap.add_argument("--sweep-paths", default=",".join(SWEEP_PATHS),
                     help="--parts sweep: comma list of " + ", ".join(f"{k} ({v})" for k, v in SWEEP_PATHS.items()))
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
-    ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split"), default="full",
-                    help="--parts sweep, path tc: the launch grid (warp-split: WARP_SPLIT configs and the default)")
+    ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split", "group-columns", "prefetch"),
+                    default="full",
+                    help="--parts sweep, path tc: the launch grid (warp-split: WARP_SPLIT configs and the default; "
+                         "group-columns: GROUP_COLUMNS configs at one row and the default; prefetch: the default "
+                         "tiles with each L2_PREFETCH)")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "inference"))
@@ -568,8 +650,8 @@ def main(argv=None) -> int:
     if not set(args.sweep_paths) <= set(SWEEP_PATHS):
         raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")
     parts = (args.parts or ("gemv,decode" if cuda else "decode")).split(",")
-    if not set(parts) <= {"gemv", "decode", "sweep"}:
-        raise SystemExit(f"--parts: comma list of gemv, decode, sweep; got {args.parts!r}")
+    if not set(parts) <= {"gemv", "decode", "sweep", "attention"}:
+        raise SystemExit(f"--parts: comma list of gemv, decode, sweep, attention; got {args.parts!r}")
     torch.set_grad_enabled(False)
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     tag = device_tag(name)
@@ -592,6 +674,10 @@ def main(argv=None) -> int:
             raise SystemExit("--parts gemv needs a CUDA device")
         gemv_rows(args, device, res, flush)
         print(f"gemv rows done in {time.perf_counter() - t0:.0f}s", flush=True)
+    if "attention" in parts:
+        if not cuda:
+            raise SystemExit("--parts attention needs a CUDA device")
+        attention_rows(args, device, res, flush)
     if "decode" in parts:
         (gpu_decode_rows if cuda else cpu_decode_rows)(args, device, res, flush)
     res["wall_s"] = time.perf_counter() - t0

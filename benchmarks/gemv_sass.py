@@ -54,15 +54,17 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
         from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm
         R, tokens = bn, bk
-        _, _, _, x_ahead, ahead, warp_split = TC_TILES[tokens]
+        _, _, _, x_ahead, ahead, warp_split, group_columns, l2_prefetch = TC_TILES[tokens]
         fn = decode_tc_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
                "cnt_ptr": "*i32", "tbl_ptr": "*i32", "M": "i32", "N": "i32", "KW": "i32", "G": "i32",
                "stride_xm": "i32", "SPLIT": "i32", "Q_PER_SPLIT": "i32", "GS": "constexpr", "R": "constexpr",
-               "TOKENS": "constexpr", "NUM_WARPS": "constexpr", "WARP_SPLIT": "constexpr", "ASM": "constexpr",
+               "TOKENS": "constexpr", "NUM_WARPS": "constexpr", "WARP_SPLIT": "constexpr",
+               "GROUP_COLUMNS": "constexpr", "ASM": "constexpr",
                "CONSTRAINTS": "constexpr", "INTERP": "constexpr"}
         const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": warp_split,
-                 "ASM": tc_gemv_asm(R, group_size, tokens, False, x_ahead, ahead),
+                 "GROUP_COLUMNS": group_columns,
+                 "ASM": tc_gemv_asm(R, group_size, tokens, False, x_ahead, ahead, group_columns, l2_prefetch),
                  "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")

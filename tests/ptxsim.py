@@ -77,9 +77,11 @@ ALU = {
     "mad.lo.u32": lambda a: a[0] * a[1] + a[2], "mad.hi.u32": lambda a: ((a[0] * a[1]) >> 32) + a[2],
     "add.s64": lambda a: a[0] + a[1], "sub.s32": lambda a: a[0] - a[1],
     "setp.lt.s32": lambda a: int(_s32(a[0]) < a[1]), "setp.gt.s32": lambda a: int(_s32(a[0]) > a[1]),
+    "setp.ne.s32": lambda a: int(_s32(a[0]) != a[1]), "and.pred": lambda a: int(bool(a[0]) and bool(a[1])),
+    "add.f32": lambda a: bits32(np.float32(f32(a[0])) + np.float32(f32(a[1]))),
     "fma.rn.f32": lambda a: bits32(np.float32(np.float32(f32(a[0])) * np.float32(f32(a[1])) + np.float32(f32(a[2])))),
 }
-WIDE = ("mov.b64", "add.s64", "setp.lt.s32", "setp.gt.s32")
+WIDE = ("mov.b64", "add.s64", "setp.lt.s32", "setp.gt.s32", "setp.ne.s32", "and.pred")
 
 
 def _mma(regs: list[dict], args: str, val, f16: bool) -> None:
@@ -149,6 +151,12 @@ def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
             pc = labels[args.strip()] if taken[0] else pc
         elif op.startswith("mma.sync"):
             _mma(regs, args, val, f16)
+        elif op == "shfl.sync.bfly.b32":      # d, a, lane mask, clamp, member mask: every lane reads lane ^ mask
+            d, a, m, _, members = [t.strip() for t in args.split(",")]
+            assert pred is None and int(members, 0) == M32 and len(regs) == 32, "a whole warp's shfl.sync"
+            src = [val(lane, a) for lane in lanes]
+            for lane in lanes:
+                regs[lane][d] = src[lane ^ int(m, 0)]
         elif op.startswith("ld.global"):
             for lane in lanes:
                 if pred is None or regs[lane][pred]:

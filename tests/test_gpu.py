@@ -102,7 +102,7 @@ def test_decode_attention_is_deterministic_at_3b_batch16_shapes():
     ref = cached_attention(q, k, v, mask)
     assert all(torch.equal(cached_attention(q, k, v, mask), ref) for _ in range(200))
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    torch.testing.assert_close(ref.float(), exact, atol=2e-2, rtol=2e-2)          # the one-query bmm path
+    torch.testing.assert_close(ref.float(), exact, atol=2e-2, rtol=2e-2)          # the fused one-query kernel
     kk, vv = k[:, :, :300].contiguous(), v[:, :, :300].contiguous()            # prefill-like: 40 queries, causal
     q40 = torch.randn(16, 24, 40, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     m40 = torch.arange(300, device="cuda").view(1, -1) <= torch.arange(260, 300, device="cuda").view(-1, 1)
@@ -112,6 +112,57 @@ def test_decode_attention_is_deterministic_at_3b_batch16_shapes():
     d_ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     differ = sum(not torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), d_ref) for _ in range(200))
     print(f"default SDPA backends: {differ} of 200 calls differ from the first; cached_attention: 0 of 200")
+
+
+@pytest.mark.parametrize("batch,dtype", [(1, torch.bfloat16), (16, torch.bfloat16), (1, torch.float16)])
+def test_fused_decode_attention_at_3b_shapes(batch, dtype, monkeypatch):
+    """The fused one-query kernel (``arbitor/model/decode_attention.py``) at the ``3b`` token step's shapes (24
+    heads of 128, a 576-position static buffer, the mask of position 530): ``cached_attention`` runs it, it matches
+    the float32 reference within the output's rounding (also on a view of the buffer read at 300 keys), gives the
+    same bits on 50 calls, and a CUDA graph of it replays those bits, also after new inputs are copied into the
+    captured ones."""
+    from arbitor.model import attention, decode_attention
+    from arbitor.model.decode_attention import one_query_attention, one_query_attention_torch
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    q = torch.randn(batch, 24, 1, 128, device="cuda", dtype=dtype, generator=g)
+    k, v = (torch.randn(batch, 24, 576, 128, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    pos = torch.arange(576, device="cuda").view(1, -1)
+    mask = pos <= 530
+    out = one_query_attention(q, k, v, mask)
+    rtol = 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10                       # the output's rounding
+    torch.testing.assert_close(out.float(), one_query_attention_torch(q.float(), k.float(), v.float(), mask),
+                               rtol=rtol, atol=1e-4)
+    assert all(torch.equal(one_query_attention(q, k, v, mask), out) for _ in range(50))
+    torch.testing.assert_close(out.float(), attention._one_query_bmm(q, k, v, mask).float(), rtol=2e-2, atol=2e-2)
+    kv300, m300 = (k[:, :, :300], v[:, :, :300]), pos[:, :300] <= 250            # strided views of the buffers
+    torch.testing.assert_close(one_query_attention(q, *kv300, m300).float(),
+                               one_query_attention_torch(q.float(), kv300[0].float(), kv300[1].float(), m300),
+                               rtol=rtol, atol=1e-4)
+
+    op = torch.ops.arbitor.one_query_attention
+    static_q, static_mask = q.clone(), mask.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                 # warm-up (Triton's compile) off the capture
+        op(static_q, k, v, static_mask)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = op(static_q, k, v, static_mask)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, out)
+    q2 = torch.randn(batch, 24, 1, 128, device="cuda", dtype=dtype, generator=g)
+    static_q.copy_(q2)
+    static_mask.copy_(pos <= 100)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, one_query_attention(q2, k, v, pos <= 100))
+
+    calls = []
+    real = decode_attention.one_query_attention_op
+    monkeypatch.setattr(decode_attention, "one_query_attention_op", lambda *a: calls.append(1) or real(*a))
+    assert torch.equal(attention.cached_attention(q, k, v, mask), out) and calls == [1]
 
 
 def test_graphed_decode_matches_eager_at_batch16_head_dim_128():

@@ -3,6 +3,7 @@
 * ``config.py``     -- ``ModelConfig`` (nests the layers' ``TernaryConfig``) and the named presets
 * ``layers.py``     -- the projection factory (ternary / dense / bitnet), RMSNorm, MLP, LTI injection
 * ``attention.py``  -- causal attention with ternary projections and a KV cache
+* ``decode_attention.py`` -- the token step's one-query attention: a fused Triton kernel (imported on first use)
 * ``decoders.py``   -- output heads: text, patches
 * ``text.py``       -- ``ArbitorLM``, the text model, top to bottom
 * ``vq.py``, ``multimodal.py`` -- ternary VQ codebooks and ``MultimodalARB``

@@ -23,7 +23,9 @@ the H200 for the masked decode step, is not: two eager calls of the ``3b`` prese
 identical inputs differed in the attention output of one layer in 22 (by up to 4e-3), so graphed and eager
 greedy tokens parted after four or five tokens (``docs/inference.md``). Training
 (no cache) keeps PyTorch's own choice, cuDNN's fused kernels on Hopper. A single-query step on CUDA (the token
-step) skips SDPA: two cuBLAS ``bmm`` s and a float32 softmax (``_one_query_attention``).
+step) skips SDPA (``_one_query_attention``): the fused flash-decoding kernel of ``decode_attention.py`` (one
+pass over K and V, splits combined in a fixed order) when Triton imports, else two cuBLAS ``bmm`` s and a
+float32 softmax.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The attention of a decoding call, deterministic run to run: ``q [B, H, T, hd]`` over ``k, v [B, H, L, hd]``,
     causal when ``mask`` is ``None``, else under the bool ``mask [T, L]`` (True: may attend). One masked query
-    in 16 bits on CUDA (a token step): ``_one_query_attention``; otherwise SDPA on ``DECODE_SDPA_BACKENDS``."""
+    in 16 bits on CUDA (a token step): ``_one_query_attention`` (the fused Triton kernel, or cuBLAS); otherwise
+    SDPA on ``DECODE_SDPA_BACKENDS``."""
     if mask is not None and q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return _one_query_attention(q, k, v, mask)
     with sdpa_kernel(list(DECODE_SDPA_BACKENDS)):
@@ -56,12 +59,46 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+_FUSED: dict = {}   # "module": arbitor.model.decode_attention, or None without Triton (imported on first use)
+
+
+def _decode_attention():
+    """``decode_attention`` (the fused one-query kernel), or ``None`` when Triton cannot be imported. Imported on
+    the first token step, not with this module: importing Triton costs time that prefill-only and CPU users
+    need not pay."""
+    if "module" not in _FUSED:
+        try:
+            from . import decode_attention
+        except ImportError:     # pragma: no cover - depends on the installation
+            decode_attention = None
+        _FUSED["module"] = decode_attention
+    return _FUSED["module"]
+
+
 def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A decode step's attention on CUDA (one query, 16-bit): scores by a cuBLAS ``bmm`` with float32 output,
-    scaled, masked and soft-maxed in float32, the probabilities rounded to q's type for ``@ v`` (as the fused
-    kernels do). Deterministic; the memory-efficient kernel, the deterministic SDPA backend that takes a mask,
-    tiles 64 queries and took 28 us a call in the ``3b`` batch-1 token step on the H200 (cuDNN's: 7.5 us, not
-    deterministic; ``docs/inference.md`` has this path's figure)."""
+    """A decode step's attention (one query, 16-bit; called on CUDA): ``q [B, H, 1, hd]`` over ``k, v [B, H, L,
+    hd]`` under the bool ``mask [1, L]``.
+
+    With Triton, the op ``arbitor::one_query_attention`` (``decode_attention.py``): one launch reads K and V once,
+    split along L across the GPU, each head's last program combining the splits in a fixed order --
+    deterministic, opaque to ``torch.compile`` and captured by CUDA graphs; float32 probabilities. Inputs it
+    does not take (a head width that is not a power of two in [16, 256], a mask of another shape:
+    ``decode_attention.check_inputs``) and an
+    installation without Triton take the fallback: scores by a cuBLAS ``bmm`` with float32 output, scaled,
+    masked and soft-maxed in float32, the probabilities rounded to q's type for ``@ v`` (as the fused SDPA
+    kernels do). Also deterministic; it costs two ``bmm`` s and a softmax kernel a layer. SDPA is no option here:
+    the memory-efficient kernel, the deterministic SDPA backend that takes a mask, tiles 64 queries and took
+    28 us a call in the ``3b`` batch-1 token step on the H200 (cuDNN's: 7.5 us, not deterministic;
+    ``docs/inference.md``)."""
+    fused = _decode_attention()
+    if fused is not None and fused.check_inputs(q, k, v, mask) is None:
+        return fused.one_query_attention_op(q, k, v, mask)
+    return _one_query_bmm(q, k, v, mask)
+
+
+def _one_query_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``_one_query_attention``'s fallback: two cuBLAS ``bmm`` s around a float32 softmax (CUDA only: the scores'
+    ``bmm`` with ``out_dtype`` has no CPU kernel)."""
     B, H, _, hd = q.shape
     L = k.shape[2]
     s = torch.bmm(q.reshape(B * H, 1, hd), k.reshape(B * H, L, hd).transpose(1, 2), out_dtype=torch.float32)

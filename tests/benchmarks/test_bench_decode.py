@@ -26,15 +26,19 @@ def test_sweep_check_passes_bf16_rounding_and_flags_wrong_outputs(load_benchmark
 
 def test_tc_sweep_grids_are_valid_configs(load_benchmark):
     """The ``tc`` path is swept at every M; both of its grids hold only configs ``tc_forward`` accepts (the
-    warp-split grid: WARP_SPLIT configs plus the default tiles, for a comparison in one run)."""
+    warp-split grid: WARP_SPLIT configs plus the default tiles, for a comparison in one run; the group-columns grid:
+    one row only, GROUP_COLUMNS configs plus the default tile)."""
     from arbitor.ternary.ops.decode_tc import tc_forward
     mod = load_benchmark("bench_decode")
     assert mod._sweep_paths(1, ["tc"]) == ("tc",) and mod._sweep_paths(16, ["tc"]) == ("tc",)
     full, ws = mod._sweep_configs(1, "tc"), mod._sweep_configs(1, "tc", "warp-split")
     assert not any(c.get("WARP_SPLIT") for c in full) and sum(bool(c.get("WARP_SPLIT")) for c in ws) == len(ws) - 2
+    gcs = mod._sweep_configs(1, "tc", "group-columns")
+    assert mod._sweep_configs(4, "tc", "group-columns") == []
+    assert sum(bool(c.get("GROUP_COLUMNS")) for c in gcs) == len(gcs) - 1
     import torch
     from arbitor.ternary.format import pack_ternary
     T_packed = pack_ternary(torch.randint(-1, 2, (16, 256), generator=torch.Generator().manual_seed(0)))
-    for cfg in full[:1] + ws[:1]:
+    for cfg in full[:1] + ws[:1] + gcs[:1]:
         # unknown keys raise ValueError before any launch; known ones are taken (checked here on the CPU)
         tc_forward(torch.zeros(1, 256, dtype=torch.bfloat16), T_packed, torch.ones(16, 4), 256, 64, config=cfg)

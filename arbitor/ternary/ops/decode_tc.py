@@ -51,20 +51,30 @@ import triton.language as tl
 
 from .triton_common import INTERPRETED, n_sm, split_buffers, split_len
 
-__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES", "TABLE"]
+__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES", "TC_TILE_SHORT_K", "TABLE"]
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
-#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD, WARP_SPLIT)`` --
-#: blocks of 16 features a warp, warps a program, split-K target, x loaded a chunk ahead, chunks of weights in
-#: flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting its K range. From the
-#: H200 sweep ``benchmarks/results/inference/h200-sweep-tc.md`` (45 configs x 12 shapes): at one row, 1 block
-#: x 4 warps x 2 per SM is within 3 % of the best config at three shapes and 11 % at K, N = 12288, 3072; none
-#: with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at one row. ``WARP_SPLIT``
-#: (``h200-sweep-tc-warpsplit.md``) was faster at one row at three of the four shapes in its sweep (6.4 / 12.2 /
-#: 9.9 us against 6.9 / 13.8 / 11.3 for this tile in the same run) but is not the default yet: the model decode
-#: rows have not been measured with it.
-TC_TILES = {1: (1, 4, 2, True, 1, False), 8: (1, 4, 2, True, 1, False), 16: (1, 2, 2, True, 1, False)}
+#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD, WARP_SPLIT,
+#: GROUP_COLUMNS, L2_PREFETCH)`` -- blocks of 16 features a warp, warps a program, split-K target, x loaded a chunk
+#: ahead, chunks of weights in flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting
+#: its K range, (one row) a lane's 64 contiguous columns with the groups apart in the mma's token columns, bytes
+#: L2 fetches around each weight load (``h200-sweep-tc-prefetch.md``, the default tiles with each in one run: 256
+#: at 16 rows, 62.2 us over the four shapes against 65.0 without; at 1 and 4 rows none was faster than 0). From the
+#: H200 sweeps in ``benchmarks/results/inference``: ``h200-sweep-tc.md`` (45 configs x 12 shapes; no config
+#: with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at one row) and
+#: ``h200-sweep-tc-warpsplit.md`` (one run): at 1 and 4 rows, 1 block x 4 warps x 2 per SM with ``WARP_SPLIT``
+#: took 9.3 / 6.4 / 12.2 / 9.9 us (one row; K, N = 3072, 12288 / 4096² / 8192² / 12288, 3072) against 9.3 /
+#: 6.9 / 13.8 / 11.3 without, and 41.8 us over the four shapes at 4 rows against 44.0; at 16 rows the tile
+#: without it (2 warps) is faster at two shapes of four and in total.
+TC_TILES = {1: (1, 4, 2, True, 1, True, False, 0), 8: (1, 4, 2, True, 1, True, False, 0),
+            16: (1, 2, 2, True, 1, False, False, 256)}
+#: one row and ``K <= 3072`` (the ``3b`` preset's q/k/v/gate, o and up projections): 2 warps with
+#: ``GROUP_COLUMNS``, 8.2 us against 9.3 for ``TC_TILES[1]`` at K, N = 3072, 12288 in one H200 sweep
+#: (``h200-sweep-tc-groupcols.md``). Not for longer rows: there its 144 registers a thread (128 without) leave
+#: fewer warps a SM, and at K = 8192 it took 14.0-14.9 us against 12.3 (ncu: L1 throughput 42 % against 79 %,
+#: achieved occupancy 15 % against 23 %; ``h200-ncu-tc.md``).
+TC_TILE_SHORT_K = (3072, (1, 2, 2, True, 1, True, True, 0))
 
 
 def _ops(name: str, fmt: str) -> str:
@@ -72,7 +82,8 @@ def _ops(name: str, fmt: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1) -> str:
+def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1,
+                group_columns: bool = False, l2_prefetch: int = 0) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
     ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
@@ -87,7 +98,22 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     ``h200-sweep-tc.md`` in ``benchmarks/results/inference``); ``x_ahead=False``
     loads x (a few KB, from L1/L2) at the start of each chunk's compute instead, with half the registers.
     ``ahead``: chunks of words and scales in flight beyond the current one (x is then loaded at each chunk's
-    compute: ``x_ahead`` needs ``ahead == 1``)."""
+    compute: ``x_ahead`` needs ``ahead == 1``).
+
+    ``group_columns`` (one token only): the mma's unused token columns carry the scale groups apart, so that a lane
+    can read 64 contiguous columns of a feature at once. Lane ``(g, tq)`` reads the chunk's words ``4tq .. 4tq+3``
+    of each of its features (one 16-byte load, not four 4-byte loads that each use half of a 32-byte sector);
+    its ``k`` slots of step ``s`` are word ``4tq + s`` (column ``64tq + 16s + c``: scale group ``64tq // gs`` of
+    the chunk). ``B``'s column ``n`` holds x only where lane ``tq = n`` supplies ``k`` slots (lane ``(g, tq)`` loads
+    x when ``g == tq``, operand ``xok``; every other lane's x registers stay 0), so ``D[f][n]`` is column group
+    ``n``'s partial sum of feature ``f``, scaled by that group's scale (lanes ``tq = 0, 1`` hold columns 0-3) and
+    summed over the four lanes of the feature at the end (``shfl.bfly``, fixed order). The lane's scale pointers
+    are at its first column group (``group_size`` 64: the pair of groups ``2tq, 2tq + 1`` of the chunk, ``(tq % 2)``
+    pairs in; 128: group ``tq % 2``; 256: the chunk's group) and its x pointer at column ``64 tq``.
+
+    ``l2_prefetch`` (0, 64, 128 or 256): the weight and scale loads ask L2 to fetch that many bytes around each
+    (``ld``'s ``.L2::<n>B``): a feature row's 64 bytes a chunk are 256-byte aligned in fours, so one DRAM trip
+    brings the next three chunks' words into L2 with no instruction or register more."""
     if ahead not in (1, 2, 3) or (x_ahead and ahead != 1):
         raise ValueError(f"tc_gemv_asm: ahead must be 1, 2 or 3 (x_ahead only with 1), got {ahead}, {x_ahead}")
     sets = ahead + 1
@@ -95,50 +121,65 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         raise ValueError(f"tc_gemv_asm: group_size must be 64, 128 or 256, got {group_size}")
     if tokens not in (1, 8, 16):
         raise ValueError(f"tc_gemv_asm: tokens must be 1, 8 or 16, got {tokens}")
+    if group_columns and tokens != 1:
+        raise ValueError(f"tc_gemv_asm: group_columns needs tokens == 1, got {tokens}")
+    if l2_prefetch not in (0, 64, 128, 256):
+        raise ValueError(f"tc_gemv_asm: l2_prefetch must be 0, 64, 128 or 256, got {l2_prefetch}")
+    pf = f".L2::{l2_prefetch}B" if l2_prefetch else ""
+    gc = group_columns
     qg = group_size // 64                      # quads a group
     ngc = 4 // qg                              # groups a 256-column chunk
     na = {1: 2, 8: 4, 16: 8}[tokens]           # accumulators a block
     o = na * R                                 # first input operand
     wps = [f"${o + k}" for k in range(2 * R)]
     sps = [f"${o + 2 * R + k}" for k in range(2 * R)]
-    xp, xp2, nc, tbl = (f"${o + 4 * R + i}" for i in range(4))
+    xp, xp2, nc, tbl, xok = (f"${o + 4 * R + i}" for i in range(5))
     fmt = "f16" if f16 else "bf16"
     svec = {4: ".v4.f32", 2: ".v2.f32", 1: ".f32"}[ngc]
     xsets = (("txa", "txp"), ("txb", "txp2")) if tokens == 16 else (("txa", "txp"),)
     L = ["{",
-         ".reg .pred tpd, tpn;",
+         ".reg .pred tpd, tpn, tpg, tpx;", ".reg .f32 tred;",
          f".reg .b32 ttb, tn, tsel, tselh, tsh, tw<{8 * R * sets}>, txa<64>, txb<64>, ta<4>, tba<8>, tbb<8>;",
-         f".reg .f32 tfz, td<{8 * R * ngc}>, ts<{8 * R * sets}>;",
+         f".reg .f32 tfz, td<{max(8 * ngc, 16) * R}>, ts<{8 * R * sets}>;",
          f".reg .b64 twp<{2 * R}>, tsp<{2 * R}>, txp, txp2;",
          "mov.f32 tfz, 0f00000000;", f"mov.b32 tn, {nc};", f"ld.global.nc.b32 ttb, [{tbl}];",
          f"mov.b64 txp, {xp};", f"mov.b64 txp2, {xp2};"]
     L += [f"mov.b64 twp{k}, {p};" for k, p in enumerate(wps)] + [f"mov.b64 tsp{k}, {p};" for k, p in enumerate(sps)]
     L += [f"mov.f32 ${k}, 0f00000000;" for k in range(na * R)]
+    if gc:       # lanes with g != tq never load x: their B registers stay 0
+        L += [f"setp.ne.s32 tpg, {xok}, 0;"] + [f"mov.b32 txa{i}, 0;" for i in range(64)]
 
     def loads(b: int, pred: str) -> list[str]:
         """A chunk's loads into register set ``b`` (words, x, the scales of its groups: one vector a row), then
         the pointers advance to the next chunk."""
         out = []
-        for q in range(4):
-            for k in range(2 * R):
-                out.append(f"{pred}ld.global.nc.b32 tw{8 * R * b + 8 * (k // 2) + 4 * (k % 2) + q}, [twp{k}+{16 * q}];")
+        for k in range(2 * R):
+            w0 = 8 * R * b + 8 * (k // 2) + 4 * (k % 2)
+            if gc:   # the lane's 4 contiguous words: one 16-byte load
+                out.append(f"{pred}ld.global.nc{pf}.v4.b32 {{{', '.join(f'tw{w0 + q}' for q in range(4))}}}, "
+                           f"[twp{k}];")
+            else:
+                out += [f"{pred}ld.global.nc{pf}.b32 tw{w0 + q}, [twp{k}+{16 * q}];" for q in range(4)]
         if x_ahead:
             out += xloads(b, pred)
         for k in range(2 * R):
-            v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(ngc))
-            out.append(f"{pred}ld.global.nc{svec} {{{v}}}, [tsp{k}];" if ngc > 1 else
-                       f"{pred}ld.global.nc.f32 ts{8 * R * b + 4 * k}, [tsp{k}];")
+            n = (2 if ngc == 4 else 1) if gc else ngc       # gc: the lane's columns' groups only
+            v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(n))
+            out.append(f"{pred}ld.global.nc{pf}{svec if n == ngc else '.v2.f32'} {{{v}}}, [tsp{k}];" if n > 1 else
+                       f"{pred}ld.global.nc{pf}.f32 ts{8 * R * b + 4 * k}, [tsp{k}];")
         out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
         out += [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
         return out + (xadvance() if x_ahead else [])
 
     def xloads(b: int, pred: str) -> list[str]:
         out = []
+        if gc:       # only lanes with g == tq load x
+            out, pred = (["and.pred tpx, tpn, tpg;"], "@tpx ") if pred else ([], "@tpg ")
         for q in range(4):
             for regs, xreg in xsets:
                 for h in range(2):
                     v = ", ".join(f"{regs}{32 * b + 8 * q + 4 * h + i}" for i in range(4))
-                    out.append(f"{pred}ld.global.nc.v4.b32 {{{v}}}, [{xreg}+{128 * q + 16 * h}];")
+                    out.append(f"{pred}ld.global.nc.v4.b32 {{{v}}}, [{xreg}+{(32 if gc else 128) * q + 16 * h}];")
         return out
 
     def xadvance() -> list[str]:
@@ -167,12 +208,25 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
                         out += ["and.b32 tsel, tsh, 0x30303030;", "shr.u32 tselh, tsel, 16;",
                                 f"prmt.b32 ta{h}, ttb, 0, tsel;", f"prmt.b32 ta{2 + h}, ttb, 0, tselh;"]
                     for t, bregs in enumerate(("tba", "tbb")[:len(xsets)]):
-                        # one D a group of the chunk: the groups' mma chains are independent (in flight together)
-                        d = ", ".join(f"td{8 * R * gi + 8 * r + 4 * t + i}" for i in range(4))
-                        c = "tfz, tfz, tfz, tfz" if (first and j == 0) else d
+                        # one D a group of the chunk (gc: a step): independent mma chains, in flight together
+                        d = ", ".join(f"td{16 * r + 4 * q + i}" if gc else f"td{8 * R * gi + 8 * r + 4 * t + i}"
+                                      for i in range(4))
+                        c = "tfz, tfz, tfz, tfz" if ((gc or first) and j == 0) else d
                         out.append(f"{_ops('mma', fmt)} {{{d}}}, {{ta0, ta1, ta2, ta3}}, "
                                    f"{{{bregs}{2 * j}, {bregs}{2 * j + 1}}}, {{{c}}};")
-            if last:
+            if gc and q == 3:        # the chunk's 4 step chains summed, then each column by its group's scale
+                for r in range(R):
+                    t0 = 16 * r
+                    for i in range(4):
+                        out += [f"add.f32 td{t0 + i}, td{t0 + i}, td{t0 + 4 + i};",
+                                f"add.f32 td{t0 + 8 + i}, td{t0 + 8 + i}, td{t0 + 12 + i};",
+                                f"add.f32 td{t0 + i}, td{t0 + i}, td{t0 + 8 + i};"]
+                    for h in range(2):          # feature g: D values 0, 1 (columns 2tq, 2tq+1); g + 8: 2, 3
+                        s0 = 8 * R * b + 4 * (2 * r + h)
+                        s1 = s0 + 1 if ngc == 4 else s0
+                        out += [f"fma.rn.f32 ${na * r + h}, td{t0 + 2 * h}, ts{s0}, ${na * r + h};",
+                                f"fma.rn.f32 ${na * r + h}, td{t0 + 2 * h + 1}, ts{s1}, ${na * r + h};"]
+            elif last and not gc:
                 for r in range(R):
                     sg, sg8 = f"ts{8 * R * b + 4 * (2 * r) + gi}", f"ts{8 * R * b + 4 * (2 * r + 1) + gi}"
                     # D of feature g: d0 (token 2tq), d1 (2tq + 1); of feature g + 8: d2, d3; tokens 8-15: d4..d7
@@ -189,7 +243,12 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     for b in range(sets):
         L += ["setp.lt.s32 tpd, tn, 1;", "@tpd bra TCDONE${:uid};", f"setp.gt.s32 tpn, tn, {ahead};"]
         L += loads((b + ahead) % sets, "@tpn ") + compute(b) + ["sub.s32 tn, tn, 1;"]
-    L += ["bra TCLOOP${:uid};", "TCDONE${:uid}:", "}"]
+    L += ["bra TCLOOP${:uid};", "TCDONE${:uid}:"]
+    if gc:           # a feature's four lanes (tq = 0..3) hold its column groups' sums: add them, fixed order
+        for k in range(na * R):
+            for m in (1, 2):
+                L += [f"shfl.sync.bfly.b32 tred, ${k}, {m}, 0x1f, 0xffffffff;", f"add.f32 ${k}, ${k}, tred;"]
+    L += ["}"]
     return "\n".join(L)
 
 
@@ -198,7 +257,7 @@ def _accs(tokens: int) -> int:
 
 
 def _constraints(R: int, tokens: int) -> str:
-    return ",".join(["=f"] * (_accs(tokens) * R) + ["l"] * (4 * R + 2) + ["r", "l"])
+    return ",".join(["=f"] * (_accs(tokens) * R) + ["l"] * (4 * R + 2) + ["r", "l", "r"])
 
 
 @triton.jit
@@ -236,12 +295,14 @@ def _coords(rb, g, tq, r: tl.constexpr, a: tl.constexpr, TOKENS: tl.constexpr):
 @triton.jit
 def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N, KW, G, stride_xm, SPLIT,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
-                     WARP_SPLIT: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
+                     WARP_SPLIT: tl.constexpr, GROUP_COLUMNS: tl.constexpr, ASM: tl.constexpr,
+                     CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
     """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
     ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
     the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
-    chunks). One element a thread (``i = 32 * warp + lane``); ``w_ptr``: ``T_packed`` as int32 ``[N, KW]``;
-    ``tbl_ptr``: ``TABLE`` (int32, one element)."""
+    chunks). ``GROUP_COLUMNS`` (one row): the lanes' pointers for ``tc_gemv_asm(group_columns=True)``. One
+    element a thread (``i = 32 * warp + lane``); ``w_ptr``: ``T_packed`` as int32 ``[N, KW]``; ``tbl_ptr``:
+    ``TABLE`` (int32, one element)."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     i = tl.arange(0, 32 * NUM_WARPS)
@@ -271,21 +332,26 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
                                                  m < M, n.to(tl.int64) * G, n < N, q_start, q_end, q_lo, q_hi,
                                                  GS),)
     else:
-        # rows past N / M are clamped to the last one: no load is predicated, and their sums are never stored
+        # rows past N / M are clamped to the last one: no load is predicated, and their sums are never stored.
+        # The lane's first word, scale and x column: word tq of each quad, the chunk's first group, columns
+        # 16tq..; with GROUP_COLUMNS its 4 contiguous words 4tq.., its pair (group 64) or one (128) of the
+        # chunk's groups, columns 64tq..
+        WQ: tl.constexpr = 4 if GROUP_COLUMNS else 1
+        SQ: tl.constexpr = (2 if GS == 64 else (1 if GS == 128 else 0)) if GROUP_COLUMNS else 0
         ops = ()
         for r in tl.static_range(R):
             for h in tl.static_range(2):
                 row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + tq).to(tl.int64),)
+                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + WQ * tq).to(tl.int64),)
         for r in tl.static_range(R):
             for h in tl.static_range(2):
                 row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS).to(tl.int64),)
-        xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * tq
-        xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * tq
+                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS + SQ * (tq % 2)).to(tl.int64),)
+        xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
+        xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
         accs = tl.inline_asm_elementwise(
             ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), (q_hi - q_lo) // 4,
-                                     (tbl_ptr + 0 * i).to(tl.int64)),
+                                     (tbl_ptr + 0 * i).to(tl.int64), (g == tq).to(tl.int32)),
             dtype=(tl.float32,) * (NA * R), is_pure=True, pack=1)
     if WARP_SPLIT:       # the warps' sums of each lane's outputs, added in the program (fixed order)
         red = ()
@@ -370,20 +436,27 @@ def _table(device: torch.device) -> torch.Tensor:
 def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
                config: Optional[dict] = None) -> torch.Tensor:
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
-    overrides ``TC_TILES``: ``R`` (blocks of 16 features a warp), ``num_warps``, ``PROGRAMS_PER_SM``, ``AHEAD``,
-    ``X_AHEAD``, ``WARP_SPLIT``."""
+    overrides the tile (``TC_TILES``, or ``TC_TILE_SHORT_K`` for one row of at most its K): ``R`` (blocks of
+    16 features a warp), ``num_warps``, ``PROGRAMS_PER_SM``, ``AHEAD``, ``X_AHEAD``, ``WARP_SPLIT``,
+    ``GROUP_COLUMNS`` (one row only: ``tc_gemv_asm``'s ``group_columns``), ``L2_PREFETCH`` (its ``l2_prefetch``)."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
     config = dict(config or {})
     tokens = 1 if M == 1 else 8 if M <= 8 else 16
-    tile = TC_TILES[tokens]
+    tile = TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tokens]
     R = int(config.pop("R", tile[0]))
     num_warps = int(config.pop("num_warps", tile[1]))
     per_sm = int(config.pop("PROGRAMS_PER_SM", tile[2]))
     ahead = int(config.pop("AHEAD", tile[4]))
     warp_split = bool(config.pop("WARP_SPLIT", tile[5]))
     x_ahead = bool(config.pop("X_AHEAD", tile[3])) and ahead == 1
+    group_columns = bool(config.pop("GROUP_COLUMNS", tile[6]))
+    l2_prefetch = int(config.pop("L2_PREFETCH", tile[7]))
+    if group_columns and M != 1:
+        raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
     if config:
         raise ValueError(f"unknown tc decode config keys {sorted(config)}")
+    if l2_prefetch not in (0, 64, 128, 256):
+        raise ValueError(f"bad tc decode config: L2_PREFETCH must be 0, 64, 128 or 256, got {l2_prefetch}")
     if R not in (1, 2, 4) or num_warps not in (1, 2, 4, 8):
         raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {R}, {num_warps}")
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
@@ -395,7 +468,8 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     ws, cnt = split_buffers(y, split, tiles)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=R, TOKENS=tokens,
-                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split,
-                                     ASM=tc_gemv_asm(R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead),
+                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split, GROUP_COLUMNS=group_columns,
+                                     ASM=tc_gemv_asm(R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead,
+                                                     group_columns, l2_prefetch),
                                      CONSTRAINTS=_constraints(R, tokens), INTERP=INTERPRETED, num_warps=num_warps)
     return y

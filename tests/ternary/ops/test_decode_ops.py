@@ -157,6 +157,8 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
     (11, 512, 9, 256, {"R": 1, "num_warps": 2}),                   # 9-16 rows: the second B fragment
     (3, 1280, 37, 64, {"R": 2, "num_warps": 2, "WARP_SPLIT": True}),  # warps share features, split K (5 chunks)
     (1, 1024, 19, 128, {"R": 1, "num_warps": 4, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 8}),  # and across programs
+    (1, 768, 21, 64, {"R": 2, "num_warps": 2, "GROUP_COLUMNS": True, "PROGRAMS_PER_SM": 8}),  # a lane's 64 columns
+    (4, 512, 17, 64, {"L2_PREFETCH": 256}),                          # 256-byte L2 fetches (a load hint)
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_tc_path_matches_reference(M, K, N, gs, config, dtype):
@@ -168,6 +170,22 @@ def test_tc_path_matches_reference(M, K, N, gs, config, dtype):
     assert y.dtype == dtype and y.shape == (M, N)
     assert all(int(b.abs().sum()) == 0 for b in COUNTERS.get(x.device, []))
     close(y, decode_forward_torch(x.float(), T_packed, S, K, gs), 8e-3, 8e-3)
+
+
+@interp
+@pytest.mark.parametrize("M,K,group_columns", [(1, 256, True), (1, 3072, True), (1, 3328, False), (2, 256, False)])
+def test_tc_tile_by_rows_and_k(monkeypatch, M, K, group_columns):
+    """One row of at most ``TC_TILE_SHORT_K[0]`` columns takes the group-columns tile; longer rows and more rows
+    ``TC_TILES``."""
+    from arbitor.ternary.ops import decode_tc
+    seen = []
+    real = decode_tc.tc_gemv_asm
+    monkeypatch.setattr(decode_tc, "tc_gemv_asm", lambda *a: seen.append(a) or real(*a))
+    T_packed, S = frozen_state(5, K, 64, seed=K)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(K)).bfloat16()
+    close(decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc"), decode_forward_torch(x.float(), T_packed,
+                                                                                               S, K, 64), 8e-3, 8e-3)
+    assert seen and seen[0][6] is group_columns         # tc_gemv_asm(..., group_columns, l2_prefetch)
 
 
 @interp
@@ -183,6 +201,12 @@ def test_tc_path_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="unknown tc decode config keys"):
         decode_triton.decode_forward(torch.randn(1, 256).bfloat16(), T_packed, S, 256, 64, path="tc",
                                      config={"BLOCK_N": 4})
+    with pytest.raises(ValueError, match="L2_PREFETCH must be"):
+        decode_triton.decode_forward(torch.randn(1, 256).bfloat16(), T_packed, S, 256, 64, path="tc",
+                                     config={"L2_PREFETCH": 100})
+    with pytest.raises(ValueError, match="GROUP_COLUMNS needs one row"):
+        decode_triton.decode_forward(torch.randn(2, 256).bfloat16(), T_packed, S, 256, 64, path="tc",
+                                     config={"GROUP_COLUMNS": True})
 
 
 @needs_cuda
@@ -200,9 +224,15 @@ def test_gpu_tc_path_matches_reference_and_is_deterministic(M, K, N, dtype):
     assert torch.equal(y1, y2)
     close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
     for cfg in ({"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 8}, {"R": 4, "num_warps": 4, "PROGRAMS_PER_SM": 1},
-                {"R": 1, "num_warps": 4, "WARP_SPLIT": True}, {"R": 2, "num_warps": 8, "WARP_SPLIT": True,
-                                                               "PROGRAMS_PER_SM": 4}):
+                {"R": 1, "num_warps": 4, "WARP_SPLIT": False}, {"R": 1, "num_warps": 4, "WARP_SPLIT": True},
+                {"R": 2, "num_warps": 8, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 4}, {"L2_PREFETCH": 128},
+                {"L2_PREFETCH": 256, "WARP_SPLIT": False}):
         close(decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg), y1, 8e-3, 8e-3)
+    if M == 1:      # the lanes' 64 contiguous columns, with and without warp split; deterministic too
+        for cfg in ({"GROUP_COLUMNS": True}, {"GROUP_COLUMNS": True, "WARP_SPLIT": False, "R": 2}):
+            y3 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg)
+            close(y3, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
+            assert torch.equal(y3, decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg))
 
 
 @interp

@@ -20,9 +20,9 @@ from arbitor.ternary.format import pack_ternary  # noqa: E402
 from arbitor.ternary.ops.decode_tc import TABLE, tc_gemv_asm  # noqa: E402
 
 
-def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1):
+def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0):
     """One warp (program 0, warp 0, the whole K) through the PTX: ``(y [M, N] from the warp's accumulators,
-    mask of the outputs it owns, reference)``."""
+    mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them."""
     g_ = torch.Generator().manual_seed(seed)
     t = torch.randint(-1, 2, (N, K), generator=g_).to(torch.int8)
     t[0, :16] = torch.tensor([1, -1, 0, 1] * 4)
@@ -37,7 +37,10 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1):
     tbase = mem.add(np.array([TABLE], dtype=np.int32).tobytes())
     KW, G = K // 16, K // gs
     na = {1: 2, 8: 4, 16: 8}[tokens]
-    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead)
+    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch)
+    # group_columns: lane tq's words 4tq.., its first scale group and x columns 64tq..
+    wq, xq = (4, 64) if group_columns else (1, 16)
+    sq = {64: 2, 128: 1, 256: 0}[gs] if group_columns else 0
     operands = []
     for lane in range(32):
         g, tq = lane // 4, lane % 4
@@ -46,17 +49,18 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1):
         for r in range(R):
             for h in range(2):
                 row = min(16 * r + g + 8 * h, N - 1)
-                ops[k] = wbase + 4 * (row * KW + tq)
+                ops[k] = wbase + 4 * (row * KW + wq * tq)
                 k += 1
         for r in range(R):
             for h in range(2):
                 row = min(16 * r + g + 8 * h, N - 1)
-                ops[k] = sbase + 4 * (row * G)
+                ops[k] = sbase + 4 * (row * G + sq * (tq % 2))
                 k += 1
-        ops[k] = xbase + 2 * (min(g, M - 1) * K + 16 * tq)
-        ops[k + 1] = xbase + 2 * (min(g + 8, M - 1) * K + 16 * tq)
+        ops[k] = xbase + 2 * (min(g, M - 1) * K + xq * tq)
+        ops[k + 1] = xbase + 2 * (min(g + 8, M - 1) * K + xq * tq)
         ops[k + 2] = K // 256
         ops[k + 3] = tbase
+        ops[k + 4] = int(g == tq)
         operands.append(ops)
     outs = run(asm, operands, mem, f16)
     y = torch.zeros(M, N, dtype=torch.float64)
@@ -90,6 +94,32 @@ def test_ptx_warp_matches_reference(M, tokens, gs, K, x_ahead, ahead):
     assert err <= 1e-5 * ref.abs().max().item(), err
 
 
+@pytest.mark.parametrize("gs,K,x_ahead,ahead", [(64, 512, True, 1), (128, 768, True, 1), (256, 512, True, 1),
+                                                (64, 768, False, 1), (64, 1024, False, 3)])
+def test_ptx_group_columns_matches_reference(gs, K, x_ahead, ahead):
+    """One row with ``group_columns`` (each lane's 64 contiguous columns, the groups apart in the mma's token
+    columns, the lanes' sums added by ``shfl.bfly``): every output equals ``x @ (T * S).T``, at every group size
+    (a lane's columns in one group of 64, 128 or 256), pipelined or not."""
+    y, owned, ref = _warp_outputs(1, 29, K, gs, 2, 1, f16=False, x_ahead=x_ahead, ahead=ahead, group_columns=True)
+    want = torch.zeros_like(owned)
+    want[:1, :29] = True
+    assert torch.equal(owned, want)
+    err = (y - ref)[owned].abs().max().item()
+    assert err <= 1e-5 * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("group_columns", [False, True])
+def test_ptx_l2_prefetch_changes_only_the_load_hints(group_columns):
+    """``l2_prefetch``: the weight and scale loads carry ``.L2::256B`` (x's do not) and the sums are the same
+    bits as without it."""
+    asm = tc_gemv_asm(1, 64, 1, False, True, 1, group_columns, 256)
+    loads = [line for line in asm.splitlines() if "ld.global" in line]
+    assert all(("L2::256B" in line) == ("[tw" in line or "[ts" in line) for line in loads)
+    y0, owned, _ = _warp_outputs(1, 29, 512, 64, 2, 1, f16=False, group_columns=group_columns)
+    y1, _, _ = _warp_outputs(1, 29, 512, 64, 2, 1, f16=False, group_columns=group_columns, l2_prefetch=256)
+    assert torch.equal(y0[owned], y1[owned])
+
+
 def test_ptx_warp_fp16_and_group_128():
     y, owned, ref = _warp_outputs(3, 16, 512, 128, 1, 8, f16=True, seed=3)
     assert owned[:3, :16].all()
@@ -103,3 +133,7 @@ def test_ptx_bad_arguments():
         tc_gemv_asm(1, 64, 4, False)
     with pytest.raises(ValueError, match="ahead"):
         tc_gemv_asm(1, 64, 1, False, True, 2)
+    with pytest.raises(ValueError, match="group_columns"):
+        tc_gemv_asm(1, 64, 8, False, True, 1, True)
+    with pytest.raises(ValueError, match="l2_prefetch"):
+        tc_gemv_asm(1, 64, 1, False, True, 1, False, 32)
