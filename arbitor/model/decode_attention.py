@@ -217,12 +217,12 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     splits = cfg["splits"]
     mask_u8 = mask.reshape(-1).view(torch.uint8)    # a view (no copy): the kernel reads bytes
     out = torch.empty((B, H, 1, hd), dtype=q.dtype, device=q.device)
-    if splits == 1:         # no partials: the one program a head stores its output
-        acc = ml = cnt = out
-    else:
-        acc = torch.empty((B * H, splits, hd), dtype=torch.float32, device=q.device)
-        ml = torch.empty((2, B * H, splits), dtype=torch.float32, device=q.device)
-        cnt = arrival_counters(q.device, B * H)
+    # one split: no partials (the one program a head stores its output); the buffers keep their dtypes, so both
+    # cases run the same compiled kernel
+    parts = B * H * splits if splits > 1 else 1
+    acc = torch.empty((parts, hd), dtype=torch.float32, device=q.device)
+    ml = torch.empty((2, parts), dtype=torch.float32, device=q.device)
+    cnt = arrival_counters(q.device, B * H)
     _split_kernel[(B * H, splits)](
         q, k, v, mask_u8, acc, ml, cnt, out, H, L, splits, B * H, hd ** -0.5 * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
