@@ -236,10 +236,9 @@ def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[di
     the default tiles)."""
     if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
         if tc_grid == "prefetch":        # L2_PREFETCH on the default tiles (and, at one row, the short-K tile)
-            from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES
-            keys = ("R", "num_warps", "PROGRAMS_PER_SM", "X_AHEAD", "AHEAD", "WARP_SPLIT", "GROUP_COLUMNS")
-            tiles = [TC_TILES[1 if M == 1 else 8 if M <= 8 else 16]] + ([TC_TILE_SHORT_K[1]] if M == 1 else [])
-            grid = [{**dict(zip(keys, t[:7])), "L2_PREFETCH": p} for t in tiles for p in (0, 64, 128, 256)]
+            from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES, tc_tokens
+            tiles = [TC_TILES[tc_tokens(M)]] + ([TC_TILE_SHORT_K[1]] if M == 1 else [])
+            grid = [{**t._asdict(), "L2_PREFETCH": p} for t in tiles for p in (0, 64, 128, 256)]
             if M == 1:   # the default tile's neighbours with 256-byte fetches: more programs or warps an SM
                 grid += [{**grid[0], "PROGRAMS_PER_SM": p, "num_warps": w, "L2_PREFETCH": 256}
                          for p, w in ((1, 4), (4, 4), (2, 8))]

@@ -54,7 +54,7 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
         from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm
         R, tokens = bn, bk
-        _, _, _, x_ahead, ahead, warp_split, group_columns, l2_prefetch = TC_TILES[tokens]
+        tile = TC_TILES[tokens]
         fn = decode_tc_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
                "cnt_ptr": "*i32", "tbl_ptr": "*i32", "M": "i32", "N": "i32", "KW": "i32", "G": "i32",
@@ -62,13 +62,14 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
                "TOKENS": "constexpr", "NUM_WARPS": "constexpr", "WARP_SPLIT": "constexpr",
                "GROUP_COLUMNS": "constexpr", "ASM": "constexpr",
                "CONSTRAINTS": "constexpr", "INTERP": "constexpr"}
-        const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": warp_split,
-                 "GROUP_COLUMNS": group_columns,
-                 "ASM": tc_gemv_asm(R, group_size, tokens, False, x_ahead, ahead, group_columns, l2_prefetch),
+        const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": tile.WARP_SPLIT,
+                 "GROUP_COLUMNS": tile.GROUP_COLUMNS,
+                 "ASM": tc_gemv_asm(R, group_size, tokens, False, tile.X_AHEAD, tile.AHEAD, tile.GROUP_COLUMNS,
+                                    tile.L2_PREFETCH),
                  "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")
-        weights = (ahead + 1) * R * 16 * 256 / 32            # the loop body: ahead + 1 chunks of 256 columns
+        weights = (tile.AHEAD + 1) * R * 16 * 256 / 32            # the loop body: ahead + 1 chunks of 256 columns
     elif kernel_name == "gemv":
         fn = decode_gemv_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         print("gemv_sass.py: unset TRITON_INTERPRET (it compiles for a GPU)", file=sys.stderr)
         return 2
     tiles = []
-    default = {"gemv": _GEMV_TILE[:3], "mma": _PLANES_TILE[:3], "tc": (TC_TILES[1][0], 1, TC_TILES[1][1])}
+    default = {"gemv": _GEMV_TILE[:3], "mma": _PLANES_TILE[:3], "tc": (TC_TILES[1].R, 1, TC_TILES[1].num_warps)}
     for t in args.tile or [",".join(map(str, default[args.kernel]))]:
         try:
             bn, bk, warps = (int(v) for v in t.split(","))

@@ -30,6 +30,7 @@ float32 softmax.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -59,20 +60,16 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-_FUSED: dict = {}   # "module": arbitor.model.decode_attention, or None without Triton (imported on first use)
-
-
+@lru_cache(maxsize=None)
 def _decode_attention():
     """``decode_attention`` (the fused one-query kernel), or ``None`` when Triton cannot be imported. Imported on
     the first token step, not with this module: importing Triton costs time that prefill-only and CPU users
     need not pay."""
-    if "module" not in _FUSED:
-        try:
-            from . import decode_attention
-        except ImportError:     # pragma: no cover - depends on the installation
-            decode_attention = None
-        _FUSED["module"] = decode_attention
-    return _FUSED["module"]
+    try:
+        from . import decode_attention
+    except ImportError:     # pragma: no cover - depends on the installation
+        return None
+    return decode_attention
 
 
 def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,13 +80,12 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     split along L across the GPU, each head's last program combining the splits in a fixed order --
     deterministic, opaque to ``torch.compile`` and captured by CUDA graphs; float32 probabilities. Inputs it
     does not take (a head width that is not a power of two in [16, 256], a mask of another shape:
-    ``decode_attention.check_inputs``) and an
-    installation without Triton take the fallback: scores by a cuBLAS ``bmm`` with float32 output, scaled,
-    masked and soft-maxed in float32, the probabilities rounded to q's type for ``@ v`` (as the fused SDPA
-    kernels do). Also deterministic; it costs two ``bmm`` s and a softmax kernel a layer. SDPA is no option here:
-    the memory-efficient kernel, the deterministic SDPA backend that takes a mask, tiles 64 queries and took
-    28 us a call in the ``3b`` batch-1 token step on the H200 (cuDNN's: 7.5 us, not deterministic;
-    ``docs/inference.md``)."""
+    ``decode_attention.check_inputs``) and an installation without Triton take the fallback, ``_one_query_bmm``:
+    scores by a cuBLAS ``bmm`` with float32 output, scaled, masked and soft-maxed in float32, the probabilities
+    rounded to q's type for ``@ v`` (as the fused SDPA kernels do). Also deterministic; it costs two ``bmm`` s and
+    a softmax kernel a layer. SDPA is no option here: the memory-efficient kernel, the deterministic SDPA backend
+    that takes a mask, tiles 64 queries and took 28 us a call in the ``3b`` batch-1 token step on the H200
+    (cuDNN's: 7.5 us, not deterministic; ``docs/inference.md``)."""
     fused = _decode_attention()
     if fused is not None and fused.check_inputs(q, k, v, mask) is None:
         return fused.one_query_attention_op(q, k, v, mask)

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ternary.ops.triton_common import arrival_counters, n_sm
+from ..ternary.ops.triton_common import INTERPRETED, arrival_counters, last_to_arrive, n_sm, reset_arrivals
 
 __all__ = ["one_query_attention_torch", "one_query_attention", "one_query_attention_op", "check_inputs",
            "launch_config", "INTERPRETED", "MAX_HEAD_DIM"]
@@ -107,11 +107,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr, cnt_ptr, out_p
         tl.store(acc_ptr + part * HD + d, acc)
         tl.store(ml_ptr + part, m_i)
         tl.store(ml_ptr + BH * n_splits + part, l_i)
-        tl.debug_barrier()                                   # every thread's partials are written ...
-        arrived = tl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")   # ... before they are released
-        if arrived == n_splits - 1:
+        if last_to_arrive(cnt_ptr + bh, n_splits):
             _combine(acc_ptr, ml_ptr, out_ptr + b * s_ob + h * s_oh, bh, n_splits, BH, HD, SPLIT_BLOCK)
-            tl.atomic_xchg(cnt_ptr + bh, 0, sem="relaxed", scope="gpu")   # ready for the next call
+            reset_arrivals(cnt_ptr + bh)
 
 
 @triton.jit
@@ -139,10 +137,6 @@ def _combine(acc_ptr, ml_ptr, o_ptr, bh, n_splits, BH, HD: tl.constexpr, SPLIT_B
                     cache_modifier=".cg")
         acc += tl.sum(w[:, None] * a, axis=0)
     tl.store(o_ptr + d, (acc / l_sum).to(o_ptr.dtype.element_ty))
-
-
-#: True when the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when triton was imported)
-INTERPRETED: bool = type(_split_kernel).__name__ == "InterpretedFunction"
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> Optional[str]:
@@ -211,6 +205,12 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
                                                                              and split_tiles < 1):
         raise ValueError(f"one_query_attention: block_l must be a power of two and split_tiles >= 1, got "
                          f"{block_l} and {split_tiles}")
+    return _launch(q, k, v, mask, block_l, split_tiles)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, block_l: Optional[int] = None,
+            split_tiles: Optional[int] = None) -> torch.Tensor:
+    """``one_query_attention`` on inputs ``check_inputs`` has taken."""
     B, H, _, hd = q.shape
     L = k.shape[2]
     cfg = launch_config(B, H, L, hd, n_sm(q.device), block_l, split_tiles)
@@ -234,8 +234,10 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 @torch.library.custom_op("arbitor::one_query_attention", mutates_args=())
 def one_query_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``one_query_attention`` as an op ``torch.compile`` keeps opaque (one node; Inductor calls the launcher)."""
-    return one_query_attention(q, k, v, mask)
+    """``one_query_attention`` as an op ``torch.compile`` keeps opaque (one node; Inductor calls the launcher),
+    for inputs the caller has checked: ``attention._one_query_attention`` asks ``check_inputs`` first (a token
+    step checks once) and falls back where it does not take them."""
+    return _launch(q, k, v, mask)
 
 
 @one_query_attention_op.register_fake

@@ -43,38 +43,79 @@ a multiple of 256 (``tc_ok``). Deterministic (fixed mma order, fixed split order
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED, n_sm, split_buffers, split_len
+from .triton_common import INTERPRETED, last_to_arrive, n_sm, reset_arrivals, split_buffers, split_len
 
-__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "TC_TILES", "TC_TILE_SHORT_K", "TABLE"]
+__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens", "TcTile", "TC_TILES",
+           "TC_TILE_SHORT_K", "TABLE"]
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
-#: by token count (1, up to 8, up to 16): ``(R, num_warps, programs per SM, X_AHEAD, AHEAD, WARP_SPLIT,
-#: GROUP_COLUMNS, L2_PREFETCH)`` -- blocks of 16 features a warp, warps a program, split-K target, x loaded a chunk
-#: ahead, chunks of weights in flight ahead (``tc_gemv_asm``), warps of a program sharing its features and splitting
-#: its K range, (one row) a lane's 64 contiguous columns with the groups apart in the mma's token columns, bytes
-#: L2 fetches around each weight load (``h200-sweep-tc-prefetch.md``, the default tiles with each in one run: 256
-#: at 16 rows, 62.2 us over the four shapes against 65.0 without; at 1 and 4 rows none was faster than 0). From the
-#: H200 sweeps in ``benchmarks/results/inference``: ``h200-sweep-tc.md`` (45 configs x 12 shapes; no config
-#: with 2 blocks a warp or 2 chunks of weights in flight (``AHEAD``) was best at one row) and
-#: ``h200-sweep-tc-warpsplit.md`` (one run): at 1 and 4 rows, 1 block x 4 warps x 2 per SM with ``WARP_SPLIT``
-#: took 9.3 / 6.4 / 12.2 / 9.9 us (one row; K, N = 3072, 12288 / 4096² / 8192² / 12288, 3072) against 9.3 /
-#: 6.9 / 13.8 / 11.3 without, and 41.8 us over the four shapes at 4 rows against 44.0; at 16 rows the tile
-#: without it (2 warps) is faster at two shapes of four and in total.
-TC_TILES = {1: (1, 4, 2, True, 1, True, False, 0), 8: (1, 4, 2, True, 1, True, False, 0),
-            16: (1, 2, 2, True, 1, False, False, 256)}
+class TcTile(NamedTuple):
+    """A launch of ``decode_tc_kernel``; its fields are the keys of ``tc_forward``'s ``config``."""
+    R: int                      #: blocks of 16 output features a warp
+    num_warps: int              #: warps a program
+    PROGRAMS_PER_SM: int        #: the split-K target: programs a multiprocessor
+    X_AHEAD: bool               #: x loaded a chunk ahead (``tc_gemv_asm``'s ``x_ahead``; only with ``AHEAD == 1``)
+    AHEAD: int                  #: chunks of weights in flight beyond the current one
+    WARP_SPLIT: bool            #: the warps of a program share its features and split its K range
+    GROUP_COLUMNS: bool = False  #: one row: a lane's 64 contiguous columns, the groups apart in the mma's columns
+    L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
+
+
+#: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
+#: ``h200-sweep-tc.md`` (45 configs x 12 shapes; no config with 2 blocks a warp or 2 chunks of weights in flight
+#: (``AHEAD``) was best at one row) and ``h200-sweep-tc-warpsplit.md`` (one run): at 1 and 4 rows, 1 block x 4
+#: warps x 2 per SM with ``WARP_SPLIT`` took 9.3 / 6.4 / 12.2 / 9.9 us (one row; K, N = 3072, 12288 / 4096² /
+#: 8192² / 12288, 3072) against 9.3 / 6.9 / 13.8 / 11.3 without, and 41.8 us over the four shapes at 4 rows
+#: against 44.0; at 16 rows the tile without it (2 warps) is faster at two shapes of four and in total.
+#: ``L2_PREFETCH`` (``h200-sweep-tc-prefetch.md``, the default tiles with each in one run): 256 at 16 rows, 62.2 us
+#: over the four shapes against 65.0 without; at 1 and 4 rows none was faster than 0.
+TC_TILES = {1: TcTile(1, 4, 2, True, 1, True), 8: TcTile(1, 4, 2, True, 1, True),
+            16: TcTile(1, 2, 2, True, 1, False, L2_PREFETCH=256)}
 #: one row and ``K <= 3072`` (the ``3b`` preset's q/k/v/gate, o and up projections): 2 warps with
 #: ``GROUP_COLUMNS``, 8.2 us against 9.3 for ``TC_TILES[1]`` at K, N = 3072, 12288 in one H200 sweep
 #: (``h200-sweep-tc-groupcols.md``). Not for longer rows: there its 144 registers a thread (128 without) leave
 #: fewer warps a SM, and at K = 8192 it took 14.0-14.9 us against 12.3 (ncu: L1 throughput 42 % against 79 %,
 #: achieved occupancy 15 % against 23 %; ``h200-ncu-tc.md``).
-TC_TILE_SHORT_K = (3072, (1, 2, 2, True, 1, True, True, 0))
+TC_TILE_SHORT_K = (3072, TcTile(1, 2, 2, True, 1, True, GROUP_COLUMNS=True))
+
+
+def tc_tokens(M: int) -> int:
+    """The PTX's token count for ``M`` rows of x: 1, 8 (2-8 rows) or 16 (9-16 rows)."""
+    return 1 if M == 1 else 8 if M <= 8 else 16
+
+
+def tc_tile(M: int, in_features: int, config: Optional[dict] = None) -> TcTile:
+    """The launch of a call with ``M`` rows of ``in_features`` columns: ``TC_TILE_SHORT_K`` for one short row,
+    else ``TC_TILES`` by token count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only
+    with ``AHEAD == 1``. One-line ``ValueError`` for an unknown key or a value the kernel does not take."""
+    base = TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tc_tokens(M)]
+    if not config:          # the defaults are valid launches (checked in tests)
+        return base
+    unknown = sorted(set(config) - set(TcTile._fields))
+    if unknown:
+        raise ValueError(f"unknown tc decode config keys {unknown}")
+    tile = base._replace(**{k: type(getattr(base, k))(v) for k, v in config.items()})
+    tile = tile._replace(X_AHEAD=tile.X_AHEAD and tile.AHEAD == 1)
+    if tile.GROUP_COLUMNS and M != 1:
+        raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
+    if tile.L2_PREFETCH not in (0, 64, 128, 256):
+        raise ValueError(f"bad tc decode config: L2_PREFETCH must be 0, 64, 128 or 256, got {tile.L2_PREFETCH}")
+    if tile.R not in (1, 2, 4) or tile.num_warps not in (1, 2, 4, 8):
+        raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {tile.R}, "
+                         f"{tile.num_warps}")
+    return tile
+
+
+def _accs(tokens: int) -> int:
+    """fp32 accumulators a block of 16 features for ``tokens`` rows (``D`` values a lane keeps)."""
+    return {1: 2, 8: 4, 16: 8}[tokens]
 
 
 def _ops(name: str, fmt: str) -> str:
@@ -129,13 +170,12 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     gc = group_columns
     qg = group_size // 64                      # quads a group
     ngc = 4 // qg                              # groups a 256-column chunk
-    na = {1: 2, 8: 4, 16: 8}[tokens]           # accumulators a block
+    na = _accs(tokens)                         # accumulators a block
     o = na * R                                 # first input operand
     wps = [f"${o + k}" for k in range(2 * R)]
     sps = [f"${o + 2 * R + k}" for k in range(2 * R)]
     xp, xp2, nc, tbl, xok = (f"${o + 4 * R + i}" for i in range(5))
     fmt = "f16" if f16 else "bf16"
-    svec = {4: ".v4.f32", 2: ".v2.f32", 1: ".f32"}[ngc]
     xsets = (("txa", "txp"), ("txb", "txp2")) if tokens == 16 else (("txa", "txp"),)
     L = ["{",
          ".reg .pred tpd, tpn, tpg, tpx;", ".reg .f32 tred;",
@@ -165,8 +205,8 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         for k in range(2 * R):
             n = (2 if ngc == 4 else 1) if gc else ngc       # gc: the lane's columns' groups only
             v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(n))
-            out.append(f"{pred}ld.global.nc{pf}{svec if n == ngc else '.v2.f32'} {{{v}}}, [tsp{k}];" if n > 1 else
-                       f"{pred}ld.global.nc{pf}.f32 ts{8 * R * b + 4 * k}, [tsp{k}];")
+            out.append(f"{pred}ld.global.nc{pf}.v{n}.f32 {{{v}}}, [tsp{k}];" if n > 1 else
+                       f"{pred}ld.global.nc{pf}.f32 {v}, [tsp{k}];")
         out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
         out += [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
         return out + (xadvance() if x_ahead else [])
@@ -252,10 +292,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     return "\n".join(L)
 
 
-def _accs(tokens: int) -> int:
-    return {1: 2, 8: 4, 16: 8}[tokens]
-
-
+@lru_cache(maxsize=None)
 def _constraints(R: int, tokens: int) -> str:
     return ",".join(["=f"] * (_accs(tokens) * R) + ["l"] * (4 * R + 2) + ["r", "l", "r"])
 
@@ -381,9 +418,7 @@ def _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, 
             for a in tl.static_range(NA):
                 m, n = _coords(rb, g, tq, r, a, TOKENS)
                 tl.store(ws_ptr + (pid_s * M + m).to(tl.int64) * N + n, accs[NA * r + a], mask=(m < M) & (n < N))
-        tl.debug_barrier()                                       # every thread's partials are written ...
-        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")   # ... before they are released
-        if arrived == SPLIT - 1:
+        if last_to_arrive(cnt_ptr + pid_n, SPLIT):
             # every accumulator's partials, 4 splits a trip, are in flight together before they are added (in
             # split order: deterministic); one L2 latency a trip, not one a split and accumulator
             tots = ()
@@ -410,7 +445,7 @@ def _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, 
                     m, n = _coords(rb, g, tq, r, a, TOKENS)
                     tl.store(y_ptr + m.to(tl.int64) * N + n, (tots[NA * r + a] * 0.5).to(y_ptr.dtype.element_ty),
                              mask=(m < M) & (n < N))
-            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+            reset_arrivals(cnt_ptr + pid_n)
 
 
 def tc_ok(x: torch.Tensor, T_packed: torch.Tensor, in_features: int, group_size: int) -> bool:
@@ -423,53 +458,30 @@ def tc_ok(x: torch.Tensor, T_packed: torch.Tensor, in_features: int, group_size:
             and T_packed.data_ptr() % 16 == 0)
 
 
-_TABLES: dict = {}
-
-
+@lru_cache(maxsize=None)
 def _table(device: torch.device) -> torch.Tensor:
     """``TABLE`` as a one-element int32 tensor on ``device`` (the kernel loads it once a thread)."""
-    if device not in _TABLES:
-        _TABLES[device] = torch.tensor([TABLE], dtype=torch.int32, device=device)
-    return _TABLES[device]
+    return torch.tensor([TABLE], dtype=torch.int32, device=device)
 
 
 def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
                config: Optional[dict] = None) -> torch.Tensor:
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
-    overrides the tile (``TC_TILES``, or ``TC_TILE_SHORT_K`` for one row of at most its K): ``R`` (blocks of
-    16 features a warp), ``num_warps``, ``PROGRAMS_PER_SM``, ``AHEAD``, ``X_AHEAD``, ``WARP_SPLIT``,
-    ``GROUP_COLUMNS`` (one row only: ``tc_gemv_asm``'s ``group_columns``), ``L2_PREFETCH`` (its ``l2_prefetch``)."""
+    overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields)."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
-    config = dict(config or {})
-    tokens = 1 if M == 1 else 8 if M <= 8 else 16
-    tile = TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tokens]
-    R = int(config.pop("R", tile[0]))
-    num_warps = int(config.pop("num_warps", tile[1]))
-    per_sm = int(config.pop("PROGRAMS_PER_SM", tile[2]))
-    ahead = int(config.pop("AHEAD", tile[4]))
-    warp_split = bool(config.pop("WARP_SPLIT", tile[5]))
-    x_ahead = bool(config.pop("X_AHEAD", tile[3])) and ahead == 1
-    group_columns = bool(config.pop("GROUP_COLUMNS", tile[6]))
-    l2_prefetch = int(config.pop("L2_PREFETCH", tile[7]))
-    if group_columns and M != 1:
-        raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
-    if config:
-        raise ValueError(f"unknown tc decode config keys {sorted(config)}")
-    if l2_prefetch not in (0, 64, 128, 256):
-        raise ValueError(f"bad tc decode config: L2_PREFETCH must be 0, 64, 128 or 256, got {l2_prefetch}")
-    if R not in (1, 2, 4) or num_warps not in (1, 2, 4, 8):
-        raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {R}, {num_warps}")
+    t = tc_tile(M, in_features, config)
+    tokens = tc_tokens(M)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     quads = in_features // 64
-    tiles = triton.cdiv(N, 16 * R * (1 if warp_split else num_warps))
-    want = max(1, triton.cdiv(per_sm * n_sm(x.device), tiles))
+    tiles = triton.cdiv(N, 16 * t.R * (1 if t.WARP_SPLIT else t.num_warps))
+    want = max(1, triton.cdiv(t.PROGRAMS_PER_SM * n_sm(x.device), tiles))
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
     ws, cnt = split_buffers(y, split, tiles)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
-                                     in_features // 16, G, x.stride(0), split, per, GS=group_size, R=R, TOKENS=tokens,
-                                     NUM_WARPS=num_warps, WARP_SPLIT=warp_split, GROUP_COLUMNS=group_columns,
-                                     ASM=tc_gemv_asm(R, group_size, tokens, x.dtype == torch.float16, x_ahead, ahead,
-                                                     group_columns, l2_prefetch),
-                                     CONSTRAINTS=_constraints(R, tokens), INTERP=INTERPRETED, num_warps=num_warps)
+                                     in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
+                                     NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
+                                     ASM=tc_gemv_asm(t.R, group_size, tokens, x.dtype == torch.float16, t.X_AHEAD,
+                                                     t.AHEAD, t.GROUP_COLUMNS, t.L2_PREFETCH),
+                                     CONSTRAINTS=_constraints(t.R, tokens), INTERP=INTERPRETED, num_warps=t.num_warps)
     return y

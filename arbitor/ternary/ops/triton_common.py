@@ -59,7 +59,8 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
            "round_to", "byte_to_float", "plane_signs16", "SIGN_TABLES", "word_dots", "group_sums", "n_sm", "split_len",
-           "split_epilogue", "arrival_counters", "split_buffers", "gemv_split_start", "COUNTERS"]
+           "split_epilogue", "last_to_arrive", "reset_arrivals", "arrival_counters", "split_buffers",
+           "gemv_split_start", "COUNTERS"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERP_DEFAULT = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}
@@ -337,6 +338,22 @@ def group_sums(ps, xs, s, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 
 
 @triton.jit
+def last_to_arrive(cnt_ptr, n):
+    """Whether this program is the last of ``n`` to arrive at the int32 counter ``cnt_ptr``
+    (``arrival_counters``), after every thread of the program has written its partials (a CTA barrier, then an
+    ``acq_rel`` add at GPU scope: the last program then sees every partial). That program merges them and calls
+    ``reset_arrivals``. Used by ``split_epilogue``, ``decode_tc`` and ``model/decode_attention.py``."""
+    tl.debug_barrier()                                       # every thread's partial is written ...
+    return tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu") == n - 1   # ... before it is released
+
+
+@triton.jit
+def reset_arrivals(cnt_ptr):
+    """The last program puts the counter back to 0 for the next call (or a replay of a captured graph)."""
+    tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE, UNROLL: tl.constexpr):
     """Store this K split's fp32 partial ``acc``; the program of the tile that finishes last sums all the
     tile's partials in ascending split order (deterministic: the order never depends on which program is last)
@@ -350,9 +367,7 @@ def split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE,
     sum is bit-identical for every ``UNROLL``. Small tiles (the M = 1 GEMVs' ``[BLOCK_N]``) take 8; big tiles 1
     (each read in flight holds the whole tile in registers)."""
     tl.store(ws_ptrs + pid_s * WS_STRIDE, acc, mask=mask)
-    tl.debug_barrier()                                       # every thread's partial is written ...
-    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")   # ... before it is released
-    if arrived == SPLIT - 1:
+    if last_to_arrive(cnt_ptr, SPLIT):
         tot = tl.zeros_like(acc)
         if UNROLL == 1:
             for s in range(0, SPLIT):
@@ -364,7 +379,7 @@ def split_epilogue(acc, y_ptrs, ws_ptrs, mask, cnt_ptr, pid_s, SPLIT, WS_STRIDE,
                                    cache_modifier=".cg")
                     tot = tl.where(s0 + u < SPLIT, tot + part, tot)
         tl.store(y_ptrs, tot.to(y_ptrs.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
+        reset_arrivals(cnt_ptr)
 
 
 @triton.jit

@@ -188,6 +188,14 @@ def test_tc_tile_by_rows_and_k(monkeypatch, M, K, group_columns):
     assert seen and seen[0][6] is group_columns         # tc_gemv_asm(..., group_columns, l2_prefetch)
 
 
+def test_tc_default_tiles_are_valid_launches():
+    """``tc_tile`` returns the default tiles unchecked when there is no config: each passes its own checks."""
+    from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES, tc_tile
+    for M, K in [(1, 4096), (4, 4096), (16, 4096), (1, TC_TILE_SHORT_K[0])]:
+        tile = tc_tile(M, K)
+        assert tile in (*TC_TILES.values(), TC_TILE_SHORT_K[1]) and tc_tile(M, K, tile._asdict()) == tile
+
+
 @interp
 def test_tc_path_refuses_what_it_cannot_take():
     T_packed, S = frozen_state(8, 256, 64, seed=1)

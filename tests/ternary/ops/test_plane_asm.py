@@ -1,6 +1,6 @@
 """The inline PTX of ``triton_common.plane_signs16`` (two table lookups by ``prmt.b32`` for four weights), run by a
-small interpreter of the PTX instructions it uses (``tests/ptxsim.py``), gives the 16-bit float -1 / 0 / +1 of every code of every
-byte, as its interpreter branch does: the GPU-only code path checked on the CPU, bit for bit."""
+small interpreter of the PTX instructions it uses (``tests/ptxsim.py``), gives the 16-bit float -1 / 0 / +1 of every
+code of every byte, as its interpreter branch does: the GPU-only code path checked on the CPU, bit for bit."""
 from __future__ import annotations
 
 import pytest
