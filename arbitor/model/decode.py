@@ -14,7 +14,11 @@ launch per projection): on a GPU a decode step of a small batch is launch-bound.
 
 ``compile=True`` also ``torch.compile`` s the token step before it is captured (Inductor fuses the norms,
 gates, attention glue and residual adds between the projections; the graph then replays the fused kernels):
-the first two steps take the compile time. Frozen models (``arbitor.for_inference``) decode from
+the first two steps take the compile time. It compiles with Inductor's ``emulate_precision_casts``
+(``COMPILE_OPTIONS``): a fused kernel then rounds each bf16 intermediate as the eager ops do. Without it the
+``3b`` step's logits moved by up to 0.03 from the eager step's (on a logit scale of 1.5), and greedy tokens of
+a randomly drawn model, whose top two logits were 0.016-0.09 apart, left the eager path's after 4 of 9 tokens
+(``benchmarks/results/inference/h200-decode-compiled-vs-eager/``). Frozen models (``arbitor.for_inference``) decode from
 ``T_packed`` and float32 group scales only.
 
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
@@ -37,7 +41,10 @@ from torch import nn
 
 from .attention import StaticKVCache
 
-__all__ = ["GraphedDecoder", "generate_static", "sample_next"]
+__all__ = ["GraphedDecoder", "generate_static", "sample_next", "COMPILE_OPTIONS"]
+
+#: Inductor options of the compiled token step (module doc): bf16 intermediates rounded as in eager mode
+COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
@@ -87,7 +94,7 @@ class GraphedDecoder:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         # the prompt runs eagerly (one call per sequence); the token step is what repeats
         self.compiled = compile
-        self._token_step = torch.compile(self._step) if compile else self._step
+        self._token_step = torch.compile(self._step, options=COMPILE_OPTIONS) if compile else self._step
         self.logits: Optional[torch.Tensor] = None
         self.timings: dict = {}
 

@@ -1,24 +1,23 @@
 """Fused Triton kernel for the ``counter`` rule's per-ballot step, and its launcher.
 
 Given one row block of ``grad_W`` (``[rows, K]``, from cuBLAS, any float dtype, read once) and the per-row
-step scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32), one program handles a ``[BLOCK_R, BLOCK_K]``
-tile of weights -- held as ``[BLOCK_R, BLOCK_K / 8, 8]`` octets, each thread owning whole octets, so that every
-byte of ``T_packed`` and ``C_packed`` is decoded and re-packed in its registers -- and does what the plain-torch
-reference ``counter.counter_block_torch_`` does with ~50 torch kernels:
+step scale ``rate / rms(grad_W[n, :])`` (``[rows]`` float32), one program of ``counter_step_kernel`` handles
+``BLOCK_R`` rows x ``NGT * OPG`` octets (8 consecutive weights) -- each thread holding whole octets as words of
+``T_packed`` and ``C_packed``, so that every byte is decoded and re-packed in its registers -- and does what the
+plain-torch reference ``counter.counter_block_torch_`` does with ~50 torch kernels:
 
 1. decode the trits (``T_packed``, 2 bits) and counters (``C_packed``, ``BITS`` bits);
 2. cast the BigInt scale votes ``-sum_group sign(g) * T`` and add them to ``corr_accum``
-   (``BLOCK_K`` is a multiple of the group size, so each group belongs to one program: a plain
-   load-add-store, no atomics);
+   (a program covers whole groups, so each group belongs to one program: a plain load-add-store, no atomics);
 3. draw ``u = (hash >> 8) * 2**-24`` from the same counter-based hash as
    ``hashing.counter_uniform`` (lowbias32 in uint32 lanes; the int64 index's two words from the row's, with a
    carry), with the ballot's hash base read from the device (``hashing.hash_base`` of the layer's key and the
    ballot index: no host value);
 4. move each ladder position ``p = (T+1)*L + C`` by ``-sign(g) * floor(|g| * scale + u)``,
    clamped to ``[0, 3L)``;
-5. re-encode and store whole bytes of ``T_packed`` and ``C_packed`` (``BLOCK_K`` is a
-   multiple of 8: every byte belongs to one program; bytes past the row end are not written,
-   padding codes past ``K`` come out 0).
+5. re-encode and store whole bytes of ``T_packed`` and ``C_packed`` (a program covers whole octets: every
+   byte belongs to one program; bytes past the row end are not written, padding codes past ``K`` -- read as 0,
+   with ``grad_W`` 0 there -- come out 0).
 
 Nothing is written when the ballot's ``bad`` flag (a device scalar: some ``grad_W`` entry not finite) is up.
 ``row_scale_kernel`` computes the per-row step scale and that flag in one read of a 16-bit ``grad_W`` chunk;
@@ -66,37 +65,13 @@ def _tile(gw_ptr, t_ptr, bad_ptr, rows, K, KB, stride_g, BLOCK_R: tl.constexpr, 
 
 
 @triton.jit
-def _group_sums(x, BLOCK_R: tl.constexpr, Q: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr):
-    """``[BLOCK_R, Q, 8]`` int32 -> ``[BLOCK_R, NG]`` sums over each group of ``GS`` consecutive columns, without
-    reshaping the octet axis (spread over lanes and warps: a 4 x 512 tile's reshape of it into ``[rows, groups,
-    group]`` summed wrong on the H200, benchmarks/results/speed/h200-counter-step-ab). Octets are summed in their
-    thread, then each group's octets by a masked reduction; half octets for groups of 4."""
-    if GS == 4:
-        return tl.reshape(tl.sum(tl.reshape(x, (BLOCK_R, Q, 2, 4)), axis=3), (BLOCK_R, NG))
-    octet = tl.sum(x, axis=2)                                    # [BLOCK_R, Q], in-thread
-    if GS == 8:
-        return octet
-    group_of = tl.arange(0, Q) // (GS // 8)
-    g_idx = tl.arange(0, NG)
-    out = tl.zeros((BLOCK_R, NG), dtype=tl.int32)
-    for gg in tl.static_range(NG):
-        s_g = tl.sum(tl.where((group_of == gg)[None, :], octet, 0), axis=1)
-        out = tl.where((g_idx == gg)[None, :], s_g[:, None], out)
-    return out
-
-
-@triton.jit
 def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GS: tl.constexpr, OCTETS: tl.constexpr = False):
+                     GS: tl.constexpr):
     """The BigInt scale votes ``-sum_group sign(g) * T``, one group per ``GS`` columns, added to the int64
     ``[rows, G]`` buffer at ``vote_ptr`` (each group belongs to one program: no atomics). ``sgn`` and ``t``: the
-    tile's ``[BLOCK_R, BLOCK_K]`` values in column order; with ``OCTETS`` as ``[BLOCK_R, BLOCK_K / 8, 8]`` octets
-    (each thread holding whole octets), summed by ``_group_sums`` without reshaping the octet axis."""
+    tile's ``[BLOCK_R, BLOCK_K]`` values in column order."""
     NG: tl.constexpr = BLOCK_K // GS
-    if OCTETS:
-        vote = -_group_sums(sgn * t, BLOCK_R, BLOCK_K // 8, GS, NG)
-    else:
-        vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
+    vote = -tl.sum(tl.reshape(sgn * t, (BLOCK_R, NG, GS)), axis=2)
     gi = tl.program_id(1) * NG + tl.arange(0, NG)
     g_mask = r_mask[:, None] & (gi < G)[None, :]
     offs = r64[:, None] * G + gi[None, :]
@@ -120,81 +95,184 @@ def _uniforms(key_ptr, ballot, row_idx, k):
 
 
 @triton.jit
-def _octets(x, W: tl.constexpr, BLOCK_R: tl.constexpr, Q: tl.constexpr):
-    """``[BLOCK_R, Q, W]`` bytes (int32) of a plane of ``W``-bit fields -> the ``[BLOCK_R, Q, 8]`` fields, low bits
-    first (``format.py``'s layout: ``8 // W`` fields a byte). Each thread holds whole octets, so this is in-register."""
-    PER: tl.constexpr = 8 // W
-    f = (x[:, :, :, None] >> (tl.arange(0, PER) * W)[None, None, None, :]) & ((1 << W) - 1)
-    return tl.reshape(f, (BLOCK_R, Q, 8))
+def _halves(x):
+    """``[..., 2n]`` -> the even and the odd positions of the last axis, ``[..., n]`` each (in-thread)."""
+    return tl.split(tl.reshape(x, x.shape[:-1] + (x.shape[-1] // 2, 2)))
 
 
 @triton.jit
-def _pack_octets(f, W: tl.constexpr, BLOCK_R: tl.constexpr, Q: tl.constexpr):
-    """The inverse of ``_octets``: ``[BLOCK_R, Q, 8]`` fields in ``[0, 2**W)`` -> ``[BLOCK_R, Q, W]`` bytes (int32;
-    the fields are disjoint, so the sum is the bitwise or)."""
-    PER: tl.constexpr = 8 // W
-    f = tl.reshape(f, (BLOCK_R, Q, W, PER))
-    return tl.sum(f << (tl.arange(0, PER) * W)[None, None, None, :], axis=3)
+def _eight(x):
+    """``[..., 8]`` -> its eight ``[...]`` slices, position order (the last axis is held by one thread)."""
+    e, o = _halves(x)
+    ee, eo = _halves(e)
+    oe, oo = _halves(o)
+    x0, x4 = tl.split(ee)
+    x2, x6 = tl.split(eo)
+    x1, x5 = tl.split(oe)
+    x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
 
 
 @triton.jit
-def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
-                        KB, CB, CB_LO, G, row0, stride_g, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_R: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
-    # The tile is [BLOCK_R, Q, 8]: octets of 8 consecutive weights, each held by one thread, so the trits' 2
-    # bytes, the counters' low-plane bytes and their bit-4 byte of an octet are decoded and re-packed in registers
-    # (a [BLOCK_R, BLOCK_K] tile packed with tl.sum over reshapes spent ~1/3 of its 130 sm_90 instructions a
-    # weight on shuffles and shared memory). BITS 5: two planes in one row of C_packed (format.py) -- the low
-    # nibbles (4-bit layout) in columns [0, CB_LO), bit 4 (1-bit layout) after them; other widths: one plane.
-    LO_BITS: tl.constexpr = 4 if BITS == 5 else BITS
+def _word(ptr, offs, mask, NBYTES: tl.constexpr, LIMIT):
+    """``NBYTES`` (<= 4) consecutive bytes at ``ptr + offs`` (those below ``LIMIT``) as one little-endian uint32."""
+    w = tl.load(ptr + offs, mask=mask & (offs < LIMIT), other=0).to(tl.uint32)
+    for i in tl.static_range(1, NBYTES):
+        w = w | (tl.load(ptr + offs + i, mask=mask & (offs + i < LIMIT), other=0).to(tl.uint32) << (8 * i))
+    return w
+
+
+@triton.jit
+def _store_word(ptr, offs, mask, w, NBYTES: tl.constexpr, LIMIT):
+    """The inverse of ``_word``: the low ``NBYTES`` bytes of ``w`` to ``ptr + offs`` (those below ``LIMIT``)."""
+    for i in tl.static_range(NBYTES):
+        tl.store(ptr + offs + i, (w >> (8 * i)).to(tl.uint8), mask=mask & (offs + i < LIMIT))
+
+
+@triton.jit
+def _move(g, j: tl.constexpr, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS: tl.constexpr,
+          LO_BITS: tl.constexpr, ALIGN8: tl.constexpr):
+    """The ladder move of the weight at position ``j`` of each octet (``counter.counter_block``): ``g`` its
+    ``grad_W`` entries, ``tw`` / ``cw`` (``cw2``: bytes 4-7 at 8 bits) / ``hb`` the octets' words of ``T_packed``,
+    the counters' low plane and their bit-4 plane, ``sc`` the row scale; the hash index's words per octet. Returns
+    ``(sign(g) * T, new trit code, new counter)``, each shaped as ``g``."""
     L: tl.constexpr = 1 << BITS
     TOP: tl.constexpr = 3 * L - 1
-    Q: tl.constexpr = BLOCK_K // 8
-    # 1. the tile, its trits and counters
+    code = (tw >> (2 * j)) & 3
+    t = (code & 1).to(tl.int32) - (code >> 1).to(tl.int32)
+    if LO_BITS == 8:
+        if j < 4:
+            c = (cw >> (8 * j)) & 255
+        else:
+            c = (cw2 >> (8 * (j - 4))) & 255
+    else:
+        c = (cw >> (LO_BITS * j)) & ((1 << LO_BITS) - 1)
+    if BITS == 5:
+        c = c | (((hb >> j) & 1) << 4)
+    # hash (hashing.py): h = mix(mix(lo ^ base) ^ hi), written so that per-octet work is done once: the last
+    # xorshift of the first mix and the first of the second cancel to ``x ^ hi ^ (hi >> 16)``; with 8-aligned
+    # octets ``lo = lo_oct | j``, so the first xorshift is the octet's (``zo``) xor ``j``
+    if ALIGN8:
+        x = zo ^ j
+        hh = ho
+    else:
+        lo = lo_oct + j
+        hi = hi_oct + (lo < lo_oct).to(tl.uint32)
+        x = lo ^ base
+        x = x ^ (x >> 16)
+        hh = hi ^ (hi >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    x = x ^ hh
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    h = x ^ (x >> 16)
+    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    # the signed step -sign(g) * floor(a + u), a = |g| * scale >= 0: a truncation of the mirrored sum (round to
+    # nearest is symmetric), g = 0 moves nothing (u < 1); |a| <= rate * sqrt(K) (|g| <= sqrt(K) * rms), so the
+    # int32 conversion cannot saturate and p's clamp below equals the reference's clamp of the step to 3L - 1
+    a = tl.abs(g) * sc + u
+    steps = tl.where(g > 0, a, -a).to(tl.int32)
+    p = (t + 1) * L + c.to(tl.int32) - steps
+    p = tl.minimum(tl.maximum(p, 0), TOP)
+    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
+    q3 = p >> BITS
+    new_code = tl.where(q3 == 2, 1, tl.where(q3 == 0, 2, 0)).to(tl.uint32)
+    return sgn * t, new_code, (p & (L - 1)).to(tl.uint32)
+
+
+@triton.jit(do_not_specialize=["one"])
+def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step_ptr, pending_ptr, bad_ptr, rows, K,
+                        KB, CB, CB_LO, G, row0, stride_g, one, BITS: tl.constexpr, GS: tl.constexpr,
+                        BLOCK_R: tl.constexpr, NGT: tl.constexpr, OPG: tl.constexpr, ALIGN8: tl.constexpr):
+    """One program: ``BLOCK_R`` rows x ``NGT * OPG`` octets (8 consecutive weights) of a row block. Each thread
+    holds whole octets as words -- ``T_packed``'s 2 bytes, the counters' ``LO_BITS`` low-plane bytes and (5 bits)
+    their bit-4 byte -- and ``grad_W``'s 8 entries from one 16-byte load, split in registers (``_eight``); the
+    eight weights of an octet are stepped one position at a time (``_move``) and the words re-packed. Groups of
+    ``GS >= 8`` are ``OPG = GS / 8`` octets (their votes one in-program sum), groups of 4 half an octet.
+    ``ALIGN8``: ``K % 8 == 0`` (an octet's hash indices share their high word). ``one``: the integer 1, passed at
+    run time so the compiler cannot see the bit-4 plane's bytes as contiguous (it would pick another layout for
+    them and convert every weight's values between the two)."""
+    LO_BITS: tl.constexpr = 4 if BITS == 5 else BITS
+    LO_B: tl.constexpr = 4 if LO_BITS == 8 else LO_BITS      # bytes in the first low-plane word
+    # octets of this program: [OPG, NGT, BLOCK_R] (octet-in-group first: the compiler orders lanes by the first
+    # axis of equal contiguity, so a warp's lanes read consecutive octets of a row)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = (r < rows) & (tl.load(bad_ptr) == 0)
     r64 = r.to(tl.int64)
-    q = tl.program_id(1) * Q + tl.arange(0, Q)                    # octet index in the row
-    j = tl.arange(0, 8)
-    k = q[:, None] * 8 + j[None, :]                              # [Q, 8] columns
-    in_k = (k < K)[None, :, :]
-    mask = r_mask[:, None, None] & in_k
-    g = tl.load(gw_ptr + r64[:, None, None] * stride_g + k[None, :, :], mask=mask, other=0.0).to(tl.float32)
-    tb_i = q[:, None] * 2 + tl.arange(0, 2)[None, :]             # [Q, 2] T_packed bytes of each octet
-    tb_mask = r_mask[:, None, None] & (tb_i < KB)[None, :, :]
-    code = _octets(tl.load(t_ptr + r64[:, None, None] * KB + tb_i[None, :, :], mask=tb_mask, other=0).to(tl.int32),
-                   2, BLOCK_R, Q)
-    t = (code & 1) - (code >> 1)
-    cb_i = q[:, None] * LO_BITS + tl.arange(0, LO_BITS)[None, :]  # [Q, LO_BITS] low-plane bytes of each octet
-    cb_mask = r_mask[:, None, None] & (cb_i < CB_LO)[None, :, :]
-    c = _octets(tl.load(c_ptr + r64[:, None, None] * CB + cb_i[None, :, :], mask=cb_mask, other=0).to(tl.int32),
-                LO_BITS, BLOCK_R, Q)
+    q = (tl.program_id(1) * (NGT * OPG) + tl.arange(0, NGT)[None, :] * OPG + tl.arange(0, OPG)[:, None])  # [OPG, NGT]
+    q3 = q[:, :, None]
+    r3 = r64[None, None, :]
+    m3 = r_mask[None, None, :] & (q3 * 8 < K)
+    k4 = q3[:, :, :, None] * 8 + tl.arange(0, 8)[None, None, None, :]
+    g4 = tl.load(gw_ptr + r3[:, :, :, None] * stride_g + k4,
+                 mask=m3[:, :, :, None] & (k4 < K), other=0.0).to(tl.float32)
+    g0, g1, g2, g3, g4_, g5, g6, g7 = _eight(g4)
+    t_offs = r3 * KB + q3 * 2
+    tw = _word(t_ptr, t_offs, m3, 2, r3 * KB + KB)
+    c_offs = r3 * CB + q3 * LO_BITS
+    cw = _word(c_ptr, c_offs, m3, LO_B, r3 * CB + CB_LO)
+    cw2 = cw
+    if LO_BITS == 8:
+        cw2 = _word(c_ptr, c_offs + 4, m3, 4, r3 * CB + CB_LO)
+    hb = cw
     if BITS == 5:
-        hb_mask = r_mask[:, None] & (q < CB - CB_LO)[None, :]
-        hb = tl.load(c_ptr + r64[:, None] * CB + CB_LO + q[None, :], mask=hb_mask, other=0).to(tl.int32)
-        c = c | (((hb[:, :, None] >> j[None, None, :]) & 1) << 4)
-    sgn = (g > 0).to(tl.int32) - (g < 0).to(tl.int32)
-    # 2. BigInt scale votes into corr_accum
-    _add_group_votes(corr_ptr, sgn, t, r64, r_mask, G, BLOCK_R, BLOCK_K, GS, True)
-    # 3. counter-based uniforms of this ballot (index step_counter + pending)
+        hb = tl.load(c_ptr + r3 * CB + CB_LO + q3 * one, mask=m3, other=0).to(tl.uint32)
+    # hash: idx = (row0 + r) * K + 8q + j as two uint32 words
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    u = _uniforms(key_ptr, ballot, ((row0 + r64) * K)[:, None, None], k[None, :, :])
-    # 4. the ladder step (p >= 0 after the clamp, so p // L is a shift)
-    sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)
-    steps = tl.minimum(tl.floor(tl.abs(g) * sc[:, None, None] + u), TOP).to(tl.int32)
-    p = (t + 1) * L + c - sgn * steps
-    p = tl.minimum(tl.maximum(p, 0), TOP)
-    tn = (p >> BITS) - 1
-    cn = tl.where(in_k, p & (L - 1), 0)                          # padding past K stays code 0, counter 0
-    new_code = tl.where(in_k, tl.where(tn > 0, 1, tl.where(tn < 0, 2, 0)), 0)
-    # 5. whole bytes back
-    tl.store(t_ptr + r64[:, None, None] * KB + tb_i[None, :, :], _pack_octets(new_code, 2, BLOCK_R, Q).to(tl.uint8),
-             mask=tb_mask)
-    tl.store(c_ptr + r64[:, None, None] * CB + cb_i[None, :, :],
-             _pack_octets(cn & ((1 << LO_BITS) - 1), LO_BITS, BLOCK_R, Q).to(tl.uint8), mask=cb_mask)
+    key = tl.load(key_ptr).to(tl.int64)
+    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
+    row_idx = (row0 + r3) * K
+    lo_row = _lo32(row_idx)
+    lo_oct = lo_row + (q3 * 8).to(tl.uint32)
+    hi_oct = _lo32(row_idx >> 32) + (lo_oct < lo_row).to(tl.uint32)
+    sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)[None, None, :]
+    zo = lo_oct ^ base
+    zo = zo ^ (zo >> 16)
+    ho = hi_oct ^ (hi_oct >> 16)
+    v0, n0, c0 = _move(g0, 0, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v1, n1, c1 = _move(g1, 1, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v2, n2, c2 = _move(g2, 2, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v3, n3, c3 = _move(g3, 3, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v4, n4, c4 = _move(g4_, 4, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v5, n5, c5 = _move(g5, 5, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v6, n6, c6 = _move(g6, 6, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    v7, n7, c7 = _move(g7, 7, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    # votes: -sum over each group of sign(g) * T
+    if GS == 4:   # two groups an octet
+        gi = 2 * q3
+        vo = r3 * G + gi
+        gm = m3 & (gi < G)
+        tl.store(corr_ptr + vo, tl.load(corr_ptr + vo, mask=gm, other=0) - (v0 + v1 + v2 + v3).to(tl.int64), mask=gm)
+        gm = m3 & (gi + 1 < G)
+        tl.store(corr_ptr + vo + 1, tl.load(corr_ptr + vo + 1, mask=gm, other=0) - (v4 + v5 + v6 + v7).to(tl.int64),
+                 mask=gm)
+    else:
+        vote = -tl.sum(v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7, axis=0)        # [NGT, BLOCK_R]
+        gi = tl.program_id(1) * NGT + tl.arange(0, NGT)
+        gm = r_mask[None, :] & (gi < G)[:, None]
+        vo = r64[None, :] * G + gi[:, None]
+        tl.store(corr_ptr + vo, tl.load(corr_ptr + vo, mask=gm, other=0) + vote.to(tl.int64), mask=gm)
+    # new words
+    tw_n = n0 | (n1 << 2) | (n2 << 4) | (n3 << 6) | (n4 << 8) | (n5 << 10) | (n6 << 12) | (n7 << 14)
+    _store_word(t_ptr, t_offs, m3, tw_n, 2, r3 * KB + KB)
+    LM: tl.constexpr = (1 << LO_BITS) - 1
+    if LO_BITS == 8:
+        cw_n = c0 | (c1 << 8) | (c2 << 16) | (c3 << 24)
+        _store_word(c_ptr, c_offs, m3, cw_n, 4, r3 * CB + CB_LO)
+        cw_n = c4 | (c5 << 8) | (c6 << 16) | (c7 << 24)
+        _store_word(c_ptr, c_offs + 4, m3, cw_n, 4, r3 * CB + CB_LO)
+    else:
+        cw_n = ((c0 & LM) | ((c1 & LM) << LO_BITS) | ((c2 & LM) << (2 * LO_BITS)) | ((c3 & LM) << (3 * LO_BITS))
+                | ((c4 & LM) << (4 * LO_BITS)) | ((c5 & LM) << (5 * LO_BITS)) | ((c6 & LM) << (6 * LO_BITS))
+                | ((c7 & LM) << (7 * LO_BITS)))
+        _store_word(c_ptr, c_offs, m3, cw_n, LO_B, r3 * CB + CB_LO)
     if BITS == 5:
-        hbytes = tl.sum(((cn >> 4) & 1) << j[None, None, :], axis=2)
-        tl.store(c_ptr + r64[:, None] * CB + CB_LO + q[None, :], hbytes.to(tl.uint8), mask=hb_mask)
+        hb_n = ((c0 >> 4) | ((c1 >> 4) << 1) | ((c2 >> 4) << 2) | ((c3 >> 4) << 3) | ((c4 >> 4) << 4)
+                | ((c5 >> 4) << 5) | ((c6 >> 4) << 6) | ((c7 >> 4) << 7))
+        tl.store(c_ptr + r3 * CB + CB_LO + q3 * one, hb_n.to(tl.uint8), mask=m3)
 
 
 @triton.jit
@@ -264,14 +342,20 @@ def count_ballot_triton_(bad: torch.Tensor, pending: torch.Tensor, nonfinite: to
     count_ballot_kernel[(1,)](bad, pending, nonfinite)
 
 
-def step_tile(group_size: int) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_K, num_warps)`` of ``counter_step_kernel``: 8 rows x 128 columns on 2 warps (1,024 weights,
-    16 a thread), or one group wide for groups of more than 128. The fastest of ten tiles at all four layer shapes
-    of ``benchmarks/results/speed/h200-counter-step-ab`` (1.19-1.26x the 16 x 128 / 4-warp tile it replaces), each
-    tile's state checked equal to the old kernel's there before it was timed. (A 4 x 512 tile was faster still
-    with the group sum's reshape, but gave wrong votes on the H200; ``_group_sums`` sums without that reshape.)"""
-    block_k = max(128, group_size)
-    return max(1, 1024 // block_k), block_k, 2
+#: counter_step_kernel's tile: octets a program and warps (step_tile)
+STEP_OCTETS = 64
+STEP_WARPS = 2
+
+
+def step_tile(group_size: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_R, NGT, OPG, num_warps)`` of ``counter_step_kernel``: ``OPG = max(1, group_size // 8)`` octets a
+    group, ``NGT = max(1, 16 // OPG)`` groups (128 columns, or one group) across, ``STEP_OCTETS`` octets a program
+    over ``STEP_WARPS`` warps. 64 octets on 2 warps (one octet a thread) and 128 on 4 were the fastest of eleven
+    tiles at all four layer shapes of ``benchmarks/results/speed/h200-counter-step-words`` (within 1 % of each
+    other; 256 on 2 warps was 1.2-1.4x slower), every tile's state checked equal first."""
+    opg = max(1, group_size // 8)
+    ngt = max(1, 16 // opg)
+    return max(1, STEP_OCTETS // (ngt * opg)), ngt, opg, STEP_WARPS
 
 
 def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
@@ -301,13 +385,13 @@ def counter_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch
         raise ValueError("counter_block_triton_: grad_W rows must be contiguous")
     if not gw.is_floating_point() or scale.dtype != torch.float32:
         raise TypeError("counter_block_triton_: grad_W must be a float tensor and scale float32")
-    block_r, block_k, warps = step_tile(group_size)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(K, block_k))
+    block_r, ngt, opg, warps = step_tile(group_size)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(K, 8 * ngt * opg))
     lo_bytes = counter_planes(K, bits)[0][3]        # bytes of the low-bit plane: the whole row but at 5 bits
     counter_step_kernel[grid](gw, scale, T_packed, C_packed, corr_accum, hash_key, step_counter, pending, bad, rows, K,
                               T_packed.shape[1], C_packed.shape[1], lo_bytes, corr_accum.shape[1], row0,
-                              gw.stride(0), BITS=bits, GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k,
-                              num_warps=warps)
+                              gw.stride(0), 1, BITS=bits, GS=group_size, BLOCK_R=block_r, NGT=ngt, OPG=opg,
+                              ALIGN8=K % 8 == 0, num_warps=warps)
 
 
 def counter_gather_block_triton_(gw: torch.Tensor, scale: torch.Tensor, T_packed: torch.Tensor,

@@ -71,6 +71,24 @@ def test_triton_counter_block_hash_index_crosses_2_to_the_32():
     _check_block_matches_reference(4, 200, 8, 5, 1.0, row0=2 ** 32 // 200)
 
 
+@interp
+def test_triton_counter_block_hash_carry_inside_an_octet():
+    """K not a multiple of 8: an octet's indices can cross 2**32 between two of its weights (row0 * 36 = 2**32 - 4:
+    the first octet's weights 4-7 carry into the high word)."""
+    _check_block_matches_reference(3, 36, 4, 5, 1.0, row0=2 ** 32 // 36)
+
+
+@interp
+@pytest.mark.parametrize("octets,warps", [(16, 1), (64, 2), (512, 4)])
+def test_triton_counter_block_tiles(monkeypatch, octets, warps):
+    """Other tiles of the step kernel (rows and columns ragged against the tile) give the reference's integers."""
+    from arbitor.ternary.ops import counter_triton
+    monkeypatch.setattr(counter_triton, "STEP_OCTETS", octets)
+    monkeypatch.setattr(counter_triton, "STEP_WARPS", warps)
+    for gs in (4, 16, 64):
+        _check_block_matches_reference(13, 320, gs, 5, 1.5, row0=1)
+
+
 def _check_block_matches_reference(N, K, gs, bits, rate, row0):
     gw, T, C, corr = _state(N, K, gs, bits, seed=N * K + bits)
     scale = counter_step_scale(gw, rate)

@@ -29,13 +29,15 @@ from triton.compiler import ASTSource
 from arbitor.ternary.ops.counter_triton import counter_step_kernel, step_tile
 sig = {'gw_ptr': '*bf16', 'scale_ptr': '*fp32', 't_ptr': '*u8', 'c_ptr': '*u8', 'corr_ptr': '*i64',
        'key_ptr': '*i64', 'step_ptr': '*i64', 'pending_ptr': '*i64', 'bad_ptr': '*i32', 'rows': 'i32', 'K': 'i32',
-       'KB': 'i32', 'CB': 'i32', 'CB_LO': 'i32', 'G': 'i32', 'row0': 'i32', 'stride_g': 'i32',
-       'BITS': 'constexpr', 'GS': 'constexpr', 'BLOCK_R': 'constexpr', 'BLOCK_K': 'constexpr'}
+       'KB': 'i32', 'CB': 'i32', 'CB_LO': 'i32', 'G': 'i32', 'row0': 'i32', 'stride_g': 'i32', 'one': 'i32',
+       'BITS': 'constexpr', 'GS': 'constexpr', 'BLOCK_R': 'constexpr', 'NGT': 'constexpr', 'OPG': 'constexpr',
+       'ALIGN8': 'constexpr'}
 for bits in (1, 2, 4, 5, 8):
-    for gs, dtype in ((8, '*fp32'), (128, '*bf16'), (256, '*fp16')):
-        block_r, block_k, warps = step_tile(gs)          # as counter_block_triton_ picks them
+    for gs, dtype, align8 in ((4, '*fp32', False), (8, '*fp32', True), (128, '*bf16', True), (256, '*fp16', False)):
+        block_r, ngt, opg, warps = step_tile(gs)          # as counter_block_triton_ picks them
         src = ASTSource(fn=counter_step_kernel, signature=dict(sig, gw_ptr=dtype),
-                        constexprs={'BITS': bits, 'GS': gs, 'BLOCK_R': block_r, 'BLOCK_K': block_k})
+                        constexprs={'BITS': bits, 'GS': gs, 'BLOCK_R': block_r, 'NGT': ngt, 'OPG': opg,
+                                    'ALIGN8': align8})
         kernel = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
         assert kernel.asm['cubin'], (bits, gs)
 print('compiled')
