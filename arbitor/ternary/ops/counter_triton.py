@@ -170,10 +170,10 @@ def _move(g, j: tl.constexpr, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base,
     x = x * 0x846CA68B
     h = x ^ (x >> 16)
     u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    # the signed step -sign(g) * floor(a + u), a = |g| * scale >= 0: a truncation of the mirrored sum (round to
-    # nearest is symmetric), g = 0 moves nothing (u < 1); |a| <= rate * sqrt(K) (|g| <= sqrt(K) * rms), so the
-    # int32 conversion cannot saturate and p's clamp below equals the reference's clamp of the step to 3L - 1
-    a = tl.abs(g) * sc + u
+    # the signed step -sign(g) * min(floor(|g| * scale + u), 3L - 1): the truncation of +-a (a >= 0), the clamp
+    # taken on a (TOP is an integer, so min and floor commute; the int32 conversion never saturates, whatever
+    # the rate); g = 0 moves nothing (a = u < 1)
+    a = tl.minimum(tl.abs(g) * sc + u, TOP)
     steps = tl.where(g > 0, a, -a).to(tl.int32)
     p = (t + 1) * L + c.to(tl.int32) - steps
     p = tl.minimum(tl.maximum(p, 0), TOP)

@@ -59,6 +59,7 @@ def _counters(device="cpu", step=4):
     (9, 200, 8, 4, 3.0),      # several programs along K, a ragged last tile
     (5, 36, 4, 5, 1.3),       # 5-bit counters: two planes, both with padding (36 = 18 nibbles, 4.5 bit-bytes)
     (6, 264, 8, 5, 2.0),      # 5-bit counters over several programs along K, a ragged last tile
+    (4, 64, 16, 5, 1e12),     # steps far past 2**31 rungs: clamped to the ladder (no int32 saturation)
 ])
 def test_triton_counter_block_matches_reference(N, K, gs, bits, rate):
     _check_block_matches_reference(N, K, gs, bits, rate, row0=3)
