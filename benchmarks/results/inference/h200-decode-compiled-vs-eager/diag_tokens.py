@@ -4,9 +4,10 @@ and prompt (seed 0, 512 tokens); then the compiled + graphed decoder's tokens/s 
 
     PYTHONPATH=. python benchmarks/results/inference/h200-decode-compiled-vs-eager/diag_tokens.py [--no-emulate]
 
-Written after ``bench_decode.py --parts attention,decode`` (``../h200.md``, 2026-11-30 16:20 UTC) found the compiled
-paths' greedy tokens equal to the eager path's for only 4 of 9 tokens at batch 1. ``--no-emulate`` compiles without
-``GraphedDecoder``'s ``COMPILE_OPTIONS`` (Inductor's ``emulate_precision_casts``), as the decoder did before.
+Written after ``bench_decode.py --parts attention,decode`` (``bench-decode-before-emulate.md``, 2026-11-30) found
+the compiled paths' greedy tokens equal to the eager path's for only 4 of 9 tokens at batch 1. ``--no-emulate``
+compiles without ``GraphedDecoder``'s ``COMPILE_OPTIONS`` (Inductor's ``emulate_precision_casts``), as the decoder
+did before.
 """
 import argparse
 import copy
