@@ -79,19 +79,45 @@ def _add_group_votes(vote_ptr, sgn, t, r64, r_mask, G, BLOCK_R: tl.constexpr, BL
 
 
 @triton.jit
-def _uniforms(key_ptr, ballot, row_idx, k):
-    """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = row_idx + k``, as ``hashing.counter_uniform``
-    (lowbias32 in uint32 lanes: the hash is defined mod 2**32, so wrapping 32-bit products are exact and far cheaper
-    than int64 ones); ``row_idx = (row0 + r) * K`` int64 and ``k`` int32 (``0 <= k < 2**31``) broadcast to the tile's
-    shape, the index's low and high words formed from the row's with one carry; the hash base is
-    ``hashing.hash_base``, on the device."""
+def _hash_base(key_ptr, ballot):
+    """``hashing.hash_base`` of the layer's key (int64 at ``key_ptr``) and the ballot index ``ballot`` (int64),
+    on the device, as a uint32."""
     key = tl.load(key_ptr).to(tl.int64)
-    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
-    lo_row = _lo32(row_idx)
-    lo = lo_row + k.to(tl.uint32)
-    hi = _lo32(row_idx >> 32) + (lo < lo_row).to(tl.uint32)
-    h = mix32u(mix32u(lo ^ base) ^ hi)
+    return mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
+
+
+@triton.jit
+def _add_carry(lo, hi, k):
+    """The uint32 words ``(lo, hi)`` of an int64 index plus ``k`` (int32, ``0 <= k < 2**31``): one carry."""
+    lo_k = lo + tl.cast(k, tl.uint32)
+    return lo_k, hi + (lo_k < lo).to(tl.uint32)
+
+
+@triton.jit
+def _uniform(x, hh):
+    """``hashing.counter_uniform``'s ``u = (mix32(mix32(lo ^ base) ^ hi) >> 8) * 2**-24`` (lowbias32 in uint32
+    lanes: the hash is defined mod 2**32, so wrapping 32-bit products are exact and far cheaper than int64 ones),
+    given ``x = y ^ (y >> 16)`` for ``y = lo ^ base`` (the first mix's first xorshift, which a caller may form
+    once for several indices) and ``hh = hi ^ (hi >> 16)``: the first mix's last xorshift and the second's first
+    cancel to ``x ^ hi ^ (hi >> 16)``."""
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    x = x ^ hh
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    h = x ^ (x >> 16)
     return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def _uniforms(key_ptr, ballot, row_idx, k):
+    """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = row_idx + k``, as ``hashing.counter_uniform``;
+    ``row_idx = (row0 + r) * K`` int64 and ``k`` int32 (``0 <= k < 2**31``) broadcast to the tile's shape."""
+    lo, hi = _add_carry(_lo32(row_idx), _lo32(row_idx >> 32), k)
+    y = lo ^ _hash_base(key_ptr, ballot)
+    return _uniform(y ^ (y >> 16), hi ^ (hi >> 16))
 
 
 @triton.jit
@@ -149,27 +175,14 @@ def _move(g, j: tl.constexpr, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base,
         c = (cw >> (LO_BITS * j)) & ((1 << LO_BITS) - 1)
     if BITS == 5:
         c = c | (((hb >> j) & 1) << 4)
-    # hash (hashing.py): h = mix(mix(lo ^ base) ^ hi), written so that per-octet work is done once: the last
-    # xorshift of the first mix and the first of the second cancel to ``x ^ hi ^ (hi >> 16)``; with 8-aligned
-    # octets ``lo = lo_oct | j``, so the first xorshift is the octet's (``zo``) xor ``j``
+    # the uniform (``_uniform``): with 8-aligned octets ``lo = lo_oct | j``, so the first xorshift is the octet's
+    # (``zo``) xor ``j``; otherwise the index's words with their carry
     if ALIGN8:
-        x = zo ^ j
-        hh = ho
+        u = _uniform(zo ^ j, ho)
     else:
-        lo = lo_oct + j
-        hi = hi_oct + (lo < lo_oct).to(tl.uint32)
-        x = lo ^ base
-        x = x ^ (x >> 16)
-        hh = hi ^ (hi >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ hh
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    h = x ^ (x >> 16)
-    u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+        lo, hi = _add_carry(lo_oct, hi_oct, j)
+        y = lo ^ base
+        u = _uniform(y ^ (y >> 16), hi ^ (hi >> 16))
     # the signed step -sign(g) * min(floor(|g| * scale + u), 3L - 1): the truncation of +-a (a >= 0), the clamp
     # taken on a (TOP is an integer, so min and floor commute; the int32 conversion never saturates, whatever
     # the rate); g = 0 moves nothing (a = u < 1)
@@ -209,7 +222,7 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
     k4 = q3[:, :, :, None] * 8 + tl.arange(0, 8)[None, None, None, :]
     g4 = tl.load(gw_ptr + r3[:, :, :, None] * stride_g + k4,
                  mask=m3[:, :, :, None] & (k4 < K), other=0.0).to(tl.float32)
-    g0, g1, g2, g3, g4_, g5, g6, g7 = _eight(g4)
+    gs = _eight(g4)
     t_offs = r3 * KB + q3 * 2
     tw = _word(t_ptr, t_offs, m3, 2, r3 * KB + KB)
     c_offs = r3 * CB + q3 * LO_BITS
@@ -222,58 +235,58 @@ def counter_step_kernel(gw_ptr, scale_ptr, t_ptr, c_ptr, corr_ptr, key_ptr, step
         hb = tl.load(c_ptr + r3 * CB + CB_LO + q3 * one, mask=m3, other=0).to(tl.uint32)
     # hash: idx = (row0 + r) * K + 8q + j as two uint32 words
     ballot = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    key = tl.load(key_ptr).to(tl.int64)
-    base = mix32u(mix32u(_lo32(key) ^ mix32u(_lo32(key >> 32))) ^ _lo32(ballot) ^ mix32u(_lo32(ballot >> 32)))
+    base = _hash_base(key_ptr, ballot)
     row_idx = (row0 + r3) * K
-    lo_row = _lo32(row_idx)
-    lo_oct = lo_row + (q3 * 8).to(tl.uint32)
-    hi_oct = _lo32(row_idx >> 32) + (lo_oct < lo_row).to(tl.uint32)
+    lo_oct, hi_oct = _add_carry(_lo32(row_idx), _lo32(row_idx >> 32), q3 * 8)
     sc = tl.load(scale_ptr + r, mask=r_mask, other=0.0)[None, None, :]
     zo = lo_oct ^ base
     zo = zo ^ (zo >> 16)
     ho = hi_oct ^ (hi_oct >> 16)
-    v0, n0, c0 = _move(g0, 0, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v1, n1, c1 = _move(g1, 1, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v2, n2, c2 = _move(g2, 2, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v3, n3, c3 = _move(g3, 3, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v4, n4, c4 = _move(g4_, 4, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v5, n5, c5 = _move(g5, 5, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v6, n6, c6 = _move(g6, 6, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
-    v7, n7, c7 = _move(g7, 7, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+    # the eight positions of each octet, one at a time: votes (two halves for groups of 4) and the new words
+    LM: tl.constexpr = (1 << LO_BITS) - 1
+    v_lo = tl.zeros(tw.shape, dtype=tl.int32)
+    v_hi = tl.zeros(tw.shape, dtype=tl.int32)
+    tw_n = tl.zeros_like(tw)
+    cw_n = tl.zeros_like(tw)
+    cw2_n = tl.zeros_like(tw)
+    hb_n = tl.zeros_like(tw)
+    for j in tl.static_range(8):
+        v, n, c = _move(gs[j], j, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base, BITS, LO_BITS, ALIGN8)
+        if j < 4:
+            v_lo += v
+        else:
+            v_hi += v
+        tw_n = tw_n | (n << (2 * j))
+        if LO_BITS == 8:
+            if j < 4:
+                cw_n = cw_n | (c << (8 * j))
+            else:
+                cw2_n = cw2_n | (c << (8 * (j - 4)))
+        else:
+            cw_n = cw_n | ((c & LM) << (LO_BITS * j))
+        if BITS == 5:
+            hb_n = hb_n | ((c >> 4) << j)
     # votes: -sum over each group of sign(g) * T
     if GS == 4:   # two groups an octet
         gi = 2 * q3
         vo = r3 * G + gi
         gm = m3 & (gi < G)
-        tl.store(corr_ptr + vo, tl.load(corr_ptr + vo, mask=gm, other=0) - (v0 + v1 + v2 + v3).to(tl.int64), mask=gm)
+        tl.store(corr_ptr + vo, tl.load(corr_ptr + vo, mask=gm, other=0) - v_lo.to(tl.int64), mask=gm)
         gm = m3 & (gi + 1 < G)
-        tl.store(corr_ptr + vo + 1, tl.load(corr_ptr + vo + 1, mask=gm, other=0) - (v4 + v5 + v6 + v7).to(tl.int64),
-                 mask=gm)
+        tl.store(corr_ptr + vo + 1, tl.load(corr_ptr + vo + 1, mask=gm, other=0) - v_hi.to(tl.int64), mask=gm)
     else:
-        vote = -tl.sum(v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7, axis=0)        # [NGT, BLOCK_R]
+        vote = -tl.sum(v_lo + v_hi, axis=0)        # [NGT, BLOCK_R]
         gi = tl.program_id(1) * NGT + tl.arange(0, NGT)
         gm = r_mask[None, :] & (gi < G)[:, None]
         vo = r64[None, :] * G + gi[:, None]
         tl.store(corr_ptr + vo, tl.load(corr_ptr + vo, mask=gm, other=0) + vote.to(tl.int64), mask=gm)
-    # new words
-    tw_n = n0 | (n1 << 2) | (n2 << 4) | (n3 << 6) | (n4 << 8) | (n5 << 10) | (n6 << 12) | (n7 << 14)
+    # the new words back
     _store_word(t_ptr, t_offs, m3, tw_n, 2, r3 * KB + KB)
-    LM: tl.constexpr = (1 << LO_BITS) - 1
+    _store_word(c_ptr, c_offs, m3, cw_n, LO_B, r3 * CB + CB_LO)
     if LO_BITS == 8:
-        cw_n = c0 | (c1 << 8) | (c2 << 16) | (c3 << 24)
-        _store_word(c_ptr, c_offs, m3, cw_n, 4, r3 * CB + CB_LO)
-        cw_n = c4 | (c5 << 8) | (c6 << 16) | (c7 << 24)
-        _store_word(c_ptr, c_offs + 4, m3, cw_n, 4, r3 * CB + CB_LO)
-    else:
-        cw_n = ((c0 & LM) | ((c1 & LM) << LO_BITS) | ((c2 & LM) << (2 * LO_BITS)) | ((c3 & LM) << (3 * LO_BITS))
-                | ((c4 & LM) << (4 * LO_BITS)) | ((c5 & LM) << (5 * LO_BITS)) | ((c6 & LM) << (6 * LO_BITS))
-                | ((c7 & LM) << (7 * LO_BITS)))
-        _store_word(c_ptr, c_offs, m3, cw_n, LO_B, r3 * CB + CB_LO)
+        _store_word(c_ptr, c_offs + 4, m3, cw2_n, 4, r3 * CB + CB_LO)
     if BITS == 5:
-        hb_n = ((c0 >> 4) | ((c1 >> 4) << 1) | ((c2 >> 4) << 2) | ((c3 >> 4) << 3) | ((c4 >> 4) << 4)
-                | ((c5 >> 4) << 5) | ((c6 >> 4) << 6) | ((c7 >> 4) << 7))
         tl.store(c_ptr + r3 * CB + CB_LO + q3 * one, hb_n.to(tl.uint8), mask=m3)
-
 
 @triton.jit
 def counter_gather_kernel(gw_ptr, scale_ptr, t_ptr, vote_ptr, move_ptr, key_ptr, ballot_ptr, bad_ptr, rows, K, KB,

@@ -21,6 +21,7 @@ from arbitor import for_inference  # noqa: E402
 from arbitor.model import decode  # noqa: E402
 from arbitor.model.config import preset  # noqa: E402
 from arbitor.model.decode import GraphedDecoder  # noqa: E402
+from benchmarks.bench_decode import _graphed_tps  # noqa: E402
 from benchmarks.bench_speed import _build  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -67,11 +68,7 @@ for name, m in models.items():
     c = run(m, True)
     print(f"{name}: compiled in {time.time() - t:.0f} s", flush=True)
     report(f"{name} eager vs compiled", e, c)
-    dec = GraphedDecoder(m, 1, 512 + 64, cuda_graph=True, compile=True)
-    out = dec.generate(idx, 64, temperature=0)
-    best = min((dec.generate(idx, 64, temperature=0), dec.timings["decode_s"] / dec.timings["decode_tokens"])[1]
-               for _ in range(3))
+    tps, out, _ = _graphed_tps(m, 1, 512, 64, 3, dev, compile=True)      # bench_decode's measurement, same prompt
     same = (out[0, 512:521] == e[0][0]).long().cumprod(0).sum()
-    print(f"{name}: compiled + graphed {1 / best:.1f} tokens/s; {int(same)}/9 leading tokens equal to eager",
-          flush=True)
+    print(f"{name}: compiled + graphed {tps:.1f} tokens/s; {int(same)}/9 leading tokens equal to eager", flush=True)
     torch._dynamo.reset()
