@@ -16,10 +16,12 @@ over the baseline's for decode rows):
   prompt. GPU (``--preset 3b`` by default): both models built on the meta device and materialised with random
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
   ``arbitor.model.decode.GraphedDecoder`` (static KV cache, one token step replayed as a CUDA graph; the
-  prefill and the first step are excluded from the timing); arbitor's eager ``generate`` is timed beside it,
+  prefill and the first step are excluded from the timing). ``--fuse`` adds both models with fused q / k / v /
+  gate projections, ``--inductor-pdl`` the compiled step with Inductor's programmatic dependent launch; each
+  side's figure is its fastest variant. arbitor's eager ``generate`` is timed beside it,
   the fast paths' greedy tokens are compared with the same static-cache step run eagerly over a cache of the
-  same length (``fast_vs_eager_tokens``), and both models' weight bytes are recorded. CPU (``--preset small``): ``ArbitorLM.generate`` eagerly for both,
-  dense float32 (the rows of ``results/inference/cpu.json``).
+  same length (``fast_vs_eager_tokens``), and both models' weight bytes are recorded. CPU (``--preset small``):
+  ``ArbitorLM.generate`` eagerly for both, dense float32 (the rows of ``results/inference/cpu.json``).
 
 Beside the rows: ``--parts attention`` (GPU) times the token step's attention alone at the preset's shapes
 (``attention``: the fused kernel of ``model/decode_attention.py`` at each tile width against the two-``bmm``
@@ -379,14 +381,17 @@ def _weight_bytes(model) -> int:
     return total
 
 
-def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device,
-                 compile: bool = False, profile: bool = False) -> tuple[float, torch.Tensor, Optional[dict]]:
-    """Best decode tokens/s of ``reps`` generations (graphed, compiled or not), the tokens, and (``profile``) the
-    kernel table of a few graph replays (``_kernel_table``)."""
+def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device, compile: bool = False,
+                 profile: bool = False, compile_options: Optional[dict] = None
+                 ) -> tuple[float, torch.Tensor, Optional[dict]]:
+    """Best decode tokens/s of ``reps`` generations (graphed, compiled or not; ``compile_options`` added to the
+    decoder's Inductor options), the tokens, and (``profile``) the kernel table of a few graph replays
+    (``_kernel_table``)."""
     from arbitor.model.decode import GraphedDecoder
     idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
     idx = idx.to(device)
-    dec = GraphedDecoder(model, batch, prompt + new, cuda_graph=device.type == "cuda", compile=compile)
+    dec = GraphedDecoder(model, batch, prompt + new, cuda_graph=device.type == "cuda", compile=compile,
+                         compile_options=compile_options)
     out = dec.generate(idx, new, temperature=0)                 # capture (and compile)
     best = float("inf")
     for _ in range(reps):
@@ -450,13 +455,18 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         wbytes[linear] = _weight_bytes(m)
         print(f"built {name} {linear} in {time.perf_counter() - t:.1f}s, {wbytes[linear] / 2 ** 30:.2f} GiB",
               flush=True)
-    if args.fuse:   # a variant (not the row's figure): q, k, v, gate as one projection per attention
+    if args.fuse:   # variants: q, k, v, gate as one projection per attention, in both models (the baseline too)
         models["ternary-fused"] = for_inference(copy.deepcopy(models["ternary"]), fuse_projections=True)
+        models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
     res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
                            "arbitor_training_state": wbytes["ternary_training_state"]}
     torch.set_grad_enabled(False)
+    unknown = sorted(set(args.models or ()) - set(models))
+    if unknown:
+        raise SystemExit(f"--models: {', '.join(unknown)} not among the built models {', '.join(models)}")
+    measured = {k: m for k, m in models.items() if not args.models or k in args.models}
     if args.profile:
-        for linear, m in models.items():
+        for linear, m in measured.items():
             try:
                 res.setdefault("profile", {})[f"{linear}_b1"] = _profile(m, 1, args.prompt, device)
             except Exception as exc:
@@ -466,16 +476,20 @@ def gpu_decode_rows(args, device, res, flush) -> None:
     compile_batches = {int(b) for b in args.compile_batches.split(",") if b} if args.compile else set()
     for batch in args.batches:
         tps, outs = {}, {}
-        modes = [("graph", False)] + ([("compile+graph", True)] if batch in compile_batches else [])
-        for linear, m in models.items():
-            for mode, comp in modes:
+        modes = [("graph", False, None)]
+        if batch in compile_batches:    # Inductor's programmatic dependent launch: a variant of both models
+            modes += [("compile+graph", True, None)] + ([("compile+graph+pdl", True, {"triton.enable_pdl": True})]
+                                                        if args.inductor_pdl else [])
+        for linear, m in measured.items():
+            for mode, comp, options in modes:
                 key = f"{linear}/{mode}"
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 try:
                     tps[key], outs[key], table = _graphed_tps(m, batch, args.prompt, args.new, args.decode_reps,
-                                                              device, compile=comp, profile=args.profile_fast)
+                                                              device, compile=comp, profile=args.profile_fast,
+                                                              compile_options=options)
                     if table is not None:
                         res.setdefault("profile", {})[f"{key}_b{batch} replay"] = table
                 except Exception as exc:
@@ -502,7 +516,7 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             # length (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in
             # bf16); fused projections are another model (other kernels, other roundings): their own eager path
             refs = {name: GraphedDecoder(models[name], batch, args.prompt + args.new, cuda_graph=False).generate(
-                idx, 1 + args.eager_new, temperature=0) for name in models if name.startswith("ternary")}
+                idx, 1 + args.eager_new, temperature=0) for name in measured if name.startswith("ternary")}
             for key, o in outs.items():        # greedy tokens of each fast path vs its model's eager path
                 if key.startswith("ternary") and o is not None:
                     ref = refs[key.split("/")[0]]
@@ -510,16 +524,16 @@ def gpu_decode_rows(args, device, res, flush) -> None:
                     res.setdefault("fast_vs_eager_tokens", {})[f"{key}_b{batch}"] = (
                         f"{int(same.long().cumprod(0).sum())}/{same.numel()} leading tokens equal")
 
-        def best(*sides):      # arbitor's headline: the faster frozen variant (fused projections are an option)
+        def best(*sides):      # each side's faster variant (fused projections are an option of both models)
             cands = {k: v for k, v in tps.items() if k.split("/")[0] in sides and v}
             return max(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
-        (ka, a), (kb, b) = best("ternary", "ternary-fused"), best("dense")
+        (ka, a), (kb, b) = best("ternary", "ternary-fused"), best("dense", "dense-fused")
         row = {"name": f"decode_{name}_b{batch}", "shape": f"{name} preset, batch {batch}, {args.prompt}-token "
                f"prompt, {args.new} new (greedy; decode steps only)",
                "arbitor_ms": 1000 * batch / a if a else None,
                "arbitor": f"frozen model (arbitor.for_inference), static KV cache, {ka or '-'}",
-               "baseline": f"same architecture, dense bf16 weights, static KV cache, {kb.split('/')[1] if kb else '-'} "
-                           "(the faster of graph and compile+graph)",
+               "baseline": f"same architecture, dense bf16 weights, static KV cache, {kb or '-'} "
+                           "(the fastest of its variants)",
                "baseline_ms": 1000 * batch / b if b else None, "ratio": a / b if a and b else None,
                "arbitor_tokens_per_s": a, "baseline_tokens_per_s": b, "arbitor_eager_tokens_per_s": eager,
                "variants_tokens_per_s": tps,
@@ -619,8 +633,14 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-batches", default="1", help="the batch sizes --compile applies to (each compile of "
                     "the 3b step takes a minute or more)")
     ap.add_argument("--fuse", action="store_true",
-                    help="GPU decode rows: also measure the frozen model with fused q/k/v/gate projections "
-                         "(for_inference(fuse_projections=True)) as the variant 'ternary-fused'")
+                    help="GPU decode rows: also measure both models with fused q/k/v/gate projections "
+                         "(for_inference(fuse_projections=True)) as the variants 'ternary-fused' and 'dense-fused'")
+    ap.add_argument("--models", default=None,
+                    help="GPU decode rows: comma list of the models to measure among ternary, dense (and, with "
+                         "--fuse, ternary-fused, dense-fused); default all")
+    ap.add_argument("--inductor-pdl", action="store_true",
+                    help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch "
+                         "(triton.enable_pdl), variant 'compile+graph+pdl' of each model")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
     ap.add_argument("--profile-fast", action="store_true",
@@ -645,6 +665,7 @@ def main(argv=None) -> int:
     args.reps = args.reps if args.reps is not None else (20 if cuda else 3)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.gemv_m = [int(m) for m in args.gemv_m.split(",")]
+    args.models = args.models.split(",") if args.models else None
     args.sweep_paths = args.sweep_paths.split(",")
     if not set(args.sweep_paths) <= set(SWEEP_PATHS):
         raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")

@@ -67,13 +67,14 @@ def _sync(device: torch.device) -> None:
 class GraphedDecoder:
     """Decode ``batch`` sequences of up to ``max_len`` tokens (prompt + new) from ``model``.
 
-    ``cuda_graph=True`` needs the model on CUDA. ``timings`` (after ``generate``): ``prefill_s`` (the prompt
-    and the first, eager, token step) and ``decode_s`` (the remaining steps; graph replays), both synchronised
-    wall times, and ``decode_tokens`` (tokens produced in ``decode_s``).
+    ``cuda_graph=True`` needs the model on CUDA. ``compile_options``: Inductor options added to (or overriding)
+    ``COMPILE_OPTIONS`` for ``compile=True`` (e.g. ``{"triton.enable_pdl": True}``). ``timings`` (after
+    ``generate``): ``prefill_s`` (the prompt and the first, eager, token step) and ``decode_s`` (the remaining
+    steps; graph replays), both synchronised wall times, and ``decode_tokens`` (tokens produced in ``decode_s``).
     """
 
     def __init__(self, model: nn.Module, batch: int, max_len: int, cuda_graph: bool = True,
-                 compile: bool = False) -> None:
+                 compile: bool = False, compile_options: Optional[dict] = None) -> None:
         cfg = model.cfg
         if max_len > cfg.max_ctx:
             raise ValueError(f"max_len={max_len} exceeds the model's max_ctx={cfg.max_ctx}")
@@ -94,7 +95,8 @@ class GraphedDecoder:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         # the prompt runs eagerly (one call per sequence); the token step is what repeats
         self.compiled = compile
-        self._token_step = torch.compile(self._step, options=COMPILE_OPTIONS) if compile else self._step
+        options = {**COMPILE_OPTIONS, **(compile_options or {})}
+        self._token_step = torch.compile(self._step, options=options) if compile else self._step
         self.logits: Optional[torch.Tensor] = None
         self.timings: dict = {}
 

@@ -30,7 +30,7 @@ from .layer import TernaryScaleTensor, check_linear_input
 from .ops.backend import get_ops
 from .ops.linear import expand_weight
 
-__all__ = ["TernaryInferenceLinear", "for_inference"]
+__all__ = ["TernaryInferenceLinear", "for_inference", "concat_linear"]
 
 class TernaryInferenceLinear(nn.Module):
     """``y = x @ (T * S).T (+ bias)`` from ``T_packed`` and a fixed float32 group scale ``S``; no training state.
@@ -111,8 +111,10 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
 
     ``fuse_projections``: modules that list sibling projections reading one input (``FUSABLE_PROJECTIONS``, e.g.
     ``ContextAttention``'s q, k, v, gate) get them as one ``concat`` layer under the listed name (the siblings
-    are removed): one decode launch instead of four. Outputs equal the unfused ones up to float summation
-    order. Off by default until its decode speed is measured on a GPU (``bench_decode.py --fuse``)."""
+    are removed): one decode launch instead of four. Plain float ``nn.Linear`` siblings (a dense model, the
+    baseline of ``bench_decode.py --fuse``) are fused the same way, their weights stacked (``concat_linear``).
+    Outputs equal the unfused ones up to float summation order. Off by default until its decode speed is
+    measured on a GPU (``bench_decode.py --fuse``)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TernaryScaleTensor)]
     for name, m in targets:
         if m.dirty:
@@ -129,7 +131,32 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
             for fused_name, names in getattr(module, "FUSABLE_PROJECTIONS", ()):
                 parts = [getattr(module, n, None) for n in names]
                 if all(isinstance(p, TernaryInferenceLinear) for p in parts):
-                    setattr(module, fused_name, TernaryInferenceLinear.concat(parts))
-                    for n in names:
-                        delattr(module, n)
+                    fused = TernaryInferenceLinear.concat(parts)
+                elif all(type(p) is nn.Linear for p in parts):     # not a subclass: a QAT layer's scale is its own
+                    fused = concat_linear(parts)
+                else:
+                    continue
+                setattr(module, fused_name, fused)
+                for n in names:
+                    delattr(module, n)
     return model.eval()
+
+
+def concat_linear(layers: list[nn.Linear]) -> nn.Linear:
+    """One ``nn.Linear`` whose output is the layers' outputs side by side (their weight rows stacked), for float
+    projections that read one input. One-line ``ValueError`` when they differ in ``in_features``, dtype, device or
+    bias."""
+    first = layers[0]
+    for m in layers[1:]:
+        if (m.in_features, m.weight.dtype, m.weight.device) != (first.in_features, first.weight.dtype,
+                                                                first.weight.device):
+            raise ValueError(f"concat_linear: layers differ in in_features / dtype / device: {first} vs {m}")
+        if (m.bias is None) != (first.bias is None):
+            raise ValueError("concat_linear: either every layer has a bias or none has")
+    out = nn.Linear(first.in_features, sum(m.out_features for m in layers), bias=first.bias is not None,
+                    device="meta", dtype=first.weight.dtype)
+    out.weight = nn.Parameter(torch.cat([m.weight.detach() for m in layers]),
+                              requires_grad=first.weight.requires_grad)
+    if first.bias is not None:
+        out.bias = nn.Parameter(torch.cat([m.bias.detach() for m in layers]), requires_grad=first.bias.requires_grad)
+    return out

@@ -181,3 +181,16 @@ def test_compiled_bf16_step_rounds_as_eager():
     eager = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False))
     compiled = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False, compile=True))
     assert torch.equal(compiled, eager)
+
+
+def test_compile_options_add_to_the_decoders_own(monkeypatch):
+    """``compile_options`` reach ``torch.compile`` on top of ``COMPILE_OPTIONS`` (which stay in force unless
+    overridden); without ``compile`` nothing is compiled."""
+    from arbitor.model import decode
+    seen = []
+    monkeypatch.setattr(decode.torch, "compile", lambda fn, options=None: seen.append(options) or fn)
+    m = ArbitorLM(preset("tiny", max_ctx=32)).eval()
+    GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True, compile_options={"triton.enable_pdl": True})
+    GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True)
+    GraphedDecoder(m, 1, 16, cuda_graph=False, compile_options={"triton.enable_pdl": True})
+    assert seen == [{**decode.COMPILE_OPTIONS, "triton.enable_pdl": True}, decode.COMPILE_OPTIONS]

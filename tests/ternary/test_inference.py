@@ -121,3 +121,29 @@ def test_fused_projections_decode_the_same_tokens():
     ref = plain.generate(idx, 8, temperature=0)
     assert torch.equal(fused.generate(idx, 8, temperature=0), ref)
     assert torch.equal(GraphedDecoder(fused, 2, 15, cuda_graph=False).generate(idx, 8, temperature=0), ref)
+
+
+def test_fused_projections_of_a_dense_model():
+    """The baseline's fusion (``bench_decode.py --fuse``): a dense model's float q, k, v, gate become one
+    ``nn.Linear`` of stacked rows (same weights, same count), with the unfused outputs and greedy tokens; a QAT
+    layer (an ``nn.Linear`` subclass whose scale is its own tensor's) is left as it is; ``concat_linear`` refuses
+    layers it cannot stack."""
+    from arbitor.ternary.inference import concat_linear
+    torch.manual_seed(3)
+    model = ArbitorLM(preset("tiny", max_ctx=64, linear="dense")).eval()
+    idx = torch.randint(0, 256, (2, 7))
+    fused = for_inference(copy.deepcopy(model), fuse_projections=True)
+    attn, attn_f = model.blocks[0].attn, fused.blocks[0].attn
+    assert type(attn_f.qkvg) is torch.nn.Linear and not hasattr(attn_f, "q")
+    assert torch.equal(attn_f.qkvg.weight, torch.cat([getattr(attn, n).weight for n in ("q", "k", "v", "gate")]))
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused.generate(idx, 8, temperature=0), model.generate(idx, 8, temperature=0))
+    bitnet = for_inference(ArbitorLM(preset("tiny", max_ctx=64, linear="bitnet")).eval(), fuse_projections=True)
+    assert bitnet.blocks[0].attn.qkvg is None and hasattr(bitnet.blocks[0].attn, "q")
+    a = torch.nn.Linear(8, 4, bias=False)
+    with pytest.raises(ValueError, match="in_features / dtype / device"):
+        concat_linear([a, torch.nn.Linear(6, 4, bias=False)])
+    with pytest.raises(ValueError, match="every layer has a bias or none"):
+        concat_linear([a, torch.nn.Linear(8, 4)])
