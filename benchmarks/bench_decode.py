@@ -245,6 +245,14 @@ def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[di
                 grid += [{**grid[0], "PROGRAMS_PER_SM": p, "num_warps": w, "L2_PREFETCH": 256}
                          for p, w in ((1, 4), (4, 4), (2, 8))]
             return grid
+        if tc_grid == "group-columns-ahead":     # one row, group columns, 2-3 chunks of weights in flight
+            if M != 1:
+                return []
+            from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES
+            return ([{"R": 1, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": ws, "GROUP_COLUMNS": True,
+                      "AHEAD": ah, "X_AHEAD": False, "L2_PREFETCH": pf}
+                     for w in (2, 4) for p in (1, 2, 4) for ws in (True, False) for ah in (2, 3) for pf in (0, 256)]
+                    + [TC_TILES[1]._asdict(), TC_TILE_SHORT_K[1]._asdict()])
         if tc_grid == "group-columns":   # one row: each lane's 64 contiguous columns (tc_gemv_asm group_columns)
             if M != 1:
                 return []
@@ -648,10 +656,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-paths", default=",".join(SWEEP_PATHS),
                     help="--parts sweep: comma list of " + ", ".join(f"{k} ({v})" for k, v in SWEEP_PATHS.items()))
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
-    ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split", "group-columns", "prefetch"),
-                    default="full",
+    ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split", "group-columns", "group-columns-ahead",
+                                                "prefetch"), default="full",
                     help="--parts sweep, path tc: the launch grid (warp-split: WARP_SPLIT configs and the default; "
-                         "group-columns: GROUP_COLUMNS configs at one row and the default; prefetch: the default "
+                         "group-columns: GROUP_COLUMNS configs at one row and the default; group-columns-ahead: "
+                         "those with 2-3 chunks of weights in flight, and both default tiles; prefetch: the default "
                          "tiles with each L2_PREFETCH)")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)

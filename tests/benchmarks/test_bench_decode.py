@@ -36,9 +36,12 @@ def test_tc_sweep_grids_are_valid_configs(load_benchmark):
     gcs = mod._sweep_configs(1, "tc", "group-columns")
     assert mod._sweep_configs(4, "tc", "group-columns") == []
     assert sum(bool(c.get("GROUP_COLUMNS")) for c in gcs) == len(gcs) - 1
+    gca = mod._sweep_configs(1, "tc", "group-columns-ahead")
+    assert mod._sweep_configs(4, "tc", "group-columns-ahead") == []
+    assert sum(c["AHEAD"] > 1 and c["GROUP_COLUMNS"] for c in gca) == len(gca) - 2
     import torch
     from arbitor.ternary.format import pack_ternary
     T_packed = pack_ternary(torch.randint(-1, 2, (16, 256), generator=torch.Generator().manual_seed(0)))
-    for cfg in full[:1] + ws[:1] + gcs[:1]:
+    for cfg in full[:1] + ws[:1] + gcs[:1] + gca[:1] + gca[-2:]:
         # unknown keys raise ValueError before any launch; known ones are taken (checked here on the CPU)
         tc_forward(torch.zeros(1, 256, dtype=torch.bfloat16), T_packed, torch.ones(16, 4), 256, 64, config=cfg)
