@@ -469,9 +469,6 @@ def gpu_decode_rows(args, device, res, flush) -> None:
     res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
                            "arbitor_training_state": wbytes["ternary_training_state"]}
     torch.set_grad_enabled(False)
-    unknown = sorted(set(args.models or ()) - set(models))
-    if unknown:
-        raise SystemExit(f"--models: {', '.join(unknown)} not among the built models {', '.join(models)}")
     measured = {k: m for k, m in models.items() if not args.models or k in args.models}
     if args.profile:
         for linear, m in measured.items():
@@ -675,6 +672,10 @@ def main(argv=None) -> int:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.gemv_m = [int(m) for m in args.gemv_m.split(",")]
     args.models = args.models.split(",") if args.models else None
+    known = ["ternary", "dense"] + (["ternary-fused", "dense-fused"] if args.fuse else [])
+    if args.models and not set(args.models) <= set(known):
+        raise SystemExit(f"--models: comma list of {', '.join(known)} (the fused ones need --fuse); got "
+                         f"{','.join(args.models)!r}")
     args.sweep_paths = args.sweep_paths.split(",")
     if not set(args.sweep_paths) <= set(SWEEP_PATHS):
         raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")

@@ -14,9 +14,10 @@ so a decode step reads 6.4x fewer weight bytes than the same model in bf16. ``W_
 layer's ``effective_weight()`` bit for bit (``S`` is the reference's own ``bigint_scale``), so a frozen model's
 outputs equal the trained model's up to the float summation order of the kernels.
 
-The forward is ``ops.decode_forward`` (``ops/linear.py``'s ``decode_forward_torch`` reference, ``ops/decode_triton.py`` on CUDA: a GEMV
-kernel for 1-16 rows, expand + cuBLAS for prompts). A frozen layer has no ballots: it cannot train
-(``ternary_step`` and the trainer ignore it); keep the trained model (or its checkpoint) to train further.
+The forward is ``ops.decode_forward`` (``ops/linear.py``'s ``decode_forward_torch`` reference,
+``ops/decode_triton.py`` on CUDA: a GEMV kernel for 1-16 rows, expand + cuBLAS for prompts). A frozen layer has no
+ballots: it cannot train (``ternary_step`` and the trainer ignore it); keep the trained model (or its checkpoint)
+to train further.
 """
 from __future__ import annotations
 
@@ -71,14 +72,8 @@ class TernaryInferenceLinear(nn.Module):
         """One frozen layer whose output is the layers' outputs side by side, ``[..., sum(out_features)]``: their
         rows stacked (``T_packed`` and ``S`` are row-major, so a row's bytes do not change). For projections that
         read the same input (attention's q, k, v and gate): one decode GEMV of 4N rows instead of four of N."""
-        if not layers or not all(isinstance(m, cls) for m in layers):
-            raise TypeError("concat needs one or more TernaryInferenceLinear layers")
-        first = layers[0]
-        for m in layers[1:]:
-            if (m.in_features, m.group_size, m.backend) != (first.in_features, first.group_size, first.backend):
-                raise ValueError(f"concat: layers differ in in_features / group_size / backend: {first} vs {m}")
-            if (m.bias is None) != (first.bias is None):
-                raise ValueError("concat: either every layer has a bias or none has")
+        first = _check_stackable("concat", layers, cls, "in_features / group_size / backend",
+                                 lambda m: (m.in_features, m.group_size, m.backend))
         out = cls(first.in_features, sum(m.out_features for m in layers), first.group_size,
                   bias=first.bias is not None, device=torch.device("meta"), backend=first.backend)
         out.T_packed = torch.cat([m.T_packed for m in layers])
@@ -113,8 +108,9 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
     ``ContextAttention``'s q, k, v, gate) get them as one ``concat`` layer under the listed name (the siblings
     are removed): one decode launch instead of four. Plain float ``nn.Linear`` siblings (a dense model, the
     baseline of ``bench_decode.py --fuse``) are fused the same way, their weights stacked (``concat_linear``).
-    Outputs equal the unfused ones up to float summation order. Off by default until its decode speed is
-    measured on a GPU (``bench_decode.py --fuse``)."""
+    Outputs equal the unfused ones up to float summation order, which is why it is off by default: the default
+    frozen model keeps the trained model's layers one for one (decode speed with and without: ``docs/inference.md``,
+    ``bench_decode.py --fuse``)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TernaryScaleTensor)]
     for name, m in targets:
         if m.dirty:
@@ -142,17 +138,26 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
     return model.eval()
 
 
+def _check_stackable(name: str, layers: list, cls: type, what: str, key) -> nn.Module:
+    """The first of ``layers`` once they can be stacked row-wise into one layer: one or more ``cls``, equal in
+    ``key(layer)`` (``what`` names it) and all with or all without a bias; else a one-line error."""
+    if not layers or not all(isinstance(m, cls) for m in layers):
+        raise TypeError(f"{name} needs one or more {cls.__name__} layers")
+    first = layers[0]
+    for m in layers[1:]:
+        if key(m) != key(first):
+            raise ValueError(f"{name}: layers differ in {what}: {first} vs {m}")
+        if (m.bias is None) != (first.bias is None):
+            raise ValueError(f"{name}: either every layer has a bias or none has")
+    return first
+
+
 def concat_linear(layers: list[nn.Linear]) -> nn.Linear:
     """One ``nn.Linear`` whose output is the layers' outputs side by side (their weight rows stacked), for float
     projections that read one input. One-line ``ValueError`` when they differ in ``in_features``, dtype, device or
-    bias."""
-    first = layers[0]
-    for m in layers[1:]:
-        if (m.in_features, m.weight.dtype, m.weight.device) != (first.in_features, first.weight.dtype,
-                                                                first.weight.device):
-            raise ValueError(f"concat_linear: layers differ in in_features / dtype / device: {first} vs {m}")
-        if (m.bias is None) != (first.bias is None):
-            raise ValueError("concat_linear: either every layer has a bias or none has")
+    bias (``TypeError`` for no layers or another type)."""
+    first = _check_stackable("concat_linear", layers, nn.Linear, "in_features / dtype / device",
+                             lambda m: (m.in_features, m.weight.dtype, m.weight.device))
     out = nn.Linear(first.in_features, sum(m.out_features for m in layers), bias=first.bias is not None,
                     device="meta", dtype=first.weight.dtype)
     out.weight = nn.Parameter(torch.cat([m.weight.detach() for m in layers]),

@@ -1,4 +1,5 @@
-"""The decode sweep's output check (``bench_decode.sweep_error`` and its tolerance)."""
+"""bench_decode: the sweep's output check (``sweep_error`` and its tolerance), its grids, its flags."""
+import pytest
 import torch
 
 from arbitor.ternary.format import pack_ternary
@@ -45,3 +46,13 @@ def test_tc_sweep_grids_are_valid_configs(load_benchmark):
     for cfg in full[:1] + ws[:1] + gcs[:1] + gca[:1] + gca[-2:]:
         # unknown keys raise ValueError before any launch; known ones are taken (checked here on the CPU)
         tc_forward(torch.zeros(1, 256, dtype=torch.bfloat16), T_packed, torch.ones(16, 4), 256, 64, config=cfg)
+
+
+def test_models_flag_names_what_it_takes(load_benchmark):
+    """``--models`` takes the built models only (the fused ones with ``--fuse``), refused in one line before any
+    model is built."""
+    mod = load_benchmark("bench_decode")
+    with pytest.raises(SystemExit, match="--models: comma list of ternary, dense .*got 'dense-fused'"):
+        mod.main(["--device", "cpu", "--models", "dense-fused"])
+    with pytest.raises(SystemExit, match="--models: .*got 'ternary,bitnet'"):
+        mod.main(["--device", "cpu", "--fuse", "--models", "ternary,bitnet"])

@@ -147,3 +147,5 @@ def test_fused_projections_of_a_dense_model():
         concat_linear([a, torch.nn.Linear(6, 4, bias=False)])
     with pytest.raises(ValueError, match="every layer has a bias or none"):
         concat_linear([a, torch.nn.Linear(8, 4)])
+    with pytest.raises(TypeError, match="one or more Linear"):
+        concat_linear([])
