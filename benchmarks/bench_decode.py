@@ -79,7 +79,9 @@ def tokens_per_s(model, batch: int, prompt: int, new: int, device, reps: int) ->
 def cpu_decode_rows(args, device, res, flush) -> None:
     """Frozen arbitor against dense float32, each in three forms: ``generate`` (eager, what a user calls), the
     static-cache token step (``GraphedDecoder(cuda_graph=False)``) and that step compiled (Inductor's C++
-    backend); the faster form of each side is the row's figure (all are kept in ``variants_tokens_per_s``)."""
+    backend); the faster form of each side is the row's figure (all are kept in ``variants_tokens_per_s``).
+    ``--fuse``: both models also with fused q / k / v / gate projections (variants ``ternary-fused``,
+    ``dense-fused``), as on the GPU."""
     from arbitor import for_inference
     dtype = "float32"
     models = {}
@@ -89,6 +91,11 @@ def cpu_decode_rows(args, device, res, flush) -> None:
         models[linear] = ArbitorLM(cfg).to(device).eval()
     res["weights"] = ternary_audit(models["ternary"])["logical_ternary_weights"]
     models["ternary"] = for_inference(models["ternary"])      # what generation uses: T_packed + float32 S
+    if args.fuse:
+        models["ternary-fused"] = for_inference(copy.deepcopy(models["ternary"]), fuse_projections=True)
+        models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
+    if args.models:
+        models = {k: m for k, m in models.items() if k in args.models}
     torch.set_grad_enabled(False)
     for batch in args.batches:
         tps = {}
@@ -97,15 +104,15 @@ def cpu_decode_rows(args, device, res, flush) -> None:
             tps[f"{k}/static"] = _graphed_tps(m, batch, args.prompt, args.new, args.reps, device)[0]
             if args.compile:
                 tps[f"{k}/compile"] = _graphed_tps(m, batch, args.prompt, args.new, args.reps, device, compile=True)[0]
-            print(f"decode {k} b{batch}: " + ", ".join(f"{v} {t:,.0f}" for v, t in tps.items() if v.startswith(k)),
-                  flush=True)
+            print(f"decode {k} b{batch}: " + ", ".join(f"{v} {t:,.0f}" for v, t in tps.items()
+                                                       if v.split("/")[0] == k), flush=True)
         (ka, a), (kb, b) = (max(((v, t) for v, t in tps.items() if v.startswith(side)), key=lambda vt: vt[1])
                             for side in ("ternary", "dense"))
         row = {"name": f"decode_{args.preset}_b{batch}", "shape": f"{args.preset} preset, batch {batch}, "
                f"{args.prompt}-token prompt, {args.new} new", "arbitor_ms": 1000 * batch / a,
-               "arbitor": f"frozen model (arbitor.for_inference), {ka.split('/')[1]}",
-               "baseline": f"same architecture, dense {dtype} weights, {kb.split('/')[1]} (the fastest of eager "
-                           "generate, the static-cache step and the compiled static-cache step)",
+               "arbitor": f"frozen model (arbitor.for_inference), {ka}",
+               "baseline": f"same architecture, dense {dtype} weights, {kb} (the fastest of eager generate, the "
+                           "static-cache step and the compiled static-cache step, of each model variant)",
                "baseline_ms": 1000 * batch / b, "ratio": a / b,
                "arbitor_tokens_per_s": a, "baseline_tokens_per_s": b, "variants_tokens_per_s": tps}
         res["rows"].append(row)
@@ -638,10 +645,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-batches", default="1", help="the batch sizes --compile applies to (each compile of "
                     "the 3b step takes a minute or more)")
     ap.add_argument("--fuse", action="store_true",
-                    help="GPU decode rows: also measure both models with fused q/k/v/gate projections "
+                    help="decode rows: also measure both models with fused q/k/v/gate projections "
                          "(for_inference(fuse_projections=True)) as the variants 'ternary-fused' and 'dense-fused'")
     ap.add_argument("--models", default=None,
-                    help="GPU decode rows: comma list of the models to measure among ternary, dense (and, with "
+                    help="decode rows: comma list of the models to measure among ternary, dense (and, with "
                          "--fuse, ternary-fused, dense-fused); default all")
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch "

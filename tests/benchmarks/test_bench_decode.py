@@ -56,3 +56,21 @@ def test_models_flag_names_what_it_takes(load_benchmark):
         mod.main(["--device", "cpu", "--models", "dense-fused"])
     with pytest.raises(SystemExit, match="--models: .*got 'ternary,bitnet'"):
         mod.main(["--device", "cpu", "--fuse", "--models", "ternary,bitnet"])
+
+
+def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
+    """``--fuse`` on the CPU: both models also with fused projections; each side's figure is its fastest variant,
+    named in the row, and ``--models`` keeps only the ones asked for."""
+    mod = load_benchmark("bench_decode")
+    common = ["--device", "cpu", "--preset", "tiny", "--batches", "1", "--prompt", "4", "--new", "5", "--reps", "1",
+              "--no-compile", "--out-dir", str(tmp_path)]
+    mod.main(common + ["--fuse"])
+    import json
+    row = json.loads((tmp_path / "cpu.json").read_text())["rows"][0]
+    assert {k.split("/")[0] for k in row["variants_tokens_per_s"]} == {"ternary", "dense", "ternary-fused",
+                                                                       "dense-fused"}
+    best = max((t, k) for k, t in row["variants_tokens_per_s"].items() if k.startswith("dense"))
+    assert row["baseline_tokens_per_s"] == best[0] and best[1] in row["baseline"]
+    mod.main(common + ["--fuse", "--models", "ternary-fused,dense"])
+    row = json.loads((tmp_path / "cpu.json").read_text())["rows"][0]
+    assert {k.split("/")[0] for k in row["variants_tokens_per_s"]} == {"ternary-fused", "dense"}
