@@ -683,6 +683,8 @@ def main(argv=None) -> int:
     if args.models and not set(args.models) <= set(known):
         raise SystemExit(f"--models: comma list of {', '.join(known)} (the fused ones need --fuse); got "
                          f"{','.join(args.models)!r}")
+    if args.models and not all(any(m.startswith(side) for m in args.models) for side in ("ternary", "dense")):
+        raise SystemExit(f"--models: a row needs a ternary and a dense model; got {','.join(args.models)!r}")
     args.sweep_paths = args.sweep_paths.split(",")
     if not set(args.sweep_paths) <= set(SWEEP_PATHS):
         raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")

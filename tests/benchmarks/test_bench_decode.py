@@ -56,6 +56,8 @@ def test_models_flag_names_what_it_takes(load_benchmark):
         mod.main(["--device", "cpu", "--models", "dense-fused"])
     with pytest.raises(SystemExit, match="--models: .*got 'ternary,bitnet'"):
         mod.main(["--device", "cpu", "--fuse", "--models", "ternary,bitnet"])
+    with pytest.raises(SystemExit, match="--models: a row needs a ternary and a dense model; got 'ternary-fused'"):
+        mod.main(["--device", "cpu", "--fuse", "--models", "ternary-fused"])
 
 
 def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
