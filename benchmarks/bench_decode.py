@@ -96,7 +96,6 @@ def cpu_decode_rows(args, device, res, flush) -> None:
         models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
     if args.models:
         models = {k: m for k, m in models.items() if k in args.models}
-    torch.set_grad_enabled(False)
     for batch in args.batches:
         tps = {}
         for k, m in models.items():
@@ -475,7 +474,6 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
     res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
                            "arbitor_training_state": wbytes["ternary_training_state"]}
-    torch.set_grad_enabled(False)
     measured = {k: m for k, m in models.items() if not args.models or k in args.models}
     if args.profile:
         for linear, m in measured.items():
@@ -691,7 +689,12 @@ def main(argv=None) -> int:
     parts = (args.parts or ("gemv,decode" if cuda else "decode")).split(",")
     if not set(parts) <= {"gemv", "decode", "sweep", "attention"}:
         raise SystemExit(f"--parts: comma list of gemv, decode, sweep, attention; got {args.parts!r}")
-    torch.set_grad_enabled(False)
+    with torch.no_grad():        # nothing here needs autograd; a caller's grad mode is left as it was
+        return _run(args, device, parts, argv)
+
+
+def _run(args, device, parts: list[str], argv) -> int:
+    cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     tag = device_tag(name)
     res = {"device": tag, "device_name": name, "torch": torch.__version__, "python": platform.python_version(),

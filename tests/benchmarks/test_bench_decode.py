@@ -67,6 +67,7 @@ def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
     common = ["--device", "cpu", "--preset", "tiny", "--batches", "1", "--prompt", "4", "--new", "5", "--reps", "1",
               "--no-compile", "--out-dir", str(tmp_path)]
     mod.main(common + ["--fuse"])
+    assert torch.is_grad_enabled()       # the benchmark leaves the caller's grad mode alone
     import json
     row = json.loads((tmp_path / "cpu.json").read_text())["rows"][0]
     assert {k.split("/")[0] for k in row["variants_tokens_per_s"]} == {"ternary", "dense", "ternary-fused",
