@@ -60,9 +60,32 @@ GEMV_SHAPES = [(4096, 4096), (8192, 8192), (3072, 12288), (12288, 3072)]
 
 
 # ----------------------------------------------------------------------------- CPU rows (eager generate)
+def prompt_ids(model, batch: int, prompt: int, device) -> torch.Tensor:
+    """The benchmark's prompt, ``[batch, prompt]`` token ids drawn with seed 0: every measurement of a model (and
+    the eager path its tokens are compared with) reads the same one."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=gen).to(device)
+
+
+def model_variants(models: dict, args) -> dict:
+    """The models to measure: ``models`` (``ternary``, ``dense``), with ``--fuse`` also both with fused q / k / v /
+    gate projections (``ternary-fused``, ``dense-fused``), kept to ``--models`` when given."""
+    from arbitor import for_inference
+    if args.fuse:
+        models = dict(models, **{f"{k}-fused": for_inference(copy.deepcopy(models[k]), fuse_projections=True)
+                                 for k in ("ternary", "dense")})
+    return {k: m for k, m in models.items() if not args.models or k in args.models}
+
+
+def fastest(tps: dict, side: str) -> tuple[Optional[str], Optional[float]]:
+    """``(variant, tokens/s)`` of the fastest measured variant of ``side`` (``"ternary"`` or ``"dense"``, fused or
+    not) among ``tps`` (``"<model>/<mode>" -> tokens/s or None``); ``(None, None)`` when none ran."""
+    cands = {k: v for k, v in tps.items() if k.split("/")[0].split("-")[0] == side and v}
+    return max(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
+
+
 def tokens_per_s(model, batch: int, prompt: int, new: int, device, reps: int) -> float:
-    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
-    idx = idx.to(device)
+    idx = prompt_ids(model, batch, prompt, device)
     model.generate(idx, 2, temperature=0)                      # warm-up
     best = float("inf")
     for _ in range(reps):
@@ -91,11 +114,7 @@ def cpu_decode_rows(args, device, res, flush) -> None:
         models[linear] = ArbitorLM(cfg).to(device).eval()
     res["weights"] = ternary_audit(models["ternary"])["logical_ternary_weights"]
     models["ternary"] = for_inference(models["ternary"])      # what generation uses: T_packed + float32 S
-    if args.fuse:
-        models["ternary-fused"] = for_inference(copy.deepcopy(models["ternary"]), fuse_projections=True)
-        models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
-    if args.models:
-        models = {k: m for k, m in models.items() if k in args.models}
+    models = model_variants(models, args)
     for batch in args.batches:
         tps = {}
         for k, m in models.items():
@@ -105,8 +124,7 @@ def cpu_decode_rows(args, device, res, flush) -> None:
                 tps[f"{k}/compile"] = _graphed_tps(m, batch, args.prompt, args.new, args.reps, device, compile=True)[0]
             print(f"decode {k} b{batch}: " + ", ".join(f"{v} {t:,.0f}" for v, t in tps.items()
                                                        if v.split("/")[0] == k), flush=True)
-        (ka, a), (kb, b) = (max(((v, t) for v, t in tps.items() if v.startswith(side)), key=lambda vt: vt[1])
-                            for side in ("ternary", "dense"))
+        (ka, a), (kb, b) = fastest(tps, "ternary"), fastest(tps, "dense")
         row = {"name": f"decode_{args.preset}_b{batch}", "shape": f"{args.preset} preset, batch {batch}, "
                f"{args.prompt}-token prompt, {args.new} new", "arbitor_ms": 1000 * batch / a,
                "arbitor": f"frozen model (arbitor.for_inference), {ka}",
@@ -402,8 +420,7 @@ def _graphed_tps(model, batch: int, prompt: int, new: int, reps: int, device, co
     decoder's Inductor options), the tokens, and (``profile``) the kernel table of a few graph replays
     (``_kernel_table``)."""
     from arbitor.model.decode import GraphedDecoder
-    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
-    idx = idx.to(device)
+    idx = prompt_ids(model, batch, prompt, device)
     dec = GraphedDecoder(model, batch, prompt + new, cuda_graph=device.type == "cuda", compile=compile,
                          compile_options=compile_options)
     out = dec.generate(idx, new, temperature=0)                 # capture (and compile)
@@ -442,9 +459,8 @@ def _kernel_table(step, steps: int, device, top: int = 14) -> dict:
 def _profile(model, batch: int, prompt: int, device, steps: int = 3) -> dict:
     """Kernel times of ``steps`` eager static-cache token steps (what an uncompiled graph replays)."""
     from arbitor.model.decode import GraphedDecoder
-    idx = torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
     dec = GraphedDecoder(model, batch, prompt + steps + 2, cuda_graph=False)
-    dec.generate(idx.to(device), 2, temperature=0)
+    dec.generate(prompt_ids(model, batch, prompt, device), 2, temperature=0)
     tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
     return _kernel_table(lambda: dec.next_logits(tok), steps, device)
 
@@ -469,12 +485,9 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         wbytes[linear] = _weight_bytes(m)
         print(f"built {name} {linear} in {time.perf_counter() - t:.1f}s, {wbytes[linear] / 2 ** 30:.2f} GiB",
               flush=True)
-    if args.fuse:   # variants: q, k, v, gate as one projection per attention, in both models (the baseline too)
-        models["ternary-fused"] = for_inference(copy.deepcopy(models["ternary"]), fuse_projections=True)
-        models["dense-fused"] = for_inference(copy.deepcopy(models["dense"]), fuse_projections=True)
     res["weight_bytes"] = {"arbitor": wbytes["ternary"], "dense_bf16": wbytes["dense"],
                            "arbitor_training_state": wbytes["ternary_training_state"]}
-    measured = {k: m for k, m in models.items() if not args.models or k in args.models}
+    measured = model_variants(models, args)     # with --fuse both models fused too: the baseline takes it as well
     if args.profile:
         for linear, m in measured.items():
             try:
@@ -511,8 +524,8 @@ def gpu_decode_rows(args, device, res, flush) -> None:
                     res.setdefault("peak_bytes", {})[f"{key}_b{batch}"] = torch.cuda.max_memory_allocated()
         eager = None
         if args.eager_new:
-            idx = torch.randint(0, 256, (batch, args.prompt), generator=torch.Generator().manual_seed(0)).to(device)
             m = models["ternary"]
+            idx = prompt_ids(m, batch, args.prompt, device)
             m.generate(idx, 2, temperature=0)
             _sync(device)
             t0 = time.perf_counter()
@@ -525,19 +538,15 @@ def gpu_decode_rows(args, device, res, flush) -> None:
             # the tokens to compare: the same model's static-cache step eagerly, over a cache of the fast path's
             # length (``generate`` sizes its cache to prompt + new: another attention shape, rounded otherwise in
             # bf16); fused projections are another model (other kernels, other roundings): their own eager path
-            refs = {name: GraphedDecoder(models[name], batch, args.prompt + args.new, cuda_graph=False).generate(
-                idx, 1 + args.eager_new, temperature=0) for name in measured if name.startswith("ternary")}
+            refs = {name: GraphedDecoder(m, batch, args.prompt + args.new, cuda_graph=False).generate(
+                idx, 1 + args.eager_new, temperature=0) for name, m in measured.items() if name.startswith("ternary")}
             for key, o in outs.items():        # greedy tokens of each fast path vs its model's eager path
                 if key.startswith("ternary") and o is not None:
                     ref = refs[key.split("/")[0]]
                     same = (o[:, :ref.shape[1]] == ref)[:, args.prompt:].all(0)
                     res.setdefault("fast_vs_eager_tokens", {})[f"{key}_b{batch}"] = (
                         f"{int(same.long().cumprod(0).sum())}/{same.numel()} leading tokens equal")
-
-        def best(*sides):      # each side's faster variant (fused projections are an option of both models)
-            cands = {k: v for k, v in tps.items() if k.split("/")[0] in sides and v}
-            return max(cands.items(), key=lambda kv: kv[1]) if cands else (None, None)
-        (ka, a), (kb, b) = best("ternary", "ternary-fused"), best("dense", "dense-fused")
+        (ka, a), (kb, b) = fastest(tps, "ternary"), fastest(tps, "dense")
         row = {"name": f"decode_{name}_b{batch}", "shape": f"{name} preset, batch {batch}, {args.prompt}-token "
                f"prompt, {args.new} new (greedy; decode steps only)",
                "arbitor_ms": 1000 * batch / a if a else None,

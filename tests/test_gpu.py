@@ -189,6 +189,8 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
     as the eager ops do (``decode.COMPILE_OPTIONS``): its logits, teacher-forced along the eager tokens, equal the
     eager logits bit for bit, and so do its greedy tokens (H200, 2026-11-30: max |diff| 0 at groups 4 and 64,
     ``benchmarks/results/inference/h200-decode-compiled-vs-eager/``; before the option: within 0.03)."""
+    from decode_helpers import forced_logits
+
     from arbitor import for_inference
     from arbitor.model.config import preset
     from arbitor.model.decode import GraphedDecoder
@@ -205,17 +207,8 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
     comp_eager = GraphedDecoder(f, 1, 57, cuda_graph=False, compile=True).generate(idx, 24, temperature=0)
     comp_graph = GraphedDecoder(f, 1, 57, compile=True).generate(idx, 24, temperature=0)
     assert torch.equal(comp_graph, comp_eager)
-
-    @torch.no_grad()
-    def forced_logits(dec: GraphedDecoder) -> torch.Tensor:
-        dec.cache.reset()
-        out = [dec._step(idx)]
-        for t in range(8):
-            out.append(dec.next_logits(eager[:, 33 + t:34 + t]).clone())
-        return torch.stack(out)
-
-    ref = forced_logits(GraphedDecoder(f, 1, 57, cuda_graph=False))
-    comp = forced_logits(GraphedDecoder(f, 1, 57, compile=True))
+    ref = forced_logits(GraphedDecoder(f, 1, 57, cuda_graph=False), idx, eager, 8)
+    comp = forced_logits(GraphedDecoder(f, 1, 57, compile=True), idx, eager, 8)
     err = float((comp - ref).abs().max() / ref.abs().max())
     print(f"[group {group_size}] compiled vs eager logits: max |diff| / max |logit| = {err:.2e}; tokens "
           f"{'equal' if torch.equal(comp_graph, eager) else 'differ'}")

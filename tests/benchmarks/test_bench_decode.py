@@ -77,3 +77,25 @@ def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
     mod.main(common + ["--fuse", "--models", "ternary-fused,dense"])
     row = json.loads((tmp_path / "cpu.json").read_text())["rows"][0]
     assert {k.split("/")[0] for k in row["variants_tokens_per_s"]} == {"ternary-fused", "dense"}
+
+
+def test_gpu_decode_rows_logic_on_the_cpu(load_benchmark):
+    """The GPU rows' bookkeeping, run on the CPU with graphs off (tiny preset): with ``--fuse`` both models are
+    measured fused too, each side's figure is its fastest variant, and the fast paths' tokens are compared with the
+    eager path of the same (ternary) model on the same prompt."""
+    import argparse
+    mod = load_benchmark("bench_decode")
+    args = argparse.Namespace(preset="tiny", prompt=8, new=6, batches=[1], decode_reps=1, fuse=True, models=None,
+                              profile=False, profile_fast=False, compile=False, compile_batches="1",
+                              inductor_pdl=False, eager_new=2)
+    res = {"rows": []}
+    with torch.no_grad():
+        mod.gpu_decode_rows(args, torch.device("cpu"), res, lambda: None)
+    row = res["rows"][0]
+    assert set(row["variants_tokens_per_s"]) == {"ternary/graph", "dense/graph", "ternary-fused/graph",
+                                                 "dense-fused/graph"}
+    for side, key in (("ternary", "arbitor"), ("dense", "baseline")):
+        best = max((t, k) for k, t in row["variants_tokens_per_s"].items() if k.startswith(side))
+        assert row[f"{key}_tokens_per_s"] == best[0] and best[1] in row[key]
+    assert res["fast_vs_eager_tokens"] == {"ternary/graph_b1": "3/3 leading tokens equal",
+                                           "ternary-fused/graph_b1": "3/3 leading tokens equal"}

@@ -6,6 +6,7 @@ token step replays (the graph itself is tested in ``tests/test_gpu.py``).
 """
 import pytest
 import torch
+from decode_helpers import forced_logits  # (tests/ is on sys.path: conftest.py)
 
 from arbitor.model.attention import KVCache, StaticKVCache
 from arbitor.model.config import preset
@@ -169,17 +170,8 @@ def test_compiled_bf16_step_rounds_as_eager():
     model = arbitor.for_inference(ArbitorLM(preset("tiny", max_ctx=32, compute_dtype="bfloat16")))
     idx = torch.randint(0, 256, (1, 5))
     tokens = GraphedDecoder(model, 1, 11, cuda_graph=False).generate(idx, 6, temperature=0)
-
-    @torch.no_grad()
-    def forced_logits(dec: GraphedDecoder) -> torch.Tensor:
-        dec.cache.reset()
-        out = [dec._step(idx)]
-        for t in range(5):
-            out.append(dec.next_logits(tokens[:, 5 + t:6 + t]).clone())
-        return torch.stack(out)
-
-    eager = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False))
-    compiled = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False, compile=True))
+    eager = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False), idx, tokens, 5)
+    compiled = forced_logits(GraphedDecoder(model, 1, 11, cuda_graph=False, compile=True), idx, tokens, 5)
     assert torch.equal(compiled, eager)
 
 

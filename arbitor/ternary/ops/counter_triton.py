@@ -112,12 +112,18 @@ def _uniform(x, hh):
 
 
 @triton.jit
+def _uniform_at(lo, hi, base):
+    """``_uniform`` of the index with uint32 words ``(lo, hi)`` under the ballot's hash base ``base``."""
+    y = lo ^ base
+    return _uniform(y ^ (y >> 16), hi ^ (hi >> 16))
+
+
+@triton.jit
 def _uniforms(key_ptr, ballot, row_idx, k):
     """Counter-based uniforms of ballot ``ballot`` (int64) at ``idx = row_idx + k``, as ``hashing.counter_uniform``;
     ``row_idx = (row0 + r) * K`` int64 and ``k`` int32 (``0 <= k < 2**31``) broadcast to the tile's shape."""
     lo, hi = _add_carry(_lo32(row_idx), _lo32(row_idx >> 32), k)
-    y = lo ^ _hash_base(key_ptr, ballot)
-    return _uniform(y ^ (y >> 16), hi ^ (hi >> 16))
+    return _uniform_at(lo, hi, _hash_base(key_ptr, ballot))
 
 
 @triton.jit
@@ -181,8 +187,7 @@ def _move(g, j: tl.constexpr, tw, cw, cw2, hb, sc, lo_oct, hi_oct, zo, ho, base,
         u = _uniform(zo ^ j, ho)
     else:
         lo, hi = _add_carry(lo_oct, hi_oct, j)
-        y = lo ^ base
-        u = _uniform(y ^ (y >> 16), hi ^ (hi >> 16))
+        u = _uniform_at(lo, hi, base)
     # the signed step -sign(g) * min(floor(|g| * scale + u), 3L - 1): the truncation of +-a (a >= 0), the clamp
     # taken on a (TOP is an integer, so min and floor commute; the int32 conversion never saturates, whatever
     # the rate); g = 0 moves nothing (a = u < 1)
