@@ -17,8 +17,9 @@ over the baseline's for decode rows):
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
   ``arbitor.model.decode.GraphedDecoder`` (static KV cache, one token step replayed as a CUDA graph; the
   prefill and the first step are excluded from the timing). ``--fuse`` adds both models with fused q / k / v /
-  gate projections, ``--inductor-pdl`` the compiled step with Inductor's programmatic dependent launch; each
-  side's figure is its fastest variant. arbitor's eager ``generate`` is timed beside it,
+  gate projections, ``--inductor-pdl`` the compiled step with Inductor's programmatic dependent launch,
+  ``--inductor-options NAME:KEY=VALUE,..`` the compiled step with other Inductor options; each side's figure is
+  its fastest variant. arbitor's eager ``generate`` is timed beside it,
   the fast paths' greedy tokens are compared with the same static-cache step run eagerly over a cache of the
   same length (``fast_vs_eager_tokens``), and both models' weight bytes are recorded. CPU (``--preset small``):
   ``ArbitorLM.generate`` eagerly for both, dense float32 (the rows of ``results/inference/cpu.json``).
@@ -65,6 +66,23 @@ def prompt_ids(model, batch: int, prompt: int, device) -> torch.Tensor:
     the eager path its tokens are compared with) reads the same one."""
     gen = torch.Generator().manual_seed(0)
     return torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=gen).to(device)
+
+
+def inductor_variant(text: str) -> tuple[str, dict]:
+    """``"NAME:KEY=VALUE[,KEY=VALUE]"`` -> ``(NAME, {KEY: VALUE})``, each value read as JSON (``true``, ``4``,
+    ``"x"``) or else kept as a string: ``--inductor-options``' type (``argparse`` prints its
+    ``ArgumentTypeError`` as one line and exits 2)."""
+    name, sep, rest = text.partition(":")
+    pairs = [kv.partition("=") for kv in rest.split(",")] if rest else []
+    if not sep or not name or not pairs or any(not k or not eq for k, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(f"--inductor-options wants NAME:KEY=VALUE[,KEY=VALUE], got {text!r}")
+
+    def value(v: str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return name, {k: value(v) for k, _, v in pairs}
 
 
 def model_variants(models: dict, args) -> dict:
@@ -503,6 +521,7 @@ def gpu_decode_rows(args, device, res, flush) -> None:
         if batch in compile_batches:    # Inductor's programmatic dependent launch: a variant of both models
             modes += [("compile+graph", True, None)] + ([("compile+graph+pdl", True, {"triton.enable_pdl": True})]
                                                         if args.inductor_pdl else [])
+            modes += [(f"compile+graph+{name}", True, opts) for name, opts in args.inductor_options]
         for linear, m in measured.items():
             for mode, comp, options in modes:
                 key = f"{linear}/{mode}"
@@ -660,6 +679,10 @@ def main(argv=None) -> int:
     ap.add_argument("--inductor-pdl", action="store_true",
                     help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch "
                          "(triton.enable_pdl), variant 'compile+graph+pdl' of each model")
+    ap.add_argument("--inductor-options", action="append", default=[], type=inductor_variant,
+                    metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="decode rows: also the compiled step with these Inductor options, variant "
+                         "'compile+graph+NAME' of each model (repeatable; e.g. combo:combo_kernels=true)")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                     help="GPU decode rows: torch.profiler kernel table of an eager token step of both models")
     ap.add_argument("--profile-fast", action="store_true",

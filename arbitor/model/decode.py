@@ -18,8 +18,11 @@ the first two steps take the compile time. It compiles with Inductor's ``emulate
 (``COMPILE_OPTIONS``): a fused kernel then rounds each bf16 intermediate as the eager ops do. Without it the
 ``3b`` step's logits moved by up to 0.03 from the eager step's (on a logit scale of 1.5), and greedy tokens of
 a randomly drawn model, whose top two logits were 0.016-0.09 apart, left the eager path's after 4 of 9 tokens
-(``benchmarks/results/inference/h200-decode-compiled-vs-eager/``). Frozen models (``arbitor.for_inference``) decode from
-``T_packed`` and float32 group scales only.
+(``benchmarks/results/inference/h200-decode-compiled-vs-eager/``). It also sets ``combo_kernels``: Inductor
+launches independent kernels of the step (the key and value cache writes, say) as one, which took the ``3b``
+step at batch 1 from 744-748 to 764-767 tokens/s on the H200 in two runs (dense: 392-402 to 398-409;
+``benchmarks/results/inference/h200-decode-combo/``). Frozen
+models (``arbitor.for_inference``) decode from ``T_packed`` and float32 group scales only.
 
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
 which is what the CPU tests compare with ``generate``. Greedy tokens equal the eager path's (the graph
@@ -34,6 +37,7 @@ buffers are replaced (``model.to(...)``); build a new decoder then. One decoder 
 from __future__ import annotations
 
 import time
+import types
 from typing import Optional
 
 import torch
@@ -43,8 +47,9 @@ from .attention import StaticKVCache
 
 __all__ = ["GraphedDecoder", "generate_static", "sample_next", "COMPILE_OPTIONS"]
 
-#: Inductor options of the compiled token step (module doc): bf16 intermediates rounded as in eager mode
-COMPILE_OPTIONS = {"emulate_precision_casts": True}
+#: Inductor options of the compiled token step (module doc): bf16 intermediates rounded as in eager mode;
+#: independent kernels launched together
+COMPILE_OPTIONS = {"emulate_precision_casts": True, "combo_kernels": True}
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
@@ -62,6 +67,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _own_code(method):
+    """``method`` (bound) as a method whose function has a code object of its own. Dynamo keeps its compiled
+    graphs on the code object, at most ``recompile_limit`` (8) of them; every decoder's step guards on its own
+    model and cache, so without this the ninth compiled decoder of a process ran its step uncompiled (a warning
+    only: a benchmark process measured the dense ``3b`` batch-16 step so at 2,741 tokens/s, 4,531 compiled)."""
+    f = method.__func__
+    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(own, method.__self__)
 
 
 class GraphedDecoder:
@@ -96,7 +111,7 @@ class GraphedDecoder:
         # the prompt runs eagerly (one call per sequence); the token step is what repeats
         self.compiled = compile
         options = {**COMPILE_OPTIONS, **(compile_options or {})}
-        self._token_step = torch.compile(self._step, options=options) if compile else self._step
+        self._token_step = torch.compile(_own_code(self._step), options=options) if compile else self._step
         self.logits: Optional[torch.Tensor] = None
         self.timings: dict = {}
 

@@ -19,6 +19,18 @@ run real steps (on a side stream, as CUDA requires before the first capture); a 
 each replay is one real step. Replayed and eager steps give bit-identical integer state
 (``tests/train/test_graph.py`` on the GPU).
 
+Streams: the capture runs on the warm-up's side stream, not on ``torch.cuda.graph``'s own. Autograd runs a
+leaf's ``AccumulateGrad`` on the stream that was current when that node was made, and at the end of a backward
+makes the caller's stream wait for it. The ternary layers' gradient anchors (``TernaryScaleTensor._anchor``: one
+empty leaf a layer, made once) get their node in the first warm-up step, and the node lives as long as any
+autograd graph that holds it -- a warm-up output still referenced, or one kept by a reference cycle until
+Python's collector runs. A capture on another stream then waits on uncaptured work and fails
+(``cudaErrorStreamCaptureIsolation``, "dependency created on uncaptured work in another stream"): this broke a
+compiled ``3b`` capture in a process that had built three other models. Capturing on the warm-up stream, with a
+``gc.collect()`` first, keeps such nodes on the capture stream. A step whose graph the caller keeps from eager
+calls on *another* stream (an un-detached loss of a step run outside ``GraphedStep``) can still fail the capture:
+detach what you keep.
+
 Random numbers: only from torch's CUDA generator (dropout). Its draws are graph-safe: a captured kernel
 reads the generator's seed and offset from device memory that each replay refreshes, and the replay
 advances the generator by the offsets the step consumed -- so a replay draws what the eager step would, and
@@ -26,6 +38,7 @@ advances the generator by the offsets the step consumed -- so a replay draws wha
 """
 from __future__ import annotations
 
+import gc
 from typing import Any, Callable, Optional
 
 import torch
@@ -117,8 +130,9 @@ class GraphedStep:
             self._static = [t.detach().clone() for t in leaves]
             self._spec = spec
         graph = torch.cuda.CUDAGraph()
+        gc.collect()                      # autograd graphs of earlier steps kept only by reference cycles
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self._side):                  # the warm-up's stream: see Streams
             self._out = self.step_fn(tree_unflatten(self._static, spec))    # recorded, not run
         self._graph = graph
         self.captures += 1

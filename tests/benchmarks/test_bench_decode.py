@@ -60,6 +60,20 @@ def test_models_flag_names_what_it_takes(load_benchmark):
         mod.main(["--device", "cpu", "--fuse", "--models", "ternary-fused"])
 
 
+def test_inductor_options_flag(load_benchmark, capsys):
+    """``--inductor-options NAME:KEY=VALUE,...``: values read as JSON where they parse, else strings; a malformed
+    one is refused by argparse in one line (exit 2)."""
+    mod = load_benchmark("bench_decode")
+    assert mod.inductor_variant("combo:combo_kernels=true,max_autotune=false") == (
+        "combo", {"combo_kernels": True, "max_autotune": False})
+    assert mod.inductor_variant("t:triton.num_stages=3,mode=max") == ("t", {"triton.num_stages": 3, "mode": "max"})
+    for bad in ("combo", "combo:", ":a=1", "combo:a", "combo:=1"):
+        with pytest.raises(SystemExit) as exit_info:
+            mod.main(["--device", "cpu", "--inductor-options", bad])
+        assert exit_info.value.code == 2
+        assert f"--inductor-options wants NAME:KEY=VALUE[,KEY=VALUE], got {bad!r}" in capsys.readouterr().err
+
+
 def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
     """``--fuse`` on the CPU: both models also with fused projections; each side's figure is its fastest variant,
     named in the row, and ``--models`` keeps only the ones asked for."""
@@ -87,7 +101,7 @@ def test_gpu_decode_rows_logic_on_the_cpu(load_benchmark):
     mod = load_benchmark("bench_decode")
     args = argparse.Namespace(preset="tiny", prompt=8, new=6, batches=[1], decode_reps=1, fuse=True, models=None,
                               profile=False, profile_fast=False, compile=False, compile_batches="1",
-                              inductor_pdl=False, eager_new=2)
+                              inductor_pdl=False, inductor_options=[], eager_new=2)
     res = {"rows": []}
     with torch.no_grad():
         mod.gpu_decode_rows(args, torch.device("cpu"), res, lambda: None)

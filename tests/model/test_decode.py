@@ -186,3 +186,28 @@ def test_compile_options_add_to_the_decoders_own(monkeypatch):
     GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True)
     GraphedDecoder(m, 1, 16, cuda_graph=False, compile_options={"triton.enable_pdl": True})
     assert seen == [{**decode.COMPILE_OPTIONS, "triton.enable_pdl": True}, decode.COMPILE_OPTIONS]
+
+
+def test_each_compiled_decoder_keeps_its_own_graphs(monkeypatch):
+    """Dynamo keeps compiled graphs on the step's code object, at most ``recompile_limit`` of them, and each
+    decoder's step guards on its own model and cache: each decoder gets a code object of its own, so one past the
+    limit still runs compiled (here the limit is 1 and Dynamo's eager backend stands in for Inductor)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from arbitor.model import decode
+    real_compile = torch.compile
+    monkeypatch.setattr(decode.torch, "compile", lambda fn, options=None: real_compile(fn, backend="eager"))
+    torch.manual_seed(0)
+    idx = torch.randint(0, 256, (1, 4))
+    counters.clear()
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=1):     # (monkeypatch's undo hides a config entry)
+        for seed in (1, 2, 3):
+            torch.manual_seed(seed)
+            m = ArbitorLM(preset("tiny", max_ctx=32)).eval()
+            want = GraphedDecoder(m, 1, 12, cuda_graph=False).generate(idx, 3, temperature=0)
+            got = GraphedDecoder(m, 1, 12, cuda_graph=False, compile=True).generate(idx, 3, temperature=0)
+            assert torch.equal(got, want)
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] < graphs[1] < graphs[2]      # a shared code object: no new graph after the first decoder

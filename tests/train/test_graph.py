@@ -86,6 +86,40 @@ def test_graph_replayed_run_is_bit_identical_to_eager(rule):
 
 @pytest.mark.gpu
 @cuda
+@pytest.mark.parametrize("rule", ["bigint", "counter"])
+def test_capture_with_warmup_graphs_still_alive(rule):
+    """The warm-up steps' autograd graphs kept alive (here: their losses in a list; in the 3b benchmark, a
+    reference cycle) keep the layer's gradient anchor's ``AccumulateGrad`` node, made on the warm-up stream. A
+    capture on any other stream waits on it: ``cudaErrorStreamCaptureIsolation``. The replayed steps must
+    still equal the same steps run eagerly, bit for bit."""
+    import copy
+
+    from arbitor.ternary import TernaryScaleTensor, ternary_step
+    torch.manual_seed(0)
+    layer = TernaryScaleTensor(96, 40, 32, update_rule=rule, seed=3, device="cuda")
+    twin = copy.deepcopy(layer)
+    xs = [torch.randn(5, 96, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
+
+    def step_of(mod):
+        def step(x):
+            loss = mod(x).float().square().mean()      # x needs no grad: the anchor carries the ballot
+            loss.backward()
+            ternary_step(mod)
+            return loss
+        return step
+    g = GraphedStep(step_of(layer), warmup=2)
+    kept = [g(x) for x in xs[:2]]                        # warm-up losses, graphs alive
+    losses = [float(t) for t in kept] + [float(g(x)) for x in xs[2:]]    # capture, then replays
+    assert g.captured and g.captures == 1
+    eager = [float(step_of(twin)(x)) for x in xs]
+    torch.cuda.synchronize()
+    assert losses == eager
+    a, b = layer.state_dict(), twin.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.gpu
+@cuda
 def test_graphed_step_refuses_another_shape():
     w = torch.zeros((), device="cuda")
 
