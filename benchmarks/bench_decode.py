@@ -721,7 +721,9 @@ def main(argv=None) -> int:
     parts = (args.parts or ("gemv,decode" if cuda else "decode")).split(",")
     if not set(parts) <= {"gemv", "decode", "sweep", "attention"}:
         raise SystemExit(f"--parts: comma list of gemv, decode, sweep, attention; got {args.parts!r}")
-    with torch.no_grad():        # nothing here needs autograd; a caller's grad mode is left as it was
+    # nothing here needs autograd (a caller's grad mode is left as it was); a compiled step past Dynamo's recompile
+    # limit fails its variant instead of running uncompiled under the compiled variant's name
+    with torch.no_grad(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         return _run(args, device, parts, argv)
 
 

@@ -74,6 +74,18 @@ def test_inductor_options_flag(load_benchmark, capsys):
         assert f"--inductor-options wants NAME:KEY=VALUE[,KEY=VALUE], got {bad!r}" in capsys.readouterr().err
 
 
+def test_a_recompile_past_the_limit_fails_instead_of_running_uncompiled(load_benchmark, monkeypatch):
+    """``main`` runs the measurements with Dynamo's ``fail_on_recompile_limit_hit`` (a variant past the limit raises,
+    is reported as failed, and is not timed eagerly under its compiled name), and leaves the setting as it was."""
+    import torch._dynamo
+    mod = load_benchmark("bench_decode")
+    seen = []
+    monkeypatch.setattr(mod, "_run", lambda *a: seen.append(torch._dynamo.config.fail_on_recompile_limit_hit) or 0)
+    before = torch._dynamo.config.fail_on_recompile_limit_hit
+    assert mod.main(["--device", "cpu"]) == 0
+    assert seen == [True] and torch._dynamo.config.fail_on_recompile_limit_hit == before
+
+
 def test_cpu_rows_with_fused_variants(load_benchmark, tmp_path):
     """``--fuse`` on the CPU: both models also with fused projections; each side's figure is its fastest variant,
     named in the row, and ``--models`` keeps only the ones asked for."""
