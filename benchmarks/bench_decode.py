@@ -715,6 +715,10 @@ def main(argv=None) -> int:
                          f"{','.join(args.models)!r}")
     if args.models and not all(any(m.startswith(side) for m in args.models) for side in ("ternary", "dense")):
         raise SystemExit(f"--models: a row needs a ternary and a dense model; got {','.join(args.models)!r}")
+    names = [name for name, _ in args.inductor_options] + (["pdl"] if args.inductor_pdl else [])
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--inductor-options: each variant needs its own name (--inductor-pdl takes 'pdl'); got "
+                         f"{', '.join(names)}")
     args.sweep_paths = args.sweep_paths.split(",")
     if not set(args.sweep_paths) <= set(SWEEP_PATHS):
         raise SystemExit(f"--sweep-paths: comma list of {', '.join(SWEEP_PATHS)}; got {','.join(args.sweep_paths)!r}")

@@ -72,6 +72,10 @@ def test_inductor_options_flag(load_benchmark, capsys):
             mod.main(["--device", "cpu", "--inductor-options", bad])
         assert exit_info.value.code == 2
         assert f"--inductor-options wants NAME:KEY=VALUE[,KEY=VALUE], got {bad!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--inductor-options: each variant needs its own name .*got a, a"):
+        mod.main(["--device", "cpu", "--inductor-options", "a:x=1", "--inductor-options", "a:y=2"])
+    with pytest.raises(SystemExit, match="takes 'pdl'.*got pdl, pdl"):
+        mod.main(["--device", "cpu", "--inductor-options", "pdl:x=1", "--inductor-pdl"])
 
 
 def test_a_recompile_past_the_limit_fails_instead_of_running_uncompiled(load_benchmark, monkeypatch):

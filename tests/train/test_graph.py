@@ -109,9 +109,9 @@ def test_capture_with_warmup_graphs_still_alive(rule):
         return step
     g = GraphedStep(step_of(layer), warmup=2)
     kept = [g(x) for x in xs[:2]]                        # warm-up losses, graphs alive
-    losses = [float(t) for t in kept] + [float(g(x)) for x in xs[2:]]    # capture, then replays
+    losses = [float(t.detach()) for t in kept] + [float(g(x).detach()) for x in xs[2:]]   # capture, replays
     assert g.captured and g.captures == 1
-    eager = [float(step_of(twin)(x)) for x in xs]
+    eager = [float(step_of(twin)(x).detach()) for x in xs]
     torch.cuda.synchronize()
     assert losses == eager
     a, b = layer.state_dict(), twin.state_dict()
