@@ -518,9 +518,8 @@ def gpu_decode_rows(args, device, res, flush) -> None:
     for batch in args.batches:
         tps, outs = {}, {}
         modes = [("graph", False, None)]
-        if batch in compile_batches:    # Inductor's programmatic dependent launch: a variant of both models
-            modes += [("compile+graph", True, None)] + ([("compile+graph+pdl", True, {"triton.enable_pdl": True})]
-                                                        if args.inductor_pdl else [])
+        if batch in compile_batches:    # the compiled step, and a variant of both models per set of Inductor options
+            modes += [("compile+graph", True, None)]
             modes += [(f"compile+graph+{name}", True, opts) for name, opts in args.inductor_options]
         for linear, m in measured.items():
             for mode, comp, options in modes:
@@ -677,8 +676,8 @@ def main(argv=None) -> int:
                     help="decode rows: comma list of the models to measure among ternary, dense (and, with "
                          "--fuse, ternary-fused, dense-fused); default all")
     ap.add_argument("--inductor-pdl", action="store_true",
-                    help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch "
-                         "(triton.enable_pdl), variant 'compile+graph+pdl' of each model")
+                    help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch, "
+                         "variant 'compile+graph+pdl' of each model (--inductor-options pdl:triton.enable_pdl=true)")
     ap.add_argument("--inductor-options", action="append", default=[], type=inductor_variant,
                     metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="decode rows: also the compiled step with these Inductor options, variant "
@@ -715,7 +714,9 @@ def main(argv=None) -> int:
                          f"{','.join(args.models)!r}")
     if args.models and not all(any(m.startswith(side) for m in args.models) for side in ("ternary", "dense")):
         raise SystemExit(f"--models: a row needs a ternary and a dense model; got {','.join(args.models)!r}")
-    names = [name for name, _ in args.inductor_options] + (["pdl"] if args.inductor_pdl else [])
+    if args.inductor_pdl:      # --inductor-pdl: the variant 'pdl' of --inductor-options, first
+        args.inductor_options.insert(0, ("pdl", {"triton.enable_pdl": True}))
+    names = [name for name, _ in args.inductor_options]
     if len(set(names)) < len(names):
         raise SystemExit(f"--inductor-options: each variant needs its own name (--inductor-pdl takes 'pdl'); got "
                          f"{', '.join(names)}")

@@ -21,8 +21,8 @@ a randomly drawn model, whose top two logits were 0.016-0.09 apart, left the eag
 (``benchmarks/results/inference/h200-decode-compiled-vs-eager/``). It also sets ``combo_kernels``: Inductor
 launches independent kernels of the step (the key and value cache writes, say) as one, which took the ``3b``
 step at batch 1 from 744-748 to 764-767 tokens/s on the H200 in two runs (dense: 392-402 to 398-409;
-``benchmarks/results/inference/h200-decode-combo/``). Frozen
-models (``arbitor.for_inference``) decode from ``T_packed`` and float32 group scales only.
+``benchmarks/results/inference/h200-decode-combo/``). Frozen models (``arbitor.for_inference``) decode from
+``T_packed`` and float32 group scales only.
 
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
 which is what the CPU tests compare with ``generate``. Greedy tokens equal the eager path's (the graph
