@@ -11,7 +11,10 @@ over the baseline's for decode rows):
   bf16 ``x @ W.T`` and against the layer's memory-bandwidth bound (bytes of ``T_packed`` + ``E`` +
   ``corr_accum`` at ``--hbm-tbps``). Each timing is a CUDA graph of one call per weight copy, the copies
   rotated so that the weights read in a replay exceed the L2 cache (``--l2-mb`` x 4 bytes per side), replayed
-  ``--reps`` times: per-call device time, no Python launch overhead, weights from HBM.
+  ``--reps`` times: per-call device time, no Python launch overhead, weights from HBM. Beside each row, the
+  harness's measured floors (``benchmarks/_read_floor.py``): a kernel that only reads the frozen layer's bytes
+  (``read_floor_ms``; ``floor_ratio`` = cuBLAS ms / read floor ms, the ceiling of the row's ratio) and an empty
+  launch (``launch_floor_ms``).
 * ``decode_<preset>_b1`` / ``_b16``: greedy decode tokens/s of ``--new`` tokens after a ``--prompt``-token
   prompt. GPU (``--preset 3b`` by default): both models built on the meta device and materialised with random
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
@@ -56,6 +59,7 @@ from arbitor.model.config import preset  # noqa: E402
 from arbitor.model.text import ArbitorLM  # noqa: E402
 from arbitor.ternary.audit import ternary_audit  # noqa: E402
 from benchmarks._device import device_tag  # noqa: E402
+from benchmarks._read_floor import PROGRAMS_PER_SM, launch_floor, read_floor  # noqa: E402
 
 GEMV_SHAPES = [(4096, 4096), (8192, 8192), (3072, 12288), (12288, 3072)]
 
@@ -66,6 +70,17 @@ def prompt_ids(model, batch: int, prompt: int, device) -> torch.Tensor:
     the eager path its tokens are compared with) reads the same one."""
     gen = torch.Generator().manual_seed(0)
     return torch.randint(0, model.cfg.vocab_size, (batch, prompt), generator=gen).to(device)
+
+
+def gemv_shapes(text: str) -> list[tuple[int, int]]:
+    """``--gemv-shapes``: ``"K:N,K:N"`` -> ``[(K, N), ...]``; one line (``SystemExit``) for a bad list."""
+    try:
+        shapes = [tuple(int(v) for v in item.split(":")) for item in text.split(",")]
+        if all(len(s) == 2 and s[0] > 0 and s[0] % 256 == 0 and s[1] > 0 for s in shapes):
+            return shapes
+    except ValueError:
+        pass
+    raise SystemExit(f"--gemv-shapes: comma list of K:N with K a positive multiple of 256 and N positive; got {text!r}")
 
 
 def inductor_variant(text: str) -> tuple[str, dict]:
@@ -212,14 +227,28 @@ def _copies_for(N: int, K: int, gs: int, l2_bytes: int, device):
     return t_bytes, f_bytes, _ternary_copies(N, K, gs, n_t, device)
 
 
+def _floors(states, reps: int, device) -> dict:
+    """The harness's floors over the frozen layers' copies (``_read_floor``): ``read_floor_ms`` (the fastest grid of
+    a kernel that only reads ``T_packed`` + ``S``), its grid, and ``launch_floor_ms`` (a launch that writes a word
+    a program)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    out = torch.empty(max(PROGRAMS_PER_SM) * sms, dtype=torch.int32, device=device)
+    reads = {p: _graph_time([(lambda s=s, p=p: read_floor(s[0], s[5], p * sms, out)) for s in states], reps)
+             for p in PROGRAMS_PER_SM}
+    best = min(reads, key=reads.get)
+    return {"read_floor_ms": reads[best], "read_floor_programs_per_sm": best, "read_floor_grid_ms": reads,
+            "launch_floor_ms": _graph_time([(lambda: launch_floor(4 * sms, out)) for _ in states], reps)}
+
+
 def gemv_rows(args, device, res, flush) -> None:
     from arbitor.ternary.ops import decode_triton, linear_triton
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
-    for K, N in GEMV_SHAPES:
+    for K, N in args.gemv_shapes:
         t_bytes, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         w_bytes = N * K * 2
         n_w = max(2, math.ceil(4 * l2_bytes / w_bytes))
         Ws = [torch.randn(N, K, device=device, dtype=torch.bfloat16) / math.sqrt(K) for _ in range(n_w)]
+        floors = _floors(states, args.reps, device)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
             times = {"gemv": None, "frozen_before_tc": None}  # the training layer's GEMV is M = 1 only
@@ -254,6 +283,8 @@ def gemv_rows(args, device, res, flush) -> None:
                    "training_layer_ratio": base / times["auto"] if times["auto"] else None,
                    "arbitor_gemv_ms": times["gemv"], "arbitor_fused_ms": times["fused"],
                    "frozen_before_tc_ms": times["frozen_before_tc"],
+                   **floors, "floor_ratio": base / floors["read_floor_ms"],
+                   "of_read_floor": floors["read_floor_ms"] / ms if ms else None,
                    "ternary_copies": len(states)}
             res["rows"].append(row)
             print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
@@ -342,7 +373,7 @@ def sweep_rows(args, device, res, flush) -> None:
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
     t_end = time.perf_counter() + args.sweep_limit_s
     sweep = res.setdefault("sweep", [])
-    for K, N in GEMV_SHAPES:
+    for K, N in args.gemv_shapes:
         _, f_bytes, states = _copies_for(N, K, gs, l2_bytes, device)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
@@ -595,14 +626,22 @@ def write(res, out: Path) -> None:
         lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`); "
                   "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`); `before tc ms` "
                   "the frozen layer's kernels before `decode_tc` (the CUDA-core GEMV at one row, `decode_mma_kernel` "
-                  "above). ratio = cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate.", "",
+                  "above). ratio = cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate; read "
+                  "floor = a kernel that only reads those bytes, in the same harness (`benchmarks/_read_floor.py`; "
+                  "the fastest of its grids), and ceiling = cuBLAS ms / read floor ms, the ratio a GEMV at the read "
+                  "floor would reach.", "",
                   "| row | shape | arbitor ms | before tc ms | training layer ms | cuBLAS bf16 ms | ratio | bound ms | "
-                  "of bound |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "of bound | read floor ms | ceiling |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | "
                   f"{f(r.get('frozen_before_tc_ms'), '.4f')} | "
                   f"{f(r.get('training_layer_ms'), '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
-                  f"{f(r['bound_ms'], '.4f')} | {f(r['of_bound'], '.2f')} |" for r in gemv]
+                  f"{f(r['bound_ms'], '.4f')} | {f(r['of_bound'], '.2f')} | {f(r.get('read_floor_ms'), '.4f')} | "
+                  f"{f(r.get('floor_ratio'), '.2f')}{'x' if r.get('floor_ratio') else ''} |" for r in gemv]
+        launch = [r["launch_floor_ms"] for r in gemv if r.get("launch_floor_ms")]
+        if launch:
+            lines += ["", f"A launch that writes one word a program costs {1000 * min(launch):.2f}-"
+                      f"{1000 * max(launch):.2f} us in the same harness (`launch_floor_ms`)."]
         lines.append("")
     dec = [r for r in res["rows"] if r["name"].startswith("decode")]
     if dec:
@@ -664,6 +703,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default: 20 on CUDA, 3 on the CPU)")
     ap.add_argument("--decode-reps", type=int, default=5, help="repetitions of each decode measurement")
     ap.add_argument("--gemv-m", default="1,4,16")
+    ap.add_argument("--gemv-shapes", default=",".join(f"{k}:{n}" for k, n in GEMV_SHAPES),
+                    help="--parts gemv / sweep: comma list of K:N (in_features:out_features; K a multiple of 256) "
+                         "(default: the inference issue's four)")
     ap.add_argument("--eager-new", type=int, default=8, help="GPU: tokens of the eager arbitor reference (0: skip)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="decode rows: also measure the compiled token step for both models (GPU: compile + graph)")
@@ -707,6 +749,7 @@ def main(argv=None) -> int:
     args.reps = args.reps if args.reps is not None else (20 if cuda else 3)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.gemv_m = [int(m) for m in args.gemv_m.split(",")]
+    args.gemv_shapes = gemv_shapes(args.gemv_shapes)
     args.models = args.models.split(",") if args.models else None
     known = ["ternary", "dense"] + (["ternary-fused", "dense-fused"] if args.fuse else [])
     if args.models and not set(args.models) <= set(known):

@@ -129,3 +129,14 @@ def test_gpu_decode_rows_logic_on_the_cpu(load_benchmark):
         assert row[f"{key}_tokens_per_s"] == best[0] and best[1] in row[key]
     assert res["fast_vs_eager_tokens"] == {"ternary/graph_b1": "3/3 leading tokens equal",
                                            "ternary-fused/graph_b1": "3/3 leading tokens equal"}
+
+
+def test_gemv_shapes_flag(load_benchmark, capsys):
+    mod = load_benchmark("bench_decode")
+    assert mod.gemv_shapes("3072:3072,6144:3072") == [(3072, 3072), (6144, 3072)]
+    for bad in ("3072", "3000:3072", "3072:0", "a:b", "3072:3072:1"):
+        with pytest.raises(SystemExit, match="--gemv-shapes: comma list of K:N"):
+            mod.gemv_shapes(bad)
+        with pytest.raises(SystemExit) as exc:
+            mod.main(["--device", "cpu", "--parts", "gemv", "--gemv-shapes", bad])
+        assert "--gemv-shapes" in str(exc.value)

@@ -52,7 +52,7 @@ import triton.language as tl
 from .triton_common import INTERPRETED, last_to_arrive, n_sm, reset_arrivals, split_buffers, split_len
 
 __all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens", "TcTile", "TC_TILES",
-           "TC_TILE_SHORT_K", "TABLE"]
+           "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TABLE"]
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
@@ -84,6 +84,14 @@ TC_TILES = {1: TcTile(1, 4, 2, True, 1, True), 8: TcTile(1, 4, 2, True, 1, True)
 #: fewer warps a SM, and at K = 8192 it took 14.0-14.9 us against 12.3 (ncu: L1 throughput 42 % against 79 %,
 #: achieved occupancy 15 % against 23 %; ``h200-ncu-tc.md``).
 TC_TILE_SHORT_K = (3072, TcTile(1, 2, 2, True, 1, True, GROUP_COLUMNS=True))
+#: one row of at most 4096 columns into one to two tiles of 16 features a multiprocessor (``N`` = 2097-4208 on an
+#: H200's 132): the tiles above, at 2 programs a SM, split K in two there, and the split's sum across programs (a
+#: global store, an atomic, a read of the other half) costs more than the parallelism gains. One program a SM of 4
+#: warps sharing its features (``WARP_SPLIT``: their sums added in the program), no K split: 4.42 us against 5.75
+#: (``TC_TILES[1]``) and 5.80 (``TC_TILE_SHORT_K``) at K = N = 3072, the ``3b`` preset's o projection
+#: (``h200-one-wave/``); 5.92 against 6.44 at 4096² (``h200-sweep-tc-warpsplit.md``, where 8 warps took 5.57
+#: but 6.47 at 3072²). At 6144 x 3072 it took 7.18 against 6.89, so longer rows keep ``TC_TILES[1]``.
+TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True))
 
 
 def tc_tokens(M: int) -> int:
@@ -91,11 +99,16 @@ def tc_tokens(M: int) -> int:
     return 1 if M == 1 else 8 if M <= 8 else 16
 
 
-def tc_tile(M: int, in_features: int, config: Optional[dict] = None) -> TcTile:
-    """The launch of a call with ``M`` rows of ``in_features`` columns: ``TC_TILE_SHORT_K`` for one short row,
-    else ``TC_TILES`` by token count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only
-    with ``AHEAD == 1``. One-line ``ValueError`` for an unknown key or a value the kernel does not take."""
-    base = TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tc_tokens(M)]
+def tc_tile(M: int, in_features: int, config: Optional[dict] = None, out_features: int = 0,
+            sms: int = 0) -> TcTile:
+    """The launch of a call with ``M`` rows of ``in_features`` columns into ``out_features`` features on ``sms``
+    multiprocessors: ``TC_TILE_ONE_WAVE`` for one row of at most ``TC_TILE_ONE_WAVE[0]`` columns into
+    ``[sms, 2 * sms)`` tiles of 16 features, else ``TC_TILE_SHORT_K`` for one short row, else ``TC_TILES`` by token
+    count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only with ``AHEAD == 1``. One-line
+    ``ValueError`` for an unknown key or a value the kernel does not take."""
+    one_wave = sms > 0 and sms <= triton.cdiv(out_features, 16) < 2 * sms
+    base = (TC_TILE_ONE_WAVE[1] if M == 1 and in_features <= TC_TILE_ONE_WAVE[0] and one_wave
+            else TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tc_tokens(M)])
     if not config:          # the defaults are valid launches (checked in tests)
         return base
     unknown = sorted(set(config) - set(TcTile._fields))
@@ -469,7 +482,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
     overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields)."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
-    t = tc_tile(M, in_features, config)
+    t = tc_tile(M, in_features, config, N, n_sm(x.device))
     tokens = tc_tokens(M)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     quads = in_features // 64

@@ -190,10 +190,47 @@ def test_tc_tile_by_rows_and_k(monkeypatch, M, K, group_columns):
 
 def test_tc_default_tiles_are_valid_launches():
     """``tc_tile`` returns the default tiles unchecked when there is no config: each passes its own checks."""
-    from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES, tc_tile
-    for M, K in [(1, 4096), (4, 4096), (16, 4096), (1, TC_TILE_SHORT_K[0])]:
-        tile = tc_tile(M, K)
-        assert tile in (*TC_TILES.values(), TC_TILE_SHORT_K[1]) and tc_tile(M, K, tile._asdict()) == tile
+    from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tile
+    for M, K, N in [(1, 4096, 0), (4, 4096, 0), (16, 4096, 0), (1, TC_TILE_SHORT_K[0], 0), (1, 3072, 3072)]:
+        tile = tc_tile(M, K, out_features=N, sms=132)
+        assert tile in (*TC_TILES.values(), TC_TILE_SHORT_K[1], TC_TILE_ONE_WAVE[1])
+        assert tc_tile(M, K, tile._asdict(), N, 132) == tile
+
+
+@pytest.mark.parametrize("M,K,N,which", [
+    (1, 3072, 3072, "one_wave"), (1, 4096, 4096, "one_wave"), (1, 4096, 2097, "one_wave"),
+    (1, 4096, 4208, "one_wave"), (1, 4096, 4209, "tokens"), (1, 4096, 2096, "tokens"), (1, 3072, 2096, "short_k"),
+    (1, 3072, 12288, "short_k"), (1, 4352, 3072, "tokens"), (1, 6144, 3072, "tokens"), (4, 3072, 3072, "tokens"),
+    (16, 4096, 4096, "tokens")])
+def test_tc_tile_one_wave_by_shape(M, K, N, which):
+    """One row of at most 4096 columns into one to two 16-feature tiles a multiprocessor (132: N = 2097-4208) takes
+    ``TC_TILE_ONE_WAVE``: no K split."""
+    from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tile, tc_tokens
+    want = {"one_wave": TC_TILE_ONE_WAVE[1], "short_k": TC_TILE_SHORT_K[1], "tokens": TC_TILES[tc_tokens(M)]}[which]
+    assert tc_tile(M, K, None, N, 132) == want
+
+
+@interp
+def test_tc_one_wave_launch_has_no_k_split(monkeypatch):
+    """Through ``decode_forward``: the launcher passes the layer's features and the device's multiprocessors (4
+    under the interpreter: 80 features are 5 tiles), the one-wave tile launches one program a tile, and the sums
+    are the reference's."""
+    from arbitor.ternary.ops import decode_tc
+    seen = []
+    real = decode_tc.decode_tc_kernel
+    monkeypatch.setattr(decode_tc, "tc_tile", lambda *a, real_tile=decode_tc.tc_tile: seen.append(
+        real_tile(*a)) or seen[-1])
+
+    class Spy:
+        def __getitem__(self, grid):
+            seen.append(grid)
+            return real[grid]
+    monkeypatch.setattr(decode_tc, "decode_tc_kernel", Spy())
+    T_packed, S = frozen_state(80, 1024, 64, seed=3)
+    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(3)).bfloat16()
+    close(decode_triton.decode_forward(x, T_packed, S, 1024, 64, path="tc"),
+          decode_forward_torch(x.float(), T_packed, S, 1024, 64), 8e-3, 8e-3)
+    assert seen == [decode_tc.TC_TILE_ONE_WAVE[1], (5, 1)]
 
 
 @interp
