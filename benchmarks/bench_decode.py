@@ -310,6 +310,15 @@ def _sweep_configs(M: int, path: str = "gemv", tc_grid: str = "full") -> list[di
     ``decode_tc_kernel`` (``path="tc"``, its own keys; ``tc_grid="warp-split"``: the ``WARP_SPLIT`` configs and
     the default tiles)."""
     if path == "tc":       # decode_tc: R blocks of 16 features a warp (its own keys, not BLOCK_N / BLOCK_K)
+        if tc_grid == "ring":            # words and scales through a shared-memory ring (RING slots), and the defaults
+            from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tokens
+            rings = {2: (3, 4, 6, 8), 4: (2, 3, 4), 8: (2,)}
+            grid = [{"R": 1, "num_warps": w, "PROGRAMS_PER_SM": p, "WARP_SPLIT": True, "GROUP_COLUMNS": gc,
+                     "RING": ring, "X_AHEAD": xa}
+                    for w, rs in rings.items() for ring in rs for p in ((1, 2) if w < 8 else (1,))
+                    for gc in ((False, True) if M == 1 else (False,)) for xa in (True, False)]
+            return grid + [t._asdict() for t in ([TC_TILES[tc_tokens(M)]]
+                                                  + ([TC_TILE_SHORT_K[1], TC_TILE_ONE_WAVE[1]] if M == 1 else []))]
         if tc_grid == "prefetch":        # L2_PREFETCH on the default tiles (and, at one row, the short-K tile)
             from arbitor.ternary.ops.decode_tc import TC_TILE_SHORT_K, TC_TILES, tc_tokens
             tiles = [TC_TILES[tc_tokens(M)]] + ([TC_TILE_SHORT_K[1]] if M == 1 else [])
@@ -682,7 +691,7 @@ def write(res, out: Path) -> None:
             cands = [r for r in res["sweep"] if r["ms"] and (r["M"], r["K"], r["N"], r["path"]) == key]
             if cands:
                 r = min(cands, key=lambda r: r["ms"])
-                tc_keys = ("R", "AHEAD", "X_AHEAD", "WARP_SPLIT", "GROUP_COLUMNS", "L2_PREFETCH")
+                tc_keys = ("R", "AHEAD", "X_AHEAD", "WARP_SPLIT", "GROUP_COLUMNS", "L2_PREFETCH", "RING")
                 bn = (r["BLOCK_N"] if "BLOCK_N" in r else ", ".join(f"{k} = {int(r[k])}" for k in tc_keys if k in r))
                 lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {key[3]} | {bn} | {r.get('BLOCK_K', '-')} | "
                              f"{r['num_warps']} | {r['PROGRAMS_PER_SM']} | {r['ms']:.4f} | {f(r['tbps'], '.2f')} |")
@@ -732,11 +741,12 @@ def main(argv=None) -> int:
                     help="--parts sweep: comma list of " + ", ".join(f"{k} ({v})" for k, v in SWEEP_PATHS.items()))
     ap.add_argument("--sweep-limit-s", type=float, default=240.0, help="--parts sweep: stop after this long")
     ap.add_argument("--sweep-tc-grid", choices=("full", "warp-split", "group-columns", "group-columns-ahead",
-                                                "prefetch"), default="full",
+                                                "prefetch", "ring"), default="full",
                     help="--parts sweep, path tc: the launch grid (warp-split: WARP_SPLIT configs and the default; "
                          "group-columns: GROUP_COLUMNS configs at one row and the default; group-columns-ahead: "
                          "those with 2-3 chunks of weights in flight, and both default tiles; prefetch: the default "
-                         "tiles with each L2_PREFETCH)")
+                         "tiles with each L2_PREFETCH; ring: words and scales through a shared-memory ring of RING "
+                         "slots, and the default tiles)")
     ap.add_argument("--l2-mb", type=int, default=60)
     ap.add_argument("--hbm-tbps", type=float, default=4.8)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results" / "inference"))

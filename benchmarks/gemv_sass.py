@@ -65,7 +65,7 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
         const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": tile.WARP_SPLIT,
                  "GROUP_COLUMNS": tile.GROUP_COLUMNS,
                  "ASM": tc_gemv_asm(R, group_size, tokens, False, tile.X_AHEAD, tile.AHEAD, tile.GROUP_COLUMNS,
-                                    tile.L2_PREFETCH),
+                                    tile.L2_PREFETCH, tile.RING, 32 * warps),
                  "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")

@@ -3,7 +3,9 @@
 ``decode_tc_kernel``, a warp in lockstep, ``mma.sync.m16n8k16`` from the PTX ISA's fragment layouts).
 
 Only the instructions those blocks use are modelled; any other stops the test. Registers hold 32-bit patterns
-(64-bit for addresses); float registers hold float32 bits.
+(64-bit for addresses); float registers hold float32 bits. ``cp.async`` copies into the block's ``.shared`` array
+land only when a ``cp.async.wait_group`` lets their group complete; an ``ld.shared`` of bytes whose copy has not
+landed, or that nothing wrote, stops the test (so a missing or too-loose wait fails it).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def _s32(v: int) -> int:
 
 #: the ALU instructions: operand values -> result (kept to 32 bits unless the name is in WIDE)
 ALU = {
-    "mov.b32": lambda a: a[0], "mov.f32": lambda a: a[0], "mov.b64": lambda a: a[0],
+    "mov.b32": lambda a: a[0], "mov.f32": lambda a: a[0], "mov.b64": lambda a: a[0], "mov.u32": lambda a: a[0],
     "shl.b32": lambda a: a[0] << a[1], "shr.u32": lambda a: (a[0] & M32) >> a[1], "shr.b32": lambda a: a[0] >> a[1],
     "and.b32": lambda a: a[0] & a[1], "prmt.b32": lambda a: prmt(a[0], a[1], a[2]),
     "mad.lo.u32": lambda a: a[0] * a[1] + a[2], "mad.hi.u32": lambda a: ((a[0] * a[1]) >> 32) + a[2],
@@ -116,21 +118,59 @@ def _load(r: dict, args: str, val, mem: Memory) -> None:
         r[name] = mem.word(addr + 4 * k)
 
 
+class Shared:
+    """The block's shared memory (bytes by address) and each lane's ``cp.async`` groups: the open one, then the
+    committed ones oldest first, each a list of ``(address, bytes)`` copies."""
+
+    def __init__(self, lanes: int) -> None:
+        self.bytes: dict[int, int] = {}
+        self.open: list[list] = [[] for _ in range(lanes)]
+        self.groups: list[list[list]] = [[] for _ in range(lanes)]
+
+    def wait(self, lane: int, n: int) -> None:
+        """``cp.async.wait_group n``: every committed group of ``lane`` but the ``n`` newest lands."""
+        groups = self.groups[lane]
+        while len(groups) > n:
+            for addr, data in groups.pop(0):
+                for i, b in enumerate(data):
+                    self.bytes[addr + i] = b
+
+    def word(self, lane: int, addr: int) -> int:
+        pending = [(a, len(d)) for g in self.groups[lane] + [self.open[lane]] for a, d in g]
+        assert not any(a < addr + 4 and addr < a + n for a, n in pending), \
+            f"ld.shared of a copy still in flight at {addr}"
+        assert all(addr + i in self.bytes for i in range(4)), f"ld.shared of bytes nothing wrote at {addr}"
+        return int.from_bytes(bytes(self.bytes[addr + i] for i in range(4)), "little")
+
+
+def _addr(text: str, val) -> int:
+    """``[reg]`` or ``[reg+imm]``."""
+    m = re.fullmatch(r"\[([^\]+]+)(?:\+(\d+))?\]", text.strip())
+    return val(m.group(1)) + int(m.group(2) or 0)
+
+
 def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
         f16: bool = False) -> list[dict[int, int]]:
     """Run ``asm`` for ``len(operands)`` lanes in lockstep (32 for a block with ``mma``); ``operands[l]``: ``$n`` ->
-    value of lane ``l``. Branches must be uniform. Returns each lane's ``$n`` operands after the block (the
-    outputs among them)."""
+    value of lane ``l`` (lane ``l`` is thread ``l`` of its block: ``%tid.x``). Branches must be uniform. Returns
+    each lane's ``$n`` operands after the block (the outputs among them)."""
     lines = [s.strip().rstrip(";") for s in asm.split("\n")]
-    body = [s for s in lines if s and not s.startswith(".reg") and s not in ("{", "}")]
+    body = [s for s in lines if s and not s.startswith((".reg", ".shared")) and s not in ("{", "}")]
     labels = {s[:-1]: i for i, s in enumerate(body) if s.endswith(":")}
+    # a .shared array's name reads as its address (0: the block's shared window)
+    symbols = {m.group(1): 0 for m in re.finditer(r"^\.shared\s.*?(\S+)\[\d+\]$", "\n".join(lines), re.M)}
     regs = [{f"${k}": v for k, v in ops.items()} for ops in operands]
     lanes = range(len(regs))
+    for lane in lanes:
+        regs[lane]["%tid.x"] = lane
+    shared = Shared(len(regs))
 
     def val(lane: int, tok: str) -> int:
         tok = tok.strip()
         if tok in regs[lane]:
             return regs[lane][tok]
+        if tok in symbols:
+            return symbols[tok]
         return int(tok[2:], 16) if tok.startswith("0f") else int(tok, 0)
 
     pc, steps = 0, 0
@@ -144,7 +184,7 @@ def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
         if ins.startswith("@"):
             pred, ins = ins.split(None, 1)
             pred = pred[1:]
-        op, args = ins.split(None, 1)
+        op, _, args = ins.partition(" ")
         if op == "bra":
             taken = [pred is None or regs[lane][pred] for lane in lanes]
             assert all(taken) or not any(taken), "divergent branch"
@@ -157,6 +197,29 @@ def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
             src = [val(lane, a) for lane in lanes]
             for lane in lanes:
                 regs[lane][d] = src[lane ^ int(m, 0)]
+        elif op.startswith(("cp.async.ca.", "cp.async.cg.")):   # cp.async.{ca,cg}.shared.global [dst], [src], size
+            dst, src, size = [t.strip() for t in args.split(",")]
+            for lane in lanes:
+                if pred is None or regs[lane][pred]:
+                    a = _addr(src, lambda t, lane=lane: val(lane, t))
+                    assert a % int(size) == 0, f"cp.async source not aligned to its size: {a:#x}"
+                    data = b"".join(mem.word(a + 4 * i).to_bytes(4, "little") for i in range(int(size) // 4))
+                    shared.open[lane].append((_addr(dst, lambda t, lane=lane: val(lane, t)), data))
+        elif op == "cp.async.commit_group":
+            for lane in lanes:
+                shared.groups[lane].append(shared.open[lane])
+                shared.open[lane] = []
+        elif op == "cp.async.wait_group":
+            for lane in lanes:
+                shared.wait(lane, int(args))
+        elif op.startswith("ld.shared"):
+            m = re.match(r"(\{[^}]*\}|\S+),\s*(\[.*\])", args)
+            names = [t.strip() for t in m.group(1).strip("{}").split(",")]
+            for lane in lanes:
+                if pred is None or regs[lane][pred]:
+                    a = _addr(m.group(2), lambda t, lane=lane: val(lane, t))
+                    for k, name in enumerate(names):
+                        regs[lane][name] = shared.word(lane, a + 4 * k)
         elif op.startswith("ld.global"):
             for lane in lanes:
                 if pred is None or regs[lane][pred]:

@@ -40,10 +40,15 @@ def test_tc_sweep_grids_are_valid_configs(load_benchmark):
     gca = mod._sweep_configs(1, "tc", "group-columns-ahead")
     assert mod._sweep_configs(4, "tc", "group-columns-ahead") == []
     assert sum(c["AHEAD"] > 1 and c["GROUP_COLUMNS"] for c in gca) == len(gca) - 2
+    ring = mod._sweep_configs(1, "tc", "ring")
+    assert all(c["RING"] >= 2 for c in ring[:-3]) and mod._sweep_configs(16, "tc", "ring")   # + the 3 defaults
     import torch
     from arbitor.ternary.format import pack_ternary
+    from arbitor.ternary.ops.decode_tc import tc_tile
+    for cfg in ring:          # every ring config fits its shared memory
+        assert tc_tile(1, 256, cfg) is not None
     T_packed = pack_ternary(torch.randint(-1, 2, (16, 256), generator=torch.Generator().manual_seed(0)))
-    for cfg in full[:1] + ws[:1] + gcs[:1] + gca[:1] + gca[-2:]:
+    for cfg in full[:1] + ws[:1] + gcs[:1] + gca[:1] + gca[-2:] + ring[:1] + ring[-3:]:
         # unknown keys raise ValueError before any launch; known ones are taken (checked here on the CPU)
         tc_forward(torch.zeros(1, 256, dtype=torch.bfloat16), T_packed, torch.ones(16, 4), 256, 64, config=cfg)
 

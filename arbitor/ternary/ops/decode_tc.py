@@ -31,9 +31,10 @@ words of each feature's row, word ``tq`` read by lane ``tq``:
 Rows past ``N`` (features) and ``M`` (tokens) are clamped to the last one instead of masked: their sums land in
 outputs that are never stored, so no load is predicated. Each program is ``NUM_WARPS`` warps x ``R`` blocks and
 a K range of whole 256-column chunks (four quads; the next chunk's words, scales and x are loaded while the
-current one is multiplied); K is split as in the other decode kernels (``triton_common.split_len``; partials
-summed in split order by the tile's last program). The whole K loop is one inline-PTX block per thread
-(``tc_gemv_asm``), so Triton places nothing between the lanes and their fragments;
+current one is multiplied, into registers or, with ``RING``, the words and scales into a shared-memory ring that
+each thread fills and reads for itself through ``cp.async``); K is split as in the other decode kernels
+(``triton_common.split_len``; partials summed in split order by the tile's last program). The whole K loop is
+one inline-PTX block per thread (``tc_gemv_asm``), so Triton places nothing between the lanes and their fragments;
 ``tests/ternary/ops/test_decode_tc.py`` runs that PTX for a whole warp in a small interpreter on the CPU, and
 under ``TRITON_INTERPRET`` the kernel computes the same sums with plain loads (``_plain_sums``).
 
@@ -66,6 +67,7 @@ class TcTile(NamedTuple):
     WARP_SPLIT: bool            #: the warps of a program share its features and split its K range
     GROUP_COLUMNS: bool = False  #: one row: a lane's 64 contiguous columns, the groups apart in the mma's columns
     L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
+    RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -90,8 +92,11 @@ TC_TILE_SHORT_K = (3072, TcTile(1, 2, 2, True, 1, True, GROUP_COLUMNS=True))
 #: warps sharing its features (``WARP_SPLIT``: their sums added in the program), no K split: 4.42 us against 5.75
 #: (``TC_TILES[1]``) and 5.80 (``TC_TILE_SHORT_K``) at K = N = 3072, the ``3b`` preset's o projection
 #: (``h200-one-wave/``); 5.92 against 6.44 at 4096² (``h200-sweep-tc-warpsplit.md``, where 8 warps took 5.57
-#: but 6.47 at 3072²). At 6144 x 3072 it took 7.18 against 6.89, so longer rows keep ``TC_TILES[1]``.
-TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True))
+#: but 6.47 at 3072²). At 6144 x 3072 it took 7.18 against 6.89, so longer rows keep ``TC_TILES[1]``. Its lanes read
+#: 64 contiguous columns (``GROUP_COLUMNS``) through a 2-slot shared-memory ring (``RING``, x a chunk ahead in
+#: registers): 4.61 against 4.97 us at 3072², 5.61 against ~5.9 at 4096², one sweep (``h200-tc-ring/``); deeper
+#: rings were no faster, and the ring lost on the other four shapes (4-5 %).
+TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, GROUP_COLUMNS=True, RING=2))
 
 
 def tc_tokens(M: int) -> int:
@@ -104,7 +109,8 @@ def tc_tile(M: int, in_features: int, config: Optional[dict] = None, out_feature
     """The launch of a call with ``M`` rows of ``in_features`` columns into ``out_features`` features on ``sms``
     multiprocessors: ``TC_TILE_ONE_WAVE`` for one row of at most ``TC_TILE_ONE_WAVE[0]`` columns into
     ``[sms, 2 * sms)`` tiles of 16 features, else ``TC_TILE_SHORT_K`` for one short row, else ``TC_TILES`` by token
-    count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only with ``AHEAD == 1``. One-line
+    count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only with ``AHEAD == 1``; a default
+    ``RING`` that does not fit the config's ``R`` and warps is dropped (one the config names is checked). One-line
     ``ValueError`` for an unknown key or a value the kernel does not take."""
     one_wave = sms > 0 and sms <= triton.cdiv(out_features, 16) < 2 * sms
     base = (TC_TILE_ONE_WAVE[1] if M == 1 and in_features <= TC_TILE_ONE_WAVE[0] and one_wave
@@ -116,10 +122,16 @@ def tc_tile(M: int, in_features: int, config: Optional[dict] = None, out_feature
         raise ValueError(f"unknown tc decode config keys {unknown}")
     tile = base._replace(**{k: type(getattr(base, k))(v) for k, v in config.items()})
     tile = tile._replace(X_AHEAD=tile.X_AHEAD and tile.AHEAD == 1)
+    if "RING" not in config and ring_bytes(tile.RING, tile.R, 32 * tile.num_warps) > RING_MAX_BYTES:
+        tile = tile._replace(RING=0)        # the default tile's ring does not fit the config's R and warps
     if tile.GROUP_COLUMNS and M != 1:
         raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
     if tile.L2_PREFETCH not in (0, 64, 128, 256):
         raise ValueError(f"bad tc decode config: L2_PREFETCH must be 0, 64, 128 or 256, got {tile.L2_PREFETCH}")
+    if tile.RING and not (2 <= tile.RING <= 8 and ring_bytes(tile.RING, tile.R, 32 * tile.num_warps) <= RING_MAX_BYTES):
+        raise ValueError(f"bad tc decode config: RING must be 0 or 2-8 slots of at most {RING_MAX_BYTES} bytes in all, "
+                         f"got {tile.RING} ({ring_bytes(tile.RING, tile.R, 32 * tile.num_warps)} bytes at R {tile.R}, "
+                         f"{tile.num_warps} warps)")
     if tile.R not in (1, 2, 4) or tile.num_warps not in (1, 2, 4, 8):
         raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {tile.R}, "
                          f"{tile.num_warps}")
@@ -137,7 +149,7 @@ def _ops(name: str, fmt: str) -> str:
 
 @lru_cache(maxsize=None)
 def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1,
-                group_columns: bool = False, l2_prefetch: int = 0) -> str:
+                group_columns: bool = False, l2_prefetch: int = 0, ring: int = 0, threads: int = 128) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
     ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
@@ -167,7 +179,15 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
 
     ``l2_prefetch`` (0, 64, 128 or 256): the weight and scale loads ask L2 to fetch that many bytes around each
     (``ld``'s ``.L2::<n>B``): a feature row's 64 bytes a chunk are 256-byte aligned in fours, so one DRAM trip
-    brings the next three chunks' words into L2 with no instruction or register more."""
+    brings the next three chunks' words into L2 with no instruction or register more.
+
+    ``ring`` (2 or more): the chunks' words and scales go through a ring of ``ring`` slots in
+    shared memory (a static array of the block, ``ring_bytes``), ``ring - 1`` chunks ahead, by ``cp.async``: each
+    thread copies only its own words and scales into its own 16-byte units of a slot (unit ``u`` of slot ``s`` at
+    ``(s * 4R + u) * threads * 16 + 16 * tid``: a warp's units are 512 contiguous bytes) and reads them back itself,
+    so no barrier is needed, only the thread's own ``cp.async.wait_group``. Registers hold one chunk, the ring the
+    rest; with ``x_ahead`` x stays in registers, a chunk ahead (two sets, the loop unrolled to an even number of
+    copies). ``threads``: the block's threads (``num_warps * 32``)."""
     if ahead not in (1, 2, 3) or (x_ahead and ahead != 1):
         raise ValueError(f"tc_gemv_asm: ahead must be 1, 2 or 3 (x_ahead only with 1), got {ahead}, {x_ahead}")
     sets = ahead + 1
@@ -179,6 +199,10 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         raise ValueError(f"tc_gemv_asm: group_columns needs tokens == 1, got {tokens}")
     if l2_prefetch not in (0, 64, 128, 256):
         raise ValueError(f"tc_gemv_asm: l2_prefetch must be 0, 64, 128 or 256, got {l2_prefetch}")
+    if ring and ring < 2:
+        raise ValueError(f"tc_gemv_asm: ring must be 0 or >= 2 slots, got {ring}")
+    if ring:
+        sets, ahead = 1, ring - 1
     pf = f".L2::{l2_prefetch}B" if l2_prefetch else ""
     gc = group_columns
     qg = group_size // 64                      # quads a group
@@ -191,7 +215,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     fmt = "f16" if f16 else "bf16"
     xsets = (("txa", "txp"), ("txb", "txp2")) if tokens == 16 else (("txa", "txp"),)
     L = ["{",
-         ".reg .pred tpd, tpn, tpg, tpx;", ".reg .f32 tred;",
+         ".reg .pred tpd, tpn, tpg, tpx;", ".reg .f32 tred;", ".reg .b32 tsb, ttid;",
          f".reg .b32 ttb, tn, tsel, tselh, tsh, tw<{8 * R * sets}>, txa<64>, txb<64>, ta<4>, tba<8>, tbb<8>;",
          f".reg .f32 tfz, td<{max(8 * ngc, 16) * R}>, ts<{8 * R * sets}>;",
          f".reg .b64 twp<{2 * R}>, tsp<{2 * R}>, txp, txp2;",
@@ -201,6 +225,43 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     L += [f"mov.f32 ${k}, 0f00000000;" for k in range(na * R)]
     if gc:       # lanes with g != tq never load x: their B registers stay 0
         L += [f"setp.ne.s32 tpg, {xok}, 0;"] + [f"mov.b32 txa{i}, 0;" for i in range(64)]
+    units = 4 * R                              # a slot's 16-byte units a thread: words then scales of each row
+    if ring:     # the thread's first unit: the block's ring + 16 * tid
+        L = L[:1] + [f".shared .align 16 .b8 tring${{:uid}}[{ring_bytes(ring, R, threads)}];"] + L[1:]
+        L += ["mov.u32 tsb, tring${:uid};", "mov.u32 ttid, %tid.x;", "mad.lo.u32 tsb, ttid, 16, tsb;"]
+
+    def unit(slot: int, u: int, byte: int = 0) -> str:
+        return f"[tsb+{(slot * units + u) * threads * 16 + byte}]"
+
+    def ring_loads(slot: int, pred: str) -> list[str]:
+        """A chunk's words and scales copied into ``slot`` (one ``cp.async`` group), the pointers advanced."""
+        out = []
+        for k in range(2 * R):
+            if gc:
+                out.append(f"{pred}cp.async.cg.shared.global{pf} {unit(slot, k)}, [twp{k}], 16;")
+            else:
+                out += [f"{pred}cp.async.ca.shared.global{pf} {unit(slot, k, 4 * q)}, [twp{k}+{16 * q}], 4;"
+                        for q in range(4)]
+        for k in range(2 * R):
+            n = (2 if ngc == 4 else 1) if gc else ngc
+            out.append(f"{pred}cp.async.{'cg' if n == 4 else 'ca'}.shared.global{pf} {unit(slot, 2 * R + k)}, "
+                       f"[tsp{k}], {4 * n};")
+        out += ["cp.async.commit_group;"]
+        out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
+        return out + [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
+
+    def ring_read(slot: int) -> list[str]:
+        """Wait for ``slot``'s group (the ``ring - 1`` groups after it may still fly), then its words and scales into
+        register set 0."""
+        out = [f"cp.async.wait_group {ring - 1};"]
+        for k in range(2 * R):
+            out.append(f"ld.shared.v4.b32 {{{', '.join(f'tw{4 * k + q}' for q in range(4))}}}, {unit(slot, k)};")
+        for k in range(2 * R):
+            n = (2 if ngc == 4 else 1) if gc else ngc
+            v = ", ".join(f"ts{4 * k + i}" for i in range(n))
+            out.append(f"ld.shared.v{n}.f32 {{{v}}}, {unit(slot, 2 * R + k)};" if n > 1 else
+                       f"ld.shared.f32 {v}, {unit(slot, 2 * R + k)};")
+        return out
 
     def loads(b: int, pred: str) -> list[str]:
         """A chunk's loads into register set ``b`` (words, x, the scales of its groups: one vector a row), then
@@ -238,9 +299,10 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     def xadvance() -> list[str]:
         return ["add.s64 txp, txp, 512;"] + (["add.s64 txp2, txp2, 512;"] if tokens == 16 else [])
 
-    def compute(b: int) -> list[str]:
-        """The chunk in register set ``b``: four quads of four mmas a block, scaled into the accumulators at
-        each group's end."""
+    def compute(b: int, xb: Optional[int] = None) -> list[str]:
+        """The chunk in register set ``b`` (x in set ``xb``, default ``b``): four quads of four mmas a block, scaled
+        into the accumulators at each group's end."""
+        xb = b if xb is None else xb
         out = [] if x_ahead else xloads(0, "") + xadvance()
         for q in range(4):
             gi, first, last = q // qg, q % qg == 0, q % qg == qg - 1
@@ -248,7 +310,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
             for regs, bregs in (("txa", "tba"), ("txb", "tbb"))[:len(xsets)]:
                 for j in range(4):
                     sel = "0x5410" if j % 2 == 0 else "0x7632"
-                    x0 = (32 * b if x_ahead else 0) + 8 * q
+                    x0 = (32 * xb if x_ahead else 0) + 8 * q
                     out += [f"prmt.b32 {bregs}{2 * j}, {regs}{x0 + j // 2}, {regs}{x0 + 2 + j // 2}, {sel};",
                             f"prmt.b32 {bregs}{2 * j + 1}, {regs}{x0 + 4 + j // 2}, {regs}{x0 + 6 + j // 2}, {sel};"]
             for r in range(R):
@@ -289,13 +351,24 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         return out
 
     # software pipelined: the loads of the chunk ``ahead`` chunks on are issued before the current chunk is
-    # computed (``ahead + 1`` register sets, the loop body unrolled once a set so that each keeps its names)
+    # computed (``ahead + 1`` register sets, the loop body unrolled once a set so that each keeps its names; with
+    # ``ring``, ``ring`` slots of shared memory and one register set, the body unrolled once a slot)
+    copies = (ring if ring % 2 == 0 or not x_ahead else 2 * ring) if ring else sets
+    if ring and x_ahead:     # x of the first chunk into x set 0
+        L += ["setp.gt.s32 tpn, tn, 0;"] + xloads(0, "@tpn ") + xadvance()
     for i in range(ahead):
-        L += [f"setp.gt.s32 tpn, tn, {i};"] + loads(i, "@tpn ")
+        L += [f"setp.gt.s32 tpn, tn, {i};"] + (ring_loads(i, "@tpn ") if ring else loads(i, "@tpn "))
     L += ["TCLOOP${:uid}:"]
-    for b in range(sets):
-        L += ["setp.lt.s32 tpd, tn, 1;", "@tpd bra TCDONE${:uid};", f"setp.gt.s32 tpn, tn, {ahead};"]
-        L += loads((b + ahead) % sets, "@tpn ") + compute(b) + ["sub.s32 tn, tn, 1;"]
+    for b in range(copies):
+        L += ["setp.lt.s32 tpd, tn, 1;", "@tpd bra TCDONE${:uid};"]
+        if ring and x_ahead:     # x of the next chunk into the other x set
+            L += ["setp.gt.s32 tpn, tn, 1;"] + xloads((b + 1) % 2, "@tpn ") + xadvance()
+        L += [f"setp.gt.s32 tpn, tn, {ahead};"]
+        if ring:
+            L += ring_loads((b + ahead) % ring, "@tpn ") + ring_read(b % ring) + compute(0, b % 2)
+        else:
+            L += loads((b + ahead) % sets, "@tpn ") + compute(b)
+        L += ["sub.s32 tn, tn, 1;"]
     L += ["bra TCLOOP${:uid};", "TCDONE${:uid}:"]
     if gc:           # a feature's four lanes (tq = 0..3) hold its column groups' sums: add them, fixed order
         for k in range(na * R):
@@ -303,6 +376,16 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
                 L += [f"shfl.sync.bfly.b32 tred, ${k}, {m}, 0x1f, 0xffffffff;", f"add.f32 ${k}, ${k}, tred;"]
     L += ["}"]
     return "\n".join(L)
+
+
+def ring_bytes(ring: int, R: int, threads: int) -> int:
+    """Shared memory of ``tc_gemv_asm``'s ring: ``ring`` slots of ``4R`` 16-byte units a thread."""
+    return ring * 4 * R * 16 * threads
+
+
+#: the most static shared memory a ring may take (the limit of a static array is 48 KB, and Triton's own buffers
+#: of the program share the block's memory)
+RING_MAX_BYTES = 40 * 1024
 
 
 @lru_cache(maxsize=None)
@@ -495,6 +578,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
                                      ASM=tc_gemv_asm(t.R, group_size, tokens, x.dtype == torch.float16, t.X_AHEAD,
-                                                     t.AHEAD, t.GROUP_COLUMNS, t.L2_PREFETCH),
+                                                     t.AHEAD, t.GROUP_COLUMNS, t.L2_PREFETCH, t.RING,
+                                                     32 * t.num_warps),
                                      CONSTRAINTS=_constraints(t.R, tokens), INTERP=INTERPRETED, num_warps=t.num_warps)
     return y

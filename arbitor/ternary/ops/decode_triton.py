@@ -2,7 +2,7 @@
 ``T_packed`` and a float32 group scale ``S [N, K // group_size]`` (reference: ``linear.decode_forward_torch``).
 
 ``decode_forward(path="auto")`` sends 1-16 rows of bf16/fp16 x (groups 64/128/256, ``K % 256 == 0``) to
-``decode_tc.decode_tc_kernel`` (tensor cores, inline PTX; 2.3-3.0x cuBLAS bf16 at one row on the H200 where
+``decode_tc.decode_tc_kernel`` (tensor cores, inline PTX; 2.4-2.9x cuBLAS bf16 at one row on the H200 where
 the kernels below reach 1.8-2.2x, ``benchmarks/results/inference/h200.md``); the kernels here take the rest (fp32
 x, other group sizes, the prompt).
 

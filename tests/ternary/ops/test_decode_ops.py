@@ -159,6 +159,7 @@ def test_gpu_matches_reference_and_is_deterministic(M, K, N):
     (1, 1024, 19, 128, {"R": 1, "num_warps": 4, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 8}),  # and across programs
     (1, 768, 21, 64, {"R": 2, "num_warps": 2, "GROUP_COLUMNS": True, "PROGRAMS_PER_SM": 8}),  # a lane's 64 columns
     (4, 512, 17, 64, {"L2_PREFETCH": 256}),                          # 256-byte L2 fetches (a load hint)
+    (1, 1280, 23, 64, {"RING": 3, "GROUP_COLUMNS": True}),           # a shared-memory ring (the PTX form only)
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_tc_path_matches_reference(M, K, N, gs, config, dtype):
@@ -195,6 +196,19 @@ def test_tc_default_tiles_are_valid_launches():
         tile = tc_tile(M, K, out_features=N, sms=132)
         assert tile in (*TC_TILES.values(), TC_TILE_SHORT_K[1], TC_TILE_ONE_WAVE[1])
         assert tc_tile(M, K, tile._asdict(), N, 132) == tile
+
+
+def test_tc_ring_config():
+    """``RING`` is refused, in one line, past 8 slots or 40 KB of shared memory."""
+    from arbitor.ternary.ops.decode_tc import tc_tile
+    t = tc_tile(1, 4096, {"RING": 4})
+    assert t.RING == 4 and t.X_AHEAD
+    for bad in ({"RING": 1}, {"RING": 9}, {"RING": 4, "num_warps": 8}, {"RING": 6, "num_warps": 4}):
+        with pytest.raises(ValueError, match="RING must be 0 or 2-8 slots"):
+            tc_tile(1, 4096, bad)
+    # the one-wave default's ring is dropped where a config's R / warps leave it no room, kept where they do
+    assert tc_tile(1, 4096, {"R": 4, "num_warps": 4}, 4096, 132).RING == 0
+    assert tc_tile(1, 4096, {"num_warps": 8}, 4096, 132).RING == 2
 
 
 @pytest.mark.parametrize("M,K,N,which", [
@@ -271,10 +285,12 @@ def test_gpu_tc_path_matches_reference_and_is_deterministic(M, K, N, dtype):
     for cfg in ({"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 8}, {"R": 4, "num_warps": 4, "PROGRAMS_PER_SM": 1},
                 {"R": 1, "num_warps": 4, "WARP_SPLIT": False}, {"R": 1, "num_warps": 4, "WARP_SPLIT": True},
                 {"R": 2, "num_warps": 8, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 4}, {"L2_PREFETCH": 128},
-                {"L2_PREFETCH": 256, "WARP_SPLIT": False}):
+                {"L2_PREFETCH": 256, "WARP_SPLIT": False}, {"RING": 3}, {"RING": 6, "num_warps": 2},
+                {"RING": 2, "num_warps": 8, "PROGRAMS_PER_SM": 1}, {"RING": 4, "WARP_SPLIT": False}):
         close(decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg), y1, 8e-3, 8e-3)
-    if M == 1:      # the lanes' 64 contiguous columns, with and without warp split; deterministic too
-        for cfg in ({"GROUP_COLUMNS": True}, {"GROUP_COLUMNS": True, "WARP_SPLIT": False, "R": 2}):
+    if M == 1:      # the lanes' 64 contiguous columns, with and without warp split, and through the ring
+        for cfg in ({"GROUP_COLUMNS": True}, {"GROUP_COLUMNS": True, "WARP_SPLIT": False, "R": 2},
+                    {"GROUP_COLUMNS": True, "RING": 4}, {"GROUP_COLUMNS": True, "RING": 8, "num_warps": 2}):
             y3 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg)
             close(y3, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
             assert torch.equal(y3, decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg))

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,8 @@ from arbitor.ternary.format import pack_ternary  # noqa: E402
 from arbitor.ternary.ops.decode_tc import TABLE, tc_gemv_asm  # noqa: E402
 
 
-def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0):
+def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0,
+                  ring=0):
     """One warp (program 0, warp 0, the whole K) through the PTX: ``(y [M, N] from the warp's accumulators,
     mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them."""
     g_ = torch.Generator().manual_seed(seed)
@@ -37,7 +40,7 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, gr
     tbase = mem.add(np.array([TABLE], dtype=np.int32).tobytes())
     KW, G = K // 16, K // gs
     na = {1: 2, 8: 4, 16: 8}[tokens]
-    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch)
+    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring)
     # group_columns: lane tq's words 4tq.., its first scale group and x columns 64tq..
     wq, xq = (4, 64) if group_columns else (1, 16)
     sq = {64: 2, 128: 1, 256: 0}[gs] if group_columns else 0
@@ -120,6 +123,35 @@ def test_ptx_l2_prefetch_changes_only_the_load_hints(group_columns):
     assert torch.equal(y0[owned], y1[owned])
 
 
+@pytest.mark.parametrize("ring,x_ahead", [(2, False), (3, False), (5, False), (2, True), (3, True), (4, True)])
+@pytest.mark.parametrize("M,tokens,gs,K,group_columns", [(1, 1, 64, 1024, False), (1, 1, 64, 1280, True),
+                                                         (1, 1, 128, 768, True), (1, 1, 256, 512, False),
+                                                         (6, 8, 64, 768, False), (13, 16, 128, 512, False),
+                                                         (1, 1, 64, 2048, True)])
+def test_ptx_ring_matches_reference(ring, x_ahead, M, tokens, gs, K, group_columns):
+    """``ring``: words and scales staged by ``cp.async`` through shared memory, ``ring - 1`` chunks ahead, x loaded
+    at each chunk or a chunk ahead in registers: every output equals ``x @ (T * S).T``, with fewer chunks than
+    slots, as many and more (1-8 chunks: the loop leaves from any of its unrolled copies); the simulator stops the
+    test if a chunk is read before its copy has landed (a missing or too-loose ``cp.async.wait_group``)."""
+    N = 29 if M == 1 else 37
+    y, owned, ref = _warp_outputs(M, N, K, gs, 2, tokens, f16=False, x_ahead=x_ahead, group_columns=group_columns,
+                                  ring=ring)
+    want = torch.zeros_like(owned)
+    want[:M, :min(32, N)] = True
+    assert torch.equal(owned, want)
+    err = (y - ref)[owned].abs().max().item()
+    assert err <= 1e-5 * ref.abs().max().item(), err
+
+
+def test_ptx_ring_wait_is_checked(monkeypatch):
+    """The simulator's check has teeth: the same PTX with its wait one group looser reads a copy in flight."""
+    real = run
+    monkeypatch.setattr(sys.modules[__name__], "run", lambda asm, *a, **k: real(
+        asm.replace("cp.async.wait_group 2;", "cp.async.wait_group 3;"), *a, **k))
+    with pytest.raises(AssertionError, match="in flight"):
+        _warp_outputs(1, 29, 1024, 64, 2, 1, f16=False, x_ahead=False, ring=3)
+
+
 def test_ptx_warp_fp16_and_group_128():
     y, owned, ref = _warp_outputs(3, 16, 512, 128, 1, 8, f16=True, seed=3)
     assert owned[:3, :16].all()
@@ -137,3 +169,5 @@ def test_ptx_bad_arguments():
         tc_gemv_asm(1, 64, 8, False, True, 1, True)
     with pytest.raises(ValueError, match="l2_prefetch"):
         tc_gemv_asm(1, 64, 1, False, True, 1, False, 32)
+    with pytest.raises(ValueError, match="ring"):
+        tc_gemv_asm(1, 64, 1, False, False, 1, False, 0, 1)
