@@ -94,8 +94,10 @@ TC_TILE_SHORT_K = (3072, TcTile(1, 2, 2, True, 1, True, GROUP_COLUMNS=True))
 #: (``h200-one-wave/``); 5.92 against 6.44 at 4096² (``h200-sweep-tc-warpsplit.md``, where 8 warps took 5.57
 #: but 6.47 at 3072²). At 6144 x 3072 it took 7.18 against 6.89, so longer rows keep ``TC_TILES[1]``. Its lanes read
 #: 64 contiguous columns (``GROUP_COLUMNS``) through a 2-slot shared-memory ring (``RING``, x a chunk ahead in
-#: registers): 4.61 against 4.97 us at 3072², 5.61 against ~5.9 at 4096², one sweep (``h200-tc-ring/``); deeper
-#: rings were no faster, and the ring lost on the other four shapes (4-5 %).
+#: registers): 4.61 against 4.97 us at 3072², 5.61 against 5.94 at 4096², in one sweep (``h200-tc-ring/``; the
+#: register tile took 4.42 us at 3072² in the earlier sweep's call, so calls differ by up to 10 % at this size; in
+#: the GEMV rows, consecutive calls, 5.0 -> 4.6 us and 6.0 -> 5.5). Deeper rings were no faster; at the other four
+#: shapes the ring was 2-5 % slower than their tiles, or (6144 x 3072) even.
 TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, GROUP_COLUMNS=True, RING=2))
 
 
