@@ -52,7 +52,7 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     from arbitor.ternary.ops.triton_common import SIGN_TABLES
     weights = bn * bk / (32 * warps)                      # weights a thread decodes per K step
     if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
-        from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm
+        from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm, tc_loop_chunks
         R, tokens = bn, bk
         tile = TC_TILES[tokens]
         fn = decode_tc_kernel
@@ -69,7 +69,8 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
                  "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")
-        weights = (tile.AHEAD + 1) * R * 16 * 256 / 32            # the loop body: ahead + 1 chunks of 256 columns
+        # the loop body: tc_loop_chunks chunks of 256 columns (ahead + 1 register sets, or the ring's slots)
+        weights = tc_loop_chunks(tile.AHEAD, tile.X_AHEAD, tile.RING) * R * 16 * 256 / 32
     elif kernel_name == "gemv":
         fn = decode_gemv_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",

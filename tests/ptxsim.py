@@ -109,13 +109,12 @@ def _mma(regs: list[dict], args: str, val, f16: bool) -> None:
             regs[lane][name] = bits32(v)
 
 
-def _load(r: dict, args: str, val, mem: Memory) -> None:
-    """``ld.global[.nc][.v2|.v4].<type> dst, [addr(+off)]``: consecutive little-endian words."""
-    m = re.match(r"(\{[^}]*\}|\S+),\s*\[([^\]+]+)(?:\+(\d+))?\]", args)
-    names = [t.strip() for t in m.group(1).strip("{}").split(",")]
-    addr = val(m.group(2)) + int(m.group(3) or 0)
-    for k, name in enumerate(names):
-        r[name] = mem.word(addr + 4 * k)
+def _load(r: dict, args: str, val, word) -> None:
+    """``ld.{global,shared}[...][.v2|.v4].<type> dst, [addr(+off)]``: consecutive words, ``word(address)`` each."""
+    m = re.match(r"(\{[^}]*\}|\S+),\s*(\[.*\])", args)
+    addr = _addr(m.group(2), val)
+    for k, name in enumerate(t.strip() for t in m.group(1).strip("{}").split(",")):
+        r[name] = word(addr + 4 * k)
 
 
 class Shared:
@@ -212,18 +211,11 @@ def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
         elif op == "cp.async.wait_group":
             for lane in lanes:
                 shared.wait(lane, int(args))
-        elif op.startswith("ld.shared"):
-            m = re.match(r"(\{[^}]*\}|\S+),\s*(\[.*\])", args)
-            names = [t.strip() for t in m.group(1).strip("{}").split(",")]
+        elif op.startswith(("ld.shared", "ld.global")):
             for lane in lanes:
                 if pred is None or regs[lane][pred]:
-                    a = _addr(m.group(2), lambda t, lane=lane: val(lane, t))
-                    for k, name in enumerate(names):
-                        regs[lane][name] = shared.word(lane, a + 4 * k)
-        elif op.startswith("ld.global"):
-            for lane in lanes:
-                if pred is None or regs[lane][pred]:
-                    _load(regs[lane], args, lambda t, lane=lane: val(lane, t), mem)
+                    word = (lambda a, lane=lane: shared.word(lane, a)) if op.startswith("ld.shared") else mem.word
+                    _load(regs[lane], args, lambda t, lane=lane: val(lane, t), word)
         else:
             assert op in ALU, f"instruction {op} not modelled"
             d, *src = [t.strip() for t in args.split(",")]

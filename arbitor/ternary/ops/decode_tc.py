@@ -52,8 +52,8 @@ import triton.language as tl
 
 from .triton_common import INTERPRETED, last_to_arrive, n_sm, reset_arrivals, split_buffers, split_len
 
-__all__ = ["tc_gemv_asm", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens", "TcTile", "TC_TILES",
-           "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TABLE"]
+__all__ = ["tc_gemv_asm", "tc_loop_chunks", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens",
+           "TcTile", "TC_TILES", "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TABLE"]
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
@@ -68,6 +68,11 @@ class TcTile(NamedTuple):
     GROUP_COLUMNS: bool = False  #: one row: a lane's 64 contiguous columns, the groups apart in the mma's columns
     L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
     RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
+
+    @property
+    def ring_bytes(self) -> int:
+        """Static shared memory of the launch's ring (``ring_bytes``; 0 without one)."""
+        return ring_bytes(self.RING, self.R, 32 * self.num_warps)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -124,16 +129,15 @@ def tc_tile(M: int, in_features: int, config: Optional[dict] = None, out_feature
         raise ValueError(f"unknown tc decode config keys {unknown}")
     tile = base._replace(**{k: type(getattr(base, k))(v) for k, v in config.items()})
     tile = tile._replace(X_AHEAD=tile.X_AHEAD and tile.AHEAD == 1)
-    if "RING" not in config and ring_bytes(tile.RING, tile.R, 32 * tile.num_warps) > RING_MAX_BYTES:
+    if "RING" not in config and tile.ring_bytes > RING_MAX_BYTES:
         tile = tile._replace(RING=0)        # the default tile's ring does not fit the config's R and warps
     if tile.GROUP_COLUMNS and M != 1:
         raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
     if tile.L2_PREFETCH not in (0, 64, 128, 256):
         raise ValueError(f"bad tc decode config: L2_PREFETCH must be 0, 64, 128 or 256, got {tile.L2_PREFETCH}")
-    if tile.RING and not (2 <= tile.RING <= 8 and ring_bytes(tile.RING, tile.R, 32 * tile.num_warps) <= RING_MAX_BYTES):
+    if tile.RING and not (2 <= tile.RING <= 8 and tile.ring_bytes <= RING_MAX_BYTES):
         raise ValueError(f"bad tc decode config: RING must be 0 or 2-8 slots of at most {RING_MAX_BYTES} bytes in all, "
-                         f"got {tile.RING} ({ring_bytes(tile.RING, tile.R, 32 * tile.num_warps)} bytes at R {tile.R}, "
-                         f"{tile.num_warps} warps)")
+                         f"got {tile.RING} ({tile.ring_bytes} bytes at R {tile.R}, {tile.num_warps} warps)")
     if tile.R not in (1, 2, 4) or tile.num_warps not in (1, 2, 4, 8):
         raise ValueError(f"bad tc decode config: R must be 1, 2 or 4 and num_warps 1, 2, 4 or 8, got {tile.R}, "
                          f"{tile.num_warps}")
@@ -147,6 +151,14 @@ def _accs(tokens: int) -> int:
 
 def _ops(name: str, fmt: str) -> str:
     return f"{name}.sync.aligned.m16n8k16.row.col.f32.{fmt}.{fmt}.f32"
+
+
+def tc_loop_chunks(ahead: int, x_ahead: bool, ring: int = 0) -> int:
+    """Chunks in one trip of ``tc_gemv_asm``'s unrolled K loop: one a register set (``ahead + 1``) or, with
+    ``ring``, one a slot -- twice as many when x rides a chunk ahead in two sets and ``ring`` is odd."""
+    if not ring:
+        return ahead + 1
+    return ring if ring % 2 == 0 or not x_ahead else 2 * ring
 
 
 @lru_cache(maxsize=None)
@@ -209,6 +221,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     gc = group_columns
     qg = group_size // 64                      # quads a group
     ngc = 4 // qg                              # groups a 256-column chunk
+    ns = (2 if ngc == 4 else 1) if gc else ngc  # scales a row a chunk the lane reads (gc: its columns' groups)
     na = _accs(tokens)                         # accumulators a block
     o = na * R                                 # first input operand
     wps = [f"${o + k}" for k in range(2 * R)]
@@ -235,6 +248,16 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     def unit(slot: int, u: int, byte: int = 0) -> str:
         return f"[tsb+{(slot * units + u) * threads * 16 + byte}]"
 
+    def scale_load(op: str, k: int, b: int, addr: str) -> str:
+        """``op`` (a load) of row ``k``'s ``ns`` scales into register set ``b``: one vector, or one float."""
+        v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(ns))
+        return f"{op}.v{ns}.f32 {{{v}}}, {addr};" if ns > 1 else f"{op}.f32 {v}, {addr};"
+
+    def advance() -> list[str]:
+        """The word and scale pointers to the next chunk."""
+        return ([f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
+                + [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)])
+
     def ring_loads(slot: int, pred: str) -> list[str]:
         """A chunk's words and scales copied into ``slot`` (one ``cp.async`` group), the pointers advanced."""
         out = []
@@ -244,13 +267,9 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
             else:
                 out += [f"{pred}cp.async.ca.shared.global{pf} {unit(slot, k, 4 * q)}, [twp{k}+{16 * q}], 4;"
                         for q in range(4)]
-        for k in range(2 * R):
-            n = (2 if ngc == 4 else 1) if gc else ngc
-            out.append(f"{pred}cp.async.{'cg' if n == 4 else 'ca'}.shared.global{pf} {unit(slot, 2 * R + k)}, "
-                       f"[tsp{k}], {4 * n};")
-        out += ["cp.async.commit_group;"]
-        out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
-        return out + [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
+        out += [f"{pred}cp.async.{'cg' if ns == 4 else 'ca'}.shared.global{pf} {unit(slot, 2 * R + k)}, "
+                f"[tsp{k}], {4 * ns};" for k in range(2 * R)]
+        return out + ["cp.async.commit_group;"] + advance()
 
     def ring_read(slot: int) -> list[str]:
         """Wait for ``slot``'s group (the ``ring - 1`` groups after it may still fly), then its words and scales into
@@ -258,12 +277,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         out = [f"cp.async.wait_group {ring - 1};"]
         for k in range(2 * R):
             out.append(f"ld.shared.v4.b32 {{{', '.join(f'tw{4 * k + q}' for q in range(4))}}}, {unit(slot, k)};")
-        for k in range(2 * R):
-            n = (2 if ngc == 4 else 1) if gc else ngc
-            v = ", ".join(f"ts{4 * k + i}" for i in range(n))
-            out.append(f"ld.shared.v{n}.f32 {{{v}}}, {unit(slot, 2 * R + k)};" if n > 1 else
-                       f"ld.shared.f32 {v}, {unit(slot, 2 * R + k)};")
-        return out
+        return out + [scale_load("ld.shared", k, 0, unit(slot, 2 * R + k)) for k in range(2 * R)]
 
     def loads(b: int, pred: str) -> list[str]:
         """A chunk's loads into register set ``b`` (words, x, the scales of its groups: one vector a row), then
@@ -278,14 +292,8 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
                 out += [f"{pred}ld.global.nc{pf}.b32 tw{w0 + q}, [twp{k}+{16 * q}];" for q in range(4)]
         if x_ahead:
             out += xloads(b, pred)
-        for k in range(2 * R):
-            n = (2 if ngc == 4 else 1) if gc else ngc       # gc: the lane's columns' groups only
-            v = ", ".join(f"ts{8 * R * b + 4 * k + i}" for i in range(n))
-            out.append(f"{pred}ld.global.nc{pf}.v{n}.f32 {{{v}}}, [tsp{k}];" if n > 1 else
-                       f"{pred}ld.global.nc{pf}.f32 {v}, [tsp{k}];")
-        out += [f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
-        out += [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)]
-        return out + (xadvance() if x_ahead else [])
+        out += [scale_load(f"{pred}ld.global.nc{pf}", k, b, f"[tsp{k}]") for k in range(2 * R)]
+        return out + advance() + (xadvance() if x_ahead else [])
 
     def xloads(b: int, pred: str) -> list[str]:
         out = []
@@ -355,7 +363,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     # software pipelined: the loads of the chunk ``ahead`` chunks on are issued before the current chunk is
     # computed (``ahead + 1`` register sets, the loop body unrolled once a set so that each keeps its names; with
     # ``ring``, ``ring`` slots of shared memory and one register set, the body unrolled once a slot)
-    copies = (ring if ring % 2 == 0 or not x_ahead else 2 * ring) if ring else sets
+    copies = tc_loop_chunks(ahead, x_ahead, ring)
     if ring and x_ahead:     # x of the first chunk into x set 0
         L += ["setp.gt.s32 tpn, tn, 0;"] + xloads(0, "@tpn ") + xadvance()
     for i in range(ahead):
@@ -567,12 +575,13 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
     overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields)."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
-    t = tc_tile(M, in_features, config, N, n_sm(x.device))
+    sms = n_sm(x.device)
+    t = tc_tile(M, in_features, config, N, sms)
     tokens = tc_tokens(M)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     quads = in_features // 64
     tiles = triton.cdiv(N, 16 * t.R * (1 if t.WARP_SPLIT else t.num_warps))
-    want = max(1, triton.cdiv(t.PROGRAMS_PER_SM * n_sm(x.device), tiles))
+    want = max(1, triton.cdiv(t.PROGRAMS_PER_SM * sms, tiles))
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
     ws, cnt = split_buffers(y, split, tiles)
