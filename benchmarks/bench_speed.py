@@ -16,7 +16,8 @@ Rows (bf16 activations everywhere; every number a median after warm-up):
 * ``layer_fwd`` -- one layer's forward at training shapes (M >= 4096): arbitor's op (expand ``W_eff`` +
   cuBLAS) against cuBLAS bf16 ``x @ W.T``; CUDA-graph medians (``triton.testing.do_bench_cudagraph``).
 * ``layer_fwd_bwd`` -- forward + backward (grad-x + the rule's ballot) against the dense bf16 layer's
-  forward + backward (three cuBLAS GEMMs), for ``bigint`` and ``counter``; CUDA-graph medians.
+  forward + backward (three cuBLAS GEMMs), for ``bigint`` and ``counter`` (and ``bigint-fp8`` / ``counter-fp8``:
+  the same rules with ``gradw_fp8``, the ballot's ``grad_W`` from fp8 operands); CUDA-graph medians.
 * ``step_nanogpt_vs_dense`` / ``step_nanogpt_vs_qat`` -- whole training steps of the nanoGPT
   ``shakespeare_char`` shape (6 x 384, 6 heads, ctx 256, batch 64, arbitor's block) against the same
   architecture with dense bf16 weights + fused AdamW and with the project's BitNet b1.58 QAT layer (and
@@ -68,6 +69,10 @@ NANOGPT = dict(d_model=384, n_layers=6, n_heads=6, mlp_mult=4, max_ctx=256, voca
 RULES = {"bigint": dict(update_rule="bigint", group_size=64, strength=16.0),
          # the API's default counter settings (5-bit counters, rate 1: docs/quality.md)
          "counter": dict(update_rule="counter", group_size=64, strength=16.0, counter_bits=5, counter_rate=1.0)}
+# each rule with its ballots' grad_W from fp8 operands (TernaryConfig.gradw_fp8, ternary/ops/fp8.py): --rules
+# bigint-fp8,counter-fp8 (rows labelled so)
+RULES.update({f"{name}-fp8": dict(settings, gradw_fp8=True) for name, settings in list(RULES.items())})
+DEFAULT_RULES = "bigint,counter"
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -261,8 +266,8 @@ def part_layer(args, device, add) -> None:
         W = (torch.randn(N, K, device=device, dtype=dtype, generator=g) / K ** 0.5)
         dense_ms, how = _bench(lambda: x @ W.t())
         layers = {r: _materialize(TernaryScaleTensor(K, N, **RULES[r], device="meta"), device, dtype)
-                  for r in RULES}
-        layer = layers["bigint"]
+                  for r in args.rules.split(",")}
+        layer = next(iter(layers.values()))
         ops = get_ops(device)
         st = (layer.T_packed, layer.E, layer.corr_accum, layer.step_counter, layer.pending)
         arb_ms, how_a = _bench(lambda: ops.linear_forward(x, *st, K, layer.group_size, layer.strength))
@@ -486,7 +491,9 @@ def main(argv=None) -> int:
     ap.add_argument("--modes-3b", default=None,
                     help="comma list of the modes the 3b arbitor rows try (MODES); "
                          "each row keeps its fastest (default: graph, plus compile-graph without --best-modes)")
-    ap.add_argument("--rules", default=",".join(RULES), help="the update rules of the arbitor rows (comma list)")
+    ap.add_argument("--rules", default=DEFAULT_RULES,
+                    help=f"the update rules of the arbitor rows (comma list of {', '.join(RULES)}; a -fp8 rule forms "
+                         "its ballots' grad_W from fp8 operands)")
     ap.add_argument("--device-name", default=None)
     args = ap.parse_args(argv)
     bad = [r for r in args.rules.split(",") if r not in RULES]

@@ -32,7 +32,8 @@ Recipes (``RECIPES``; every value can be overridden by its flag):
 Rows are named with their step size, so each family gets the same tuning effort (``ROW_SETS["tune"]``, or
 ``--rows tune``): ``dense-lr6e-4`` (dense float, AdamW lr 6e-4), ``bitnet-lr2e-3`` (BitNet b1.58 QAT),
 ``counter-b4-r0.5-g128`` (arbitor's counter rule: 4-bit counters, rate 0.5, group 128), ``bigint-g32-s16`` (the
-spec's rule: group 32, strength 16; it has no step size). Names of these forms need no table entry.
+spec's rule: group 32, strength 16; it has no step size); a ternary row's name ending in ``-fp8`` is that row with
+its ballots' ``grad_W`` from fp8 operands (``TernaryConfig.gradw_fp8``). Names of these forms need no table entry.
 
 Speed (``--fast``, the default on CUDA): ternary rows replay the whole step as a CUDA graph
 (``TrainConfig.cuda_graph``; ``--fast-ternary compile+graph`` compiles them too: 1.55x for the counter rule in
@@ -164,11 +165,18 @@ def counter_row(bits: int, rate: float, group: int, strength: float = 16.0) -> s
 
 
 _NUM = r"([0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)"
+FP8_SUFFIX = "-fp8"   # a ternary row's name + this: the same row with TernaryConfig.gradw_fp8
 
 
 def resolve_row(name: str) -> bool:
     """Register a row named in one of the forms of the module doc; False if ``name`` is none of them."""
     if name in ROWS:
+        return True
+    base = name[:-len(FP8_SUFFIX)] if name.endswith(FP8_SUFFIX) else None
+    if base and resolve_row(base) and "ternary" in ROWS[base][1]:   # a ternary row with fp8 grad_W
+        label, changes = ROWS[base]
+        ROWS[name] = (f"{label}, grad_W from fp8 operands",
+                      {**changes, "ternary": {**changes["ternary"], "gradw_fp8": True}})
         return True
     try:
         m = re.fullmatch(r"(dense|bitnet)-lr" + _NUM, name)

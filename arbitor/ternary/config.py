@@ -45,6 +45,10 @@ class TernaryConfig:
     ballot_prior: int = 0            # step_counter starts at this many zero-vote ballots: damps the first
                                      # ballots' jump (one unanimous ballot otherwise moves S by 2**strength)
     backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)
+    gradw_fp8: bool = False          # ballots form grad_W from fp8 e4m3 operands in layers where that pays
+                                     # (ops/fp8.py fp8_pays: >= 4096 x 4096 weights, both sides >= 3072): the
+                                     # layer forward + backward gains 4-11 % on the H200, votes agree with the
+                                     # bf16 grad_W's up to fp8 rounding (docs/kernels.md, "fp8 grad_W")
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
@@ -65,6 +69,8 @@ class TernaryConfig:
             raise ValueError(f"ballot_prior must be a non-negative int, got {self.ballot_prior!r}")
         if self.backend is not None:
             requested_backend(self.backend)
+        if not isinstance(self.gradw_fp8, bool):
+            raise ValueError(f"gradw_fp8 must be a bool, got {self.gradw_fp8!r}")
 
     def rule_settings(self) -> dict[str, Any]:
         """The settings of the chosen rule (e.g. ``counter_bits``/``counter_rate`` for ``counter``)."""

@@ -88,6 +88,8 @@ class ModelSettings:
                                                    choices=EMBEDDING_RULES)
     backend: Optional[str] = setting(None, "ternary kernel backend (default: ARB_TERNARY_BACKEND or auto)",
                                      choices=("auto", "torch", "triton"))
+    gradw_fp8: Optional[bool] = setting(None, "ballots form grad_W from fp8 operands: faster on fp8 tensor cores (CUDA "
+                                              "sm_89+), votes within fp8 rounding of the bf16 ones (docs/kernels.md)")
     dropout: Optional[float] = setting(None, "dropout probability, below 1, in training (embedding output, "
                                              "attention probabilities, attention and MLP residual branches, as "
                                              "nanoGPT; default 0: none)", low=0.0)
@@ -99,7 +101,7 @@ class ModelSettings:
         """The ``TernaryConfig`` fields these settings change (``counter_rate="auto"`` is none: it is resolved when
         a new run is built, and asks nothing of a resumed one)."""
         return {k: getattr(self, k) for k in ("group_size", "strength", "update_rule", "counter_bits", "counter_rate",
-                                              "backend") if getattr(self, k) not in (None, AUTO)}
+                                              "backend", "gradw_fp8") if getattr(self, k) not in (None, AUTO)}
 
     def model_changes(self) -> dict[str, Any]:
         """The other ``ModelConfig`` fields these settings change."""

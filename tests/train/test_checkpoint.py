@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from arbitor.ternary.ops import fp8
 from arbitor.train import checkpoint as ckpt_mod
 from arbitor.data import BUNDLED_TEXT_PATH
 from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig, build_run, load_run
@@ -36,8 +37,11 @@ def _buffers(tr):
     (ModelSettings(embedding_update_rule="bigint"), {}),
     (ModelSettings(embedding_update_rule="legacy"), {}),
     (ModelSettings(update_rule="counter", counter_bits=4), {}),
-    (None, {"linear": "dense"})], ids=["bigint", "legacy-embedding", "counter", "dense-adamw"])
-def test_resume_is_bit_exact(tmp_path, settings, fields):
+    (ModelSettings(update_rule="counter", gradw_fp8=True), {}),     # the resumed run takes it from the checkpoint
+    (None, {"linear": "dense"})], ids=["bigint", "legacy-embedding", "counter", "counter-fp8", "dense-adamw"])
+def test_resume_is_bit_exact(tmp_path, monkeypatch, settings, fields):
+    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)      # the tiny preset's layers take gradw_fp8 (counter-fp8)
+    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
     straight = _train(tmp_path / "straight", 7, settings=settings, **fields)
     _train(tmp_path / "split", 3, settings=settings, **fields)
     resumed = _train(tmp_path / "split", 7, resume=True)           # a fresh trainer, as in a new process
@@ -49,6 +53,7 @@ def test_resume_is_bit_exact(tmp_path, settings, fields):
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
     assert torch.equal(straight.task.data.get_state(), resumed.task.data.get_state())
     assert resumed.step == 7 and resumed.tokens_seen == straight.tokens_seen
+    assert resumed.model.cfg == straight.model.cfg                      # gradw_fp8 too, from the checkpoint
     losses = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()
                         if "loss" in json.loads(l)]
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")  # same loss at every step, 1..7

@@ -12,6 +12,7 @@ import torch
 
 from arbitor.data import BUNDLED_TEXT_PATH
 from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig, build_run
+from arbitor.ternary.ops import fp8
 from arbitor.train.graph import GraphedStep
 
 TEXT = TextConfig(text_data=str(BUNDLED_TEXT_PATH), max_chars=200_000)
@@ -61,9 +62,10 @@ def test_graphed_step_refuses_host_tensors():
         GraphedStep(lambda b: b, warmup=0)
 
 
-def _run(rule: str, graph: bool, steps: int = 7, fields=None, **kw):
+def _run(rule: str, graph: bool, steps: int = 7, fields=None, gradw_fp8=None, **kw):
     tcfg = TrainConfig(steps=steps, batch=4, ctx=32, cuda_graph=graph, eval_interval=0, log_interval=0, **kw)
-    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule), device="cuda", model_fields=fields)
+    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule, gradw_fp8=gradw_fp8), device="cuda",
+                   model_fields=fields)
     losses = [float(tr.train_step()["text"]) for _ in range(steps)]
     torch.cuda.synchronize()
     return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
@@ -72,9 +74,14 @@ def _run(rule: str, graph: bool, steps: int = 7, fields=None, **kw):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
-def test_graph_replayed_run_is_bit_identical_to_eager(rule):
-    _, eager_losses, eager = _run(rule, False)
-    tr, graph_losses, graphed = _run(rule, True)
+@pytest.mark.parametrize("gradw_fp8", [None, True], ids=["exact", "fp8"])
+def test_graph_replayed_run_is_bit_identical_to_eager(rule, gradw_fp8, monkeypatch):
+    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)      # the tiny preset's layers take gradw_fp8
+    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
+    _, eager_losses, eager = _run(rule, False, gradw_fp8=gradw_fp8)
+    tr, graph_losses, graphed = _run(rule, True, gradw_fp8=gradw_fp8)
+    assert tr.model.cfg.ternary.gradw_fp8 is bool(gradw_fp8)
+    assert any(getattr(m, "uses_gradw_fp8", False) for m in tr.model.modules()) is bool(gradw_fp8)
     assert tr.graphed.captured and tr.graphed.calls == 7        # 3 eager + capture + 3 replays
     assert graph_losses == eager_losses
     assert eager.keys() == graphed.keys()

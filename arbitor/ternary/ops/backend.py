@@ -53,9 +53,11 @@ class TernaryOps:
       strength) -> y [M, N]``
     * ``linear_grad_x(grad_y [M, N], <same state>) -> grad_x [M, K]``
     * ``bigint_ballot_(grad_y [M, N], x [M, K], T_packed, corr_accum, pending, nonfinite, in_features,
-      group_size) -> None`` (votes into ``corr_accum``; ``pending`` or ``nonfinite`` + 1)
+      group_size, gradw_fp8=False) -> None`` (votes into ``corr_accum``; ``pending`` or ``nonfinite`` + 1)
     * ``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
-      in_features, group_size, bits, rate) -> None`` (votes + ladder step, in place)
+      in_features, group_size, bits, rate, gradw_fp8=False) -> None`` (votes + ladder step, in place)
+
+    ``gradw_fp8``: the ballot forms ``grad_W`` from fp8 operands (``gradw.py``, ``fp8.py``).
     * ``decode_forward(x [M, K], T_packed, S [N, G] float32, in_features, group_size) -> y [M, N]`` (a frozen
       layer: ``inference.py``)
     """

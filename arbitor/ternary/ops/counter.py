@@ -25,6 +25,7 @@ import torch
 
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
 from .blocks import block_rows_for, gradw_chunk_rows
+from .gradw import fp32_operands, gradw_chunks, use_fp8
 from .hashing import hash_base, uniform_from_base
 from .votes import ballot_ok, count_ballot_, group_votes
 
@@ -100,7 +101,7 @@ def _block_fn(impl: str):
 def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
                     corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
                     nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
-                    rate: float | torch.Tensor, impl: str = "torch") -> None:
+                    rate: float | torch.Tensor, impl: str = "torch", gradw_fp8: bool = False) -> None:
     """Apply one ballot of the ``counter`` rule in place.
 
     Args:
@@ -115,9 +116,10 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
             tensor on the device (a layer passes its ``rate`` buffer: a schedule changes it without a recompile or
             a new CUDA graph).
         impl: ``"torch"`` or ``"triton"`` for the per-weight step.
+        gradw_fp8: form ``grad_W`` from fp8 operands where the layer's shape allows (``gradw.py``).
     """
     block_fn = _block_fn(impl)
-    bad, blocks = gradw_blocks(grad_y, x, T_packed.shape[0], in_features, rate, impl)
+    bad, blocks = gradw_blocks(grad_y, x, T_packed.shape[0], in_features, rate, impl, gradw_fp8)
     for n0, gw, scale in blocks:
         n1 = n0 + gw.shape[0]
         block_fn(gw, scale, T_packed[n0:n1], C_packed[n0:n1], corr_accum[n0:n1], hash_key, step_counter, pending,
@@ -130,28 +132,33 @@ def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
 
 
 def gradw_blocks(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int,
-                 rate: float | torch.Tensor,
-                 impl: str) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
+                 rate: float | torch.Tensor, impl: str,
+                 gradw_fp8: bool = False) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
     """One ballot's ``grad_W = grad_y.T @ x`` in row blocks, with each block's row scale (the counter rule's
     online step and its step-boundary gather share it).
 
     Returns ``bad`` (int32 0-d, nonzero when the ballot must not count) and an iterator of
-    ``(row0, gw [rows, in_features], scale [rows] float32)``. Blocks of ``gradw_rows(impl, ...)`` rows; on the
-    GPU path a single 16-bit chunk stays in the activations' dtype and its row-scale kernel also sets ``bad``
-    on a non-finite entry (no separate check); otherwise ``gw`` is float32 and ``bad`` comes from
-    ``ballot_ok``. ``bad`` is final only once the iterator is exhausted.
+    ``(row0, gw [rows, in_features], scale [rows] float32)``. Blocks of ``gradw_rows(impl, ...)`` rows, formed as
+    ``gradw.py`` says (``gradw_fp8``: from fp8 operands where the layer's shape allows); on the GPU path a single
+    16-bit chunk (always 16-bit with fp8) stays in its dtype and its row-scale kernel also sets ``bad`` on a
+    non-finite entry (no separate check); otherwise ``gw`` is float32 and ``bad`` comes from ``ballot_ok``.
+    ``bad`` is final only once the iterator is exhausted.
     """
-    gy = grad_y.to(x.dtype)
+    fp8 = use_fp8(gradw_fp8, out_features, in_features, x.device)
     step = gradw_rows(impl, out_features, in_features)
-    fused_flag = impl == "triton" and x.dtype != torch.float32 and step >= out_features
+    fused_flag = impl == "triton" and (fp8 or x.dtype != torch.float32) and step >= out_features
     if fused_flag:   # one 16-bit grad_W chunk: its row-scale pass also finds a non-finite entry
         bad = torch.zeros((), dtype=torch.int32, device=x.device)
     else:
         bad = (~ballot_ok(grad_y, x)).to(torch.int32)
 
     def blocks() -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        for n0 in range(0, out_features, step):
-            gw = gy[:, n0:min(out_features, n0 + step)].t() @ x
+        if impl == "triton":
+            chunks = gradw_chunks(grad_y.to(x.dtype), x, step, fp8, bad)
+        else:
+            gy, xf = fp32_operands(grad_y, x, True) if fp8 else (grad_y.to(x.dtype), x)
+            chunks = ((n0, gy[:, n0:min(out_features, n0 + step)].t() @ xf) for n0 in range(0, out_features, step))
+        for n0, gw in chunks:
             if fused_flag:
                 from .counter_triton import row_scale_triton
                 yield n0, gw, row_scale_triton(gw, rate, bad)

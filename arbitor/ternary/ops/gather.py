@@ -30,6 +30,7 @@ import torch
 from ..format import pack_counters, pack_ternary, unpack_counters, unpack_ternary
 from .blocks import row_blocks
 from .counter import counter_step_scale, gradw_blocks
+from .gradw import fp32_operands, use_fp8
 from .hashing import hash_base, uniform_from_base
 from .votes import ballot_ok, count_ballot_, group_votes
 
@@ -69,7 +70,7 @@ def counter_gather_block_torch_(gw: torch.Tensor, scale: torch.Tensor, T_packed:
 def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, vote_sum: torch.Tensor,
                     move_sum: torch.Tensor, ballot: torch.Tensor, pending: torch.Tensor, nonfinite: torch.Tensor,
                     hash_key: torch.Tensor, in_features: int, group_size: int, rate: float | torch.Tensor, cap: int,
-                    impl: str = "torch") -> None:
+                    impl: str = "torch", gradw_fp8: bool = False) -> None:
     """Gather one ``counter`` ballot (module doc).
 
     Args:
@@ -81,11 +82,12 @@ def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         hash_key: the layer's int64 0-d key; rate: rungs per unit of row-RMS gradient; cap: ``move_cap``.
         impl: ``"torch"`` (float32 ``grad_W`` row blocks, this module) or ``"triton"`` (``grad_W`` chunks by
             cuBLAS in the activations' dtype, ``counter_triton.counter_gather_kernel``), as ``counter_ballot_``.
+        gradw_fp8: ``grad_W`` from fp8 operands where the layer's shape allows (``gradw.py``).
     """
     n_out = T_packed.shape[0]
     if impl == "triton":
         from .counter_triton import count_ballot_triton_, counter_gather_block_triton_
-        bad, blocks = gradw_blocks(grad_y, x, n_out, in_features, rate, impl)
+        bad, blocks = gradw_blocks(grad_y, x, n_out, in_features, rate, impl, gradw_fp8)
         for n0, gw, scale in blocks:
             n1 = n0 + gw.shape[0]
             counter_gather_block_triton_(gw, scale, T_packed[n0:n1], vote_sum[n0:n1], move_sum[n0:n1], hash_key,
@@ -96,8 +98,7 @@ def counter_gather_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tenso
         raise ValueError(f"counter_gather_: impl must be 'torch' or 'triton', got {impl!r}")
     ok = ballot_ok(grad_y, x)
     bad = (~ok).to(torch.int32)
-    gy = grad_y.to(torch.float32)
-    xf = x.to(torch.float32)
+    gy, xf = fp32_operands(grad_y, x, use_fp8(gradw_fp8, n_out, in_features, x.device))
     for n0, n1 in row_blocks(n_out, in_features):
         gw = gy[:, n0:n1].t() @ xf
         gw = torch.where(ok, gw, torch.zeros((), dtype=gw.dtype, device=gw.device))   # no NaN reaches a sum

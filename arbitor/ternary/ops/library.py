@@ -6,10 +6,10 @@ Registered ops (namespace ``arbitor``; ``pending`` and the other counters are in
   strength) -> y``                                      ``x [M, K] -> y [M, N]``, pure
 * ``arbitor::ternary_linear_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features,
   group_size, strength) -> grad_x``                     ``grad_y [M, N] -> grad_x [M, K]``, pure
-* ``arbitor::bigint_ballot_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)``
-  mutates ``corr_accum``, ``pending``, ``nonfinite``
+* ``arbitor::bigint_ballot_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size,
+  gradw_fp8=False)`` mutates ``corr_accum``, ``pending``, ``nonfinite``
 * ``arbitor::counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite,
-  hash_key, in_features, group_size, bits, rate)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
+  hash_key, in_features, group_size, bits, rate, gradw_fp8=False)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
   ``pending``, ``nonfinite``; ``rate`` is a float32 0-d device tensor (a schedule that changes it changes no
   compiled graph's constants: ``torch.compile`` guards a float argument by value and would recompile)
 * ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size) -> y``   a frozen layer
@@ -63,13 +63,14 @@ def _(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group
 
 @torch.library.custom_op("arbitor::bigint_ballot_", mutates_args=("corr_accum", "pending", "nonfinite"))
 def bigint_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
-                   pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int) -> None:
+                   pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int,
+                   gradw_fp8: bool = False) -> None:
     """One ``bigint`` ballot (``votes_triton.bigint_ballot_triton_``)."""
-    bigint_ballot_triton_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)
+    bigint_ballot_triton_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size, gradw_fp8)
 
 
 @bigint_ballot_.register_fake
-def _(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size):
+def _(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size, gradw_fp8=False):
     return None
 
 
@@ -78,15 +79,15 @@ def _(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_si
 def counter_ballot_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, C_packed: torch.Tensor,
                     corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,
                     nonfinite: torch.Tensor, hash_key: torch.Tensor, in_features: int, group_size: int, bits: int,
-                    rate: torch.Tensor) -> None:
+                    rate: torch.Tensor, gradw_fp8: bool = False) -> None:
     """One ``counter`` ballot with the fused Triton step (``counter.counter_ballot_(impl="triton")``)."""
     _counter_ballot(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
-                    in_features, group_size, bits, rate, impl="triton")
+                    in_features, group_size, bits, rate, impl="triton", gradw_fp8=gradw_fp8)
 
 
 @counter_ballot_.register_fake
 def _(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key, in_features,
-      group_size, bits, rate):
+      group_size, bits, rate, gradw_fp8=False):
     return None
 
 

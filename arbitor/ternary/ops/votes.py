@@ -24,6 +24,7 @@ import torch
 
 from ..format import unpack_ternary
 from .blocks import row_blocks
+from .gradw import fp32_operands, use_fp8
 
 __all__ = ["group_votes", "ballot_ok", "count_ballot_", "bigint_ballot_torch_"]
 
@@ -46,12 +47,13 @@ def count_ballot_(ok: torch.Tensor, pending: torch.Tensor, nonfinite: torch.Tens
 
 
 def bigint_ballot_torch_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
-                         pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int) -> None:
+                         pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int,
+                         gradw_fp8: bool = False) -> None:
     """One ``bigint`` ballot in place: the votes of ``grad_y [M, N]`` and ``x [M, K]`` into ``corr_accum
-    [N, K // group_size]`` (int64), counted in ``pending`` -- or, with a non-finite input, only in ``nonfinite``."""
+    [N, K // group_size]`` (int64), counted in ``pending`` -- or, with a non-finite input, only in ``nonfinite``.
+    ``gradw_fp8``: ``grad_W`` from fp8-rounded operands (``fp8.py``) where the layer's shape allows."""
     ok = ballot_ok(grad_y, x)
-    gy = grad_y.to(torch.float32)
-    xf = x.to(torch.float32)
+    gy, xf = fp32_operands(grad_y, x, use_fp8(gradw_fp8, T_packed.shape[0], in_features, x.device))
     votes = torch.empty_like(corr_accum)
     for n0, n1 in row_blocks(T_packed.shape[0], in_features):
         t = unpack_ternary(T_packed[n0:n1], in_features)

@@ -3,7 +3,8 @@
 ``bigint_ballot_triton_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size)``:
 
 1. ``grad_W = grad_y.T @ x`` by cuBLAS in the activations' dtype (bf16 on the fast path, fp32
-   accumulation inside the GEMM), in row chunks (``blocks.gradw_chunk_rows``), each freed before the next;
+   accumulation inside the GEMM) -- or, with ``gradw_fp8``, by an fp8 GEMM (``fp8.py``) -- in row chunks
+   (``gradw.gradw_chunks``), each freed before the next;
 2. ``ballot_vote_kernel`` reads a chunk once with the trits, and writes the group votes
    ``-sum_{k in g} sign(grad_W[n, k]) * T[n, k]`` (``votes.py``, the plain-torch reference) as int32 into a
    ``[N, G]`` scratch, and raises a device flag if any ``grad_W`` entry is not finite (a NaN or inf in
@@ -23,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .blocks import gradw_chunk_rows
+from .gradw import gradw_chunks, use_fp8
 from .triton_common import check_act, check_counter_tensor, check_state, expand_bytes, load_bytes
 
 __all__ = ["bigint_ballot_triton_", "ballot_vote_kernel", "apply_ballot_kernel"]
@@ -75,8 +77,10 @@ def _vote_config(group_size: int) -> tuple[int, int]:
 
 
 def bigint_ballot_triton_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch.Tensor, corr_accum: torch.Tensor,
-                          pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int) -> None:
-    """One ``bigint`` ballot in place (module doc): ``grad_y [M, N]``, ``x [M, K]`` of one float dtype."""
+                          pending: torch.Tensor, nonfinite: torch.Tensor, in_features: int, group_size: int,
+                          gradw_fp8: bool = False) -> None:
+    """One ``bigint`` ballot in place (module doc): ``grad_y [M, N]``, ``x [M, K]`` of one float dtype;
+    ``gradw_fp8``: ``grad_W`` by the fp8 GEMM where the layer's shape allows (``gradw.use_fp8``)."""
     N, G = check_state(T_packed, in_features, group_size, None, corr_accum, None)
     device = T_packed.device
     check_act(grad_y, "grad_y", N, "out_features", device)
@@ -90,10 +94,9 @@ def bigint_ballot_triton_(grad_y: torch.Tensor, x: torch.Tensor, T_packed: torch
     votes = torch.empty(N, G, dtype=torch.int32, device=device)
     bad = torch.zeros((), dtype=torch.int32, device=device)
     block_r, block_k = _vote_config(group_size)
-    step = gradw_chunk_rows(N, in_features)
-    for n0 in range(0, N, step):
-        n1 = min(N, n0 + step)
-        gw = grad_y[:, n0:n1].t() @ x          # [rows, K]: cuBLAS, x's dtype, fp32 accumulation
+    fp8 = use_fp8(gradw_fp8, N, in_features, device)
+    for n0, gw in gradw_chunks(grad_y, x, gradw_chunk_rows(N, in_features), fp8, bad):   # [rows, K]
+        n1 = n0 + gw.shape[0]
         grid = (triton.cdiv(n1 - n0, block_r), triton.cdiv(in_features, block_k))
         ballot_vote_kernel[grid](gw, T_packed[n0:n1], votes[n0:n1], bad, n1 - n0, in_features, in_features // 4, G,
                                  gw.stride(0), GS=group_size, BLOCK_R=block_r, BLOCK_K=block_k)

@@ -61,7 +61,7 @@ class TernaryState:
     the ballots skipped for a non-finite input (both device counters: a ballot's index is ``step_counter +
     pending``); ``rate []`` float32 the rule's step size for this ballot (``UpdateRule.rate``, kept on the
     device by the layer so that a schedule changes no compiled graph and no CUDA graph); ``extra`` the rule's own
-    buffers.
+    buffers; ``gradw_fp8`` the layer's setting: a ballot forms ``grad_W`` from fp8 operands (``ops/gradw.py``).
     """
 
     T_packed: torch.Tensor
@@ -75,6 +75,7 @@ class TernaryState:
     group_size: int
     rate: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradw_fp8: bool = False
 
     def count_ballot(self, ok: torch.Tensor) -> None:
         """Count this ballot on the device: ``pending += ok``, ``nonfinite += not ok`` (``ok``: 0-d bool, the

@@ -28,9 +28,9 @@ class BigIntRule(UpdateRule):
 
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
         ops.bigint_ballot_(grad_y, x, state.T_packed, state.corr_accum, state.pending, state.nonfinite,
-                           state.in_features, state.group_size)
+                           state.in_features, state.group_size, gradw_fp8=state.gradw_fp8)
 
     def gather(self, state: TernaryState, gathered: dict[str, torch.Tensor], grad_y: torch.Tensor, x: torch.Tensor,
                ops: Any, ballot: torch.Tensor) -> None:
         ops.bigint_ballot_(grad_y, x, state.T_packed, gathered["vote_sum"], state.pending, state.nonfinite,
-                           state.in_features, state.group_size)
+                           state.in_features, state.group_size, gradw_fp8=state.gradw_fp8)

@@ -114,7 +114,7 @@ class CounterRule(UpdateRule):
     def ballot(self, state: TernaryState, grad_y: torch.Tensor, x: torch.Tensor, ops: Any) -> None:
         ops.counter_ballot_(grad_y, x, state.T_packed, state.extra["C_packed"], state.corr_accum, state.step_counter,
                             state.pending, state.nonfinite, state.extra["hash_key"], state.in_features,
-                            state.group_size, self.counter_bits, state.rate)
+                            state.group_size, self.counter_bits, state.rate, gradw_fp8=state.gradw_fp8)
 
     def gather_buffers(self, state: TernaryState, max_ballots: int) -> dict[str, torch.Tensor]:
         out = super().gather_buffers(state, max_ballots)
@@ -131,7 +131,7 @@ class CounterRule(UpdateRule):
                ops: Any, ballot: torch.Tensor) -> None:
         counter_gather_(grad_y, x, state.T_packed, gathered["vote_sum"], gathered["move_sum"], ballot, state.pending,
                         state.nonfinite, state.extra["hash_key"], state.in_features, state.group_size, state.rate,
-                        self._cap, impl="triton" if ops.name == "triton" else "torch")
+                        self._cap, impl="triton" if ops.name == "triton" else "torch", gradw_fp8=state.gradw_fp8)
 
     def apply_gathered(self, state: TernaryState, gathered: dict[str, torch.Tensor]) -> None:
         super().apply_gathered(state, gathered)
