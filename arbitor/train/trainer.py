@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..ternary.ops.fp8 import check_fp8_device
 from ..ternary.parallel import TernaryDataParallel
 from ..ternary.step import ternary_layers
 from . import distributed
@@ -123,6 +124,8 @@ class Trainer:
                                             passes=task.passes * self.chunk_ballots,
                                             check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout,
                                             static_graph=task.fixed_step)
+        if any(getattr(m, "uses_gradw_fp8", False) for m in model.modules()):
+            check_fp8_device(self.device)   # one line now, not an error inside the first backward
         self.graphed: Optional[GraphedStep] = None
         if tcfg.cuda_graph and self.micro_per_step > 1:
             raise ValueError(f"cuda_graph needs one micro-batch per step (grad_accum {tcfg.grad_accum} x "

@@ -201,3 +201,20 @@ def test_metrics_go_to_tensorboard_when_installed(tmp_path, monkeypatch):
     keys = {c[0] for c in calls[1:]}
     assert {"val_loss", "loss", "tokens_per_s", "loss/text"} <= keys
     assert ("loss", tr.history[1]["loss"], 1) in calls
+
+
+def test_a_device_without_fp8_tensor_cores_refuses_gradw_fp8_before_training(monkeypatch):
+    """The trainer checks the device once when a layer will use fp8 ``grad_W`` (one line, not an error inside the
+    first backward); a model none of whose layers takes it is not checked."""
+    from arbitor.ternary.ops import fp8
+    from arbitor.train import trainer
+
+    def refuse(device):
+        raise ValueError(f"gradw_fp8 needs fp8 tensor cores (CUDA sm_89 or later); {device} is sm_80")
+    monkeypatch.setattr(trainer, "check_fp8_device", refuse)
+    tcfg = TrainConfig(steps=1, batch=2, ctx=16, eval_interval=0, log_interval=0)
+    build_run("text", tcfg, TextConfig(text_data=TEXT), ModelSettings(gradw_fp8=True))     # tiny layers: no fp8
+    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
+    with pytest.raises(ValueError, match="sm_80"):
+        build_run("text", tcfg, TextConfig(text_data=TEXT), ModelSettings(gradw_fp8=True))

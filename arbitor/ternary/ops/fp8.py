@@ -113,11 +113,11 @@ def fp8_pays(out_features: int, in_features: int) -> bool:
 
 
 def check_fp8_device(device: torch.device) -> None:
-    """``RuntimeError`` in one line unless ``device`` can run the fp8 GEMM (CPU, or CUDA sm_89+)."""
+    """``ValueError`` in one line unless ``device`` can run the fp8 GEMM (CPU, or CUDA sm_89+)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
-            raise RuntimeError(f"gradw_fp8 needs fp8 tensor cores (CUDA sm_89 or later); {device} is "
-                               f"sm_{major}{minor}: train with gradw_fp8=False")
+            raise ValueError(f"gradw_fp8 needs fp8 tensor cores (CUDA sm_89 or later); {device} is "
+                             f"sm_{major}{minor}: train with gradw_fp8=False")
     elif device.type != "cpu":
-        raise RuntimeError(f"gradw_fp8 runs on CUDA (sm_89+) or the CPU, not on {device.type}")
+        raise ValueError(f"gradw_fp8 runs on CUDA (sm_89+) or the CPU, not on {device.type}")

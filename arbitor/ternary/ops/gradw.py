@@ -43,8 +43,10 @@ def gradw_chunks(grad_y: torch.Tensor, x: torch.Tensor, rows: int, fp8: bool,
     from .fp8_triton import quantize_t_triton
     if rows < N:
         rows = max(16, rows - rows % 16)
-    gyq, sgy = quantize_t_triton(grad_y, bad)
-    xq, sx = quantize_t_triton(x, bad)
+    # the quantiser reads rows with any stride but each row's entries side by side (an expanded or transposed
+    # upstream gradient, e.g. of a sum, is copied once)
+    gyq, sgy = quantize_t_triton(grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous(), bad)
+    xq, sx = quantize_t_triton(x if x.stride(-1) == 1 else x.contiguous(), bad)
     for n0 in range(0, N, rows):
         n1 = min(N, n0 + rows)
         yield n0, scaled_gradw(gyq[n0:n1], sgy[n0:n1], xq, sx)

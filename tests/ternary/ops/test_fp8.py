@@ -150,12 +150,31 @@ def test_gradw_chunks_fp8_rows_are_multiples_of_16():
     assert torch.equal(torch.cat([c for _, c in parts]), whole)
 
 
+@interp
+def test_gradw_chunks_fp8_takes_any_strides():
+    """An upstream gradient may be expanded (``y.sum()``: stride 0) or transposed: the same chunks as contiguous."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(24, 32, generator=g)
+    for gy in (torch.full((), 0.5).expand(24, 16), torch.randn(16, 24, generator=g).t()):
+        got = torch.cat([c for _, c in gradw_chunks(gy, x, 16, True, _flag())])
+        want = torch.cat([c for _, c in gradw_chunks(gy.contiguous(), x, 16, True, _flag())])
+        assert torch.equal(got, want)
+
+
 def test_use_fp8_needs_the_setting_and_a_16_multiple_shape():
     cpu = torch.device("cpu")
     assert use_fp8(True, 32, 64, cpu) and not use_fp8(False, 32, 64, cpu)
     assert not use_fp8(True, 65, 64, cpu) and not use_fp8(True, 32, 72, cpu)
-    with pytest.raises(RuntimeError, match="gradw_fp8 runs on CUDA"):
+    with pytest.raises(ValueError, match="gradw_fp8 runs on CUDA"):
         check_fp8_device(torch.device("meta"))
+
+
+def test_an_old_gpu_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(ValueError, match=r"^gradw_fp8 needs fp8 tensor cores \(CUDA sm_89 or later\); cuda:0 is sm_80"):
+        check_fp8_device(torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_fp8_device(torch.device("cuda:0"))
 
 
 # ----------------------------------------------------------------------------------------- ballots
