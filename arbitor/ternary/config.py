@@ -47,7 +47,7 @@ class TernaryConfig:
     backend: Optional[str] = None    # ARB_TERNARY_BACKEND override (None: environment / auto)
     gradw_fp8: bool = False          # ballots form grad_W from fp8 e4m3 operands in layers where that pays
                                      # (ops/fp8.py fp8_pays: >= 4096 x 4096 weights, both sides >= 3072): the
-                                     # layer forward + backward gains 4-11 % on the H200, votes agree with the
+                                     # layer forward + backward gains 2-11 % on the H200, votes agree with the
                                      # bf16 grad_W's up to fp8 rounding (docs/kernels.md, "fp8 grad_W")
 
     def __post_init__(self) -> None:

@@ -133,7 +133,7 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         device: where the buffers live (``"meta"``: shapes only, for audits of huge models).
         backend: ``ARB_TERNARY_BACKEND`` override for this layer (``torch``/``triton``/``auto``).
         gradw_fp8: the ballots form ``grad_W`` from fp8 operands where that pays (``ops/fp8.py``, ``fp8_pays``: at
-            least 4096 x 4096 weights, both dimensions >= 3072; a 1.9x faster GEMM on Hopper, votes within fp8
+            least 4096 x 4096 weights, both dimensions >= 3072; a 1.7-2.1x faster GEMM on the H200, votes within fp8
             rounding of the bf16 ones); a smaller layer keeps ``grad_W`` in the activations' dtype
             (``uses_gradw_fp8`` says which).
 

@@ -23,7 +23,7 @@ Bit by bit:
 
 So an operand keeps 4 significant bits (relative error ``<= 2**-4``, half that on average) with the range of its
 feature's largest value; features whose values span more than ``2**17`` lose their smallest ones to 0. Measured on
-the H200 (``benchmarks/results/speed/h200-gradw-fp8/``): the GEMM runs at 1.9x the bf16 one; the votes' agreement
+the H200 (``benchmarks/results/speed/h200-gradw-fp8/``): the GEMM runs at 1.7-2.1x the bf16 one; the votes' agreement
 with the bf16 ``grad_W``'s and the learning curves are in that folder and ``docs/kernels.md``.
 
 The plain-torch reference (``quantize_t_torch``, ``dequantized_operands``) builds the same fp8 operands and
