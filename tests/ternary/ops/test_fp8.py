@@ -267,18 +267,22 @@ def test_counter_fp8_ballot_impls_agree(bits):
         assert torch.equal(a, b)
 
 
-def test_counter_fp8_moves_follow_the_fp8_grad_w():
-    """The ``counter`` ballot with ``gradw_fp8`` equals the ballot of the dequantized operands without it (the
-    torch reference, float32): the fp8 setting changes only ``grad_W``'s operands."""
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=interp)])
+def test_counter_fp8_moves_follow_the_fp8_grad_w(impl):
+    """The ``counter`` ballot with ``gradw_fp8`` equals the ballot of the dequantized operands without it: the fp8
+    setting changes only ``grad_W``'s operands. (Their values are exact in bf16, which the Triton path's GEMM takes;
+    the torch reference takes them in float32, as it forms its fp8 ``grad_W``.)"""
     g = torch.Generator().manual_seed(5)
-    gy, x = torch.randn(20, 32, generator=g), torch.randn(20, 48, generator=g)
-    gyd, xd = dequantized_operands(gy, x)
+    gy, x = torch.randn(20, 32, generator=g).to(torch.bfloat16), torch.randn(20, 48, generator=g).to(torch.bfloat16)
+    dtype = torch.float32 if impl == "torch" else torch.bfloat16
+    gyd, xd = (t.to(dtype) for t in dequantized_operands(gy, x))
     out = []
     for args in ((gy, x, True), (gyd, xd, False)):
         s = _counter_state(32, 48, 5, seed=2)
         counter_ballot_(args[0], args[1], *s, hash_key=_i64(7), in_features=48, group_size=16, bits=5, rate=1.5,
-                        impl="torch", gradw_fp8=args[2])
+                        impl=impl, gradw_fp8=args[2])
         out.append(s)
+    assert not torch.equal(out[0][1], _counter_state(32, 48, 5, seed=2)[1])      # the ladder moved
     for a, b in zip(*out):
         assert torch.equal(a, b)
 
@@ -369,3 +373,32 @@ def test_gpu_fp8_ballot_matches_reference_and_repeats(rule):
     for a, b in zip(runs[1], runs[2]):             # run to run on the GPU: bit for bit
         assert torch.equal(a, b)
     assert torch.equal(runs[0][2], runs[1][2])     # the votes of exact data equal the reference's
+
+
+# ----------------------------------------------------------------------------------------- step-boundary gather
+@interp
+def test_counter_gather_fp8_impls_agree_and_follow_the_fp8_operands():
+    """The step-boundary gather (``ops/gather.py``) with ``gradw_fp8``: torch and Triton give the same integers on
+    exact data, and the torch gather equals the gather of the dequantized operands without the setting."""
+    from arbitor.ternary.ops.gather import counter_gather_, move_cap
+    N, K, gs = 32, 48, 16
+    T = _counter_state(N, K, 5, seed=3)[0]
+
+    def gather(gy, x, impl, use):
+        votes, moves = torch.zeros(N, K // gs, dtype=torch.int64), torch.zeros(N, K, dtype=torch.int8)
+        pending, nonfinite = _i64(0), _i64(0)
+        counter_gather_(gy, x, T, votes, moves, _i64(7), pending, nonfinite, _i64(3), K, gs, 2.0, move_cap(5, 4),
+                        impl=impl, gradw_fp8=use)
+        assert (int(pending), int(nonfinite)) == (1, 0)
+        return votes, moves
+
+    gy, x = _exact_data(24, N, K, seed=8)
+    a = gather(gy.to(torch.bfloat16), x.to(torch.bfloat16), "torch", True)
+    b = gather(gy.to(torch.bfloat16), x.to(torch.bfloat16), "triton", True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].abs().sum() > 0
+    g = torch.Generator().manual_seed(9)
+    gy, x = torch.randn(20, N, generator=g).to(torch.bfloat16), torch.randn(20, K, generator=g).to(torch.bfloat16)
+    gyd, xd = (t.to(torch.bfloat16) for t in dequantized_operands(gy, x))   # fp8 values: exact in bf16 too
+    for impl in ("torch", "triton"):
+        c, d = gather(gy, x, impl, True), gather(gyd, xd, impl, False)
+        assert torch.equal(c[0], d[0]) and torch.equal(c[1], d[1])
