@@ -231,7 +231,8 @@ def _floors(states, reps: int, device) -> dict:
     """The harness's floors over the frozen layers' copies (``_read_floor``): ``read_floor_ms`` (the fastest grid of
     a kernel that only reads ``T_packed`` + ``S``), its grid, and ``launch_floor_ms`` (a launch that writes a word
     a program)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    from arbitor.ternary.ops.triton_common import n_sm
+    sms = n_sm(device)
     out = torch.empty(max(PROGRAMS_PER_SM) * sms, dtype=torch.int32, device=device)
     reads = {p: _graph_time([(lambda s=s, p=p: read_floor(s[0], s[5], p * sms, out)) for s in states], reps)
              for p in PROGRAMS_PER_SM}

@@ -52,9 +52,9 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     from arbitor.ternary.ops.triton_common import SIGN_TABLES
     weights = bn * bk / (32 * warps)                      # weights a thread decodes per K step
     if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
-        from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_gemv_asm, tc_loop_chunks
+        from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_loop_chunks
         R, tokens = bn, bk
-        tile = TC_TILES[tokens]
+        tile = TC_TILES[tokens]._replace(R=R, num_warps=warps)
         fn = decode_tc_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
                "cnt_ptr": "*i32", "tbl_ptr": "*i32", "M": "i32", "N": "i32", "KW": "i32", "G": "i32",
@@ -64,8 +64,7 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
                "CONSTRAINTS": "constexpr", "INTERP": "constexpr"}
         const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": tile.WARP_SPLIT,
                  "GROUP_COLUMNS": tile.GROUP_COLUMNS,
-                 "ASM": tc_gemv_asm(R, group_size, tokens, False, tile.X_AHEAD, tile.AHEAD, tile.GROUP_COLUMNS,
-                                    tile.L2_PREFETCH, tile.RING, 32 * warps),
+                 "ASM": tile.asm(group_size, tokens, False),
                  "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")

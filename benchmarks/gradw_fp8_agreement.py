@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_speed import NANOGPT, RULES  # noqa: E402
 
 
-def _batches(text: str, device: torch.device, batch: int, ctx: int, seed: int):
-    chars = sorted(set(text))
-    data = torch.tensor([chars.index(c) for c in text], dtype=torch.int64)
+def _batches(ids: torch.Tensor, device: torch.device, batch: int, ctx: int, seed: int):
+    """Endless random windows ``[batch, ctx + 1]`` of the token ids ``ids``, seeded."""
     g = torch.Generator().manual_seed(seed)
+    offs = torch.arange(ctx + 1)
     while True:
-        starts = torch.randint(0, len(data) - ctx - 1, (batch,), generator=g)
-        yield torch.stack([data[s:s + ctx + 1] for s in starts.tolist()]).to(device), len(chars)
+        starts = torch.randint(0, len(ids) - ctx - 1, (batch,), generator=g)
+        yield ids[starts[:, None] + offs].to(device)
 
 
 def _capture(model, idx):
@@ -128,14 +128,17 @@ def main(argv=None) -> int:
     path = Path(args.data)
     if not path.is_file():
         ap.error(f"data file {path} does not exist")
+    from arbitor.data.text import CharVocab
     from arbitor.model.config import preset
     from arbitor.model.text import ArbitorLM
     from arbitor.ternary.step import ternary_step
     device = torch.device("cuda")
     text = path.read_text(encoding="utf-8")
     big = args.model == "3b"
-    batches = _batches(text, device, 8 if big else 64, 512 if big else NANOGPT["max_ctx"], args.seed)
-    first, vocab = next(batches)
+    chars = CharVocab(text)
+    vocab = chars.vocab_size
+    batches = _batches(chars.encode(text), device, 8 if big else 64, 512 if big else NANOGPT["max_ctx"], args.seed)
+    first = next(batches)
     if big:
         from benchmarks.bench_speed import _build
         model = _build(preset("3b", ternary=RULES[args.rule], vocab_size=vocab, seed=args.seed), device)
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
             _, loss = model(idx[:, :-1], idx[:, 1:])
             loss.backward()
         ternary_step(model)
-        idx, _ = next(batches)
+        idx = next(batches)
         step += 1
     res = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "rule": args.rule,
            "model": args.model,

@@ -173,7 +173,6 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         if not isinstance(gradw_fp8, bool):
             raise ValueError(f"gradw_fp8 must be a bool, got {gradw_fp8!r}")
         self.gradw_fp8 = gradw_fp8
-        self.uses_gradw_fp8 = gradw_fp8 and fp8_pays(out_features, in_features)   # what the ballots do
         self._voting = True          # False: backward passes grad_x on but casts no ballot
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._anchors: dict[torch.device, torch.Tensor] = {}
@@ -259,6 +258,11 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         return self._anchors[device]
 
     # ------------------------------------------------------------- ballots
+    @property
+    def uses_gradw_fp8(self) -> bool:
+        """Whether this layer's ballots form ``grad_W`` in fp8: ``gradw_fp8`` and a shape where it pays."""
+        return self.gradw_fp8 and fp8_pays(self.out_features, self.in_features)
+
     def _state(self) -> TernaryState:
         return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,
                             self.in_features, self.out_features, self.group_size, self.rate,

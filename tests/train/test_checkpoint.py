@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-from arbitor.ternary.ops import fp8
 from arbitor.train import checkpoint as ckpt_mod
 from arbitor.data import BUNDLED_TEXT_PATH
 from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig, build_run, load_run
@@ -39,9 +38,7 @@ def _buffers(tr):
     (ModelSettings(update_rule="counter", counter_bits=4), {}),
     (ModelSettings(update_rule="counter", gradw_fp8=True), {}),     # the resumed run takes it from the checkpoint
     (None, {"linear": "dense"})], ids=["bigint", "legacy-embedding", "counter", "counter-fp8", "dense-adamw"])
-def test_resume_is_bit_exact(tmp_path, monkeypatch, settings, fields):
-    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)      # the tiny preset's layers take gradw_fp8 (counter-fp8)
-    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
+def test_resume_is_bit_exact(tmp_path, fp8_for_small_layers, settings, fields):   # counter-fp8: tiny layers too
     straight = _train(tmp_path / "straight", 7, settings=settings, **fields)
     _train(tmp_path / "split", 3, settings=settings, **fields)
     resumed = _train(tmp_path / "split", 7, resume=True)           # a fresh trainer, as in a new process

@@ -12,7 +12,6 @@ import torch
 
 from arbitor.data import BUNDLED_TEXT_PATH
 from arbitor.train import ModelSettings, MultimodalConfig, TextConfig, TrainConfig, build_run
-from arbitor.ternary.ops import fp8
 from arbitor.train.graph import GraphedStep
 
 TEXT = TextConfig(text_data=str(BUNDLED_TEXT_PATH), max_chars=200_000)
@@ -75,9 +74,7 @@ def _run(rule: str, graph: bool, steps: int = 7, fields=None, gradw_fp8=None, **
 @cuda
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
 @pytest.mark.parametrize("gradw_fp8", [None, True], ids=["exact", "fp8"])
-def test_graph_replayed_run_is_bit_identical_to_eager(rule, gradw_fp8, monkeypatch):
-    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)      # the tiny preset's layers take gradw_fp8
-    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
+def test_graph_replayed_run_is_bit_identical_to_eager(rule, gradw_fp8, fp8_for_small_layers):
     _, eager_losses, eager = _run(rule, False, gradw_fp8=gradw_fp8)
     tr, graph_losses, graphed = _run(rule, True, gradw_fp8=gradw_fp8)
     assert tr.model.cfg.ternary.gradw_fp8 is bool(gradw_fp8)

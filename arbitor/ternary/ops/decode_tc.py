@@ -74,6 +74,11 @@ class TcTile(NamedTuple):
         """Static shared memory of the launch's ring (``ring_bytes``; 0 without one)."""
         return ring_bytes(self.RING, self.R, 32 * self.num_warps)
 
+    def asm(self, group_size: int, tokens: int, f16: bool) -> str:
+        """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields."""
+        return tc_gemv_asm(self.R, group_size, tokens, f16, self.X_AHEAD, self.AHEAD, self.GROUP_COLUMNS,
+                           self.L2_PREFETCH, self.RING, 32 * self.num_warps)
+
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
 #: ``h200-sweep-tc.md`` (45 configs x 12 shapes; no config with 2 blocks a warp or 2 chunks of weights in flight
@@ -588,8 +593,6 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
-                                     ASM=tc_gemv_asm(t.R, group_size, tokens, x.dtype == torch.float16, t.X_AHEAD,
-                                                     t.AHEAD, t.GROUP_COLUMNS, t.L2_PREFETCH, t.RING,
-                                                     32 * t.num_warps),
+                                     ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
                                      CONSTRAINTS=_constraints(t.R, tokens), INTERP=INTERPRETED, num_warps=t.num_warps)
     return y

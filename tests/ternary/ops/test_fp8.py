@@ -288,13 +288,6 @@ def test_counter_fp8_moves_follow_the_fp8_grad_w(impl):
 
 
 # ----------------------------------------------------------------------------------------- layer and config
-@pytest.fixture
-def small_layers_pay(monkeypatch):
-    """``fp8_pays`` for any layer whose features are multiples of 16 (the measured thresholds need >= 3072)."""
-    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
-
-
 def test_fp8_pays_only_for_big_layers():
     assert fp8.fp8_pays(4096, 4096) and fp8.fp8_pays(12288, 3072) and fp8.fp8_pays(3072, 12288)
     assert not fp8.fp8_pays(3072, 3072) and not fp8.fp8_pays(8192, 2048) and not fp8.fp8_pays(1536, 384)
@@ -304,7 +297,7 @@ def test_fp8_pays_only_for_big_layers():
 
 
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
-def test_layer_setting_reaches_its_ballots(rule, small_layers_pay):
+def test_layer_setting_reaches_its_ballots(rule, fp8_for_small_layers):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(3, 20, 64, generator=g)
     up = torch.randn(3, 20, 32, generator=g)
@@ -321,7 +314,7 @@ def test_layer_setting_reaches_its_ballots(rule, small_layers_pay):
     assert "gradw_fp8=True (used: True)" in repr(TernaryScaleTensor(64, 32, 16, gradw_fp8=True))
 
 
-def test_layer_whose_shape_does_not_allow_fp8_keeps_the_exact_grad_w(small_layers_pay):
+def test_layer_whose_shape_does_not_allow_fp8_keeps_the_exact_grad_w(fp8_for_small_layers):
     x, up = torch.randn(10, 40), torch.randn(10, 24)      # 40 is not a multiple of 16
     out = []
     for use in (False, True):
