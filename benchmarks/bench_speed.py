@@ -17,7 +17,9 @@ Rows (bf16 activations everywhere; every number a median after warm-up):
   cuBLAS) against cuBLAS bf16 ``x @ W.T``; CUDA-graph medians (``triton.testing.do_bench_cudagraph``).
 * ``layer_fwd_bwd`` -- forward + backward (grad-x + the rule's ballot) against the dense bf16 layer's
   forward + backward (three cuBLAS GEMMs), for ``bigint`` and ``counter`` (and ``bigint-fp8`` / ``counter-fp8``:
-  the same rules with ``gradw_fp8``, the ballot's ``grad_W`` from fp8 operands); CUDA-graph medians.
+  the same rules with ``gradw_fp8``, the ballot's ``grad_W`` from fp8 operands; ``-fp8all``: also
+  ``matmul_fp8``, the forward and grad-x from fp8 operands, with a ``layer_fwd`` row ``any-fp8all``); CUDA-graph
+  medians.
 * ``step_nanogpt_vs_dense`` / ``step_nanogpt_vs_qat`` -- whole training steps of the nanoGPT
   ``shakespeare_char`` shape (6 x 384, 6 heads, ctx 256, batch 64, arbitor's block) against the same
   architecture with dense bf16 weights + fused AdamW and with the project's BitNet b1.58 QAT layer (and
@@ -72,6 +74,9 @@ RULES = {"bigint": dict(update_rule="bigint", group_size=64, strength=16.0),
 # each rule with its ballots' grad_W from fp8 operands (TernaryConfig.gradw_fp8, ternary/ops/fp8.py): --rules
 # bigint-fp8,counter-fp8 (rows labelled so)
 RULES.update({f"{name}-fp8": dict(settings, gradw_fp8=True) for name, settings in list(RULES.items())})
+# ... and with the forward and grad-x from fp8 operands too (TernaryConfig.matmul_fp8, ternary/ops/fp8_linear.py):
+# --rules bigint-fp8all,counter-fp8all; it changes the forward's numbers (quality.py rows -fp8all)
+RULES.update({f"{name}-fp8all": dict(RULES[name], gradw_fp8=True, matmul_fp8=True) for name in ("bigint", "counter")})
 DEFAULT_RULES = "bigint,counter"
 
 
@@ -273,6 +278,11 @@ def part_layer(args, device, add) -> None:
         arb_ms, how_a = _bench(lambda: ops.linear_forward(x, *st, K, layer.group_size, layer.strength))
         add({"name": "layer_fwd", "shape": f"{M}x{K}->{N}", "update_rule": "any", "arbitor_ms": arb_ms,
              "baseline": f"cuBLAS bf16 x @ W.T ({how})", "baseline_ms": dense_ms, "timing": how_a})
+        if any(RULES[r].get("matmul_fp8") for r in layers):
+            fp8_ms, how_f = _bench(lambda: ops.linear_forward(x, *st, K, layer.group_size, layer.strength,
+                                                              matmul_fp8=True))
+            add({"name": "layer_fwd", "shape": f"{M}x{K}->{N}", "update_rule": "any-fp8all", "arbitor_ms": fp8_ms,
+                 "baseline": f"cuBLAS bf16 x @ W.T ({how})", "baseline_ms": dense_ms, "timing": how_f})
         xg = x.detach().requires_grad_(True)
         Wg = W.detach().requires_grad_(True)
 

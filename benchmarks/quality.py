@@ -33,7 +33,9 @@ Rows are named with their step size, so each family gets the same tuning effort 
 ``--rows tune``): ``dense-lr6e-4`` (dense float, AdamW lr 6e-4), ``bitnet-lr2e-3`` (BitNet b1.58 QAT),
 ``counter-b4-r0.5-g128`` (arbitor's counter rule: 4-bit counters, rate 0.5, group 128), ``bigint-g32-s16`` (the
 spec's rule: group 32, strength 16; it has no step size); a ternary row's name ending in ``-fp8`` is that row with
-its ballots' ``grad_W`` from fp8 operands (``TernaryConfig.gradw_fp8``). Names of these forms need no table entry.
+its ballots' ``grad_W`` from fp8 operands (``TernaryConfig.gradw_fp8``), one ending in ``-fp8all`` with its forward and
+grad-x from fp8 operands too (``matmul_fp8``). Names of these forms need no table entry. The study's shapes are
+below the sizes where fp8 pays (``ternary/ops/fp8.py``), so these rows need ``--fp8-every-layer`` to use it.
 
 Speed (``--fast``, the default on CUDA): ternary rows replay the whole step as a CUDA graph
 (``TrainConfig.cuda_graph``; ``--fast-ternary compile+graph`` compiles them too: 1.55x for the counter rule in
@@ -166,18 +168,21 @@ def counter_row(bits: int, rate: float, group: int, strength: float = 16.0) -> s
 
 _NUM = r"([0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)"
 FP8_SUFFIX = "-fp8"   # a ternary row's name + this: the same row with TernaryConfig.gradw_fp8
+FP8ALL_SUFFIX = "-fp8all"   # ... + this: with gradw_fp8 and matmul_fp8 (the forward and grad-x in fp8 too)
 
 
 def resolve_row(name: str) -> bool:
     """Register a row named in one of the forms of the module doc; False if ``name`` is none of them."""
     if name in ROWS:
         return True
-    base = name[:-len(FP8_SUFFIX)] if name.endswith(FP8_SUFFIX) else None
-    if base and resolve_row(base) and "ternary" in ROWS[base][1]:   # a ternary row with fp8 grad_W
-        label, changes = ROWS[base]
-        ROWS[name] = (f"{label}, grad_W from fp8 operands",
-                      {**changes, "ternary": {**changes["ternary"], "gradw_fp8": True}})
-        return True
+    for suffix, what, fp8 in ((FP8_SUFFIX, "grad_W from fp8 operands", {"gradw_fp8": True}),
+                              (FP8ALL_SUFFIX, "every matmul from fp8 operands",
+                               {"gradw_fp8": True, "matmul_fp8": True})):
+        base = name[:-len(suffix)] if name.endswith(suffix) else None
+        if base and resolve_row(base) and "ternary" in ROWS[base][1]:   # a ternary row with fp8 matmuls
+            label, changes = ROWS[base]
+            ROWS[name] = (f"{label}, {what}", {**changes, "ternary": {**changes["ternary"], **fp8}})
+            return True
     try:
         m = re.fullmatch(r"(dense|bitnet)-lr" + _NUM, name)
         if m:
@@ -666,6 +671,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", default=None, help="comma list of seeds; each row runs once per seed (default 0)")
     ap.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds S)")
     ap.add_argument("--device", default="cuda", help="torch device, or a comma list: rows are spread over them")
+    ap.add_argument("--fp8-every-layer", action="store_true",
+                    help="-fp8 / -fp8all rows use fp8 in every layer whose sides are multiples of 16, not only where "
+                         "it pays (ternary/ops/fp8.py fp8_pays): the study shapes are below its thresholds")
     ap.add_argument("--out-dir", default="benchmarks/results/quality/latest")
     ap.add_argument("--parallel", type=int, default=0, help="rows at a time (0: all)")
     ap.add_argument("--time-limit", type=float, default=520.0,
@@ -803,6 +811,21 @@ def _mark(path: Path, status: str) -> None:
     _write_json(path, rec)
 
 
+def row_command(args, name: str, seed: int, device: str, out: Path, deadline: float) -> list[str]:
+    """The command of the subprocess that runs row ``name`` with ``seed`` on ``device``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--row", name, "--seed", str(seed), "--device", device,
+           "--out-dir", str(out), "--deadline", str(deadline), "--stop-at", str(args.stop_at)]
+    return cmd + (["--fp8-every-layer"] if args.fp8_every_layer else [])
+
+
+def fp8_every_layer() -> None:
+    """fp8 in every layer whose sides allow it (``--fp8-every-layer``), not only where it was measured to pay: the
+    study's shapes are all below ``fp8.fp8_pays``'s thresholds, which would leave the ``-fp8`` rows equal to the
+    exact ones."""
+    from arbitor.ternary.ops import fp8
+    fp8.FP8_MIN_WEIGHTS = fp8.FP8_MIN_FEATURES = 0
+
+
 def main(argv=None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
@@ -822,6 +845,8 @@ def main(argv=None) -> int:
         return 0
     if args.merge:
         ap.error("--merge needs --aggregate OUT_DIR (the report the rows are added to)")
+    if args.fp8_every_layer:
+        fp8_every_layer()
     if args.row:
         return run_row(args)
     if not args.data:
@@ -881,8 +906,7 @@ def main(argv=None) -> int:
             n, s = todo.pop(0)
             load = {d: sum(1 for _, dd in running.values() if dd == d) for d in devices}
             dev = min(devices, key=lambda d: load[d])
-            cmd = [sys.executable, os.path.abspath(__file__), "--row", n, "--seed", str(s), "--device", dev,
-                   "--out-dir", str(out), "--deadline", str(deadline), "--stop-at", str(args.stop_at)]
+            cmd = row_command(args, n, s, dev, out, deadline)
             with open(out / "logs" / f"{row_file(n, s)}.log", "a") as log:
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
                 log.flush()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..ternary.sibling import sibling_forward, stackable
 from .layers import make_linear, residual_dropout
 
 __all__ = ["ContextAttention", "KVCache", "StaticKVCache", "DECODE_SDPA_BACKENDS", "cached_attention"]
@@ -211,7 +212,10 @@ class ContextAttention(nn.Module):
         """``(q, k, v, gate logits)``, each ``[B, T, D]``: four projections, or one fused ``qkvg`` split in four."""
         if self.qkvg is not None:
             return tuple(self.qkvg(x).split(x.shape[-1], dim=-1))
-        return self.q(x), self.k(x), self.v(x), self.gate(x)
+        projections = (self.q, self.k, self.v, self.gate)
+        if stackable(projections):    # ternary layers: one expansion and one GEMM for the four (ternary/sibling.py)
+            return tuple(sibling_forward(projections, x).split(x.shape[-1], dim=-1))
+        return tuple(p(x) for p in projections)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, _ = t.shape

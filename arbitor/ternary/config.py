@@ -49,6 +49,10 @@ class TernaryConfig:
                                      # (ops/fp8.py fp8_pays: >= 4096 x 4096 weights, both sides >= 3072): the
                                      # layer forward + backward gains 2-11 % on the H200, votes agree with the
                                      # bf16 grad_W's up to fp8 rounding (docs/kernels.md, "fp8 grad_W")
+    matmul_fp8: bool = False         # the forward and grad-x multiply fp8 e4m3 operands in the same layers
+                                     # (ops/fp8_linear.py): activations per token and group scales rounded to 4
+                                     # significant bits -- what the loss is computed from changes (docs/kernels.md,
+                                     # "fp8 matmuls", has the speed and the learning curves)
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
@@ -71,6 +75,8 @@ class TernaryConfig:
             requested_backend(self.backend)
         if not isinstance(self.gradw_fp8, bool):
             raise ValueError(f"gradw_fp8 must be a bool, got {self.gradw_fp8!r}")
+        if not isinstance(self.matmul_fp8, bool):
+            raise ValueError(f"matmul_fp8 must be a bool, got {self.matmul_fp8!r}")
 
     def rule_settings(self) -> dict[str, Any]:
         """The settings of the chosen rule (e.g. ``counter_bits``/``counter_rate`` for ``counter``)."""

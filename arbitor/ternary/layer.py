@@ -91,7 +91,7 @@ class _TernaryLinearFn(torch.autograd.Function):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, layer.in_features)
         y = layer._ops(x.device).linear_forward(x2, *layer._scale_state(), layer.in_features, layer.group_size,
-                                                layer.strength)
+                                                layer.strength, matmul_fp8=layer.uses_matmul_fp8)
         ctx.save_for_backward(x)
         ctx.layer = layer
         return y.reshape(*lead, layer.out_features)
@@ -110,7 +110,7 @@ class _TernaryLinearFn(torch.autograd.Function):
         grad_x = None
         if need_grad_x:  # with the scale of the forward: this ballot is cast after
             grad_x = ops.linear_grad_x(gy2, *layer._scale_state(), layer.in_features, layer.group_size,
-                                       layer.strength).reshape(x.shape)
+                                       layer.strength, matmul_fp8=layer.uses_matmul_fp8).reshape(x.shape)
         if cast_votes:
             layer._cast_ballot(gy2, x2, ops)
         return grad_x, None, None
@@ -136,6 +136,9 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
             least 4096 x 4096 weights, both dimensions >= 3072; a 1.7-2.1x faster GEMM on the H200, votes within fp8
             rounding of the bf16 ones); a smaller layer keeps ``grad_W`` in the activations' dtype
             (``uses_gradw_fp8`` says which).
+        matmul_fp8: the forward and grad-x multiply fp8 operands where that pays (the same shapes as
+            ``gradw_fp8``; above 16 rows): ``ops/fp8_linear.py``. Unlike ``gradw_fp8`` this rounds what the loss is
+            computed from (activations and group scales to 4 significant bits); ``uses_matmul_fp8`` says where.
 
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
     """
@@ -147,7 +150,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
                  update_rule: Union[str, UpdateRule] = "bigint", strength: Optional[float] = None,
                  zero_fraction: float = 1.0 / 3.0, ballot_prior: int = 0, seed: Optional[int] = None,
                  device: Optional[Union[torch.device, str]] = None, backend: Optional[str] = None,
-                 bias: bool = False, gradw_fp8: bool = False, **rule_settings: Any) -> None:
+                 bias: bool = False, gradw_fp8: bool = False, matmul_fp8: bool = False,
+                 **rule_settings: Any) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int) and out_features > 0):
             raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
@@ -173,6 +177,9 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         if not isinstance(gradw_fp8, bool):
             raise ValueError(f"gradw_fp8 must be a bool, got {gradw_fp8!r}")
         self.gradw_fp8 = gradw_fp8
+        if not isinstance(matmul_fp8, bool):
+            raise ValueError(f"matmul_fp8 must be a bool, got {matmul_fp8!r}")
+        self.matmul_fp8 = matmul_fp8
         self._voting = True          # False: backward passes grad_x on but casts no ballot
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._anchors: dict[torch.device, torch.Tensor] = {}
@@ -215,7 +222,7 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         """A layer with every setting from a ``TernaryConfig``."""
         return cls(in_features, out_features, cfg.group_size, update_rule=cfg.update_rule, strength=cfg.strength,
                    zero_fraction=cfg.zero_fraction, ballot_prior=cfg.ballot_prior, seed=seed, device=device,
-                   backend=cfg.backend, gradw_fp8=cfg.gradw_fp8, **cfg.rule_settings())
+                   backend=cfg.backend, gradw_fp8=cfg.gradw_fp8, matmul_fp8=cfg.matmul_fp8, **cfg.rule_settings())
 
     # ------------------------------------------------------------- forward
     def _ops(self, device: torch.device) -> TernaryOps:
@@ -230,16 +237,21 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
         check_linear_input(self, x, self.T_packed.device)
-        anchor = None
+        y = _TernaryLinearFn.apply(x, self.ballot_anchor(x), self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def ballot_anchor(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """For a forward of ``x`` about to run: mark the layer dirty if it may cast a ballot (training, voting, grad
+        enabled), and return the empty anchor its autograd function takes when ``x`` itself does not require grad
+        (else ``None``). ``forward`` and ``sibling.sibling_forward`` call it."""
         if self.training and self._voting and torch.is_grad_enabled():
             if not self._dirty:    # stored only when unset: see expect_ballot
                 self._dirty = True
             if not x.requires_grad:
                 # Votes are cast in backward, which autograd runs only if some input requires grad:
                 # an empty anchor makes the output part of the graph without computing grad_x.
-                anchor = self._anchor(x.device)
-        y = _TernaryLinearFn.apply(x, anchor, self)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+                return self._anchor(x.device)
+        return None
 
     def expect_ballot(self) -> None:
         """Mark the layer dirty now if its next forward may cast a ballot (training, voting, grad enabled), as that
@@ -262,6 +274,12 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     def uses_gradw_fp8(self) -> bool:
         """Whether this layer's ballots form ``grad_W`` in fp8: ``gradw_fp8`` and a shape where it pays."""
         return self.gradw_fp8 and fp8_pays(self.out_features, self.in_features)
+
+    @property
+    def uses_matmul_fp8(self) -> bool:
+        """Whether this layer's forward and grad-x (above 16 rows) multiply fp8 operands: ``matmul_fp8`` and a shape
+        where it pays (``fp8_pays``)."""
+        return self.matmul_fp8 and fp8_pays(self.out_features, self.in_features)
 
     def _state(self) -> TernaryState:
         return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,
@@ -487,7 +505,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         settings = "".join(f", {k}={v}" for k, v in self.rule.settings().items())
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"update_rule={self.rule.name!r}, strength={self.strength}{settings}"
-                + (f", gradw_fp8=True (used: {self.uses_gradw_fp8})" if self.gradw_fp8 else ""))
+                + (f", gradw_fp8=True (used: {self.uses_gradw_fp8})" if self.gradw_fp8 else "")
+                + (f", matmul_fp8=True (used: {self.uses_matmul_fp8})" if self.matmul_fp8 else ""))
 
 
 def _refuse_pending_ballots(module: TernaryScaleTensor, prefix: str, keep_vars: bool) -> None:

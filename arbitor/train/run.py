@@ -90,6 +90,9 @@ class ModelSettings:
                                      choices=("auto", "torch", "triton"))
     gradw_fp8: Optional[bool] = setting(None, "ballots form grad_W from fp8 operands: faster on fp8 tensor cores (CUDA "
                                               "sm_89+), votes within fp8 rounding of the bf16 ones (docs/kernels.md)")
+    matmul_fp8: Optional[bool] = setting(None, "the forward and grad-x multiply fp8 operands (CUDA sm_89+) in layers "
+                                               "where that pays: faster, but the loss is computed from activations "
+                                               "and group scales rounded to 4 significant bits (docs/kernels.md)")
     dropout: Optional[float] = setting(None, "dropout probability, below 1, in training (embedding output, "
                                              "attention probabilities, attention and MLP residual branches, as "
                                              "nanoGPT; default 0: none)", low=0.0)
@@ -100,8 +103,9 @@ class ModelSettings:
     def ternary_changes(self) -> dict[str, Any]:
         """The ``TernaryConfig`` fields these settings change (``counter_rate="auto"`` is none: it is resolved when
         a new run is built, and asks nothing of a resumed one)."""
-        return {k: getattr(self, k) for k in ("group_size", "strength", "update_rule", "counter_bits", "counter_rate",
-                                              "backend", "gradw_fp8") if getattr(self, k) not in (None, AUTO)}
+        names = ("group_size", "strength", "update_rule", "counter_bits", "counter_rate", "backend", "gradw_fp8",
+                 "matmul_fp8")
+        return {k: getattr(self, k) for k in names if getattr(self, k) not in (None, AUTO)}
 
     def model_changes(self) -> dict[str, Any]:
         """The other ``ModelConfig`` fields these settings change."""

@@ -124,8 +124,9 @@ class Trainer:
                                             passes=task.passes * self.chunk_ballots,
                                             check_interval=tcfg.state_check_interval, timeout=tcfg.dist_timeout,
                                             static_graph=task.fixed_step)
-        if any(getattr(m, "uses_gradw_fp8", False) for m in model.modules()):
-            check_fp8_device(self.device)   # one line now, not an error inside the first backward
+        for setting in ("gradw_fp8", "matmul_fp8"):
+            if any(getattr(m, f"uses_{setting}", False) for m in model.modules()):
+                check_fp8_device(self.device, setting)   # one line now, not an error inside the first step
         self.graphed: Optional[GraphedStep] = None
         if tcfg.cuda_graph and self.micro_per_step > 1:
             raise ValueError(f"cuda_graph needs one micro-batch per step (grad_accum {tcfg.grad_accum} x "

@@ -178,3 +178,25 @@ def test_a_study_is_not_resumed_with_a_setting_it_recorded_and_this_call_left_at
     with pytest.raises(SystemExit) as exc:
         q.main(args)
     assert exc.value.code == 2 and "fast_ternary='compile+graph' (now None)" in capsys.readouterr().err
+
+
+def test_fp8_row_suffixes_and_the_every_layer_flag(load_benchmark, monkeypatch):
+    """``-fp8`` adds ``gradw_fp8`` to a ternary row, ``-fp8all`` also ``matmul_fp8``; a float row has neither; and
+    ``--fp8-every-layer`` drops ``fp8_pays``'s thresholds in the process that runs a row."""
+    q = load_benchmark("quality")
+    from arbitor.ternary.ops import fp8
+    assert q.resolve_row("counter-b5-r0.5-g128-fp8all") and q.resolve_row("bigint-g32-s16-fp8")
+    all8 = q.ROWS["counter-b5-r0.5-g128-fp8all"][1]["ternary"]
+    assert all8["gradw_fp8"] is True and all8["matmul_fp8"] is True and all8["counter_bits"] == 5
+    grad8 = q.ROWS["bigint-g32-s16-fp8"][1]["ternary"]
+    assert grad8["gradw_fp8"] is True and "matmul_fp8" not in grad8
+    assert not q.resolve_row("dense-lr6e-4-fp8all")
+    monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", fp8.FP8_MIN_WEIGHTS)
+    monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", fp8.FP8_MIN_FEATURES)
+    for flag in ([], ["--fp8-every-layer"]):
+        args = q._parser().parse_args(["data.txt"] + flag)
+        cmd = q.row_command(args, "bigint-g32-s16-fp8all", 1, "cuda:0", Path("out"), 1.0)
+        assert ("--fp8-every-layer" in cmd) is bool(flag) and cmd[cmd.index("--row") + 1] == "bigint-g32-s16-fp8all"
+    assert not fp8.fp8_pays(384, 384)
+    q.fp8_every_layer()
+    assert fp8.fp8_pays(384, 384) and not fp8.fp8_pays(384, 40)

@@ -37,7 +37,9 @@ def _buffers(tr):
     (ModelSettings(embedding_update_rule="legacy"), {}),
     (ModelSettings(update_rule="counter", counter_bits=4), {}),
     (ModelSettings(update_rule="counter", gradw_fp8=True), {}),     # the resumed run takes it from the checkpoint
-    (None, {"linear": "dense"})], ids=["bigint", "legacy-embedding", "counter", "counter-fp8", "dense-adamw"])
+    (ModelSettings(gradw_fp8=True, matmul_fp8=True), {}),           # and the fp8 forward / grad-x
+    (None, {"linear": "dense"})], ids=["bigint", "legacy-embedding", "counter", "counter-fp8", "bigint-fp8all",
+                                       "dense-adamw"])
 def test_resume_is_bit_exact(tmp_path, fp8_for_small_layers, settings, fields):   # counter-fp8: tiny layers too
     straight = _train(tmp_path / "straight", 7, settings=settings, **fields)
     _train(tmp_path / "split", 3, settings=settings, **fields)
@@ -51,6 +53,8 @@ def test_resume_is_bit_exact(tmp_path, fp8_for_small_layers, settings, fields): 
     assert torch.equal(straight.task.data.get_state(), resumed.task.data.get_state())
     assert resumed.step == 7 and resumed.tokens_seen == straight.tokens_seen
     assert resumed.model.cfg == straight.model.cfg                      # gradw_fp8 too, from the checkpoint
+    if settings is not None and settings.matmul_fp8:
+        assert any(getattr(m, "uses_matmul_fp8", False) for m in resumed.model.modules())
     losses = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()
                         if "loss" in json.loads(l)]
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")  # same loss at every step, 1..7

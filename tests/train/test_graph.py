@@ -61,10 +61,10 @@ def test_graphed_step_refuses_host_tensors():
         GraphedStep(lambda b: b, warmup=0)
 
 
-def _run(rule: str, graph: bool, steps: int = 7, fields=None, gradw_fp8=None, **kw):
+def _run(rule: str, graph: bool, steps: int = 7, fields=None, gradw_fp8=None, matmul_fp8=None, **kw):
     tcfg = TrainConfig(steps=steps, batch=4, ctx=32, cuda_graph=graph, eval_interval=0, log_interval=0, **kw)
-    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule, gradw_fp8=gradw_fp8), device="cuda",
-                   model_fields=fields)
+    tr = build_run("text", tcfg, TEXT, ModelSettings(update_rule=rule, gradw_fp8=gradw_fp8, matmul_fp8=matmul_fp8),
+                   device="cuda", model_fields=fields)
     losses = [float(tr.train_step()["text"]) for _ in range(steps)]
     torch.cuda.synchronize()
     return tr, losses, {k: v.cpu() for k, v in tr.model.state_dict().items()}
@@ -73,12 +73,14 @@ def _run(rule: str, graph: bool, steps: int = 7, fields=None, gradw_fp8=None, **
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
-@pytest.mark.parametrize("gradw_fp8", [None, True], ids=["exact", "fp8"])
-def test_graph_replayed_run_is_bit_identical_to_eager(rule, gradw_fp8, fp8_for_small_layers):
-    _, eager_losses, eager = _run(rule, False, gradw_fp8=gradw_fp8)
-    tr, graph_losses, graphed = _run(rule, True, gradw_fp8=gradw_fp8)
+@pytest.mark.parametrize("gradw_fp8,matmul_fp8", [(None, None), (True, None), (True, True)],
+                         ids=["exact", "fp8", "fp8all"])
+def test_graph_replayed_run_is_bit_identical_to_eager(rule, gradw_fp8, matmul_fp8, fp8_for_small_layers):
+    _, eager_losses, eager = _run(rule, False, gradw_fp8=gradw_fp8, matmul_fp8=matmul_fp8)
+    tr, graph_losses, graphed = _run(rule, True, gradw_fp8=gradw_fp8, matmul_fp8=matmul_fp8)
     assert tr.model.cfg.ternary.gradw_fp8 is bool(gradw_fp8)
     assert any(getattr(m, "uses_gradw_fp8", False) for m in tr.model.modules()) is bool(gradw_fp8)
+    assert any(getattr(m, "uses_matmul_fp8", False) for m in tr.model.modules()) is bool(matmul_fp8)
     assert tr.graphed.captured and tr.graphed.calls == 7        # 3 eager + capture + 3 replays
     assert graph_losses == eager_losses
     assert eager.keys() == graphed.keys()
@@ -174,8 +176,10 @@ def test_compiled_ternary_run_learns_like_eager_in_bf16(rule):
 @cuda
 @pytest.mark.parametrize("rule,fields", [("bigint", {}), ("counter", {}),
                                          ("bigint", {"activation_checkpointing": True, "loss_chunk_tokens": 192}),
-                                         ("counter", {"activation_checkpointing": True})])
-def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule, fields):
+                                         ("counter", {"activation_checkpointing": True}),
+                                         ("bigint", {"activation_checkpointing": True,
+                                                     "ternary": {"gradw_fp8": True, "matmul_fp8": True}})])
+def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule, fields, fp8_for_small_layers):
     """A graph replays the compiled step exactly (benchmarks/results/trainer/h200-compile.md, third follow-up):
     the same losses and integer state as the compiled run without a graph, in bf16 and without a sync; with
     activation checkpointing too (each block's recompute, and the chunked loss's, run inside the capture)."""

@@ -209,8 +209,8 @@ def test_a_device_without_fp8_tensor_cores_refuses_gradw_fp8_before_training(mon
     from arbitor.ternary.ops import fp8
     from arbitor.train import trainer
 
-    def refuse(device):
-        raise ValueError(f"gradw_fp8 needs fp8 tensor cores (CUDA sm_89 or later); {device} is sm_80")
+    def refuse(device, setting="gradw_fp8"):
+        raise ValueError(f"{setting} needs fp8 tensor cores (CUDA sm_89 or later); {device} is sm_80")
     monkeypatch.setattr(trainer, "check_fp8_device", refuse)
     tcfg = TrainConfig(steps=1, batch=2, ctx=16, eval_interval=0, log_interval=0)
     build_run("text", tcfg, TextConfig(text_data=TEXT), ModelSettings(gradw_fp8=True))     # tiny layers: no fp8
@@ -218,3 +218,5 @@ def test_a_device_without_fp8_tensor_cores_refuses_gradw_fp8_before_training(mon
     monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)
     with pytest.raises(ValueError, match="sm_80"):
         build_run("text", tcfg, TextConfig(text_data=TEXT), ModelSettings(gradw_fp8=True))
+    with pytest.raises(ValueError, match="matmul_fp8 needs fp8 tensor cores"):
+        build_run("text", tcfg, TextConfig(text_data=TEXT), ModelSettings(matmul_fp8=True))

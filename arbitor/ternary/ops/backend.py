@@ -37,7 +37,8 @@ from typing import Callable, Optional
 import torch
 
 from .counter import counter_ballot_
-from .linear import decode_forward_torch, linear_forward_torch, linear_grad_x_torch
+from .linear import (decode_forward_torch, linear_forward_torch, linear_grad_x_torch, linear_group_forward_torch,
+                     linear_group_grad_x_torch)
 from .votes import bigint_ballot_torch_
 
 __all__ = ["BACKENDS", "TernaryOps", "TORCH_OPS", "requested_backend", "resolve_backend", "get_ops"]
@@ -50,8 +51,10 @@ class TernaryOps:
     """One implementation of every ternary op (module doc). All operands are 2-D.
 
     * ``linear_forward(x [M, K], T_packed, E, corr_accum, step_counter, pending, in_features, group_size,
-      strength) -> y [M, N]``
-    * ``linear_grad_x(grad_y [M, N], <same state>) -> grad_x [M, K]``
+      strength, matmul_fp8=False) -> y [M, N]``
+    * ``linear_grad_x(grad_y [M, N], <same state>, matmul_fp8=False) -> grad_x [M, K]``
+
+    ``matmul_fp8``: above 16 rows, both operands in fp8 and one fp8 GEMM (``fp8_linear.py``).
     * ``bigint_ballot_(grad_y [M, N], x [M, K], T_packed, corr_accum, pending, nonfinite, in_features,
       group_size, gradw_fp8=False) -> None`` (votes into ``corr_accum``; ``pending`` or ``nonfinite`` + 1)
     * ``counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite, hash_key,
@@ -60,6 +63,10 @@ class TernaryOps:
     ``gradw_fp8``: the ballot forms ``grad_W`` from fp8 operands (``gradw.py``, ``fp8.py``).
     * ``decode_forward(x [M, K], T_packed, S [N, G] float32, in_features, group_size) -> y [M, N]`` (a frozen
       layer: ``inference.py``)
+    * ``group_forward(x [M, K], [T_packed], [E], [corr_accum], [step_counter], [pending], in_features, group_size,
+      [strength], matmul_fp8=False) -> y [M, sum N]`` -- layers reading one input, stacked along their outputs
+      (``sibling.py``): one GEMM for all of them on the Triton path
+    * ``group_grad_x(grad_y [M, sum N], <same lists>) -> grad_x [M, K]``
     """
 
     name: str
@@ -68,10 +75,13 @@ class TernaryOps:
     bigint_ballot_: Callable[..., None]
     counter_ballot_: Callable[..., None]
     decode_forward: Callable[..., torch.Tensor]
+    group_forward: Callable[..., torch.Tensor]
+    group_grad_x: Callable[..., torch.Tensor]
 
 
 TORCH_OPS = TernaryOps("torch", linear_forward_torch, linear_grad_x_torch, bigint_ballot_torch_,
-                       functools.partial(counter_ballot_, impl="torch"), decode_forward_torch)
+                       functools.partial(counter_ballot_, impl="torch"), decode_forward_torch,
+                       linear_group_forward_torch, linear_group_grad_x_torch)
 
 
 _TRITON: dict[str, Optional[TernaryOps]] = {}  # built on first use: importing Triton costs seconds
@@ -83,7 +93,8 @@ def _triton_ops() -> Optional[TernaryOps]:
         try:
             from . import library
             _TRITON["ops"] = TernaryOps("triton", library.ternary_linear_forward, library.ternary_linear_grad_x,
-                                        library.bigint_ballot_, library.counter_ballot_, library.ternary_decode_forward)
+                                        library.bigint_ballot_, library.counter_ballot_, library.ternary_decode_forward,
+                                        library.ternary_group_forward, library.ternary_group_grad_x)
         except Exception:  # pragma: no cover - depends on the installation
             _TRITON["ops"] = None
     return _TRITON["ops"]

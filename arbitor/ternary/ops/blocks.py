@@ -7,12 +7,18 @@ in_features)`` with a default budget of 2**22 elements (16 MiB of float32).
 
 The GPU ballots form ``grad_W`` with cuBLAS in row chunks of at most ``ARB_GRADW_CHUNK_ELEMS`` elements
 (default 2**26: one whole layer of the ``3b`` preset, 128 MiB in bf16), each chunk freed before the next.
+
+``expand_weight`` forms one such block of ``W_eff = T * S`` from its rows' ``T_packed`` and float32 ``S``.
 """
 from __future__ import annotations
 
 import os
 
-__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows"]
+import torch
+
+from ..format import unpack_ternary
+
+__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows", "expand_weight"]
 
 _DEFAULT_BLOCK_ELEMS = 1 << 22
 _DEFAULT_CHUNK_ELEMS = 1 << 26
@@ -47,3 +53,12 @@ def gradw_chunk_rows(out_features: int, in_features: int) -> int:
     if budget < 1:
         raise ValueError(f"ARB_GRADW_CHUNK_ELEMS must be a positive integer, got {raw!r}")
     return max(1, min(out_features, budget // max(1, in_features)))
+
+
+def expand_weight(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``W_eff = T * S`` for the given rows: ``T_packed [rows, ceil(K/4)]``, ``S [rows, K/group_size]`` ->
+    ``[rows, K]`` of ``dtype``."""
+    t = unpack_ternary(T_packed, in_features, torch.float32)
+    w = t.view(t.shape[0], -1, group_size) * S.unsqueeze(-1)
+    return w.view(t.shape[0], in_features).to(dtype)

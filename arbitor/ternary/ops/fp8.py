@@ -48,8 +48,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["FP8_MAX", "FP8_DTYPE", "TOKEN_MULTIPLE", "FP8_MIN_WEIGHTS", "FP8_MIN_FEATURES", "padded_tokens",
-           "fp8_exponents", "quantize_t_torch", "dequantized_operands", "scaled_gradw", "fp8_shape_ok", "fp8_pays",
-           "check_fp8_device"]
+           "fp8_exponents", "pow2", "quantize_t_torch", "dequantized_operands", "scaled_mm_nt", "scaled_gradw",
+           "fp8_shape_ok", "fp8_pays", "check_fp8_device"]
 
 FP8_MAX = 448.0                   # e4m3fn's largest finite value: 1.75 * 2**8
 FP8_DTYPE = torch.float8_e4m3fn
@@ -72,7 +72,7 @@ def fp8_exponents(amax: torch.Tensor) -> torch.Tensor:
     return e.clamp_(min=-126)
 
 
-def _pow2(e: torch.Tensor) -> torch.Tensor:
+def pow2(e: torch.Tensor) -> torch.Tensor:
     """float32 ``2**e`` for int32 ``e`` in ``[-126, 127]``, built from the exponent bits (exact)."""
     return ((e + 127) << 23).to(torch.int32).view(torch.float32)
 
@@ -83,8 +83,8 @@ def quantize_t_torch(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tf = t.to(torch.float32)
     e = fp8_exponents(tf.abs().amax(dim=0) if M else torch.zeros(C, device=t.device))
     q = torch.zeros(C, padded_tokens(M), dtype=FP8_DTYPE, device=t.device)
-    q[:, :M] = (tf * _pow2(-e)).t().to(FP8_DTYPE)
-    return q, _pow2(e)
+    q[:, :M] = (tf * pow2(-e)).t().to(FP8_DTYPE)
+    return q, pow2(e)
 
 
 def dequantized_operands(grad_y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,10 +95,19 @@ def dequantized_operands(grad_y: torch.Tensor, x: torch.Tensor) -> tuple[torch.T
     return (gyq.to(torch.float32) * sgy[:, None]).t(), (xq.to(torch.float32) * sx[:, None]).t()
 
 
+def scaled_mm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+    """``(a * sa[:, None]) @ (b * sb[:, None]).T`` in bf16 from fp8 ``a [rows, R]`` and ``b [cols, R]`` (both with
+    their reduction dimension side by side) and float32 scales ``sa [rows]``, ``sb [cols]``: one fp8 GEMM with
+    row-wise scales, fp32 accumulation (``torch._scaled_mm``, whose second operand is ``b.T``, column-major)."""
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return torch.zeros(a.shape[0], b.shape[0], dtype=torch.bfloat16, device=a.device)
+    return torch._scaled_mm(a, b.t(), scale_a=sa[:, None], scale_b=sb[None, :], out_dtype=torch.bfloat16)
+
+
 def scaled_gradw(gyq: torch.Tensor, sgy: torch.Tensor, xq: torch.Tensor, sx: torch.Tensor) -> torch.Tensor:
     """``grad_W [rows, K]`` bf16 from the quantised rows ``gyq [rows, Mp]`` (scales ``sgy [rows]``) and ``xq [K, Mp]``
-    (``sx [K]``): one fp8 GEMM with row-wise scales, fp32 accumulation."""
-    return torch._scaled_mm(gyq, xq.t(), scale_a=sgy[:, None], scale_b=sx[None, :], out_dtype=torch.bfloat16)
+    (``sx [K]``): ``scaled_mm_nt`` over the tokens."""
+    return scaled_mm_nt(gyq, sgy, xq, sx)
 
 
 def fp8_shape_ok(out_features: int, in_features: int) -> bool:
@@ -112,12 +121,13 @@ def fp8_pays(out_features: int, in_features: int) -> bool:
             and min(out_features, in_features) >= FP8_MIN_FEATURES)
 
 
-def check_fp8_device(device: torch.device) -> None:
-    """``ValueError`` in one line unless ``device`` can run the fp8 GEMM (CPU, or CUDA sm_89+)."""
+def check_fp8_device(device: torch.device, setting: str = "gradw_fp8") -> None:
+    """``ValueError`` in one line, naming ``setting``, unless ``device`` can run the fp8 GEMM (CPU, or CUDA
+    sm_89+)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
-            raise ValueError(f"gradw_fp8 needs fp8 tensor cores (CUDA sm_89 or later); {device} is "
-                             f"sm_{major}{minor}: train with gradw_fp8=False")
+            raise ValueError(f"{setting} needs fp8 tensor cores (CUDA sm_89 or later); {device} is "
+                             f"sm_{major}{minor}: train with {setting}=False")
     elif device.type != "cpu":
-        raise ValueError(f"gradw_fp8 runs on CUDA (sm_89+) or the CPU, not on {device.type}")
+        raise ValueError(f"{setting} runs on CUDA (sm_89+) or the CPU, not on {device.type}")

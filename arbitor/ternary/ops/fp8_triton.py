@@ -1,4 +1,4 @@
-"""Triton quantiser of the fp8 ``grad_W`` operands (format and reference: ``fp8.py``), and its launcher.
+"""Triton quantisers of the fp8 operands (formats and references: ``fp8.py``, ``fp8_linear.py``), and launchers.
 
 ``quantize_t_triton(t [M, C], bad) -> (q [C, Mp] float8_e4m3fn, scale [C] float32)`` is two launches over ``t``:
 
@@ -6,21 +6,37 @@
    the float32 bits as int32 (non-negative floats order like their bits; the maximum does not depend on the
    order, so the result is deterministic); a NaN or infinity raises the ballot's int32 ``bad`` flag;
 2. ``cast_t_kernel``: the exponent ``e`` of each column from its maximum's bits (``fp8.fp8_exponents``), the tile
-   times ``2**-e``, rounded to e4m3 by integer arithmetic (``_e4m3``: round to nearest even, with subnormals --
-   bit-equal to torch's cast, which the CPU interpreter's own fp8 conversion is not), transposed and stored as
+   times ``2**-e``, rounded to e4m3 (``_to_e4m3``: the hardware conversion on the GPU; under the CPU interpreter,
+   whose own fp8 conversion differs, integer arithmetic -- both bit-equal to torch's cast), transposed and stored as
    bytes; columns ``m >= M`` of ``q`` get 0, and the first row of programs writes ``scale = 2**e``.
 
 So ``t`` is read twice and ``q`` written once: ``5`` bytes an entry for a 16-bit ``t``.
+
+The forward and grad-x operands of ``matmul_fp8`` (``fp8_linear.py``):
+
+* ``quantize_rows_triton(t [M, C]) -> (q [M, C], scale [M])``: ``rows_kernel``, one program a row, which holds
+  a row of up to ``ROWS_ONE_READ`` entries in registers (read once: 3 bytes an entry for a 16-bit ``t``) and
+  reads a longer one twice;
+* ``expand_fp8_triton(T_packed, E, corr_accum, step_counter, pending, ...) -> (wq, scale)``: ``scale_max_kernel``
+  (each program's largest ``log2`` of a group scale) and ``expand_fp8_kernel`` (the layer's maximum from those
+  partials, then ``T * S * 2**-ew`` rounded to e4m3 from the packed trits, as ``linear_triton.expand_kernel``
+  forms ``W_eff``; ``[N, K]``, or ``[K, N]`` for grad-x).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from .fp8 import FP8_DTYPE, padded_tokens
+from .triton_common import (INTERPRETED, check_scalars, check_state, exact_pow2, exact_weff_tile, float64_bits,
+                            scale_log2)
 
-__all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CAST_TILE"]
+__all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CAST_TILE", "rows_kernel",
+           "scale_max_kernel", "expand_fp8_kernel", "quantize_rows_triton", "expand_fp8_triton",
+           "expand_fp8_group_triton"]
 
 # ``[BLOCK_M, BLOCK_C]`` tiles, 4 warps: the fastest of seven pairs at four layer shapes on the H200
 # (benchmarks/results/speed/h200-gradw-fp8/quant_sweep.json): 80 us for a bf16 [4096, 12288] grad_y, where a copy
@@ -71,8 +87,19 @@ def _e4m3(v):
 
 
 @triton.jit
+def _to_e4m3(v, INTERP: tl.constexpr):
+    """``_e4m3(v)``: on the GPU by the hardware conversion (``cvt.rn.satfinite.e4m3x2.f32``: round to nearest even,
+    with subnormals; no value here exceeds 448, so saturation never applies), under the CPU interpreter -- whose own
+    fp8 conversion rounds otherwise -- by the integer arithmetic of ``_e4m3``. Both give torch's bytes (tests)."""
+    if INTERP:
+        return _e4m3(v)
+    else:
+        return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+
+
+@triton.jit
 def cast_t_kernel(t_ptr, amax_ptr, q_ptr, scale_ptr, M, MP, C, stride_m,
-                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
     """``q[c, m] = e4m3(t[m, c] * 2**-e[c])`` for ``m < MP`` (0 past ``M``) and ``scale[c] = 2**e[c]``."""
     pid_m = tl.program_id(0)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -81,7 +108,7 @@ def cast_t_kernel(t_ptr, amax_ptr, q_ptr, scale_ptr, M, MP, C, stride_m,
     e = _exponent(tl.load(amax_ptr + c, mask=c_mask, other=0))
     v = tl.load(t_ptr + m.to(tl.int64)[:, None] * stride_m + c[None, :], mask=(m < M)[:, None] & c_mask[None, :],
                 other=0.0).to(tl.float32)
-    q = tl.trans(_e4m3(v * _pow2(-e)[None, :]))
+    q = tl.trans(_to_e4m3(v * _pow2(-e)[None, :], INTERP))
     tl.store(q_ptr + c.to(tl.int64)[:, None] * MP + m[None, :], q, mask=c_mask[:, None] & (m < MP)[None, :])
     if pid_m == 0:
         tl.store(scale_ptr + c, _pow2(e), mask=c_mask)
@@ -104,5 +131,163 @@ def quantize_t_triton(t: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor,
     if M:
         amax_kernel[(triton.cdiv(M, am), triton.cdiv(C, ac))](t, amax, bad, M, C, t.stride(0), BLOCK_M=am, BLOCK_C=ac)
     cast_t_kernel[(triton.cdiv(MP, cm), triton.cdiv(C, cc))](t, amax, q.view(torch.uint8), scale, M, MP, C, t.stride(0),
-                                                            BLOCK_M=cm, BLOCK_C=cc)
+                                                            BLOCK_M=cm, BLOCK_C=cc, INTERP=INTERPRETED)
     return q, scale
+
+
+# rows_kernel: a row of up to ROWS_ONE_READ entries is read once (held in registers), a longer one twice;
+# expand_fp8_kernel: [BLOCK_N, BLOCK_K] weights a program (whole groups; BLOCK_K >= group size), the transposed
+# form with the long side along N (its stores' contiguous dimension); scale_max_kernel: groups a program
+ROWS_ONE_READ = 16384
+ROWS_BLOCK = 4096
+EXPAND_TILE = (32, 256)
+EXPAND_TILE_T = (128, 64)
+SCALE_BLOCK = 1024
+
+
+@triton.jit
+def rows_kernel(t_ptr, q_ptr, scale_ptr, C, stride_m, BLOCK: tl.constexpr, ONE_READ: tl.constexpr,
+                INTERP: tl.constexpr):
+    """Row ``m`` of ``t``: ``q[m] = e4m3(t[m] * 2**-e[m])`` and ``scale[m] = 2**e[m]``; a row holding a NaN or an
+    infinity gets zero bytes and the scale NaN (``fp8_linear.quantize_rows_torch``). ``ONE_READ``: the row fits one
+    ``BLOCK``."""
+    m = tl.program_id(0).to(tl.int64)
+    src = t_ptr + m * stride_m
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    bad = tl.zeros([BLOCK], dtype=tl.int32)
+    c = tl.arange(0, BLOCK)
+    if ONE_READ:
+        v = tl.load(src + c, mask=c < C, other=0.0).to(tl.float32)
+        a = tl.abs(v)
+        nonfinite = (a != a) | (a == float("inf"))
+        bad += nonfinite.to(tl.int32)
+        amax = tl.where(nonfinite, 0.0, a)
+    else:
+        for c0 in range(0, C, BLOCK):
+            a = tl.abs(tl.load(src + c0 + c, mask=c0 + c < C, other=0.0).to(tl.float32))
+            nonfinite = (a != a) | (a == float("inf"))
+            bad += nonfinite.to(tl.int32)
+            amax = tl.maximum(amax, tl.where(nonfinite, 0.0, a))
+    row_bad = tl.sum(bad, axis=0) > 0
+    e = _exponent(tl.max(amax, axis=0).to(tl.int32, bitcast=True))
+    inv = _pow2(-e)
+    if ONE_READ:
+        q = tl.where(row_bad, 0, _to_e4m3(tl.where(row_bad, 0.0, v * inv), INTERP))
+        tl.store(q_ptr + m * C + c, q.to(tl.uint8), mask=c < C)
+    else:
+        for c0 in range(0, C, BLOCK):
+            v = tl.load(src + c0 + c, mask=c0 + c < C, other=0.0).to(tl.float32)
+            q = tl.where(row_bad, 0, _to_e4m3(tl.where(row_bad, 0.0, v * inv), INTERP))
+            tl.store(q_ptr + m * C + c0 + c, q.to(tl.uint8), mask=c0 + c < C)
+    tl.store(scale_ptr + m, tl.where(row_bad, float("nan"), _pow2(e)))
+
+
+@triton.jit
+def scale_max_kernel(e_ptr, corr_ptr, step_ptr, pending_ptr, part_ptr, NUMEL, strength_bits,
+                     GS: tl.constexpr, BLOCK: tl.constexpr):
+    """``part[p]``: the largest ``log2 S`` (float64, ``scale_log2``) among the groups ``p * BLOCK ...`` of the layer
+    (flat ``[N * G]``); ``expand_fp8_kernel`` takes the maximum of these partials (no buffer to zero, no atomics)
+    and raises 2 to it once -- ``S`` grows with its logarithm, so that is the largest ``S``, with no ``exp2`` a
+    group here."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < NUMEL
+    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
+    e = tl.load(e_ptr + offs, mask=mask, other=0)
+    c = tl.load(corr_ptr + offs, mask=mask, other=0)
+    q = tl.where(mask, scale_log2(e, c, ballots, strength_bits, GS), -1.0e300)
+    tl.store(part_ptr + tl.program_id(0), tl.max(q, axis=0))
+
+
+@triton.jit
+def expand_fp8_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, part_ptr, w_ptr, scale_ptr, N, K, G, KB, P,
+                      W_LD, strength_bits, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      BLOCK_P: tl.constexpr, TRANSPOSE: tl.constexpr, INTERP: tl.constexpr):
+    """``wq = e4m3(T * S * 2**-ew)`` as bytes, ``[N, K]`` (``[K, N]`` with ``TRANSPOSE``; rows ``W_LD`` bytes apart),
+    and ``scale = 2**ew`` (``[N]``, ``[K]``); ``ew`` from the largest ``S``: the maximum of the ``P`` partials of
+    ``scale_max_kernel`` (of this layer, or of every layer of a group). ``BLOCK_K`` is a multiple of ``GS``."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k0 = pid_k * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    p = tl.arange(0, BLOCK_P)
+    s_max = exact_pow2(tl.max(tl.load(part_ptr + p, mask=p < P, other=-1.0e300), axis=0), INTERP)
+    ew = _exponent(s_max.to(tl.int32, bitcast=True))
+    w = exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits,
+                        _pow2(-ew), GS, BLOCK_N, BLOCK_K, INTERP)
+    q = _to_e4m3(w, INTERP)
+    mask = n_mask[:, None] & k_mask[None, :]
+    if TRANSPOSE:
+        tl.store(w_ptr + offs_k.to(tl.int64)[None, :] * W_LD + offs_n[:, None], q, mask=mask)
+        if pid_n == 0:
+            tl.store(scale_ptr + offs_k, tl.zeros([BLOCK_K], dtype=tl.float32) + _pow2(ew), mask=k_mask)
+    else:
+        tl.store(w_ptr + offs_n.to(tl.int64)[:, None] * W_LD + offs_k[None, :], q, mask=mask)
+        if pid_k == 0:
+            tl.store(scale_ptr + offs_n, tl.zeros([BLOCK_N], dtype=tl.float32) + _pow2(ew), mask=n_mask)
+
+
+def quantize_rows_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t [M, C]`` (fp32/fp16/bf16, unit stride along ``C``) -> ``(q [M, C] float8_e4m3fn, scale [M] float32)``,
+    equal to ``fp8_linear.quantize_rows_torch(t)``."""
+    if t.dim() != 2 or (t.shape[1] > 1 and t.stride(1) != 1):
+        raise ValueError(f"quantize_rows_triton: t must be 2-D with unit stride along its columns, got shape "
+                         f"{tuple(t.shape)} strides {t.stride()}")
+    M, C = t.shape
+    q = torch.empty(M, C, dtype=FP8_DTYPE, device=t.device)
+    scale = torch.empty(M, dtype=torch.float32, device=t.device)
+    if M:
+        one = C <= ROWS_ONE_READ
+        block = triton.next_power_of_2(max(C, 16)) if one else ROWS_BLOCK
+        rows_kernel[(M,)](t, q.view(torch.uint8), scale, C, t.stride(0), BLOCK=block, ONE_READ=one,
+                          INTERP=INTERPRETED, num_warps=min(16, max(4, block // 1024)))
+    return q, scale
+
+
+def expand_fp8_group_triton(states: Sequence[tuple], in_features: int, group_size: int, strengths: Sequence[float],
+                            transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(wq, scale)`` of layers reading one input, stacked along the outputs as one layer: ``states`` are their
+    ``(T_packed, E, corr_accum, step_counter, pending)``, ``strengths`` their strengths. ``wq [sum N, K]`` (``[K,
+    sum N]`` with ``transpose``) float8_e4m3fn with one exponent ``ew`` for all of them, ``scale`` ``[sum N]``
+    (``[K]``) float32: equal to ``fp8_linear.expand_fp8_torch`` of the stacked ``T_packed`` and group scales."""
+    shapes = []
+    for st, strength in zip(states, strengths):
+        shapes.append(check_state(st[0], in_features, group_size, *st[1:4]))
+        check_scalars(st[4], strength)
+    device = states[0][0].device
+    n_total = sum(N for N, _ in shapes)
+    shape = (in_features, n_total) if transpose else (n_total, in_features)
+    wq = torch.empty(shape, dtype=FP8_DTYPE, device=device)
+    scale = torch.empty(shape[0], dtype=torch.float32, device=device)
+    parts = [triton.cdiv(N * G, SCALE_BLOCK) for N, G in shapes]
+    part = torch.empty(sum(parts), dtype=torch.float64, device=device)
+    p0 = 0
+    for (T_packed, E, corr, step, pending), strength, (N, G), P in zip(states, strengths, shapes, parts):
+        scale_max_kernel[(P,)](E, corr, step, pending, part[p0:], N * G, float64_bits(strength), GS=group_size,
+                               BLOCK=SCALE_BLOCK)
+        p0 += P
+    bn, bk = EXPAND_TILE_T if transpose else EXPAND_TILE
+    bk = max(bk, group_size)
+    w8 = wq.view(torch.uint8)
+    n0 = 0
+    for (T_packed, E, corr, step, pending), strength, (N, G) in zip(states, strengths, shapes):
+        out = w8[:, n0:] if transpose else w8[n0:]
+        sc = scale if transpose else scale[n0:]
+        expand_fp8_kernel[(triton.cdiv(N, bn), triton.cdiv(in_features, bk))](
+            T_packed, E, corr, step, pending, part, out, sc, N, in_features, G, in_features // 4, p0, w8.stride(0),
+            float64_bits(strength), GS=group_size, BLOCK_N=bn, BLOCK_K=bk, BLOCK_P=triton.next_power_of_2(p0),
+            TRANSPOSE=transpose, INTERP=INTERPRETED, num_warps=4)
+        n0 += N
+    return wq, scale
+
+
+def expand_fp8_triton(T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor,
+                      pending: torch.Tensor, in_features: int, group_size: int, strength: float,
+                      transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(wq, scale)`` of one layer's state (``expand_fp8_group_triton`` of one), equal to
+    ``fp8_linear.expand_fp8_torch(T_packed, S, ...)`` with ``S`` its group scales: ``wq [N, K]`` (``[K, N]`` with
+    ``transpose``) float8_e4m3fn, ``scale`` ``[N]`` (``[K]``) float32."""
+    return expand_fp8_group_triton([(T_packed, E, corr_accum, step_counter, pending)], in_features, group_size,
+                                   [strength], transpose)

@@ -3,9 +3,9 @@
 Registered ops (namespace ``arbitor``; ``pending`` and the other counters are int64 0-d device tensors):
 
 * ``arbitor::ternary_linear_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size,
-  strength) -> y``                                      ``x [M, K] -> y [M, N]``, pure
+  strength, matmul_fp8=False) -> y``                    ``x [M, K] -> y [M, N]``, pure
 * ``arbitor::ternary_linear_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features,
-  group_size, strength) -> grad_x``                     ``grad_y [M, N] -> grad_x [M, K]``, pure
+  group_size, strength, matmul_fp8=False) -> grad_x``   ``grad_y [M, N] -> grad_x [M, K]``, pure
 * ``arbitor::bigint_ballot_(grad_y, x, T_packed, corr_accum, pending, nonfinite, in_features, group_size,
   gradw_fp8=False)`` mutates ``corr_accum``, ``pending``, ``nonfinite``
 * ``arbitor::counter_ballot_(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinite,
@@ -14,6 +14,9 @@ Registered ops (namespace ``arbitor``; ``pending`` and the other counters are in
   compiled graph's constants: ``torch.compile`` guards a float argument by value and would recompile)
 * ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size) -> y``   a frozen layer
   (``inference.py``): ``x [M, K] -> y [M, N]`` from ``T_packed`` and the float32 group scale ``S``, pure
+* ``arbitor::ternary_group_forward(x, T_packed[], E[], corr_accum[], step_counter[], pending[], in_features,
+  group_size, strength[], matmul_fp8=False) -> y`` and ``arbitor::ternary_group_grad_x(grad_y, <same>) -> grad_x``:
+  layers reading one input, stacked along their outputs (``linear_triton.ternary_group_forward``), pure
 
 Going through these ops makes the Triton backend opaque to ``torch.compile`` (Dynamo records one node per
 op and uses the fake impl for shapes; Inductor calls the real kernel), and lets ``torch.library.opcheck``
@@ -27,22 +30,25 @@ import torch
 from .counter import counter_ballot_ as _counter_ballot
 from .decode_triton import decode_forward
 from .linear_triton import ternary_forward, ternary_grad_x
+from .linear_triton import ternary_group_forward as _group_forward
+from .linear_triton import ternary_group_grad_x as _group_grad_x
 from .votes_triton import bigint_ballot_triton_
 
 __all__ = ["ternary_linear_forward", "ternary_linear_grad_x", "bigint_ballot_", "counter_ballot_",
-           "ternary_decode_forward"]
+           "ternary_decode_forward", "ternary_group_forward", "ternary_group_grad_x"]
 
 
 @torch.library.custom_op("arbitor::ternary_linear_forward", mutates_args=())
 def ternary_linear_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                            step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
-                           strength: float) -> torch.Tensor:
+                           strength: float, matmul_fp8: bool = False) -> torch.Tensor:
     """``y [M, N] = x [M, K] @ (T * S).T`` (``linear_triton.ternary_forward``)."""
-    return ternary_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)
+    return ternary_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                           matmul_fp8=matmul_fp8)
 
 
 @ternary_linear_forward.register_fake
-def _(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength):
+def _(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength, matmul_fp8=False):
     torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
     return x.new_empty(x.shape[0], T_packed.shape[0])
 
@@ -50,13 +56,14 @@ def _(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size
 @torch.library.custom_op("arbitor::ternary_linear_grad_x", mutates_args=())
 def ternary_linear_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                           step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
-                          strength: float) -> torch.Tensor:
+                          strength: float, matmul_fp8: bool = False) -> torch.Tensor:
     """``grad_x [M, K] = grad_y [M, N] @ (T * S)`` (``linear_triton.ternary_grad_x``)."""
-    return ternary_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength)
+    return ternary_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                          matmul_fp8=matmul_fp8)
 
 
 @ternary_linear_grad_x.register_fake
-def _(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength):
+def _(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength, matmul_fp8=False):
     torch._check(grad_y.dim() == 2 and grad_y.shape[1] == T_packed.shape[0], lambda: "grad_y must be [M, out_features]")
     return grad_y.new_empty(grad_y.shape[0], in_features)
 
@@ -102,3 +109,36 @@ def ternary_decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Ten
 def _(x, T_packed, S, in_features, group_size):
     torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
     return x.new_empty(x.shape[0], T_packed.shape[0])
+
+
+@torch.library.custom_op("arbitor::ternary_group_forward", mutates_args=())
+def ternary_group_forward(x: torch.Tensor, T_packed: list[torch.Tensor], E: list[torch.Tensor],
+                          corr_accum: list[torch.Tensor], step_counter: list[torch.Tensor], pending: list[torch.Tensor],
+                          in_features: int, group_size: int, strength: list[float],
+                          matmul_fp8: bool = False) -> torch.Tensor:
+    """``y [M, sum N] = cat_i(x @ (T_i * S_i).T)`` (``linear_triton.ternary_group_forward``)."""
+    return _group_forward(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                          matmul_fp8)
+
+
+@ternary_group_forward.register_fake
+def _(x, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength, matmul_fp8=False):
+    torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
+    return x.new_empty(x.shape[0], sum(t.shape[0] for t in T_packed))
+
+
+@torch.library.custom_op("arbitor::ternary_group_grad_x", mutates_args=())
+def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: list[torch.Tensor], E: list[torch.Tensor],
+                         corr_accum: list[torch.Tensor], step_counter: list[torch.Tensor], pending: list[torch.Tensor],
+                         in_features: int, group_size: int, strength: list[float],
+                         matmul_fp8: bool = False) -> torch.Tensor:
+    """``grad_x [M, K] = sum_i grad_y[:, N_i] @ (T_i * S_i)`` (``linear_triton.ternary_group_grad_x``)."""
+    return _group_grad_x(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
+                         matmul_fp8)
+
+
+@ternary_group_grad_x.register_fake
+def _(grad_y, T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength, matmul_fp8=False):
+    torch._check(grad_y.dim() == 2 and grad_y.shape[1] == sum(t.shape[0] for t in T_packed),
+                 lambda: "grad_y must be [M, sum of out_features]")
+    return grad_y.new_empty(grad_y.shape[0], in_features)

@@ -31,7 +31,7 @@ input dtype in registers.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import triton
@@ -39,14 +39,14 @@ import triton.language as tl
 
 from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
-                            exact_scale, expand_bytes, float64_bits, group_scale, group_sums, grouped_pid,
+                            exact_weff_tile, float64_bits, group_scale, group_sums, grouped_pid,
                             launch_cfg, load_bytes, load_group_state, n_sm, round_to, split_buffers,
                             split_epilogue, split_len, weff_cast, word_dots,
                             gemv_split_start)
 
 __all__ = ["ternary_forward", "ternary_grad_x", "ternary_scale", "expand_weight_triton", "ternary_fwd_kernel",
            "ternary_gradx_kernel", "ternary_scale_kernel", "expand_kernel",
-           "ternary_gemv_m1_kernel", "FUSED_MAX_M"]
+           "ternary_gemv_m1_kernel", "FUSED_MAX_M", "ternary_group_forward", "ternary_group_grad_x"]
 
 #: ``linear_forward`` / ``linear_grad_x`` run the fused kernels up to this many rows (decode) and expand
 #: ``W_eff`` once into a transient buffer for cuBLAS above it (training shapes; docs/kernels.md).
@@ -241,16 +241,8 @@ def expand_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, w_ptr, N, K, G,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = pid_k * BLOCK_K
-    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    NG: tl.constexpr = BLOCK_K // GS
-    offs_g = k0 // GS + tl.arange(0, NG)
-    g_mask = n_mask[:, None] & (offs_g < G)[None, :]
-    g_offs = offs_n.to(tl.int64)[:, None] * G + offs_g[None, :]
-    e = tl.load(e_ptr + g_offs, mask=g_mask, other=0)
-    c = tl.load(corr_ptr + g_offs, mask=g_mask, other=0)
-    sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP)                 # [BLOCK_N, NG] float32
-    t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
-    w = tl.reshape(tl.reshape(t.to(tl.float32), (BLOCK_N, NG, GS)) * sc[:, :, None], (BLOCK_N, BLOCK_K))
+    w = exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits, 1.0,
+                        GS, BLOCK_N, BLOCK_K, INTERP)
     offs_k = k0 + tl.arange(0, BLOCK_K)
     ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :]
     tl.store(ptrs, round_to(w, w_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_k < K)[None, :])
@@ -357,11 +349,12 @@ def _expand_config(group_size: int) -> tuple[int, int, int]:
 
 def expand_weight_triton(T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                          step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
-                         strength: float, dtype: torch.dtype) -> torch.Tensor:
-    """``W_eff = T * S`` as a new ``[N, K]`` tensor of ``dtype`` (equal to ``effective_weight(dtype)`` bit for bit)."""
+                         strength: float, dtype: torch.dtype, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``W_eff = T * S`` as a new ``[N, K]`` tensor of ``dtype`` (equal to ``effective_weight(dtype)`` bit for bit);
+    ``out``: written into these contiguous ``[N, K]`` rows instead (a slice of a group's buffer)."""
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
-    W = torch.empty(N, in_features, dtype=dtype, device=T_packed.device)
+    W = torch.empty(N, in_features, dtype=dtype, device=T_packed.device) if out is None else out
     if W.numel():
         bn, bk, warps = _expand_config(group_size)
         grid = (triton.cdiv(N, bn), triton.cdiv(in_features, bk))
@@ -424,9 +417,43 @@ def _launch_gemv(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_
     return y
 
 
+def _expanded_matmul(act: torch.Tensor, states: Sequence[tuple], in_features: int, group_size: int,
+                     strengths: Sequence[float], grad_x: bool, fp8: bool) -> torch.Tensor:
+    """The expand path of the forward (``act = x [M, K]``: ``act @ W.T``) or grad-x (``act = grad_y [M, N]``:
+    ``act @ W``) of one layer or of several stacked along their outputs (``states``: each ``(T_packed, E,
+    corr_accum, step_counter, pending)``; ``N`` the sum of theirs): ``W_eff`` expanded into one transient buffer of
+    ``act``'s dtype and one cuBLAS GEMM, or with ``fp8`` (``matmul_fp8``) both operands quantised
+    (``fp8_triton.py``) and one fp8 GEMM (``fp8_linear.py``). In ``act``'s dtype."""
+    if fp8:
+        from .fp8 import check_fp8_device, scaled_mm_nt
+        from .fp8_triton import expand_fp8_group_triton, quantize_rows_triton
+        check_fp8_device(act.device, "matmul_fp8")
+        aq, sa = quantize_rows_triton(act if act.stride(-1) == 1 else act.contiguous())
+        wq, sw = expand_fp8_group_triton(states, in_features, group_size, strengths, transpose=grad_x)
+        return scaled_mm_nt(aq, sa, wq, sw).to(act.dtype)
+    n_total = sum(st[0].shape[0] for st in states)
+    W = torch.empty(n_total, in_features, dtype=act.dtype, device=act.device)
+    n0 = 0
+    for st, strength in zip(states, strengths):
+        n1 = n0 + st[0].shape[0]
+        expand_weight_triton(*st, in_features, group_size, strength, act.dtype, out=W[n0:n1])
+        n0 = n1
+    return act @ W if grad_x else act @ W.t()
+
+
+def _fp8_ok(matmul_fp8: bool, M: int, out_features: int, in_features: int, config: Optional[dict] = None,
+            path: str = "auto") -> bool:
+    """Whether a forward / grad-x takes the fp8 GEMM (``fp8_linear.fp8_matmul_applies``, on the expand path)."""
+    if not matmul_fp8 or config is not None or path not in ("auto", "expand"):
+        return False
+    from .fp8_linear import fp8_matmul_applies
+    return fp8_matmul_applies(matmul_fp8, M, out_features, in_features)
+
+
 def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                     step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
-                    strength: float, *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
+                    strength: float, *, config: Optional[dict] = None, path: str = "auto",
+                    matmul_fp8: bool = False) -> torch.Tensor:
     """``y [M, N] = x [M, K] @ W_eff.T`` (y in x's dtype).
 
     ``path="auto"``: up to ``FUSED_MAX_M`` rows the fused kernel decodes ``T_packed`` and the scale in
@@ -435,7 +462,8 @@ def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, co
     ``num_stages``, ``SPLIT``) forces the fused kernel with that launch config. At M == 1 (and
     ``in_features % 16 == 0``) ``auto`` runs the decode GEMV ``ternary_gemv_m1_kernel`` instead;
     ``path="gemv"`` forces it (M == 1 only; ``config`` then overrides its ``BLOCK_N``/``BLOCK_K``/``num_warps``/
-    ``SPLIT``).
+    ``SPLIT``). ``matmul_fp8``: above ``FUSED_MAX_M`` rows (and 16-divisible sides), both operands in fp8 and one
+    fp8 GEMM (``fp8_linear.py``; not bit-equal to the bf16 product).
     """
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
@@ -451,28 +479,82 @@ def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, co
             raise ValueError("triton ternary op: path='gemv' needs in_features % 16 == 0, out_features > 0 and "
                              "an aligned T_packed")
     if not _fused(M, config, path):
-        W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
-                                 x.dtype)
-        return x @ W.t()
+        return _expanded_matmul(x, [(T_packed, E, corr_accum, step_counter, pending)], in_features, group_size,
+                                [strength], False, _fp8_ok(matmul_fp8, M, N, in_features, config, path))
     return _launch_linear(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G, in_features,
                           "fwd", config)
 
 
 def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
                    step_counter: torch.Tensor, pending: torch.Tensor, in_features: int, group_size: int,
-                   strength: float, *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
-    """``grad_x [M, K] = grad_y [M, N] @ W_eff`` (grad_y's dtype); paths as ``ternary_forward``."""
+                   strength: float, *, config: Optional[dict] = None, path: str = "auto",
+                   matmul_fp8: bool = False) -> torch.Tensor:
+    """``grad_x [M, K] = grad_y [M, N] @ W_eff`` (grad_y's dtype); paths and ``matmul_fp8`` as ``ternary_forward``."""
     N, G = check_state(T_packed, in_features, group_size, E, corr_accum, step_counter)
     check_scalars(pending, strength)
     check_act(grad_y, "grad_y", N, "out_features", T_packed.device)
     if path == "gemv":   # the GEMV is forward-only
         path = "auto"
     if not _fused(grad_y.shape[0], config, path):
-        W = expand_weight_triton(T_packed, E, corr_accum, step_counter, pending, in_features, group_size, strength,
-                                 grad_y.dtype)
-        return grad_y @ W
+        return _expanded_matmul(grad_y, [(T_packed, E, corr_accum, step_counter, pending)], in_features, group_size,
+                                [strength], True, _fp8_ok(matmul_fp8, grad_y.shape[0], N, in_features, config, path))
     return _launch_linear(grad_y, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
                           in_features, "gx", config)
+
+
+def _group_states(T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor], corr_accum: Sequence[torch.Tensor],
+                  step_counter: Sequence[torch.Tensor], pending: Sequence[torch.Tensor],
+                  strength: Sequence[float]) -> list[tuple]:
+    n = len(T_packed)
+    if n == 0 or not all(len(v) == n for v in (E, corr_accum, step_counter, pending, strength)):
+        raise ValueError("triton ternary group op: give every layer's T_packed, E, corr_accum, step_counter, pending "
+                         "and strength (lists of one length, at least one layer)")
+    return list(zip(T_packed, E, corr_accum, step_counter, pending))
+
+
+def ternary_group_forward(x: torch.Tensor, T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor],
+                          corr_accum: Sequence[torch.Tensor], step_counter: Sequence[torch.Tensor],
+                          pending: Sequence[torch.Tensor], in_features: int, group_size: int,
+                          strength: Sequence[float], matmul_fp8: bool = False) -> torch.Tensor:
+    """``y [M, sum N] = cat_i(x [M, K] @ W_i.T)`` of layers reading one input (each argument a list, one entry a
+    layer): above ``FUSED_MAX_M`` rows their weights are expanded into one buffer and multiplied by one GEMM
+    (``matmul_fp8``: in fp8 where the stacked shape allows, ``fp8_linear.py``, with one exponent for all); up to
+    it each layer runs ``ternary_forward``."""
+    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength)
+    for st in states:
+        check_state(st[0], in_features, group_size, *st[1:4])
+    check_act(x, "x", in_features, "in_features", states[0][0].device)
+    M = x.shape[0]
+    if M <= FUSED_MAX_M:
+        return torch.cat([ternary_forward(x, *st, in_features, group_size, s, matmul_fp8=matmul_fp8)
+                          for st, s in zip(states, strength)], dim=1)
+    n_total = sum(st[0].shape[0] for st in states)
+    return _expanded_matmul(x, states, in_features, group_size, strength, False,
+                            _fp8_ok(matmul_fp8, M, n_total, in_features))
+
+
+def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor],
+                         corr_accum: Sequence[torch.Tensor], step_counter: Sequence[torch.Tensor],
+                         pending: Sequence[torch.Tensor], in_features: int, group_size: int,
+                         strength: Sequence[float], matmul_fp8: bool = False) -> torch.Tensor:
+    """``grad_x [M, K] = sum_i grad_y[:, N_i] @ W_i`` for ``grad_y [M, sum N]`` (``ternary_group_forward``'s
+    layers): one GEMM above ``FUSED_MAX_M`` rows, else each layer's ``ternary_grad_x`` summed from the last layer to
+    the first (``linear.linear_group_grad_x_torch``)."""
+    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength)
+    for st in states:
+        check_state(st[0], in_features, group_size, *st[1:4])
+    n_total = sum(st[0].shape[0] for st in states)
+    check_act(grad_y, "grad_y", n_total, "the layers' summed out_features", states[0][0].device)
+    M = grad_y.shape[0]
+    if M <= FUSED_MAX_M:
+        grad_x, n1 = None, n_total
+        for st, s in zip(reversed(states), reversed(strength)):
+            n0 = n1 - st[0].shape[0]
+            g = ternary_grad_x(grad_y[:, n0:n1], *st, in_features, group_size, s, matmul_fp8=matmul_fp8)
+            grad_x, n1 = (g if grad_x is None else grad_x + g), n0
+        return grad_x
+    return _expanded_matmul(grad_y, states, in_features, group_size, strength, True,
+                            _fp8_ok(matmul_fp8, M, n_total, in_features))
 
 
 def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,

@@ -130,15 +130,45 @@ def scale_from_state(e, c, coef):
 
 
 @triton.jit
+def scale_log2(e, c, ballots, strength_bits, GS: tl.constexpr):
+    """float64 ``log2 S = E + strength * corr / (ballots * GS)`` (0 votes while ``ballots == 0``) of
+    ``exact_scale``; ``S`` grows with it, so the largest ``S`` is ``exact_pow2`` of the largest of these."""
+    strength = strength_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    denom = ballots.to(tl.float64) * GS
+    mean = tl.where(denom > 0.0, c.to(tl.float64) / tl.maximum(denom, 1.0), 0.0)
+    return e.to(tl.float64) + strength * mean
+
+
+@triton.jit
 def exact_scale(e, c, ballots, strength_bits, GS: tl.constexpr, INTERP: tl.constexpr):
     """``S`` exactly as ``scale.bigint_scale`` computes it: ``float32(exp2(float64(E) + strength * corr /
     (ballots * GS)))``, all in float64 (``strength_bits``: the int64 bit pattern of the float64 strength, since
     Triton passes float scalars as float32). One per group: cheap next to the group's weights. ``INTERP``: the
     CPU interpreter has no libdevice; numpy's float64 exp2 stands in there."""
-    strength = strength_bits.to(tl.int64).to(tl.float64, bitcast=True)
-    denom = ballots.to(tl.float64) * GS
-    mean = tl.where(denom > 0.0, c.to(tl.float64) / tl.maximum(denom, 1.0), 0.0)
-    q = e.to(tl.float64) + strength * mean
+    return exact_pow2(scale_log2(e, c, ballots, strength_bits, GS), INTERP)
+
+
+@triton.jit
+def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits, factor,
+                    GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
+    """float32 ``T * S * factor`` of rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K`` (``[BLOCK_N, BLOCK_K]``),
+    ``S`` per group as ``exact_scale`` and ``factor`` a power of two (so the tile is exact). ``BLOCK_K`` is a
+    multiple of ``GS``. The expand kernels' body (``linear_triton``, ``fp8_triton``)."""
+    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
+    NG: tl.constexpr = BLOCK_K // GS
+    offs_g = k0 // GS + tl.arange(0, NG)
+    g_mask = n_mask[:, None] & (offs_g < G)[None, :]
+    g_offs = offs_n.to(tl.int64)[:, None] * G + offs_g[None, :]
+    e = tl.load(e_ptr + g_offs, mask=g_mask, other=0)
+    c = tl.load(corr_ptr + g_offs, mask=g_mask, other=0)
+    sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP) * factor          # [BLOCK_N, NG] float32
+    t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
+    return tl.reshape(tl.reshape(t.to(tl.float32), (BLOCK_N, NG, GS)) * sc[:, :, None], (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def exact_pow2(q, INTERP: tl.constexpr):
+    """``float32(exp2(q))`` for float64 ``q``, as torch computes it on a double tensor (``exact_scale``)."""
     if INTERP:
         s = tl.exp2(q)
     else:
