@@ -504,12 +504,16 @@ def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor
 
 def _group_states(T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor], corr_accum: Sequence[torch.Tensor],
                   step_counter: Sequence[torch.Tensor], pending: Sequence[torch.Tensor],
-                  strength: Sequence[float]) -> list[tuple]:
+                  strength: Sequence[float], in_features: int, group_size: int) -> list[tuple]:
+    """The layers' ``(T_packed, E, corr_accum, step_counter, pending)``, each state checked."""
     n = len(T_packed)
     if n == 0 or not all(len(v) == n for v in (E, corr_accum, step_counter, pending, strength)):
         raise ValueError("triton ternary group op: give every layer's T_packed, E, corr_accum, step_counter, pending "
                          "and strength (lists of one length, at least one layer)")
-    return list(zip(T_packed, E, corr_accum, step_counter, pending))
+    states = list(zip(T_packed, E, corr_accum, step_counter, pending))
+    for st in states:
+        check_state(st[0], in_features, group_size, *st[1:4])
+    return states
 
 
 def ternary_group_forward(x: torch.Tensor, T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor],
@@ -520,9 +524,7 @@ def ternary_group_forward(x: torch.Tensor, T_packed: Sequence[torch.Tensor], E: 
     layer): above ``FUSED_MAX_M`` rows their weights are expanded into one buffer and multiplied by one GEMM
     (``matmul_fp8``: in fp8 where the stacked shape allows, ``fp8_linear.py``, with one exponent for all); up to
     it each layer runs ``ternary_forward``."""
-    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength)
-    for st in states:
-        check_state(st[0], in_features, group_size, *st[1:4])
+    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength, in_features, group_size)
     check_act(x, "x", in_features, "in_features", states[0][0].device)
     M = x.shape[0]
     if M <= FUSED_MAX_M:
@@ -540,9 +542,7 @@ def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor],
     """``grad_x [M, K] = sum_i grad_y[:, N_i] @ W_i`` for ``grad_y [M, sum N]`` (``ternary_group_forward``'s
     layers): one GEMM above ``FUSED_MAX_M`` rows, else each layer's ``ternary_grad_x`` summed from the last layer to
     the first (``linear.linear_group_grad_x_torch``)."""
-    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength)
-    for st in states:
-        check_state(st[0], in_features, group_size, *st[1:4])
+    states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength, in_features, group_size)
     n_total = sum(st[0].shape[0] for st in states)
     check_act(grad_y, "grad_y", n_total, "the layers' summed out_features", states[0][0].device)
     M = grad_y.shape[0]
