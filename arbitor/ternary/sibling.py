@@ -99,8 +99,7 @@ def sibling_forward(layers: Sequence[torch.nn.Module], x: torch.Tensor) -> torch
     where ``stackable(layers)`` (module doc), else the layers one by one."""
     if not stackable(layers):
         return torch.cat([m(x) for m in layers], dim=-1)
-    for m in layers:
-        check_linear_input(m, x, m.T_packed.device)
+    check_linear_input(layers[0], x, layers[0].T_packed.device)    # stackable: one width and device for all
     anchors = [m.ballot_anchor(x) for m in layers]
     anchor = next((a for a in anchors if a is not None), None)
     return _SiblingFn.apply(x, anchor, tuple(layers))

@@ -8,17 +8,19 @@ in_features)`` with a default budget of 2**22 elements (16 MiB of float32).
 The GPU ballots form ``grad_W`` with cuBLAS in row chunks of at most ``ARB_GRADW_CHUNK_ELEMS`` elements
 (default 2**26: one whole layer of the ``3b`` preset, 128 MiB in bf16), each chunk freed before the next.
 
-``expand_weight`` forms one such block of ``W_eff = T * S`` from its rows' ``T_packed`` and float32 ``S``.
+``expand_weight`` forms one such block of ``W_eff = T * S`` from its rows' ``T_packed`` and float32 ``S``;
+``sum_last_first`` sums stacked layers' grad-x contributions in autograd's order (``sibling.py``).
 """
 from __future__ import annotations
 
 import os
+from typing import Callable, Sequence
 
 import torch
 
 from ..format import unpack_ternary
 
-__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows", "expand_weight"]
+__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows", "expand_weight", "sum_last_first"]
 
 _DEFAULT_BLOCK_ELEMS = 1 << 22
 _DEFAULT_CHUNK_ELEMS = 1 << 26
@@ -62,3 +64,16 @@ def expand_weight(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, gro
     t = unpack_ternary(T_packed, in_features, torch.float32)
     w = t.view(t.shape[0], -1, group_size) * S.unsqueeze(-1)
     return w.view(t.shape[0], in_features).to(dtype)
+
+
+def sum_last_first(grad_y: torch.Tensor, widths: Sequence[int],
+                   grad_x_of: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``sum_i grad_x_of(i, grad_y[:, cols_i])`` for layers stacked along ``grad_y``'s columns (``widths`` theirs),
+    added from the last layer to the first: the order in which autograd sums the layers' gradients when they run
+    one by one, so a stack gives the same bits."""
+    grad_x, n1 = None, sum(widths)
+    for i in reversed(range(len(widths))):
+        n0 = n1 - widths[i]
+        g = grad_x_of(i, grad_y[:, n0:n1])
+        grad_x, n1 = (g if grad_x is None else grad_x + g), n0
+    return grad_x

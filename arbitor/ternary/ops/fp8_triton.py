@@ -148,6 +148,20 @@ SCALE_BLOCK = 1024
 
 
 @triton.jit
+def _finite_abs(v):
+    """``(|v|`` with non-finite entries as 0, int32 1 where ``v`` is NaN or infinite``)``."""
+    a = tl.abs(v)
+    nonfinite = (a != a) | (a == float("inf"))
+    return tl.where(nonfinite, 0.0, a), nonfinite.to(tl.int32)
+
+
+@triton.jit
+def _row_bytes(v, inv, row_bad, INTERP: tl.constexpr):
+    """e4m3 bytes of ``v * inv``; zeros for a row holding a non-finite entry."""
+    return tl.where(row_bad, 0, _to_e4m3(tl.where(row_bad, 0.0, v * inv), INTERP)).to(tl.uint8)
+
+
+@triton.jit
 def rows_kernel(t_ptr, q_ptr, scale_ptr, C, stride_m, BLOCK: tl.constexpr, ONE_READ: tl.constexpr,
                 INTERP: tl.constexpr):
     """Row ``m`` of ``t``: ``q[m] = e4m3(t[m] * 2**-e[m])`` and ``scale[m] = 2**e[m]``; a row holding a NaN or an
@@ -160,27 +174,21 @@ def rows_kernel(t_ptr, q_ptr, scale_ptr, C, stride_m, BLOCK: tl.constexpr, ONE_R
     c = tl.arange(0, BLOCK)
     if ONE_READ:
         v = tl.load(src + c, mask=c < C, other=0.0).to(tl.float32)
-        a = tl.abs(v)
-        nonfinite = (a != a) | (a == float("inf"))
-        bad += nonfinite.to(tl.int32)
-        amax = tl.where(nonfinite, 0.0, a)
+        amax, bad = _finite_abs(v)
     else:
         for c0 in range(0, C, BLOCK):
-            a = tl.abs(tl.load(src + c0 + c, mask=c0 + c < C, other=0.0).to(tl.float32))
-            nonfinite = (a != a) | (a == float("inf"))
-            bad += nonfinite.to(tl.int32)
-            amax = tl.maximum(amax, tl.where(nonfinite, 0.0, a))
+            a, nonfinite = _finite_abs(tl.load(src + c0 + c, mask=c0 + c < C, other=0.0).to(tl.float32))
+            bad += nonfinite
+            amax = tl.maximum(amax, a)
     row_bad = tl.sum(bad, axis=0) > 0
     e = _exponent(tl.max(amax, axis=0).to(tl.int32, bitcast=True))
     inv = _pow2(-e)
     if ONE_READ:
-        q = tl.where(row_bad, 0, _to_e4m3(tl.where(row_bad, 0.0, v * inv), INTERP))
-        tl.store(q_ptr + m * C + c, q.to(tl.uint8), mask=c < C)
+        tl.store(q_ptr + m * C + c, _row_bytes(v, inv, row_bad, INTERP), mask=c < C)
     else:
         for c0 in range(0, C, BLOCK):
             v = tl.load(src + c0 + c, mask=c0 + c < C, other=0.0).to(tl.float32)
-            q = tl.where(row_bad, 0, _to_e4m3(tl.where(row_bad, 0.0, v * inv), INTERP))
-            tl.store(q_ptr + m * C + c0 + c, q.to(tl.uint8), mask=c0 + c < C)
+            tl.store(q_ptr + m * C + c0 + c, _row_bytes(v, inv, row_bad, INTERP), mask=c0 + c < C)
     tl.store(scale_ptr + m, tl.where(row_bad, float("nan"), _pow2(e)))
 
 

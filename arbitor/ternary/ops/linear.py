@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..scale import bigint_scale
-from .blocks import expand_weight, row_blocks
+from .blocks import expand_weight, row_blocks, sum_last_first
 from .fp8_linear import fp8_forward_torch, fp8_grad_x_torch, fp8_matmul_applies
 
 __all__ = ["expand_weight", "linear_forward_torch", "linear_grad_x_torch", "decode_forward_torch",
@@ -84,12 +84,8 @@ def linear_group_grad_x_torch(grad_y: torch.Tensor, T_packed: Sequence[torch.Ten
     n_total = sum(p[0].shape[0] for p in parts)
     if fp8_matmul_applies(matmul_fp8, grad_y.shape[0], n_total, in_features):
         return fp8_grad_x_torch(grad_y, *_stacked(parts, group_size), in_features, group_size)
-    grad_x, n1 = None, n_total
-    for p in reversed(parts):
-        n0 = n1 - p[0].shape[0]
-        g = linear_grad_x_torch(grad_y[:, n0:n1], *p[:5], in_features, group_size, p[5], matmul_fp8)
-        grad_x, n1 = (g if grad_x is None else grad_x + g), n0
-    return grad_x
+    return sum_last_first(grad_y, [p[0].shape[0] for p in parts], lambda i, gy: linear_grad_x_torch(
+        gy, *parts[i][:5], in_features, group_size, parts[i][5], matmul_fp8))
 
 
 def _stacked(parts: list, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import sum_last_first
 from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
                             exact_weff_tile, float64_bits, group_scale, group_sums, grouped_pid,
@@ -547,12 +548,8 @@ def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor],
     check_act(grad_y, "grad_y", n_total, "the layers' summed out_features", states[0][0].device)
     M = grad_y.shape[0]
     if M <= FUSED_MAX_M:
-        grad_x, n1 = None, n_total
-        for st, s in zip(reversed(states), reversed(strength)):
-            n0 = n1 - st[0].shape[0]
-            g = ternary_grad_x(grad_y[:, n0:n1], *st, in_features, group_size, s, matmul_fp8=matmul_fp8)
-            grad_x, n1 = (g if grad_x is None else grad_x + g), n0
-        return grad_x
+        return sum_last_first(grad_y, [st[0].shape[0] for st in states], lambda i, gy: ternary_grad_x(
+            gy, *states[i], in_features, group_size, strength[i], matmul_fp8=matmul_fp8))
     return _expanded_matmul(grad_y, states, in_features, group_size, strength, True,
                             _fp8_ok(matmul_fp8, M, n_total, in_features))
 
