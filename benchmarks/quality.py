@@ -673,7 +673,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cuda", help="torch device, or a comma list: rows are spread over them")
     ap.add_argument("--fp8-every-layer", action="store_true",
                     help="-fp8 / -fp8all rows use fp8 in every layer whose sides are multiples of 16, not only where "
-                         "it pays (ternary/ops/fp8.py fp8_pays): the study shapes are below its thresholds")
+                         "it pays (ternary/ops/fp8.py fp8_pays, fp8_matmul_pays): the study shapes are below their "
+                         "thresholds")
     ap.add_argument("--out-dir", default="benchmarks/results/quality/latest")
     ap.add_argument("--parallel", type=int, default=0, help="rows at a time (0: all)")
     ap.add_argument("--time-limit", type=float, default=520.0,
@@ -820,8 +821,8 @@ def row_command(args, name: str, seed: int, device: str, out: Path, deadline: fl
 
 def fp8_every_layer() -> None:
     """fp8 in every layer whose sides allow it (``--fp8-every-layer``), not only where it was measured to pay: the
-    study's shapes are all below ``fp8.fp8_pays``'s thresholds, which would leave the ``-fp8`` rows equal to the
-    exact ones."""
+    study's shapes are all below ``fp8.fp8_pays``'s and ``fp8.fp8_matmul_pays``'s thresholds, which would leave the
+    ``-fp8`` rows equal to the exact ones."""
     from arbitor.ternary.ops import fp8
     fp8.FP8_MIN_WEIGHTS = fp8.FP8_MIN_FEATURES = 0
 

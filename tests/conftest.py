@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/golden as an i
 
 @pytest.fixture
 def fp8_for_small_layers(monkeypatch):
-    """``fp8_pays`` (``arbitor/ternary/ops/fp8.py``) for any layer whose sides are multiples of 16: the measured
-    thresholds need 3072 a side, more than a test's layers have."""
+    """``fp8_pays`` and ``fp8_matmul_pays`` (``arbitor/ternary/ops/fp8.py``) for any layer whose sides are multiples
+    of 16: the measured thresholds need 3072 a side, more than a test's layers have."""
     from arbitor.ternary.ops import fp8
     monkeypatch.setattr(fp8, "FP8_MIN_WEIGHTS", 0)
     monkeypatch.setattr(fp8, "FP8_MIN_FEATURES", 0)

@@ -49,10 +49,11 @@ class TernaryConfig:
                                      # (ops/fp8.py fp8_pays: >= 4096 x 4096 weights, both sides >= 3072): the
                                      # layer forward + backward gains 2-11 % on the H200, votes agree with the
                                      # bf16 grad_W's up to fp8 rounding (docs/kernels.md, "fp8 grad_W")
-    matmul_fp8: bool = False         # the forward and grad-x multiply fp8 e4m3 operands in the same layers
-                                     # (ops/fp8_linear.py): activations per token and group scales rounded to 4
-                                     # significant bits -- what the loss is computed from changes (docs/kernels.md,
-                                     # "fp8 matmuls", has the speed and the learning curves)
+    matmul_fp8: bool = False         # the forward and grad-x multiply fp8 e4m3 operands in layers with both sides
+                                     # >= 3072 (ops/fp8.py fp8_matmul_pays; ops/fp8_linear.py): activations per
+                                     # token and group scales rounded to 4 significant bits -- what the loss is
+                                     # computed from changes (docs/kernels.md, "fp8 matmuls", has the speed and
+                                     # the learning curves)
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""

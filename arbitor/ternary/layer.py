@@ -56,7 +56,7 @@ from .config import TernaryConfig
 from .format import check_group_size, packed_shape, unpack_ternary, validate_packed
 from .init import dense_scale_variance, draw_exponents, draw_packed_trits, load_fit_, relative_error
 from .ops.backend import TernaryOps, get_ops, requested_backend
-from .ops.fp8 import fp8_pays
+from .ops.fp8 import fp8_matmul_pays, fp8_pays
 from .ops.linear import expand_weight
 from .rules import TernaryState, UpdateRule, make_rule
 from .scale import E_MAX, E_MIN, MAX_VOTE_TOTAL, bigint_scale, check_strength, default_strength
@@ -136,8 +136,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
             least 4096 x 4096 weights, both dimensions >= 3072; a 1.7-2.1x faster GEMM on the H200, votes within fp8
             rounding of the bf16 ones); a smaller layer keeps ``grad_W`` in the activations' dtype
             (``uses_gradw_fp8`` says which).
-        matmul_fp8: the forward and grad-x multiply fp8 operands where that pays (the same shapes as
-            ``gradw_fp8``; above 16 rows): ``ops/fp8_linear.py``. Unlike ``gradw_fp8`` this rounds what the loss is
+        matmul_fp8: the forward and grad-x multiply fp8 operands where that pays (``fp8_matmul_pays``: both
+            dimensions >= 3072; above 16 rows): ``ops/fp8_linear.py``. Unlike ``gradw_fp8`` this rounds what the loss is
             computed from (activations and group scales to 4 significant bits); ``uses_matmul_fp8`` says where.
 
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
@@ -278,8 +278,8 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
     @property
     def uses_matmul_fp8(self) -> bool:
         """Whether this layer's forward and grad-x (above 16 rows) multiply fp8 operands: ``matmul_fp8`` and a shape
-        where it pays (``fp8_pays``)."""
-        return self.matmul_fp8 and fp8_pays(self.out_features, self.in_features)
+        where it pays (``fp8_matmul_pays``)."""
+        return self.matmul_fp8 and fp8_matmul_pays(self.out_features, self.in_features)
 
     def _state(self) -> TernaryState:
         return TernaryState(self.T_packed, self.E, self.corr_accum, self.step_counter, self.pending, self.nonfinite,

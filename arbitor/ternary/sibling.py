@@ -10,9 +10,8 @@ computed as one expansion into a transient ``[sum N_i, K]`` buffer and one GEMM 
 forms ``grad_x`` by one GEMM as well (``ops.group_grad_x``) and then every layer casts its own ballot with its slice
 of ``grad_y`` -- exactly the ballot it casts when called alone, last layer first, as autograd orders them. On the
 ``3b`` preset this turns four GEMMs of ``[4096, 3072] x [3072, 3072]`` a pass into one ``[4096, 3072] x [3072,
-12288]``, a shape where fp8 pays
-(``ops/fp8.py``): with ``matmul_fp8`` the stack uses it when every layer asks for it and the stacked shape passes
-``fp8_pays`` (one weight exponent for the stack: ``ops/fp8_linear.py``).
+12288]``: with ``matmul_fp8`` the stack takes the fp8 GEMM when every layer asks for it and the stacked shape passes
+``fp8_matmul_pays`` (``ops/fp8.py``; one weight exponent for the stack: ``ops/fp8_linear.py``).
 
 Numbers: on the torch backend (the references) the stacked result equals the layers' own outputs bit for bit
 (forward, grad-x summed in autograd's order, ballots);
@@ -27,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from .layer import TernaryScaleTensor, check_linear_input
-from .ops.fp8 import fp8_pays
+from .ops.fp8 import fp8_matmul_pays
 
 __all__ = ["sibling_forward", "stackable", "stack_uses_matmul_fp8"]
 
@@ -44,8 +43,8 @@ def stackable(layers: Sequence[torch.nn.Module]) -> bool:
 
 def stack_uses_matmul_fp8(layers: Sequence[TernaryScaleTensor]) -> bool:
     """Whether the stack's forward and grad-x take fp8: every layer asks (``matmul_fp8``) and the stacked shape
-    pays (``fp8_pays``)."""
-    return all(m.matmul_fp8 for m in layers) and fp8_pays(sum(m.out_features for m in layers),
+    pays (``fp8_matmul_pays``)."""
+    return all(m.matmul_fp8 for m in layers) and fp8_matmul_pays(sum(m.out_features for m in layers),
                                                           layers[0].in_features)
 
 

@@ -182,7 +182,7 @@ def test_a_study_is_not_resumed_with_a_setting_it_recorded_and_this_call_left_at
 
 def test_fp8_row_suffixes_and_the_every_layer_flag(load_benchmark, monkeypatch):
     """``-fp8`` adds ``gradw_fp8`` to a ternary row, ``-fp8all`` also ``matmul_fp8``; a float row has neither; and
-    ``--fp8-every-layer`` drops ``fp8_pays``'s thresholds in the process that runs a row."""
+    ``--fp8-every-layer`` drops ``fp8_pays``'s and ``fp8_matmul_pays``'s thresholds in the process that runs a row."""
     q = load_benchmark("quality")
     from arbitor.ternary.ops import fp8
     assert q.resolve_row("counter-b5-r0.5-g128-fp8all") and q.resolve_row("bigint-g32-s16-fp8")
@@ -197,6 +197,7 @@ def test_fp8_row_suffixes_and_the_every_layer_flag(load_benchmark, monkeypatch):
         args = q._parser().parse_args(["data.txt"] + flag)
         cmd = q.row_command(args, "bigint-g32-s16-fp8all", 1, "cuda:0", Path("out"), 1.0)
         assert ("--fp8-every-layer" in cmd) is bool(flag) and cmd[cmd.index("--row") + 1] == "bigint-g32-s16-fp8all"
-    assert not fp8.fp8_pays(384, 384)
+    assert not fp8.fp8_pays(384, 384) and not fp8.fp8_matmul_pays(384, 384)
     q.fp8_every_layer()
     assert fp8.fp8_pays(384, 384) and not fp8.fp8_pays(384, 40)
+    assert fp8.fp8_matmul_pays(384, 384) and not fp8.fp8_matmul_pays(384, 40)

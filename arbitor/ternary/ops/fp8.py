@@ -40,8 +40,15 @@ the GEMM saves time in proportion to ``tokens x N x K``. Measured on the H200 (o
 2048 x 2048 and 0.88-0.97x at 3072 x 3072 (4096 and 16384 tokens); 0.94-1.15x at 2048 x 8192; in the layer rows
 (``bench_speed.py``) it gains at 4096 x 4096, 3072 x 12288 and 8192 x 8192. So a layer uses it from
 ``FP8_MIN_WEIGHTS`` weights with both dimensions at least ``FP8_MIN_FEATURES``; below that, ``grad_W`` stays in
-the activations' dtype. ``gradw_fp8`` needs an sm_89+ GPU on CUDA (Ada, Hopper and later), which
-``check_fp8_device`` says in one line.
+the activations' dtype.
+
+The forward and grad-x GEMMs of ``matmul_fp8`` (``fp8_linear.py``) pay from smaller layers
+(``fp8_matmul_pays``: both dimensions at least ``FP8_MIN_FEATURES``, so 3072 x 3072 too): their extra pass is
+one read of the activations (the weight is expanded either way, to bf16 or to e4m3), where a ballot's is two.
+Measured in the `3b` step on the H200 (``benchmarks/results/speed/h200-step-launches/``).
+
+``gradw_fp8`` and ``matmul_fp8`` need an sm_89+ GPU on CUDA (Ada, Hopper and later), which ``check_fp8_device``
+says in one line.
 """
 from __future__ import annotations
 
@@ -49,14 +56,15 @@ import torch
 
 __all__ = ["FP8_MAX", "FP8_DTYPE", "TOKEN_MULTIPLE", "FP8_MIN_WEIGHTS", "FP8_MIN_FEATURES", "padded_tokens",
            "fp8_exponents", "pow2", "quantize_t_torch", "dequantized_operands", "scaled_mm_nt", "scaled_gradw",
-           "fp8_shape_ok", "fp8_pays", "check_fp8_device"]
+           "fp8_shape_ok", "fp8_pays", "fp8_matmul_pays", "check_fp8_device"]
 
 FP8_MAX = 448.0                   # e4m3fn's largest finite value: 1.75 * 2**8
 FP8_DTYPE = torch.float8_e4m3fn
 TOKEN_MULTIPLE = 16               # the fp8 GEMM's reduction length must be a multiple of 16
 _F175 = 0x600000                  # float32 mantissa bits of 1.75
 FP8_MIN_WEIGHTS = 1 << 24         # fp8_pays: a layer of at least 4096 x 4096 weights ...
-FP8_MIN_FEATURES = 3072           # ... with both dimensions at least this (3072 x 12288 pays, 2048 x 8192 does not)
+FP8_MIN_FEATURES = 3072           # ... with both dimensions at least this (3072 x 12288 pays, 2048 x 8192 does not);
+                                  # fp8_matmul_pays: this alone
 
 
 def padded_tokens(tokens: int) -> int:
@@ -119,6 +127,12 @@ def fp8_pays(out_features: int, in_features: int) -> bool:
     """Whether a ``[out_features, in_features]`` layer's ballots gain from fp8 ``grad_W`` (module doc)."""
     return (fp8_shape_ok(out_features, in_features) and out_features * in_features >= FP8_MIN_WEIGHTS
             and min(out_features, in_features) >= FP8_MIN_FEATURES)
+
+
+def fp8_matmul_pays(out_features: int, in_features: int) -> bool:
+    """Whether a ``[out_features, in_features]`` layer's forward and grad-x gain from the fp8 GEMM (``matmul_fp8``;
+    module doc): sides that are multiples of 16, both at least ``FP8_MIN_FEATURES``."""
+    return fp8_shape_ok(out_features, in_features) and min(out_features, in_features) >= FP8_MIN_FEATURES
 
 
 def check_fp8_device(device: torch.device, setting: str = "gradw_fp8") -> None:

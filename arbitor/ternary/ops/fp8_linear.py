@@ -29,9 +29,10 @@ than ``2**14`` below the layer's largest lose precision (subnormals) and below `
 learning suffers is measured, not assumed (``benchmarks/quality.py`` rows ending in ``-fp8all``;
 ``docs/kernels.md``, "fp8 matmuls").
 
-Where it is used: where ``gradw_fp8`` is (``fp8.fp8_pays``: the same shapes gain), for more than
-``linear_triton.FUSED_MAX_M`` rows (decode shapes keep their fused kernels). The plain-torch reference
-(``fp8_forward_torch``, ``fp8_grad_x_torch``) multiplies the fp8 operands' exact float32 values; the Triton
+Where it is used: in layers whose sides are both at least ``fp8.FP8_MIN_FEATURES`` (``fp8.fp8_matmul_pays``:
+3072 x 3072 too, where a ballot's ``grad_W`` stays bf16 -- the matmul adds one read of the activations, the ballot
+two), for more than ``linear_triton.FUSED_MAX_M`` rows (decode shapes keep their fused kernels). The plain-torch
+reference (``fp8_forward_torch``, ``fp8_grad_x_torch``) multiplies the fp8 operands' exact float32 values; the Triton
 quantisers (``fp8_triton.py``) give the same bytes and scales, and the GEMM is ``fp8.scaled_mm_nt``.
 """
 from __future__ import annotations

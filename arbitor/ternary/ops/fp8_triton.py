@@ -2,10 +2,11 @@
 
 ``quantize_t_triton(t [M, C], bad) -> (q [C, Mp] float8_e4m3fn, scale [C] float32)`` is two launches over ``t``:
 
-1. ``amax_kernel``: each ``[BLOCK_M, BLOCK_C]`` tile's column maxima of ``|t|``, merged with ``atomic_max`` on
-   the float32 bits as int32 (non-negative floats order like their bits; the maximum does not depend on the
-   order, so the result is deterministic); a NaN or infinity raises the ballot's int32 ``bad`` flag;
-2. ``cast_t_kernel``: the exponent ``e`` of each column from its maximum's bits (``fp8.fp8_exponents``), the tile
+1. ``amax_kernel``: each ``[BLOCK_M, BLOCK_C]`` tile's column maxima of ``|t|`` as the int32 bits of float32
+   (non-negative floats order like their bits), one row of partials a row of tiles -- no buffer to zero, no
+   atomics; a NaN or infinity raises the ballot's int32 ``bad`` flag;
+2. ``cast_t_kernel``: each column's maximum from its partials (the largest bits: deterministic), its exponent
+   ``e`` (``fp8.fp8_exponents``), the tile
    times ``2**-e``, rounded to e4m3 (``_to_e4m3``: the hardware conversion on the GPU; under the CPU interpreter,
    whose own fp8 conversion differs, integer arithmetic -- both bit-equal to torch's cast), transposed and stored as
    bytes; columns ``m >= M`` of ``q`` get 0, and the first row of programs writes ``scale = 2**e``.
@@ -16,11 +17,12 @@ The forward and grad-x operands of ``matmul_fp8`` (``fp8_linear.py``):
 
 * ``quantize_rows_triton(t [M, C]) -> (q [M, C], scale [M])``: ``rows_kernel``, one program a row, which holds
   a row of up to ``ROWS_ONE_READ`` entries in registers (read once: 3 bytes an entry for a 16-bit ``t``) and
-  reads a longer one twice;
-* ``expand_fp8_triton(T_packed, E, corr_accum, step_counter, pending, ...) -> (wq, scale)``: ``scale_max_kernel``
-  (each program's largest ``log2`` of a group scale) and ``expand_fp8_kernel`` (the layer's maximum from those
-  partials, then ``T * S * 2**-ew`` rounded to e4m3 from the packed trits, as ``linear_triton.expand_kernel``
-  forms ``W_eff``; ``[N, K]``, or ``[K, N]`` for grad-x).
+  reads a longer one twice, in blocks (``_rows_launch``);
+* ``expand_fp8_group_triton(states, ...) -> (wq, scale)`` (``expand_fp8_triton`` for one layer): for a stack of
+  layers, up to ``GROUP_LAUNCH`` a launch, ``scale_max_kernel`` (the group scales ``S`` into a transient float32
+  buffer, and each program's largest ``log2 S``) and ``expand_fp8_kernel`` (the stack's maximum from those
+  partials, then ``T * S * 2**-ew`` rounded to e4m3 from the packed trits and ``S``; ``[sum N, K]``, or ``[K,
+  sum N]`` for grad-x).
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ import triton
 import triton.language as tl
 
 from .fp8 import FP8_DTYPE, padded_tokens
-from .triton_common import (INTERPRETED, check_scalars, check_state, exact_pow2, exact_weff_tile, float64_bits,
-                            scale_log2)
+from .triton_common import (INTERPRETED, check_scalars, check_state, exact_pow2, float64_bits, scale_log2,
+                            weff_tile)
 
 __all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CAST_TILE", "rows_kernel",
            "scale_max_kernel", "expand_fp8_kernel", "quantize_rows_triton", "expand_fp8_triton",
@@ -49,9 +51,9 @@ CAST_TILE = (64, 128)
 
 
 @triton.jit
-def amax_kernel(t_ptr, amax_ptr, bad_ptr, M, C, stride_m, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Column maxima of ``|t|`` into ``amax`` (int32 bits of float32, zeroed by the caller); ``bad`` set to 1 on a
-    non-finite entry."""
+def amax_kernel(t_ptr, part_ptr, bad_ptr, M, C, stride_m, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``part[i, c]``: the largest ``|t[m, c]|`` of the rows ``m`` of tile row ``i`` (int32 bits of float32); ``bad``
+    set to 1 on a non-finite entry."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -60,7 +62,8 @@ def amax_kernel(t_ptr, amax_ptr, bad_ptr, M, C, stride_m, BLOCK_M: tl.constexpr,
     nonfinite = tl.sum(tl.sum(((v != v) | (v == float("inf"))).to(tl.int32), axis=1), axis=0)
     if nonfinite > 0:
         tl.atomic_max(bad_ptr, 1)
-    tl.atomic_max(amax_ptr + c, tl.max(v, axis=0).to(tl.int32, bitcast=True), mask=c_mask)
+    tl.store(part_ptr + tl.program_id(0).to(tl.int64) * C + c, tl.max(v, axis=0).to(tl.int32, bitcast=True),
+             mask=c_mask)
 
 
 @triton.jit
@@ -100,14 +103,18 @@ def _to_e4m3(v, INTERP: tl.constexpr):
 
 
 @triton.jit
-def cast_t_kernel(t_ptr, amax_ptr, q_ptr, scale_ptr, M, MP, C, stride_m,
-                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
-    """``q[c, m] = e4m3(t[m, c] * 2**-e[c])`` for ``m < MP`` (0 past ``M``) and ``scale[c] = 2**e[c]``."""
+def cast_t_kernel(t_ptr, part_ptr, q_ptr, scale_ptr, M, MP, C, P, stride_m,
+                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, INTERP: tl.constexpr):
+    """``q[c, m] = e4m3(t[m, c] * 2**-e[c])`` for ``m < MP`` (0 past ``M``) and ``scale[c] = 2**e[c]``, ``e[c]``
+    from the largest of the ``P`` partials ``part[:, c]`` of ``amax_kernel``."""
     pid_m = tl.program_id(0)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    e = _exponent(tl.load(amax_ptr + c, mask=c_mask, other=0))
+    p = tl.arange(0, BLOCK_P)
+    amax = tl.max(tl.load(part_ptr + p.to(tl.int64)[:, None] * C + c[None, :],
+                          mask=(p < P)[:, None] & c_mask[None, :], other=0), axis=0)
+    e = _exponent(amax)
     v = tl.load(t_ptr + m.to(tl.int64)[:, None] * stride_m + c[None, :], mask=(m < M)[:, None] & c_mask[None, :],
                 other=0.0).to(tl.float32)
     q = tl.trans(_to_e4m3(v * _pow2(-e)[None, :], INTERP))
@@ -124,27 +131,37 @@ def quantize_t_triton(t: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor,
                          f"{tuple(t.shape)} strides {t.stride()}")
     M, C = t.shape
     MP = padded_tokens(M)
-    amax = torch.zeros(C, dtype=torch.int32, device=t.device)
     q = torch.empty(C, MP, dtype=FP8_DTYPE, device=t.device)
     scale = torch.empty(C, dtype=torch.float32, device=t.device)
     if C == 0:
         return q, scale
     (am, ac), (cm, cc) = AMAX_TILE, CAST_TILE
+    P = triton.cdiv(M, am)                  # rows of partial maxima (none for M = 0: every maximum is 0)
+    part = torch.empty(P, C, dtype=torch.int32, device=t.device)
     if M:
-        amax_kernel[(triton.cdiv(M, am), triton.cdiv(C, ac))](t, amax, bad, M, C, t.stride(0), BLOCK_M=am, BLOCK_C=ac)
-    cast_t_kernel[(triton.cdiv(MP, cm), triton.cdiv(C, cc))](t, amax, q.view(torch.uint8), scale, M, MP, C, t.stride(0),
-                                                            BLOCK_M=cm, BLOCK_C=cc, INTERP=INTERPRETED)
+        amax_kernel[(P, triton.cdiv(C, ac))](t, part, bad, M, C, t.stride(0), BLOCK_M=am, BLOCK_C=ac)
+    cast_t_kernel[(triton.cdiv(MP, cm), triton.cdiv(C, cc))](t, part, q.view(torch.uint8), scale, M, MP, C, P,
+                                                            t.stride(0), BLOCK_M=cm, BLOCK_C=cc,
+                                                            BLOCK_P=triton.next_power_of_2(max(P, 1)),
+                                                            INTERP=INTERPRETED)
     return q, scale
 
 
-# rows_kernel: a row of up to ROWS_ONE_READ entries is read once (held in registers), a longer one twice;
+# rows_kernel: a row of up to ROWS_ONE_READ entries is read once (held in registers), a longer one twice, in
+# blocks of ROWS_BLOCK entries on 2 warps, or of 2 * ROWS_BLOCK on 4 warps above ROWS_BLOCK_LONG_FROM entries.
+# On the H200 (benchmarks/results/speed/h200-step-launches/kprobe2.json, 19 block / warp variants at each of 8 row
+# lengths) that is within 1 % of the fastest from 3072 to 12288 entries, the rows fp8 runs on (4096 x 3072 bf16 in
+# 13.8 us, 4096 x 12288 in 51.7; a bf16 copy 12.5 and 48.8; a whole row of up to 16384 entries held in registers
+# took 16.7 and 68.2), 5 % slower at 4096 and 16384 entries and 22-31 % at 768-1536;
 # expand_fp8_kernel: [BLOCK_N, BLOCK_K] weights a program (whole groups; BLOCK_K >= group size), the transposed
 # form with the long side along N (its stores' contiguous dimension); scale_max_kernel: groups a program
-ROWS_ONE_READ = 16384
-ROWS_BLOCK = 4096
+ROWS_ONE_READ = 1024
+ROWS_BLOCK = 1024
+ROWS_BLOCK_LONG_FROM = 4096
 EXPAND_TILE = (32, 256)
 EXPAND_TILE_T = (128, 64)
 SCALE_BLOCK = 1024
+GROUP_LAUNCH = 4    # layers of a stack one scale_max / expand launch covers (the kernels' four state slots)
 
 
 @triton.jit
@@ -193,30 +210,56 @@ def rows_kernel(t_ptr, q_ptr, scale_ptr, C, stride_m, BLOCK: tl.constexpr, ONE_R
 
 
 @triton.jit
-def scale_max_kernel(e_ptr, corr_ptr, step_ptr, pending_ptr, part_ptr, NUMEL, strength_bits,
-                     GS: tl.constexpr, BLOCK: tl.constexpr):
-    """``part[p]``: the largest ``log2 S`` (float64, ``scale_log2``) among the groups ``p * BLOCK ...`` of the layer
-    (flat ``[N * G]``); ``expand_fp8_kernel`` takes the maximum of these partials (no buffer to zero, no atomics)
-    and raises 2 to it once -- ``S`` grows with its logarithm, so that is the largest ``S``, with no ``exp2`` a
-    group here."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < NUMEL
-    ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
-    e = tl.load(e_ptr + offs, mask=mask, other=0)
-    c = tl.load(corr_ptr + offs, mask=mask, other=0)
-    q = tl.where(mask, scale_log2(e, c, ballots, strength_bits, GS), -1.0e300)
-    tl.store(part_ptr + tl.program_id(0), tl.max(q, axis=0))
+def _pick(i, a0, a1, a2, a3):
+    """``a_i`` of four scalars (pointers or numbers), ``i`` in ``[0, 4)``: the launch's layer."""
+    r = a0
+    if i == 1:
+        r = a1
+    if i == 2:
+        r = a2
+    if i == 3:
+        r = a3
+    return r
 
 
 @triton.jit
-def expand_fp8_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, part_ptr, w_ptr, scale_ptr, N, K, G, KB, P,
-                      W_LD, strength_bits, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def scale_max_kernel(e0, e1, e2, e3, c0, c1, c2, c3, st0, st1, st2, st3, pd0, pd1, pd2, pd3, sb0, sb1, sb2, sb3,
+                     nm0, nm1, nm2, nm3, og0, og1, og2, og3, s_ptr, part_ptr, P_STRIDE, GS: tl.constexpr,
+                     BLOCK: tl.constexpr, INTERP: tl.constexpr):
+    """Layer ``l = program_id(1)`` of the launch (up to four layers: ``e_l, c_l, st_l, pd_l`` its ``E``,
+    ``corr_accum``, ``step_counter``, ``pending``, ``sb_l`` its strength's float64 bits, ``nm_l`` its ``N * G``,
+    ``og_l`` its first group in the stack): its group scales ``S`` (``exact_scale``) into ``s[og_l + ...]``, and
+    ``part[l * P_STRIDE + p]``, the largest ``log2 S`` among the groups ``p * BLOCK ...`` (-1e300 past the layer's
+    groups). ``expand_fp8_kernel`` takes the maximum of these partials (no buffer to zero, no atomics) and raises 2
+    to it once -- ``S`` grows with its logarithm, so that is the largest ``S``."""
+    pid = tl.program_id(0)
+    lay = tl.program_id(1)
+    numel = _pick(lay, nm0, nm1, nm2, nm3)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ballots = (tl.load(_pick(lay, st0, st1, st2, st3)).to(tl.int64)
+               + tl.load(_pick(lay, pd0, pd1, pd2, pd3)).to(tl.int64))
+    e = tl.load(_pick(lay, e0, e1, e2, e3) + offs, mask=mask, other=0)
+    c = tl.load(_pick(lay, c0, c1, c2, c3) + offs, mask=mask, other=0)
+    q = tl.where(mask, scale_log2(e, c, ballots, _pick(lay, sb0, sb1, sb2, sb3), GS), -1.0e300)
+    tl.store(s_ptr + _pick(lay, og0, og1, og2, og3) + offs, exact_pow2(q, INTERP), mask=mask)
+    tl.store(part_ptr + lay * P_STRIDE + pid, tl.max(q, axis=0))
+
+
+@triton.jit
+def expand_fp8_kernel(t0, t1, t2, t3, n_0, n_1, n_2, n_3, o_0, o_1, o_2, o_3, s_ptr, part_ptr, w_ptr, scale_ptr, K,
+                      G, KB, P, W_LD, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       BLOCK_P: tl.constexpr, TRANSPOSE: tl.constexpr, INTERP: tl.constexpr):
-    """``wq = e4m3(T * S * 2**-ew)`` as bytes, ``[N, K]`` (``[K, N]`` with ``TRANSPOSE``; rows ``W_LD`` bytes apart),
-    and ``scale = 2**ew`` (``[N]``, ``[K]``); ``ew`` from the largest ``S``: the maximum of the ``P`` partials of
-    ``scale_max_kernel`` (of this layer, or of every layer of a group). ``BLOCK_K`` is a multiple of ``GS``."""
+    """``wq = e4m3(T * S * 2**-ew)`` as bytes of layer ``l = program_id(2)`` of the launch (``t_l`` its
+    ``T_packed``, ``n_l`` its rows, ``o_l`` the first of them in the stack; ``S`` the stack's group scales ``[sum
+    N, G]`` from ``scale_max_kernel``), ``[sum N, K]`` (``[K, sum N]`` with ``TRANSPOSE``; rows ``W_LD`` bytes
+    apart), and ``scale = 2**ew`` (``[sum N]``, ``[K]``); ``ew`` from the largest ``S``: the maximum of the ``P``
+    partials of ``scale_max_kernel`` (every layer of the stack). ``BLOCK_K`` is a multiple of ``GS``."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    lay = tl.program_id(2)
+    N = _pick(lay, n_0, n_1, n_2, n_3)
+    n_off = _pick(lay, o_0, o_1, o_2, o_3)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = pid_k * BLOCK_K
@@ -225,18 +268,31 @@ def expand_fp8_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, part_ptr, w
     p = tl.arange(0, BLOCK_P)
     s_max = exact_pow2(tl.max(tl.load(part_ptr + p, mask=p < P, other=-1.0e300), axis=0), INTERP)
     ew = _exponent(s_max.to(tl.int32, bitcast=True))
-    w = exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits,
-                        _pow2(-ew), GS, BLOCK_N, BLOCK_K, INTERP)
+    rows = n_off + offs_n
+    NG: tl.constexpr = BLOCK_K // GS
+    offs_g = k0 // GS + tl.arange(0, NG)
+    sc = tl.load(s_ptr + rows.to(tl.int64)[:, None] * G + offs_g[None, :],
+                 mask=n_mask[:, None] & (offs_g < G)[None, :], other=0.0)
+    w = weff_tile(_pick(lay, t0, t1, t2, t3), sc * _pow2(-ew), offs_n, n_mask, k0, KB, GS, BLOCK_N, BLOCK_K)
     q = _to_e4m3(w, INTERP)
     mask = n_mask[:, None] & k_mask[None, :]
     if TRANSPOSE:
-        tl.store(w_ptr + offs_k.to(tl.int64)[None, :] * W_LD + offs_n[:, None], q, mask=mask)
-        if pid_n == 0:
+        tl.store(w_ptr + offs_k.to(tl.int64)[None, :] * W_LD + rows[:, None], q, mask=mask)
+        if (pid_n == 0) & (lay == 0):
             tl.store(scale_ptr + offs_k, tl.zeros([BLOCK_K], dtype=tl.float32) + _pow2(ew), mask=k_mask)
     else:
-        tl.store(w_ptr + offs_n.to(tl.int64)[:, None] * W_LD + offs_k[None, :], q, mask=mask)
+        tl.store(w_ptr + rows.to(tl.int64)[:, None] * W_LD + offs_k[None, :], q, mask=mask)
         if pid_k == 0:
-            tl.store(scale_ptr + offs_n, tl.zeros([BLOCK_N], dtype=tl.float32) + _pow2(ew), mask=n_mask)
+            tl.store(scale_ptr + rows, tl.zeros([BLOCK_N], dtype=tl.float32) + _pow2(ew), mask=n_mask)
+
+
+def _rows_launch(C: int) -> tuple[int, bool, int]:
+    """``(BLOCK, ONE_READ, num_warps)`` of ``rows_kernel`` for rows of ``C`` entries (``ROWS_*`` above)."""
+    if C <= ROWS_ONE_READ:
+        block = triton.next_power_of_2(max(C, 16))
+        return block, True, max(1, min(4, block // 256))
+    block = ROWS_BLOCK if C <= ROWS_BLOCK_LONG_FROM else 2 * ROWS_BLOCK
+    return block, False, max(1, block // 512)
 
 
 def quantize_rows_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,10 +305,9 @@ def quantize_rows_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(M, C, dtype=FP8_DTYPE, device=t.device)
     scale = torch.empty(M, dtype=torch.float32, device=t.device)
     if M:
-        one = C <= ROWS_ONE_READ
-        block = triton.next_power_of_2(max(C, 16)) if one else ROWS_BLOCK
+        block, one, warps = _rows_launch(C)
         rows_kernel[(M,)](t, q.view(torch.uint8), scale, C, t.stride(0), BLOCK=block, ONE_READ=one,
-                          INTERP=INTERPRETED, num_warps=min(16, max(4, block // 1024)))
+                          INTERP=INTERPRETED, num_warps=warps)
     return q, scale
 
 
@@ -271,25 +326,31 @@ def expand_fp8_group_triton(states: Sequence[tuple], in_features: int, group_siz
     shape = (in_features, n_total) if transpose else (n_total, in_features)
     wq = torch.empty(shape, dtype=FP8_DTYPE, device=device)
     scale = torch.empty(shape[0], dtype=torch.float32, device=device)
-    parts = [triton.cdiv(N * G, SCALE_BLOCK) for N, G in shapes]
-    part = torch.empty(sum(parts), dtype=torch.float64, device=device)
-    p0 = 0
-    for (T_packed, E, corr, step, pending), strength, (N, G), P in zip(states, strengths, shapes, parts):
-        scale_max_kernel[(P,)](E, corr, step, pending, part[p0:], N * G, float64_bits(strength), GS=group_size,
-                               BLOCK=SCALE_BLOCK)
-        p0 += P
+    # partials: layer i's at [i * p_stride, (i + 1) * p_stride) -- every slot written (-1e300 past its groups);
+    # S: the stack's group scales, [sum N, G] float32, computed once for all programs of the expansion
+    G = shapes[0][1]
+    p_stride = triton.cdiv(max(N * G for N, _ in shapes), SCALE_BLOCK)
+    part = torch.empty(len(states) * p_stride, dtype=torch.float64, device=device)
+    S = torch.empty(n_total * G, dtype=torch.float32, device=device)
+    offsets = [sum(N for N, _ in shapes[:i]) for i in range(len(states))]
+    # a launch takes four layers' state; its last layer repeats in unused slots (never read: a grid row a layer)
+    launches = [([min(first + j, len(states) - 1) for j in range(GROUP_LAUNCH)], min(GROUP_LAUNCH, len(states) - first))
+                for first in range(0, len(states), GROUP_LAUNCH)]
+    for pick, n_lay in launches:
+        scale_max_kernel[(p_stride, n_lay)](
+            *[states[i][f] for f in range(1, 5) for i in pick], *[float64_bits(strengths[i]) for i in pick],
+            *[shapes[i][0] * G for i in pick], *[offsets[i] * G for i in pick], S, part[pick[0] * p_stride:],
+            p_stride, GS=group_size, BLOCK=SCALE_BLOCK, INTERP=INTERPRETED)
     bn, bk = EXPAND_TILE_T if transpose else EXPAND_TILE
     bk = max(bk, group_size)
     w8 = wq.view(torch.uint8)
-    n0 = 0
-    for (T_packed, E, corr, step, pending), strength, (N, G) in zip(states, strengths, shapes):
-        out = w8[:, n0:] if transpose else w8[n0:]
-        sc = scale if transpose else scale[n0:]
-        expand_fp8_kernel[(triton.cdiv(N, bn), triton.cdiv(in_features, bk))](
-            T_packed, E, corr, step, pending, part, out, sc, N, in_features, G, in_features // 4, p0, w8.stride(0),
-            float64_bits(strength), GS=group_size, BLOCK_N=bn, BLOCK_K=bk, BLOCK_P=triton.next_power_of_2(p0),
-            TRANSPOSE=transpose, INTERP=INTERPRETED, num_warps=4)
-        n0 += N
+    for pick, n_lay in launches:     # after every launch's partials: the exponent is the whole stack's
+        grid = (triton.cdiv(max(shapes[i][0] for i in pick), bn), triton.cdiv(in_features, bk), n_lay)
+        expand_fp8_kernel[grid](*[states[i][0] for i in pick], *[shapes[i][0] for i in pick],
+                                *[offsets[i] for i in pick], S, part, w8, scale, in_features, G, in_features // 4,
+                                part.numel(), w8.stride(0), GS=group_size, BLOCK_N=bn, BLOCK_K=bk,
+                                BLOCK_P=triton.next_power_of_2(part.numel()), TRANSPOSE=transpose,
+                                INTERP=INTERPRETED, num_warps=4)
     return wq, scale
 
 

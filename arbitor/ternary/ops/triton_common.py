@@ -153,7 +153,7 @@ def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mas
                     GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
     """float32 ``T * S * factor`` of rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K`` (``[BLOCK_N, BLOCK_K]``),
     ``S`` per group as ``exact_scale`` and ``factor`` a power of two (so the tile is exact). ``BLOCK_K`` is a
-    multiple of ``GS``. The expand kernels' body (``linear_triton``, ``fp8_triton``)."""
+    multiple of ``GS``. The bf16 expand kernel's body (``linear_triton``)."""
     ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
     NG: tl.constexpr = BLOCK_K // GS
     offs_g = k0 // GS + tl.arange(0, NG)
@@ -162,6 +162,14 @@ def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mas
     e = tl.load(e_ptr + g_offs, mask=g_mask, other=0)
     c = tl.load(corr_ptr + g_offs, mask=g_mask, other=0)
     sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP) * factor          # [BLOCK_N, NG] float32
+    return weff_tile(t_ptr, sc, offs_n, n_mask, k0, KB, GS, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def weff_tile(t_ptr, sc, offs_n, n_mask, k0, KB, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """float32 ``T * sc`` of rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K`` (``[BLOCK_N, BLOCK_K]``) from the
+    packed trits, ``sc [BLOCK_N, BLOCK_K // GS]`` one float32 factor a group."""
+    NG: tl.constexpr = BLOCK_K // GS
     t = expand_bytes(load_bytes(t_ptr, offs_n.to(tl.int64) * KB, n_mask, k0, KB, BLOCK_K), BLOCK_N, BLOCK_K)
     return tl.reshape(tl.reshape(t.to(tl.float32), (BLOCK_N, NG, GS)) * sc[:, :, None], (BLOCK_N, BLOCK_K))
 

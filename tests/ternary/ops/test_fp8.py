@@ -292,6 +292,23 @@ def test_fp8_pays_only_for_big_layers():
     assert fp8.fp8_pays(4096, 4096) and fp8.fp8_pays(12288, 3072) and fp8.fp8_pays(3072, 12288)
     assert not fp8.fp8_pays(3072, 3072) and not fp8.fp8_pays(8192, 2048) and not fp8.fp8_pays(1536, 384)
     assert not fp8.fp8_pays(4104, 4100)                                  # not multiples of 16
+
+
+def test_fp8_matmul_pays_from_3072_a_side():
+    """The forward / grad-x GEMMs take fp8 from 3072 x 3072 up, where a ballot's grad_W does not."""
+    assert fp8.fp8_matmul_pays(3072, 3072) and not fp8.fp8_pays(3072, 3072)
+    assert fp8.fp8_matmul_pays(12288, 3072) and fp8.fp8_matmul_pays(3072, 12288)
+    assert not fp8.fp8_matmul_pays(8192, 2048) and not fp8.fp8_matmul_pays(2048, 2048)
+    assert not fp8.fp8_matmul_pays(3080, 3076)                           # not multiples of 16
+
+
+def test_layers_use_the_matmul_rule_and_the_ballot_rule_apart():
+    from arbitor.ternary.layer import TernaryScaleTensor
+    m = TernaryScaleTensor(3072, 3072, 64, device="meta", gradw_fp8=True, matmul_fp8=True)
+    assert m.uses_matmul_fp8 and not m.uses_gradw_fp8
+    m = TernaryScaleTensor(3072, 12288, 64, device="meta", gradw_fp8=True, matmul_fp8=True)
+    assert m.uses_matmul_fp8 and m.uses_gradw_fp8
+    assert not TernaryScaleTensor(2048, 8192, 64, device="meta", matmul_fp8=True).uses_matmul_fp8
     layer = TernaryScaleTensor(64, 32, 16, gradw_fp8=True)
     assert layer.gradw_fp8 and not layer.uses_gradw_fp8 and "used: False" in repr(layer)
 

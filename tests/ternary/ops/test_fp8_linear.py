@@ -171,6 +171,27 @@ def test_triton_weight_expansion_equals_reference(N, K, gs, transpose, monkeypat
     assert torch.equal(sw, rs)
 
 
+@interp
+@pytest.mark.parametrize("transpose", [False, True])
+def test_triton_group_expansion_equals_reference_of_the_stack(transpose, monkeypatch):
+    """Six layers (two launches of ``GROUP_LAUNCH``), other heights, strengths and ballot counts: one exponent,
+    the stacked layer's bytes; the largest scale sits in the last launch's layer."""
+    from arbitor.ternary.ops import fp8_triton
+    monkeypatch.setattr(fp8_triton, "SCALE_BLOCK", 16)
+    K, gs = 96, 32
+    states = [_state(N, K, gs, 40 + i) for i, N in enumerate((16, 40, 7, 24, 33, 8))]
+    states[4][1][5, 1] = -4                                                 # the stack's largest scale
+    for i, st in enumerate(states):
+        st[3].fill_(2 + i)
+        st[4].fill_(i % 2)
+    strengths = [STRENGTH * (1 + i % 3) / 2 for i in range(6)]
+    wq, sw = fp8_triton.expand_fp8_group_triton(states, K, gs, strengths, transpose=transpose)
+    S = torch.cat([bigint_scale(st[1], st[2], st[3] + st[4], gs, s) for st, s in zip(states, strengths)])
+    rq, rs = expand_fp8_torch(torch.cat([st[0] for st in states]), S, K, gs, transpose=transpose)
+    assert wq.shape == rq.shape and torch.equal(wq.view(torch.uint8), rq.view(torch.uint8))
+    assert torch.equal(sw, rs)
+
+
 # ----------------------------------------------------------------------------------------- the ops
 def _operands(M, N, K, gs, seed, dtype=torch.bfloat16):
     T_packed, E, corr, step, pending = _state(N, K, gs, seed)
