@@ -2,9 +2,10 @@
 
 ``quantize_t_triton(t [M, C], bad) -> (q [C, Mp] float8_e4m3fn, scale [C] float32)`` is two launches over ``t``:
 
-1. ``amax_kernel``: each ``[BLOCK_M, BLOCK_C]`` tile's column maxima of ``|t|`` as the int32 bits of float32
-   (non-negative floats order like their bits), one row of partials a row of tiles -- no buffer to zero, no
-   atomics; a NaN or infinity raises the ballot's int32 ``bad`` flag;
+1. ``amax_kernel``: column maxima of ``|t|`` as the int32 bits of float32 (non-negative floats order like their
+   bits), one row of partials for each of at most ``AMAX_PARTIALS`` slices of rows (a program walks its slice in
+   ``[BLOCK_M, BLOCK_C]`` tiles) -- no buffer to zero, no atomics, and at most ``AMAX_PARTIALS`` partials for each
+   cast program to read at any token count; a NaN or infinity raises the ballot's int32 ``bad`` flag;
 2. ``cast_t_kernel``: each column's maximum from its partials (the largest bits: deterministic), its exponent
    ``e`` (``fp8.fp8_exponents``), the tile
    times ``2**-e``, rounded to e4m3 (``_to_e4m3``: the hardware conversion on the GPU; under the CPU interpreter,
@@ -36,7 +37,8 @@ from .fp8 import FP8_DTYPE, padded_tokens
 from .triton_common import (INTERPRETED, check_scalars, check_state, exact_pow2, float64_bits, scale_log2,
                             weff_tile)
 
-__all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CAST_TILE", "rows_kernel",
+__all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CAST_TILE", "AMAX_PARTIALS",
+           "rows_kernel",
            "scale_max_kernel", "expand_fp8_kernel", "quantize_rows_triton", "expand_fp8_triton",
            "expand_fp8_group_triton"]
 
@@ -48,22 +50,29 @@ __all__ = ["amax_kernel", "cast_t_kernel", "quantize_t_triton", "AMAX_TILE", "CA
 # cast_t_kernel from 3.0 to 2.3 ms, h200-matmul-fp8/profile_3b_*.json.)
 AMAX_TILE = (256, 64)
 CAST_TILE = (64, 128)
+AMAX_PARTIALS = 16   # rows of partial maxima at most: 4096 tokens give 16 one-tile slices (as measured), more tokens
+                     # longer slices -- a cast program reads AMAX_PARTIALS x BLOCK_C partials whatever the tokens
 
 
 @triton.jit
-def amax_kernel(t_ptr, part_ptr, bad_ptr, M, C, stride_m, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``part[i, c]``: the largest ``|t[m, c]|`` of the rows ``m`` of tile row ``i`` (int32 bits of float32); ``bad``
-    set to 1 on a non-finite entry."""
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+def amax_kernel(t_ptr, part_ptr, bad_ptr, M, C, stride_m, ROWS, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``part[i, c]``: the largest ``|t[m, c]|`` of the rows ``m`` in ``[i * ROWS, (i + 1) * ROWS)`` (int32 bits of
+    float32; ``ROWS`` a multiple of ``BLOCK_M``); ``bad`` set to 1 on a non-finite entry."""
+    pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    mask = (m < M)[:, None] & c_mask[None, :]
-    v = tl.abs(tl.load(t_ptr + m.to(tl.int64)[:, None] * stride_m + c[None, :], mask=mask, other=0.0).to(tl.float32))
-    nonfinite = tl.sum(tl.sum(((v != v) | (v == float("inf"))).to(tl.int32), axis=1), axis=0)
+    top = tl.zeros([BLOCK_C], dtype=tl.int32)
+    nonfinite = 0
+    for m0 in range(pid * ROWS, tl.minimum(M, (pid + 1) * ROWS), BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        mask = (m < M)[:, None] & c_mask[None, :]
+        v = tl.abs(tl.load(t_ptr + m.to(tl.int64)[:, None] * stride_m + c[None, :], mask=mask,
+                           other=0.0).to(tl.float32))
+        nonfinite += tl.sum(tl.sum(((v != v) | (v == float("inf"))).to(tl.int32), axis=1), axis=0)
+        top = tl.maximum(top, tl.max(v, axis=0).to(tl.int32, bitcast=True))
     if nonfinite > 0:
         tl.atomic_max(bad_ptr, 1)
-    tl.store(part_ptr + tl.program_id(0).to(tl.int64) * C + c, tl.max(v, axis=0).to(tl.int32, bitcast=True),
-             mask=c_mask)
+    tl.store(part_ptr + pid.to(tl.int64) * C + c, top, mask=c_mask)
 
 
 @triton.jit
@@ -136,10 +145,11 @@ def quantize_t_triton(t: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor,
     if C == 0:
         return q, scale
     (am, ac), (cm, cc) = AMAX_TILE, CAST_TILE
-    P = triton.cdiv(M, am)                  # rows of partial maxima (none for M = 0: every maximum is 0)
+    rows = am * triton.cdiv(triton.cdiv(M, am), AMAX_PARTIALS)     # a partial's rows: whole tiles
+    P = triton.cdiv(M, rows) if M else 0    # rows of partial maxima (none for M = 0: every maximum is 0)
     part = torch.empty(P, C, dtype=torch.int32, device=t.device)
     if M:
-        amax_kernel[(P, triton.cdiv(C, ac))](t, part, bad, M, C, t.stride(0), BLOCK_M=am, BLOCK_C=ac)
+        amax_kernel[(P, triton.cdiv(C, ac))](t, part, bad, M, C, t.stride(0), rows, BLOCK_M=am, BLOCK_C=ac)
     cast_t_kernel[(triton.cdiv(MP, cm), triton.cdiv(C, cc))](t, part, q.view(torch.uint8), scale, M, MP, C, P,
                                                             t.stride(0), BLOCK_M=cm, BLOCK_C=cc,
                                                             BLOCK_P=triton.next_power_of_2(max(P, 1)),

@@ -78,16 +78,24 @@ def test_triton_quantiser_equals_reference(M, C, dtype):
 
 
 @interp
-def test_triton_quantiser_over_many_tiles(monkeypatch):
-    """Small tiles: a feature's maximum merges across row tiles (atomics) and the cast's tiles cover ``Mp``."""
+@pytest.mark.parametrize("partials", [16, 2, 1])
+def test_triton_quantiser_over_many_tiles(monkeypatch, partials):
+    """Small tiles: a feature's maximum merges across row tiles -- one partial a tile (7 tiles, 16 partials at
+    most), a slice of 4 and of 3 tiles (2), all 7 in one program (1) -- and the cast's tiles cover ``Mp``."""
     from arbitor.ternary.ops import fp8_triton
     monkeypatch.setattr(fp8_triton, "AMAX_TILE", (16, 16))
     monkeypatch.setattr(fp8_triton, "CAST_TILE", (16, 32))
+    monkeypatch.setattr(fp8_triton, "AMAX_PARTIALS", partials)
     t = torch.randn(101, 70) * torch.logspace(-2, 2, 70)
     t[100, 5] = 1e4                                                    # the maximum in the last row tile
+    t[40, 6] = 1e4                                                     # ... and in a middle one
     q1, s1 = quantize_t_torch(t)
-    q2, s2 = quantize_t_triton(t, _flag())
-    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+    bad = _flag()
+    q2, s2 = quantize_t_triton(t, bad)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2) and int(bad) == 0
+    t[50, 60] = float("nan")                                           # a non-finite entry in any slice is seen
+    quantize_t_triton(t, bad)
+    assert int(bad) == 1
 
 
 @interp

@@ -1,5 +1,5 @@
-"""Kernels compile for a Hopper GPU (sm_90) on a machine without one: the counter step kernel and the M = 1 /
-small-M decode kernels.
+"""Kernels compile for a Hopper GPU (sm_90) on a machine without one: the counter step kernel, the M = 1 /
+small-M decode kernels and the fp8 quantisers.
 
 The interpreter tests (``test_counter_ops.py``, ``test_decode_ops.py``) check what a kernel computes; they cannot
 see an error that only Triton's GPU compiler raises (a constexpr branch, a reshape it will not lower, an unrolled
@@ -81,6 +81,48 @@ for (bn, bk, warps), planes in ((_MMA_TILE[:3], False), (_PLANES_TILE[:3], True)
 print('compiled')
 """
 
+FP8_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from arbitor.ternary.ops import fp8_triton as F
+target = GPUTarget('cuda', 90, 32)
+def build(fn, sig, consts, warps=4):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options={'num_warps': warps})
+    assert k.asm['cubin'], fn
+    return k
+(am, ac), (cm, cc) = F.AMAX_TILE, F.CAST_TILE
+for act in ('*bf16', '*fp32'):
+    build(F.amax_kernel, {'t_ptr': act, 'part_ptr': '*i32', 'bad_ptr': '*i32', 'M': 'i32', 'C': 'i32',
+                          'stride_m': 'i32', 'ROWS': 'i32', 'BLOCK_M': 'constexpr', 'BLOCK_C': 'constexpr'},
+          {'BLOCK_M': am, 'BLOCK_C': ac})
+    build(F.cast_t_kernel, {'t_ptr': act, 'part_ptr': '*i32', 'q_ptr': '*u8', 'scale_ptr': '*fp32', 'M': 'i32',
+                            'MP': 'i32', 'C': 'i32', 'P': 'i32', 'stride_m': 'i32', 'BLOCK_M': 'constexpr',
+                            'BLOCK_C': 'constexpr', 'BLOCK_P': 'constexpr', 'INTERP': 'constexpr'},
+          {'BLOCK_M': cm, 'BLOCK_C': cc, 'BLOCK_P': F.AMAX_PARTIALS, 'INTERP': False})
+    for C in (768, 3072, 12288):                       # one read; two reads on 2 and on 4 warps
+        block, one, warps = F._rows_launch(C)
+        k = build(F.rows_kernel, {'t_ptr': act, 'q_ptr': '*u8', 'scale_ptr': '*fp32', 'C': 'i32', 'stride_m': 'i32',
+                                  'BLOCK': 'constexpr', 'ONE_READ': 'constexpr', 'INTERP': 'constexpr'},
+                  {'BLOCK': block, 'ONE_READ': one, 'INTERP': False}, warps)
+        assert 'cvt.rn.satfinite.e4m3x2.f32' in k.asm['ptx']          # the hardware conversion, not the integer one
+slots = lambda names, t: {f'{n}{i}': t for n in names for i in range(4)}
+sig = dict(slots(['e'], '*i8'), **slots(['c', 'st', 'pd'], '*i64'), **slots(['sb'], 'i64'),
+           **slots(['nm', 'og'], 'i32'), s_ptr='*fp32', part_ptr='*fp64', P_STRIDE='i32', GS='constexpr',
+           BLOCK='constexpr', INTERP='constexpr')
+for gs in (64, 256):
+    build(F.scale_max_kernel, sig, {'GS': gs, 'BLOCK': F.SCALE_BLOCK, 'INTERP': False})
+sig = dict(slots(['t'], '*u8'), **{f'n_{i}': 'i32' for i in range(4)}, **{f'o_{i}': 'i32' for i in range(4)},
+           s_ptr='*fp32', part_ptr='*fp64', w_ptr='*u8', scale_ptr='*fp32', K='i32', G='i32', KB='i32', P='i32',
+           W_LD='i32', GS='constexpr', BLOCK_N='constexpr', BLOCK_K='constexpr', BLOCK_P='constexpr',
+           TRANSPOSE='constexpr', INTERP='constexpr')
+for transpose, (bn, bk) in ((False, F.EXPAND_TILE), (True, F.EXPAND_TILE_T)):
+    for gs in (64, 256):
+        build(F.expand_fp8_kernel, sig, {'GS': gs, 'BLOCK_N': bn, 'BLOCK_K': max(bk, gs), 'BLOCK_P': 1024,
+                                         'TRANSPOSE': transpose, 'INTERP': False})
+print('compiled')
+"""
+
 
 def _compile(script: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -100,3 +142,9 @@ def test_decode_kernels_compile_for_sm90():
     sweep's extremes (a narrow, wide tile and the widest 128 x 512), with ``split_epilogue``'s unrolled reads; the
     tensor-core decode kernel."""
     _compile(DECODE_SCRIPT)
+
+
+def test_fp8_quantisers_compile_for_sm90():
+    """The ``grad_W`` quantiser (its partial maxima walk a slice of rows in a loop), the row quantiser at each of its
+    launch forms (with the hardware e4m3 conversion in the PTX), and a stack's scale maxima and expansion."""
+    _compile(FP8_SCRIPT)
