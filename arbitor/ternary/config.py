@@ -74,10 +74,9 @@ class TernaryConfig:
             raise ValueError(f"ballot_prior must be a non-negative int, got {self.ballot_prior!r}")
         if self.backend is not None:
             requested_backend(self.backend)
-        if not isinstance(self.gradw_fp8, bool):
-            raise ValueError(f"gradw_fp8 must be a bool, got {self.gradw_fp8!r}")
-        if not isinstance(self.matmul_fp8, bool):
-            raise ValueError(f"matmul_fp8 must be a bool, got {self.matmul_fp8!r}")
+        for name in ("gradw_fp8", "matmul_fp8"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def rule_settings(self) -> dict[str, Any]:
         """The settings of the chosen rule (e.g. ``counter_bits``/``counter_rate`` for ``counter``)."""

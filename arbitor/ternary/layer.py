@@ -174,12 +174,10 @@ class TernaryScaleTensor(StepBoundaryBallots, nn.Module):
         self._ballot_prior = ballot_prior
         self.strength = check_strength(strength) if strength is not None else default_strength()
         self.backend = requested_backend(backend) if backend is not None else None
-        if not isinstance(gradw_fp8, bool):
-            raise ValueError(f"gradw_fp8 must be a bool, got {gradw_fp8!r}")
-        self.gradw_fp8 = gradw_fp8
-        if not isinstance(matmul_fp8, bool):
-            raise ValueError(f"matmul_fp8 must be a bool, got {matmul_fp8!r}")
-        self.matmul_fp8 = matmul_fp8
+        for name, value in (("gradw_fp8", gradw_fp8), ("matmul_fp8", matmul_fp8)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        self.gradw_fp8, self.matmul_fp8 = gradw_fp8, matmul_fp8
         self._voting = True          # False: backward passes grad_x on but casts no ballot
         self._dirty = False          # a forward since the last ternary_step() may have cast ballots
         self._anchors: dict[torch.device, torch.Tensor] = {}

@@ -62,10 +62,11 @@ class _SiblingFn(torch.autograd.Function):
         K = first.in_features
         n_total = sum(m.out_features for m in layers)
         ops = first._ops(x.device)
+        fp8 = stack_uses_matmul_fp8(layers)
         y = ops.group_forward(x.reshape(-1, K), *_state_lists(layers), K, first.group_size,
-                              [m.strength for m in layers], matmul_fp8=stack_uses_matmul_fp8(layers))
+                              [m.strength for m in layers], matmul_fp8=fp8)
         ctx.save_for_backward(x)
-        ctx.layers = layers
+        ctx.layers, ctx.fp8, ctx.n_total = layers, fp8, n_total
         return y.reshape(*x.shape[:-1], n_total)
 
     @staticmethod
@@ -77,13 +78,13 @@ class _SiblingFn(torch.autograd.Function):
         need_grad_x = ctx.needs_input_grad[0]
         if not (need_grad_x or any(m.voting for m in layers)):
             return None, None, None
-        gy2 = grad_y.reshape(-1, sum(m.out_features for m in layers)).to(x.dtype)
+        gy2 = grad_y.reshape(-1, ctx.n_total).to(x.dtype)
         x2 = x.reshape(-1, K)
         ops = first._ops(x.device)
         grad_x = None
         if need_grad_x:  # with the scales of the forward: the ballots are cast after
             grad_x = ops.group_grad_x(gy2, *_state_lists(layers), K, first.group_size, [m.strength for m in layers],
-                                      matmul_fp8=stack_uses_matmul_fp8(layers)).reshape(x.shape)
+                                      matmul_fp8=ctx.fp8).reshape(x.shape)
         n1 = gy2.shape[1]
         for m in reversed(layers):    # the order autograd runs the layers' backwards when they run one by one
             n0 = n1 - m.out_features

@@ -127,6 +127,27 @@ def test_triton_group_ops_agree_with_the_references(M, fp8):
         torch.testing.assert_close(got, want, rtol=2 ** -7 if fp8 and M > 16 else 1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_group_ops_use_fp8_only_as_the_stack(backend, fp8_for_small_layers):
+    """A stack whose summed height is no multiple of 16 takes no fp8, though one of its layers alone could: the torch
+    reference decides as the Triton op does."""
+    from arbitor.ternary.ops.triton_common import INTERPRETED
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if not INTERPRETED:
+            pytest.skip("CPU interpreter test")
+        from arbitor.ternary.ops.linear_triton import ternary_group_forward as fwd, ternary_group_grad_x as gx
+    else:
+        fwd, gx = linear_group_forward_torch, linear_group_grad_x_torch
+    layers = [TernaryScaleTensor(64, n, 16, seed=20 + n) for n in (16, 8)]     # 16 alone may take fp8; 24 may not
+    st = [list(v) for v in zip(*(m._scale_state() for m in layers))]
+    s = [m.strength for m in layers]
+    g = torch.Generator().manual_seed(3)
+    x, gy = torch.randn(40, 64, generator=g), torch.randn(40, 24, generator=g)
+    assert torch.equal(fwd(x, *st, 64, 16, s, matmul_fp8=True), fwd(x, *st, 64, 16, s))
+    assert torch.equal(gx(gy, *st, 64, 16, s, matmul_fp8=True), gx(gy, *st, 64, 16, s))
+
+
 def test_attention_stacks_its_ternary_projections():
     from arbitor.model.attention import ContextAttention
     from arbitor.model.config import preset

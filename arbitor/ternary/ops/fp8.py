@@ -55,8 +55,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["FP8_MAX", "FP8_DTYPE", "TOKEN_MULTIPLE", "FP8_MIN_WEIGHTS", "FP8_MIN_FEATURES", "padded_tokens",
-           "fp8_exponents", "pow2", "quantize_t_torch", "dequantized_operands", "scaled_mm_nt", "scaled_gradw",
-           "fp8_shape_ok", "fp8_pays", "fp8_matmul_pays", "check_fp8_device"]
+           "fp8_exponents", "pow2", "quantize_t_torch", "dequantize", "dequantized_operands", "scaled_mm_nt",
+           "scaled_gradw", "fp8_shape_ok", "fp8_pays", "fp8_matmul_pays", "check_fp8_device"]
 
 FP8_MAX = 448.0                   # e4m3fn's largest finite value: 1.75 * 2**8
 FP8_DTYPE = torch.float8_e4m3fn
@@ -95,12 +95,15 @@ def quantize_t_torch(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, pow2(e)
 
 
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The exact float32 values of fp8 rows ``q [R, C]`` with their scales ``scale [R]``."""
+    return q.to(torch.float32) * scale[:, None]
+
+
 def dequantized_operands(grad_y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp8 operands' exact float32 values, untransposed: ``(gy [Mp, N], xf [Mp, K])`` -- ``gy[:, n0:n1].t() @ xf``
     is the reference's ``grad_W`` block (the torch ops' form of ``scaled_gradw``)."""
-    gyq, sgy = quantize_t_torch(grad_y)
-    xq, sx = quantize_t_torch(x)
-    return (gyq.to(torch.float32) * sgy[:, None]).t(), (xq.to(torch.float32) * sx[:, None]).t()
+    return dequantize(*quantize_t_torch(grad_y)).t(), dequantize(*quantize_t_torch(x)).t()
 
 
 def scaled_mm_nt(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
@@ -125,8 +128,7 @@ def fp8_shape_ok(out_features: int, in_features: int) -> bool:
 
 def fp8_pays(out_features: int, in_features: int) -> bool:
     """Whether a ``[out_features, in_features]`` layer's ballots gain from fp8 ``grad_W`` (module doc)."""
-    return (fp8_shape_ok(out_features, in_features) and out_features * in_features >= FP8_MIN_WEIGHTS
-            and min(out_features, in_features) >= FP8_MIN_FEATURES)
+    return fp8_matmul_pays(out_features, in_features) and out_features * in_features >= FP8_MIN_WEIGHTS
 
 
 def fp8_matmul_pays(out_features: int, in_features: int) -> bool:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from .blocks import expand_weight, row_blocks
-from .fp8 import FP8_DTYPE, fp8_exponents, fp8_shape_ok, pow2
+from .fp8 import FP8_DTYPE, dequantize, fp8_exponents, fp8_shape_ok, pow2
 
 __all__ = ["FP8_MIN_ROWS", "fp8_matmul_applies", "quantize_rows_torch", "weight_exponent_torch", "expand_fp8_torch",
            "fp8_forward_torch", "fp8_grad_x_torch"]
@@ -87,20 +87,15 @@ def expand_fp8_torch(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, 
     return wq, pow2(ew).expand(wq.shape[0]).contiguous()
 
 
-def _dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The exact float32 values of fp8 rows ``q [R, C]`` with their scales ``scale [R]``."""
-    return q.to(torch.float32) * scale[:, None]
-
-
 def fp8_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int,
                       group_size: int) -> torch.Tensor:
     """``x [M, K] -> y [M, N]`` (x's dtype): the fp8 operands' exact values multiplied in float32, one row block of
     the weight at a time."""
-    xf = _dequantized(*quantize_rows_torch(x))
+    xf = dequantize(*quantize_rows_torch(x))
     wq, sw = expand_fp8_torch(T_packed, S, in_features, group_size)
     y = torch.empty(x.shape[0], wq.shape[0], dtype=torch.float32, device=x.device)
     for n0, n1 in row_blocks(wq.shape[0], in_features):
-        y[:, n0:n1] = xf @ _dequantized(wq[n0:n1], sw[n0:n1]).t()
+        y[:, n0:n1] = xf @ dequantize(wq[n0:n1], sw[n0:n1]).t()
     return y.to(x.dtype)
 
 
@@ -108,9 +103,9 @@ def fp8_grad_x_torch(grad_y: torch.Tensor, T_packed: torch.Tensor, S: torch.Tens
                      group_size: int) -> torch.Tensor:
     """``grad_y [M, N] -> grad_x [M, K]`` (grad_y's dtype), as ``fp8_forward_torch`` (the transposed ``wq`` of the
     Triton path holds the same values)."""
-    gf = _dequantized(*quantize_rows_torch(grad_y))
+    gf = dequantize(*quantize_rows_torch(grad_y))
     wq, sw = expand_fp8_torch(T_packed, S, in_features, group_size)
     grad_x = torch.zeros(grad_y.shape[0], in_features, dtype=torch.float32, device=grad_y.device)
     for n0, n1 in row_blocks(wq.shape[0], in_features):
-        grad_x.addmm_(gf[:, n0:n1], _dequantized(wq[n0:n1], sw[n0:n1]))
+        grad_x.addmm_(gf[:, n0:n1], dequantize(wq[n0:n1], sw[n0:n1]))
     return grad_x.to(grad_y.dtype)

@@ -66,11 +66,12 @@ def linear_group_forward_torch(x: torch.Tensor, T_packed: Sequence[torch.Tensor]
                                matmul_fp8: bool = False) -> torch.Tensor:
     """``y [M, sum N] = cat_i(x [M, K] @ W_i.T)`` of layers reading one input (every argument a list, an entry a
     layer): each layer's ``linear_forward_torch``; with ``matmul_fp8`` where the stacked shape allows, the fp8
-    product of the stacked layer (one weight exponent for all: ``fp8_linear.py``), as the Triton op."""
+    product of the stacked layer (one weight exponent for all: ``fp8_linear.py``), as the Triton op -- and where it
+    does not, no layer in fp8 (a layer's own shape may allow what the stack's does not)."""
     parts = list(zip(T_packed, E, corr_accum, step_counter, pending, strength))
     if fp8_matmul_applies(matmul_fp8, x.shape[0], sum(p[0].shape[0] for p in parts), in_features):
         return fp8_forward_torch(x, *_stacked(parts, group_size), in_features, group_size)
-    return torch.cat([linear_forward_torch(x, *p[:5], in_features, group_size, p[5], matmul_fp8) for p in parts], 1)
+    return torch.cat([linear_forward_torch(x, *p[:5], in_features, group_size, p[5]) for p in parts], 1)
 
 
 def linear_group_grad_x_torch(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor],
@@ -85,7 +86,7 @@ def linear_group_grad_x_torch(grad_y: torch.Tensor, T_packed: Sequence[torch.Ten
     if fp8_matmul_applies(matmul_fp8, grad_y.shape[0], n_total, in_features):
         return fp8_grad_x_torch(grad_y, *_stacked(parts, group_size), in_features, group_size)
     return sum_last_first(grad_y, [p[0].shape[0] for p in parts], lambda i, gy: linear_grad_x_torch(
-        gy, *parts[i][:5], in_features, group_size, parts[i][5], matmul_fp8))
+        gy, *parts[i][:5], in_features, group_size, parts[i][5]))
 
 
 def _stacked(parts: list, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:

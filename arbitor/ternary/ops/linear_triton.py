@@ -524,13 +524,13 @@ def ternary_group_forward(x: torch.Tensor, T_packed: Sequence[torch.Tensor], E: 
     """``y [M, sum N] = cat_i(x [M, K] @ W_i.T)`` of layers reading one input (each argument a list, one entry a
     layer): above ``FUSED_MAX_M`` rows their weights are expanded into one buffer and multiplied by one GEMM
     (``matmul_fp8``: in fp8 where the stacked shape allows, ``fp8_linear.py``, with one exponent for all); up to
-    it each layer runs ``ternary_forward``."""
+    it each layer runs ``ternary_forward`` (fp8 never applies there)."""
     states = _group_states(T_packed, E, corr_accum, step_counter, pending, strength, in_features, group_size)
     check_act(x, "x", in_features, "in_features", states[0][0].device)
     M = x.shape[0]
     if M <= FUSED_MAX_M:
-        return torch.cat([ternary_forward(x, *st, in_features, group_size, s, matmul_fp8=matmul_fp8)
-                          for st, s in zip(states, strength)], dim=1)
+        return torch.cat([ternary_forward(x, *st, in_features, group_size, s) for st, s in zip(states, strength)],
+                         dim=1)
     n_total = sum(st[0].shape[0] for st in states)
     return _expanded_matmul(x, states, in_features, group_size, strength, False,
                             _fp8_ok(matmul_fp8, M, n_total, in_features))
@@ -549,7 +549,7 @@ def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor],
     M = grad_y.shape[0]
     if M <= FUSED_MAX_M:
         return sum_last_first(grad_y, [st[0].shape[0] for st in states], lambda i, gy: ternary_grad_x(
-            gy, *states[i], in_features, group_size, strength[i], matmul_fp8=matmul_fp8))
+            gy, *states[i], in_features, group_size, strength[i]))
     return _expanded_matmul(grad_y, states, in_features, group_size, strength, True,
                             _fp8_ok(matmul_fp8, M, n_total, in_features))
 
