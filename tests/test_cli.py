@@ -36,6 +36,10 @@ def _err(capsys, argv):
     (["train", "--text-data", TEXT, "--update-rule", "adam"], "--update-rule: invalid choice"),
     (["train", "--text-data", TEXT, "--counter-rate", "bad"], "--counter-rate: expected a number or auto, got 'bad'"),
     (["train", "--text-data", TEXT, "--counter-rate", "65"], "--counter-rate: must be in [0, 64] or auto, got 65"),
+    (["train", "--text-data", TEXT, "--recompute-blocks", "1"], "needs activation_checkpointing=True"),
+    (["train", "--text-data", TEXT, "--activation-checkpointing", "--recompute-blocks", "3"],
+     "recompute_blocks must be an int in [0, n_layers=2]"),
+    (["train", "--text-data", TEXT, "--recompute-blocks", "-1"], "--recompute-blocks: must be >= 0, got -1"),
     (["sample", "--run", "RUNS/nothing"], "run directory not found"),
     (["audit", "--preset", "gigantic"], "unknown preset"),
     (["audit"], "--layer IN OUT or --preset NAME"),
@@ -151,3 +155,16 @@ def test_audit_with_the_counter_rule(capsys):
     assert rep["state_bytes"]["C_packed"] == 32 * (64 // 2 + 64 // 8)   # 5-bit counters by default: 2 planes
     assert main(["audit", "--layer", "64", "32", "--update-rule", "counter", "--counter-bits", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state_bytes"]["C_packed"] == 64 * 32 // 2
+
+
+def test_train_with_some_blocks_recomputed(capsys, tmp_path):
+    """``--activation-checkpointing --recompute-blocks 1``: the run's config records both, and a resume that asks
+    for another count is refused (the compiled recompute need not be bit-equal to a stored forward)."""
+    base = ["train", "--text-data", TEXT, "--ctx", "32", "--batch", "4", "--eval-interval", "0", "--run", "rb",
+            "--runs-dir", str(tmp_path), "--no-progress", "--activation-checkpointing"]
+    assert main(base + ["--steps", "2", "--recompute-blocks", "1"]) == 0
+    cfg = json.loads((tmp_path / "rb" / "config.json").read_text())["model"]
+    assert (cfg["activation_checkpointing"], cfg["recompute_blocks"]) == (True, 1)
+    capsys.readouterr()
+    rc, lines = _err(capsys, base + ["--steps", "3", "--resume", "--recompute-blocks", "2"])
+    assert rc == 2 and len(lines) == 1 and "recompute_blocks=1, you asked for 2" in lines[0], lines

@@ -72,6 +72,13 @@ class ModelConfig:
     compute_dtype: str = "float32"   # activation dtype: "float32", "bfloat16" or "float16" (integer state is
                                      # unaffected; bf16 halves activation memory and uses flash attention)
     activation_checkpointing: bool = False  # recompute each block in backward: keeps only block inputs alive
+    recompute_blocks: Optional[int] = None  # with activation_checkpointing: how many blocks, the first ones,
+                                     # recompute (None: all). The others keep their activations: a faster
+                                     # backward for more memory (3b at 8 x 512: 1.3-1.5 ms less and ~480 MiB
+                                     # more a block, the first one free; benchmarks/results/speed/
+                                     # h200-recompute-blocks). The last blocks keep theirs because their backward
+                                     # runs first: they are freed before the first recompute, which never adds
+                                     # to them
     loss_chunk_tokens: int = 0       # >0: the text loss runs the head + cross-entropy over this many tokens at a
                                      # time (recomputed in backward), so full [tokens, vocab] logits never exist
     # --- regularisation -----------------------------------------------------------------------
@@ -122,6 +129,13 @@ class ModelConfig:
              f"compute_dtype must be 'float32', 'bfloat16' or 'float16', got {self.compute_dtype!r}")
         need(isinstance(self.loss_chunk_tokens, int) and self.loss_chunk_tokens >= 0,
              f"loss_chunk_tokens must be a non-negative int, got {self.loss_chunk_tokens!r}")
+        if self.recompute_blocks is not None:
+            need(isinstance(self.recompute_blocks, int) and not isinstance(self.recompute_blocks, bool)
+                 and 0 <= self.recompute_blocks <= self.n_layers,
+                 f"recompute_blocks must be an int in [0, n_layers={self.n_layers}] or None (all), got "
+                 f"{self.recompute_blocks!r}")
+            need(self.activation_checkpointing, f"recompute_blocks={self.recompute_blocks} needs "
+                 "activation_checkpointing=True (without it no block recomputes)")
         need(isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
              and 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
 

@@ -87,12 +87,14 @@ class ArbitorLM(nn.Module):
         if cache is None:   # nanoGPT's dropout of the embedding output (training mode, cfg.dropout > 0 only)
             x = residual_dropout(x, self.cfg.dropout, self.training)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        # the first ``recompute_blocks`` blocks recompute (config.py: the last ones keep their activations)
+        n_recompute = len(self.blocks) if self.cfg.recompute_blocks is None else self.cfg.recompute_blocks
         for i, block in enumerate(self.blocks):
             # checkpointing keeps only each block's input; its inside is recomputed in backward (the
             # recomputed forward reads the same integer state: a layer's own votes land after it). Without
             # dropout the recompute needs no saved RNG state, which also keeps the step graph-capturable; with
             # dropout the RNG state is saved and restored so the recompute draws the same masks
-            if recompute:
+            if recompute and i < n_recompute:
                 expect_ballots(block)   # the dirty flags set here, not inside the checkpoint: it compiles whole
                 x = checkpoint(block, x, None, i, use_reentrant=False, preserve_rng_state=self.cfg.dropout > 0)
             else:

@@ -93,6 +93,11 @@ class ModelSettings:
     matmul_fp8: Optional[bool] = setting(None, "the forward and grad-x multiply fp8 operands (CUDA sm_89+) in layers "
                                                "where that pays: faster, but the loss is computed from activations "
                                                "and group scales rounded to 4 significant bits (docs/kernels.md)")
+    activation_checkpointing: Optional[bool] = setting(None, "recompute each block in backward, keeping only the "
+                                                             "blocks' inputs alive (the 3b preset's default)")
+    recompute_blocks: Optional[int] = setting(None, "with activation checkpointing: how many blocks, the first ones, "
+                                                    "recompute; the others keep their activations, a faster backward "
+                                                    "for more memory (default: all)", low=0)
     dropout: Optional[float] = setting(None, "dropout probability, below 1, in training (embedding output, "
                                              "attention probabilities, attention and MLP residual branches, as "
                                              "nanoGPT; default 0: none)", low=0.0)
@@ -114,8 +119,9 @@ class ModelSettings:
             out["embedding_update_rule"] = self.embedding_update_rule
         if self.group_size is not None:
             out["embedding_group_size"] = self.group_size
-        if self.dropout is not None:
-            out["dropout"] = self.dropout
+        for name in ("dropout", "activation_checkpointing", "recompute_blocks"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     def differences(self, cfg: ModelConfig) -> list[str]:

@@ -145,3 +145,50 @@ def test_compiled_checkpointed_blocks_and_loss_chunks_compile_whole():
     assert len(hops) == cfg.n_layers + 2          # the blocks and the loss's two 16-token chunks
     layers = [x for x in m.modules() if isinstance(x, TernaryScaleTensor)]
     assert all(x.dirty for x in layers) and ternary_step(m) >= len(layers)
+
+
+def _state_bytes(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("rule", ["bigint", "counter"])
+def test_recompute_blocks_recompute_the_first_blocks_and_change_no_result(monkeypatch, rule):
+    """``recompute_blocks=k`` runs the first ``k`` blocks through ``checkpoint`` and the others plainly; the
+    trained state after two steps is the same bytes for every ``k`` and without checkpointing at all (a recompute
+    reads the same integer state: a layer's own ballot lands after it)."""
+    import arbitor.model.text as text
+    seen = []
+    real = text.checkpoint
+
+    def spy(block, x, cache, i, **kw):
+        seen.append(i)
+        return real(block, x, cache, i, **kw)
+    monkeypatch.setattr(text, "checkpoint", spy)
+    idx = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(1))
+    states = {}
+    for ckpt, k in ((False, None), (True, None), (True, 0), (True, 2), (True, 3)):
+        seen.clear()
+        m = tiny(ternary=dict(update_rule=rule, backend="torch"), n_layers=3, activation_checkpointing=ckpt,
+                 recompute_blocks=k).train()
+        for _ in range(2):
+            _, loss = m(idx[:, :-1], idx[:, 1:])
+            loss.backward()
+            ternary_step(m)
+        want = 0 if not ckpt else (3 if k is None else k)
+        assert seen == list(range(want)) * 2, (ckpt, k, seen)     # the first `want` blocks, once a forward
+        states[(ckpt, k)] = _state_bytes(m)
+    ref = states[(False, None)]
+    for key, st in states.items():
+        assert all(torch.equal(st[n], ref[n]) for n in ref), key
+
+
+@pytest.mark.parametrize("fields, needle", [
+    (dict(recompute_blocks=1), "needs activation_checkpointing=True"),
+    (dict(activation_checkpointing=True, recompute_blocks=3), "recompute_blocks must be an int in [0, n_layers=2]"),
+    (dict(activation_checkpointing=True, recompute_blocks=-1), "recompute_blocks must be an int"),
+    (dict(activation_checkpointing=True, recompute_blocks=True), "recompute_blocks must be an int"),
+])
+def test_recompute_blocks_errors_name_the_field(fields, needle):
+    with pytest.raises(ConfigError) as err:
+        preset("tiny", **fields)
+    assert needle in str(err.value)

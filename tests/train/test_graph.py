@@ -177,6 +177,7 @@ def test_compiled_ternary_run_learns_like_eager_in_bf16(rule):
 @pytest.mark.parametrize("rule,fields", [("bigint", {}), ("counter", {}),
                                          ("bigint", {"activation_checkpointing": True, "loss_chunk_tokens": 192}),
                                          ("counter", {"activation_checkpointing": True}),
+                                         ("counter", {"activation_checkpointing": True, "recompute_blocks": 1}),
                                          ("bigint", {"activation_checkpointing": True,
                                                      "ternary": {"gradw_fp8": True, "matmul_fp8": True}})])
 def test_compiled_graphed_ternary_run_is_bit_identical_to_compiled(rule, fields, fp8_for_small_layers):
