@@ -26,8 +26,10 @@ Rows (bf16 activations everywhere; every number a median after warm-up):
   torchao's ``bitnet_training`` when torchao imports), each ``torch.compile``d -- the faster of compiled and
   eager is the baseline, and the faster of the QAT rows.
 * ``step_3b_8x512`` -- the ``3b`` preset at batch 8 x ctx 512 (bf16 activations, block checkpointing, chunked
-  loss, as the preset ships) against the same architecture in dense bf16 with fused AdamW, compiled, with
-  and without activation checkpointing (the faster is the baseline).
+  loss, as the preset ships; ``--recompute-3b``: also with only the first K blocks recomputed,
+  ``ModelConfig.recompute_blocks``) against the same architecture in dense bf16 with fused AdamW, compiled, with
+  and without activation checkpointing (the faster is the baseline). Its memory target (<= 3.2 GB) is
+  ``bigint``'s (``memory_target``).
 
 A step is forward, backward and the per-step update (``ternary_step`` / AdamW) on batches already on the
 GPU (data loading is not timed in any row); tokens/s = batch x ctx x steps / synchronised wall time.
@@ -537,8 +539,10 @@ def main(argv=None) -> int:
         counts = _recompute_counts(args.recompute_3b)
     except ValueError:
         ap.error(f"--recompute-3b: expected 'all' or block counts, got {args.recompute_3b!r}")
-    if not counts or any(k is not None and not 0 <= k <= 22 for k in counts):
-        ap.error(f"--recompute-3b: block counts must lie in [0, 22] (the 3b preset's), got {args.recompute_3b!r}")
+    from arbitor.model.config import PRESETS
+    blocks = PRESETS["3b"]["n_layers"]
+    if not counts or any(k is not None and not 0 <= k <= blocks for k in counts):
+        ap.error(f"--recompute-3b: block counts must lie in [0, {blocks}] (the 3b preset's), got {args.recompute_3b!r}")
     bad = [m for m in (args.modes_3b or "graph").split(",") if m not in MODES]
     if bad:
         ap.error(f"--modes-3b: unknown mode {bad[0]!r} (choose from {', '.join(MODES)})")
