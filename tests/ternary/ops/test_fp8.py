@@ -372,6 +372,25 @@ def test_gpu_quantiser_equals_reference(M, C, dtype):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_gpu_quantiser_walks_its_slices_of_rows():
+    """Past 16 tiles of rows (``AMAX_PARTIALS``) each partial covers a slice of several tiles: 20,011 tokens give
+    16 slices of 5 tiles, the last one short. The maximum sits in a slice's last tile; a NaN in a late slice is
+    flagged."""
+    t = torch.randn(20011, 3072, device="cuda", dtype=torch.bfloat16)
+    t[19999, 7] = 300.0                          # tile 78: the 16th slice's; and the 4th slice's last tile:
+    t[4 * 5 * 256 - 1, 8] = -300.0
+    bad = _flag("cuda")
+    q1, s1 = quantize_t_torch(t.cpu())
+    q2, s2 = quantize_t_triton(t, bad)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8).cpu()) and torch.equal(s1, s2.cpu())
+    assert int(bad) == 0
+    t[18000, 3000] = float("nan")
+    quantize_t_triton(t, bad)
+    assert int(bad) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("rule", ["bigint", "counter"])
 def test_gpu_fp8_ballot_matches_reference_and_repeats(rule):
     M, N, K, gs = 512, 256, 192, 64
