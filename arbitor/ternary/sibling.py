@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from .layer import TernaryScaleTensor, check_linear_input
+from .ops.blocks import columns_last_first
 from .ops.fp8 import fp8_matmul_pays
 
 __all__ = ["sibling_forward", "stackable", "stack_uses_matmul_fp8"]
@@ -85,12 +86,9 @@ class _SiblingFn(torch.autograd.Function):
         if need_grad_x:  # with the scales of the forward: the ballots are cast after
             grad_x = ops.group_grad_x(gy2, *_state_lists(layers), K, first.group_size, [m.strength for m in layers],
                                       matmul_fp8=ctx.fp8).reshape(x.shape)
-        n1 = gy2.shape[1]
-        for m in reversed(layers):    # the order autograd runs the layers' backwards when they run one by one
-            n0 = n1 - m.out_features
-            if m.voting:
-                m._cast_ballot(gy2[:, n0:n1], x2, ops)
-            n1 = n0
+        for i, n0, n1 in columns_last_first([m.out_features for m in layers]):
+            if layers[i].voting:
+                layers[i]._cast_ballot(gy2[:, n0:n1], x2, ops)
         return grad_x, None, None
 
 

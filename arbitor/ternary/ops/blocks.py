@@ -9,18 +9,20 @@ The GPU ballots form ``grad_W`` with cuBLAS in row chunks of at most ``ARB_GRADW
 (default 2**26: one whole layer of the ``3b`` preset, 128 MiB in bf16), each chunk freed before the next.
 
 ``expand_weight`` forms one such block of ``W_eff = T * S`` from its rows' ``T_packed`` and float32 ``S``;
-``sum_last_first`` sums stacked layers' grad-x contributions in autograd's order (``sibling.py``).
+``columns_last_first`` walks stacked layers' columns in autograd's order, and ``sum_last_first`` sums their grad-x
+contributions in it (``sibling.py``).
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ..format import unpack_ternary
 
-__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows", "expand_weight", "sum_last_first"]
+__all__ = ["block_rows_for", "row_blocks", "gradw_chunk_rows", "expand_weight", "columns_last_first",
+           "sum_last_first"]
 
 _DEFAULT_BLOCK_ELEMS = 1 << 22
 _DEFAULT_CHUNK_ELEMS = 1 << 26
@@ -66,14 +68,22 @@ def expand_weight(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, gro
     return w.view(t.shape[0], in_features).to(dtype)
 
 
+def columns_last_first(widths: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """``(i, n0, n1)`` of layers stacked along columns (``widths`` theirs), from the last layer to the first: the
+    order in which autograd runs the layers' backwards when they run one by one."""
+    n1 = sum(widths)
+    for i in reversed(range(len(widths))):
+        yield i, n1 - widths[i], n1
+        n1 -= widths[i]
+
+
 def sum_last_first(grad_y: torch.Tensor, widths: Sequence[int],
                    grad_x_of: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``sum_i grad_x_of(i, grad_y[:, cols_i])`` for layers stacked along ``grad_y``'s columns (``widths`` theirs),
-    added from the last layer to the first: the order in which autograd sums the layers' gradients when they run
-    one by one, so a stack gives the same bits."""
-    grad_x, n1 = None, sum(widths)
-    for i in reversed(range(len(widths))):
-        n0 = n1 - widths[i]
+    added from the last layer to the first (``columns_last_first``): the order in which autograd sums the layers'
+    gradients when they run one by one, so a stack gives the same bits."""
+    grad_x = None
+    for i, n0, n1 in columns_last_first(widths):
         g = grad_x_of(i, grad_y[:, n0:n1])
-        grad_x, n1 = (g if grad_x is None else grad_x + g), n0
+        grad_x = g if grad_x is None else grad_x + g
     return grad_x

@@ -38,6 +38,9 @@ import triton
 import triton.language as tl
 
 from .blocks import sum_last_first
+from .fp8 import check_fp8_device, scaled_mm_nt
+from .fp8_linear import fp8_matmul_applies
+from .fp8_triton import expand_fp8_group_triton, quantize_rows_triton
 from .triton_common import (INTERPRETED, INTERP_DEFAULT, ballot_coef, check_act, check_counter_tensor, check_device,
                             check_group_size_op, check_kernel_device, check_scalars, check_state, dot_precision,
                             exact_weff_tile, float64_bits, group_scale, group_sums, grouped_pid,
@@ -242,8 +245,8 @@ def expand_kernel(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, w_ptr, N, K, G,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = pid_k * BLOCK_K
-    w = exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits, 1.0,
-                        GS, BLOCK_N, BLOCK_K, INTERP)
+    w = exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits, GS,
+                        BLOCK_N, BLOCK_K, INTERP)
     offs_k = k0 + tl.arange(0, BLOCK_K)
     ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :]
     tl.store(ptrs, round_to(w, w_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_k < K)[None, :])
@@ -426,8 +429,6 @@ def _expanded_matmul(act: torch.Tensor, states: Sequence[tuple], in_features: in
     ``act``'s dtype and one cuBLAS GEMM, or with ``fp8`` (``matmul_fp8``) both operands quantised
     (``fp8_triton.py``) and one fp8 GEMM (``fp8_linear.py``). In ``act``'s dtype."""
     if fp8:
-        from .fp8 import check_fp8_device, scaled_mm_nt
-        from .fp8_triton import expand_fp8_group_triton, quantize_rows_triton
         check_fp8_device(act.device, "matmul_fp8")
         aq, sa = quantize_rows_triton(act if act.stride(-1) == 1 else act.contiguous())
         wq, sw = expand_fp8_group_triton(states, in_features, group_size, strengths, transpose=grad_x)
@@ -440,15 +441,6 @@ def _expanded_matmul(act: torch.Tensor, states: Sequence[tuple], in_features: in
         expand_weight_triton(*st, in_features, group_size, strength, act.dtype, out=W[n0:n1])
         n0 = n1
     return act @ W if grad_x else act @ W.t()
-
-
-def _fp8_ok(matmul_fp8: bool, M: int, out_features: int, in_features: int, config: Optional[dict] = None,
-            path: str = "auto") -> bool:
-    """Whether a forward / grad-x takes the fp8 GEMM (``fp8_linear.fp8_matmul_applies``, on the expand path)."""
-    if not matmul_fp8 or config is not None or path not in ("auto", "expand"):
-        return False
-    from .fp8_linear import fp8_matmul_applies
-    return fp8_matmul_applies(matmul_fp8, M, out_features, in_features)
 
 
 def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,
@@ -481,7 +473,7 @@ def ternary_forward(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, co
                              "an aligned T_packed")
     if not _fused(M, config, path):
         return _expanded_matmul(x, [(T_packed, E, corr_accum, step_counter, pending)], in_features, group_size,
-                                [strength], False, _fp8_ok(matmul_fp8, M, N, in_features, config, path))
+                                [strength], False, fp8_matmul_applies(matmul_fp8, M, N, in_features))
     return _launch_linear(x, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G, in_features,
                           "fwd", config)
 
@@ -498,7 +490,7 @@ def ternary_grad_x(grad_y: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor
         path = "auto"
     if not _fused(grad_y.shape[0], config, path):
         return _expanded_matmul(grad_y, [(T_packed, E, corr_accum, step_counter, pending)], in_features, group_size,
-                                [strength], True, _fp8_ok(matmul_fp8, grad_y.shape[0], N, in_features, config, path))
+                                [strength], True, fp8_matmul_applies(matmul_fp8, grad_y.shape[0], N, in_features))
     return _launch_linear(grad_y, T_packed, E, corr_accum, step_counter, pending, group_size, strength, N, G,
                           in_features, "gx", config)
 
@@ -533,7 +525,7 @@ def ternary_group_forward(x: torch.Tensor, T_packed: Sequence[torch.Tensor], E: 
                          dim=1)
     n_total = sum(st[0].shape[0] for st in states)
     return _expanded_matmul(x, states, in_features, group_size, strength, False,
-                            _fp8_ok(matmul_fp8, M, n_total, in_features))
+                            fp8_matmul_applies(matmul_fp8, M, n_total, in_features))
 
 
 def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor], E: Sequence[torch.Tensor],
@@ -551,7 +543,7 @@ def ternary_group_grad_x(grad_y: torch.Tensor, T_packed: Sequence[torch.Tensor],
         return sum_last_first(grad_y, [st[0].shape[0] for st in states], lambda i, gy: ternary_grad_x(
             gy, *states[i], in_features, group_size, strength[i]))
     return _expanded_matmul(grad_y, states, in_features, group_size, strength, True,
-                            _fp8_ok(matmul_fp8, M, n_total, in_features))
+                            fp8_matmul_applies(matmul_fp8, M, n_total, in_features))
 
 
 def ternary_scale(E: torch.Tensor, corr_accum: torch.Tensor, step_counter: torch.Tensor, pending: torch.Tensor,

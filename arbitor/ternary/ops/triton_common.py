@@ -149,11 +149,11 @@ def exact_scale(e, c, ballots, strength_bits, GS: tl.constexpr, INTERP: tl.const
 
 
 @triton.jit
-def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits, factor,
+def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mask, k0, G, KB, strength_bits,
                     GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr):
-    """float32 ``T * S * factor`` of rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K`` (``[BLOCK_N, BLOCK_K]``),
-    ``S`` per group as ``exact_scale`` and ``factor`` a power of two (so the tile is exact). ``BLOCK_K`` is a
-    multiple of ``GS``. The bf16 expand kernel's body (``linear_triton``)."""
+    """float32 ``T * S`` of rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K`` (``[BLOCK_N, BLOCK_K]``), ``S`` per
+    group as ``exact_scale`` (so the tile is exact). ``BLOCK_K`` is a multiple of ``GS``. The bf16 expand kernel's
+    body (``linear_triton``)."""
     ballots = tl.load(step_ptr).to(tl.int64) + tl.load(pending_ptr).to(tl.int64)
     NG: tl.constexpr = BLOCK_K // GS
     offs_g = k0 // GS + tl.arange(0, NG)
@@ -161,7 +161,7 @@ def exact_weff_tile(t_ptr, e_ptr, corr_ptr, step_ptr, pending_ptr, offs_n, n_mas
     g_offs = offs_n.to(tl.int64)[:, None] * G + offs_g[None, :]
     e = tl.load(e_ptr + g_offs, mask=g_mask, other=0)
     c = tl.load(corr_ptr + g_offs, mask=g_mask, other=0)
-    sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP) * factor          # [BLOCK_N, NG] float32
+    sc = exact_scale(e, c, ballots, strength_bits, GS, INTERP)                   # [BLOCK_N, NG] float32
     return weff_tile(t_ptr, sc, offs_n, n_mask, k0, KB, GS, BLOCK_N, BLOCK_K)
 
 
