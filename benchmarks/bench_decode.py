@@ -441,7 +441,7 @@ def attention_rows(args, device, res, flush) -> None:
                  torch.randn(B, H, L, hd, device=device, dtype=torch.bfloat16)) for _ in range(n)]
         default = launch_config(B, H, L, hd, n_sm(device))
         variants = {"fused (default: BLOCK_L {BLOCK_L}, {SPLIT_TILES} tiles a program)".format(**default): {}}
-        variants.update({f"fused, BLOCK_L {bl}": {"block_l": bl} for bl in (16, 32, 64)})
+        variants.update({f"fused, BLOCK_L {bl}": {"block_l": bl} for bl in (32, 64, 128, 256)})
         row = {"B": B, "H": H, "L": L, "hd": hd, "kv_bytes": kv_bytes, "ms": {}}
         ref = _one_query_bmm(*sets[0], mask).float()
         for name, kw in variants.items():

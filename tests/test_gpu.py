@@ -165,6 +165,65 @@ def test_fused_decode_attention_at_3b_shapes(batch, dtype, monkeypatch):
     assert torch.equal(attention.cached_attention(q, k, v, mask), out) and calls == [1]
 
 
+@pytest.mark.parametrize("batch", [1, 16])
+def test_fused_append_at_3b_shapes(batch, monkeypatch):
+    """``one_query_attention_append`` (the token step's cache write and attention in one launch) at the ``3b``
+    shapes: bit for bit the row written, then ``one_query_attention`` under ``key <= p``, with the caches written
+    alike; 50 calls give the same bits; a CUDA graph of it replays with the position the cache holds at replay;
+    and ``StaticKVCache.attend`` runs it for a token step."""
+    from arbitor.model import decode_attention
+    from arbitor.model.attention import StaticKVCache
+    from arbitor.model.decode_attention import one_query_attention, one_query_attention_append
+    g = torch.Generator(device="cuda").manual_seed(batch)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    q, kn, vn = (rand(batch, 1, 24, 128).transpose(1, 2) for _ in range(3))
+    kc, vc = rand(batch, 24, 576, 128), rand(batch, 24, 576, 128)
+    keys = torch.arange(576, device="cuda").view(1, -1)
+
+    def expected(p, k_new, v_new):
+        kr, vr = kc.clone(), vc.clone()
+        kr[:, :, p], vr[:, :, p] = k_new[:, :, 0], v_new[:, :, 0]
+        return one_query_attention(q, kr, vr, keys <= p), kr, vr
+
+    ref, kr, vr = expected(530, kn, vn)
+    pos = torch.tensor(530, device="cuda")
+    out = one_query_attention_append(q, kn, vn, kc, vc, pos)
+    assert torch.equal(out, ref) and torch.equal(kc, kr) and torch.equal(vc, vr)
+    assert all(torch.equal(one_query_attention_append(q, kn, vn, kc, vc, pos), ref) for _ in range(50))
+
+    op = torch.ops.arbitor.one_query_attention_append
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        op(q, kn, vn, kc, vc, pos)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = op(q, kn, vn, kc, vc, pos)
+    kn2, vn2 = rand(batch, 24, 1, 128), rand(batch, 24, 1, 128)
+    ref2, kr2, vr2 = expected(100, kn2, vn2)
+    kn.copy_(kn2)
+    vn.copy_(vn2)
+    pos.fill_(100)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, ref2) and torch.equal(kc, kr2) and torch.equal(vc, vr2)
+
+    calls = []
+    real = decode_attention.one_query_attention_append_op
+    monkeypatch.setattr(decode_attention, "one_query_attention_append_op", lambda *a: calls.append(1) or real(*a))
+    cache = StaticKVCache(1, batch, 24, 128, 576, torch.bfloat16, "cuda")
+    cache.k[0].copy_(kc)
+    cache.v[0].copy_(vc)
+    cache.pos.fill_(7)
+    cache.length = 7
+    got = cache.attend(0, q, kn, vn)
+    assert calls == [1] and torch.equal(got, expected(7, kn, vn)[0])
+
+
 def test_graphed_decode_matches_eager_at_batch16_head_dim_128():
     """Graph replay and the eager static-cache step give the same greedy tokens at batch 16 with 128-wide heads
     (the 3b preset's head width, where the default SDPA backend made them part)."""

@@ -93,6 +93,19 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     return _one_query_bmm(q, k, v, mask)
 
 
+def _fused_append(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, pos: torch.Tensor):
+    """``decode_attention`` when ``StaticKVCache.attend`` can write and attend in one launch (one query in 16 bits
+    on CUDA, as ``cached_attention`` takes the fused kernel, and inputs ``check_append_inputs`` takes), else
+    ``None``."""
+    if not (q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)):
+        return None
+    fused = _decode_attention()
+    if fused is None or fused.check_append_inputs(q, k_new, v_new, k_cache, v_cache, pos) is not None:
+        return None
+    return fused
+
+
 def _one_query_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``_one_query_attention``'s fallback: two cuBLAS ``bmm`` s around a float32 softmax (CUDA only: the scores'
     ``bmm`` with ``out_dtype`` has no CPU kernel)."""
@@ -163,6 +176,18 @@ class StaticKVCache:
         self.v[layer].index_copy_(2, qpos, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer], self.key_pos <= qpos.view(-1, 1)
 
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A step after the prompt: writes ``k, v [B, H, T, hd]`` at ``pos ..`` (``update``) and returns ``q [B, H,
+        T, hd]``'s attention over the buffer under ``update``'s mask (``cached_attention``). A token step in 16 bits
+        on CUDA does both in one launch (``decode_attention.one_query_attention_append``: the write and the
+        attention of ``_one_query_attention`` bit for bit, without the cache-write kernel between the projection
+        and the attention) when the fused kernel takes the inputs (``_fused_append``)."""
+        fused = _fused_append(q, k, v, self.k[layer], self.v[layer], self.pos)
+        if fused is not None:
+            return fused.one_query_attention_append_op(q, k, v, self.k[layer], self.v[layer], self.pos)
+        kk, vv, mask = self.update(layer, k, v)
+        return cached_attention(q, kk, vv, mask)
+
     def get_lti(self, layer: int) -> Optional[torch.Tensor]:
         return self.lti[layer] if self._started and len(self.lti) > layer else None
 
@@ -227,9 +252,12 @@ class ContextAttention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         past = 0
         if isinstance(cache, StaticKVCache):
-            kk, vv, mask = cache.update(layer, k, v)
             # the prompt (nothing cached yet) attends exactly as without a cache; later steps over the buffer
-            a = cached_attention(q, k, v) if cache.length == 0 else cached_attention(q, kk, vv, mask)
+            if cache.length == 0:
+                cache.update(layer, k, v)
+                a = cached_attention(q, k, v)
+            else:
+                a = cache.attend(layer, q, k, v)
             return torch.sigmoid(g) * self.o(a.transpose(1, 2).reshape(B, T, D))
         if cache is not None:
             while len(cache.k) <= layer:

@@ -17,8 +17,8 @@ cache's ``max_len``. The work is reading K and V once. ``_split_kernel``, grid `
 Deterministic bit for bit run to run: every sum has a fixed order (no float atomics; the split count depends
 only on the shapes and the device; which program combines changes, the order it combines in does not), and a
 CUDA graph replays the one launch like any other. Splitting L keeps the GPU busy at batch 1 (``3b``: 24 heads
-x 9 tiles of 64 keys of a 576-position cache = 216 programs on 132 SMs); larger batches take several tiles a
-program (fewer partials to write and merge).
+x 5 tiles of 128 keys of a 576-position cache = 120 programs on 132 SMs); very large batches take several tiles
+a program (fewer partials to write and merge: ``launch_config``).
 
 Masks: a chunk with no allowed position keeps ``m = -inf, l = 0, acc = 0`` (no NaN: the exponentials subtract a
 finite stand-in for ``-inf``). A row with no allowed position at all gives NaN (``0 / 0``), as the reference and
@@ -27,6 +27,13 @@ finite stand-in for ``-inf``). A row with no allowed position at all gives NaN (
 Scores are ``q . k * hd**-0.5`` in float32 (in base 2: ``log2(e)`` folded into the scale, ``exp2``), the
 probabilities stay float32 for ``@ v`` (the cuBLAS fallback of ``attention._one_query_attention`` rounds them
 to q's type), only the output is rounded. ``one_query_attention_torch`` is the reference.
+
+The token step's cache write goes into the same launch (``one_query_attention_append``, the op
+``arbitor::one_query_attention_append``, which mutates the two cache buffers in place): given the step's key and
+value and the device position ``p`` of a static cache, the program whose chunk holds ``p`` writes them there and
+takes that row from its registers, keys ``<= p`` are allowed (no mask tensor) -- bit for bit the write followed by
+``one_query_attention`` under ``key position <= p``, one kernel a layer fewer in a decode step
+(``attention.StaticKVCache.attend``).
 
 Layout: reference -> kernels -> launcher (``one_query_attention``, input checks) -> the registered op
 ``arbitor::one_query_attention`` (``one_query_attention_op``: opaque to ``torch.compile``, with a fake impl for
@@ -45,7 +52,8 @@ import triton.language as tl
 from ..ternary.ops.triton_common import INTERPRETED, arrival_counters, last_to_arrive, n_sm, reset_arrivals
 
 __all__ = ["one_query_attention_torch", "one_query_attention", "one_query_attention_op", "check_inputs",
-           "launch_config", "INTERPRETED", "MAX_HEAD_DIM"]
+           "one_query_attention_append", "one_query_attention_append_op", "check_append_inputs", "launch_config",
+           "INTERPRETED", "MAX_HEAD_DIM"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 _LOG2E = math.log2(math.e)     # scores in base 2: exp2 is the hardware exponential
@@ -62,15 +70,22 @@ def one_query_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr, cnt_ptr, out_ptr,
+def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_ptr, ml_ptr, cnt_ptr, out_ptr,
                   H, L, n_splits, BH, qk_scale,
-                  s_qb, s_qh, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_m, s_ob, s_oh,
-                  HD: tl.constexpr, BLOCK_L: tl.constexpr, SPLIT_TILES: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+                  s_qb, s_qh, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_m, s_knb, s_knh, s_vnb, s_vnh, s_ob, s_oh,
+                  HD: tl.constexpr, BLOCK_L: tl.constexpr, SPLIT_TILES: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+                  APPEND: tl.constexpr):
     """Program ``(bh, s)``: the online softmax of head ``bh`` over chunk ``s`` (``SPLIT_TILES * BLOCK_L`` keys).
     Writes ``acc [hd]`` to ``acc_ptr[bh, s]`` and ``(m, l)`` to ``ml_ptr[0 | 1, bh, s]`` (``m`` in base-2
     units, ``-inf`` when the chunk has no allowed key); the head's last program to arrive (``cnt_ptr[bh]``, an
     int32 arrival counter it resets) merges the partials in split order (``_combine``) and stores the output.
-    One split: the chunk's ``acc / l`` straight to the output."""
+    One split: the chunk's ``acc / l`` straight to the output.
+
+    ``APPEND`` (``one_query_attention_append``): no mask; the step's key and value (``kn_ptr`` / ``vn_ptr``, one
+    ``[hd]`` row a head) belong at position ``qpos = *pos_ptr`` and keys ``<= qpos`` are allowed. The tile that
+    holds ``qpos`` loads them, writes them into the cache there and uses them from its registers for that row (its
+    load of the row from the cache may see it before or after the write: the value is replaced either way); no
+    other program touches the row."""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b = (bh // H).to(tl.int64)      # 64-bit offsets: a large cache's B * H * L * hd may pass 2**31
@@ -83,14 +98,32 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr, cnt_ptr, out_p
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros([HD], tl.float32)
     start = sp * (SPLIT_TILES * BLOCK_L)
+    if APPEND:
+        qpos = tl.load(pos_ptr)            # the query's position: its key is written there
+        kn_base = kn_ptr + b * s_knb + h * s_knh
+        vn_base = vn_ptr + b * s_vnb + h * s_vnh
     for t in range(SPLIT_TILES):
         pos = start + t * BLOCK_L + tl.arange(0, BLOCK_L)
         inside = pos < L
-        allowed = inside & (tl.load(mask_ptr + pos.to(tl.int64) * s_m, mask=inside, other=0) != 0)
         rows = pos.to(tl.int64)
+        if APPEND:
+            allowed = inside & (rows <= qpos)
+        else:
+            allowed = inside & (tl.load(mask_ptr + rows * s_m, mask=inside, other=0) != 0)
         # K and V of the tile requested together: one memory latency a tile, not two
         kt = tl.load(k_base + rows[:, None] * s_kl + d[None, :], mask=allowed[:, None], other=0.0)
         vt = tl.load(v_base + rows[:, None] * s_vl + d[None, :], mask=allowed[:, None], other=0.0)
+        if APPEND:
+            # the step's row, loaded, stored and selected in the tile's own layout (only the row at qpos is read
+            # and written: no [hd] vector to move between layouts)
+            new = (rows == qpos)[:, None] & (d[None, :] < HD)
+            col = d[None, :] + 0 * rows[:, None]
+            kn = tl.load(kn_base + col, mask=new, other=0.0)
+            vn = tl.load(vn_base + col, mask=new, other=0.0)
+            tl.store(k_base + rows[:, None] * s_kl + d[None, :], kn, mask=new)
+            tl.store(v_base + rows[:, None] * s_vl + d[None, :], vn, mask=new)
+            kt = tl.where(new, kn, kt)
+            vt = tl.where(new, vn, vt)
         s = tl.where(allowed, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         # every key so far masked: m_new = -inf; subtract 0 instead so that exp2(-inf - -inf) = NaN never occurs
@@ -142,7 +175,42 @@ def _combine(acc_ptr, ml_ptr, o_ptr, bh, n_splits, BH, HD: tl.constexpr, SPLIT_B
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> Optional[str]:
     """What the kernel cannot take in these inputs, as one line, or ``None`` when it can (``one_query_attention``
     raises it as a ``ValueError``; ``attention._one_query_attention`` falls back to cuBLAS instead)."""
-    for name, t in (("q", q), ("k", k), ("v", v), ("mask", mask)):
+    if not isinstance(mask, torch.Tensor):
+        return f"mask must be a tensor, got {type(mask).__name__}"
+    problem = _check_qkv(q, k, v, {"mask": mask})
+    if problem is not None:
+        return problem
+    L = k.shape[2]
+    if mask.dtype != torch.bool:
+        return f"mask must be bool (True: may attend), got {mask.dtype}"
+    if tuple(mask.shape) not in ((L,), (1, L)):
+        return f"mask must be [L] or [1, L] with L = {L}, got shape {tuple(mask.shape)}"
+    return None
+
+
+def check_append_inputs(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, pos: torch.Tensor) -> Optional[str]:
+    """``check_inputs`` for ``one_query_attention_append``: ``k_new`` / ``v_new`` shaped, typed and placed as
+    ``q`` (unit stride on hd), the caches as ``k`` / ``v``, ``pos`` a 0-d int64 tensor on their device."""
+    for name, t in (("k_new", k_new), ("v_new", v_new), ("pos", pos)):
+        if not isinstance(t, torch.Tensor):
+            return f"{name} must be a tensor, got {type(t).__name__}"
+    problem = _check_qkv(q, k_cache, v_cache, {"k_new": k_new, "v_new": v_new, "pos": pos})
+    if problem is not None:
+        return problem
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if t.shape != q.shape or t.dtype != q.dtype or t.stride(3) != 1:
+            return (f"{name} must be [B, H, 1, hd] = {tuple(q.shape)} in {q.dtype} with unit stride on hd, got "
+                    f"{tuple(t.shape)} {t.dtype} stride {t.stride()}")
+    if pos.dim() != 0 or pos.dtype != torch.int64:
+        return f"pos must be a 0-d int64 tensor, got shape {tuple(pos.shape)} {pos.dtype}"
+    return None
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, others: dict) -> Optional[str]:
+    """The checks of ``q [B, H, 1, hd]`` over ``k, v [B, H, L, hd]`` that both launches share; ``others``: their
+    other tensors by name, which must be on q's device."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             return f"{name} must be a tensor, got {type(t).__name__}"
     if q.dim() != 4 or q.shape[2] != 1:
@@ -152,19 +220,15 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         return f"k must be [B, H, L, hd] = [{B}, {H}, L >= 1, {hd}], got shape {tuple(k.shape)}"
     if v.shape != k.shape:
         return f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}"
-    L = k.shape[2]
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"q must be bfloat16 or float16, got {q.dtype}"
     if k.dtype != q.dtype or v.dtype != q.dtype:
         return f"k and v must be q's dtype {q.dtype}, got {k.dtype} and {v.dtype}"
     if hd < MIN_HEAD_DIM or hd > MAX_HEAD_DIM or hd & (hd - 1):
         return f"head_dim must be a power of two in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {hd}"
-    if mask.dtype != torch.bool:
-        return f"mask must be bool (True: may attend), got {mask.dtype}"
-    if tuple(mask.shape) not in ((L,), (1, L)):
-        return f"mask must be [L] or [1, L] with L = {L}, got shape {tuple(mask.shape)}"
-    if any(t.device != q.device for t in (k, v, mask)):
-        return f"q, k, v and mask must be on one device, got {q.device}, {k.device}, {v.device}, {mask.device}"
+    if any(t.device != q.device for t in (k, v, *others.values())):
+        return (f"q, k, v and {' and '.join(others)} must be on one device, got "
+                f"{', '.join(str(t.device) for t in (q, k, v, *others.values()))}")
     if q.device.type == "cuda" and INTERPRETED:
         return "the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1); restart without it for CUDA"
     if q.device.type != "cuda" and not (q.device.type == "cpu" and INTERPRETED):
@@ -177,16 +241,17 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
 def launch_config(B: int, H: int, L: int, hd: int, n_sm: int, block_l: Optional[int] = None,
                   split_tiles: Optional[int] = None) -> dict:
     """``BLOCK_L`` (keys a tile), ``SPLIT_TILES`` (tiles a program), ``splits`` (programs a head) and
-    ``num_warps``: by default tiles of 64 keys (32 at hd 256: the tile stays 8K elements), one a program until
-    ``B * H * tiles`` reaches 16 programs a multiprocessor, then ``B * H * tiles // (8 * n_sm)`` a program (about
-    8 programs a multiprocessor: fewer partials to write and merge). A pure function of the shapes and the
-    device: the same inputs always take the same summation order. Smaller tiles for more programs at batch 1
-    were slower on the H200: the ``3b`` step's attention took 8.8 / 10.6 / 16.7 us with 64 / 32 / 16 keys a
-    tile (216 / 432 / 864 programs; ``benchmarks/results/inference/h200.md``)."""
-    block_l = block_l if block_l is not None else (64 if hd <= 128 else 32)
+    ``num_warps``: by default tiles of 128 keys (64 at hd 256: the tile stays 16K elements), one a program until
+    ``B * H * tiles`` reaches 64 programs a multiprocessor, then ``B * H * tiles // (64 * n_sm)`` a program. A pure
+    function of the shapes and the device: the same inputs always take the same summation order. On the H200, the
+    ``3b`` step's attention (24 heads x 128, a 576-position cache) took 7.7 us at batch 1 with 128-key tiles
+    (120 programs) against 9.0 with 64 (216) and 10.5 with 32, and 41.5 us at batch 16 against 47.7 (64-key
+    tiles) and 53.5 (the former default: three 64-key tiles a program); two tiles a program and 8 warps were slower
+    at both batches (``benchmarks/results/inference/h200-attention-tiles/``)."""
+    block_l = block_l if block_l is not None else (128 if hd <= 128 else 64)
     tiles = triton.cdiv(L, block_l)
     if split_tiles is None:
-        split_tiles = max(1, min(tiles, (B * H * tiles) // (8 * n_sm)))
+        split_tiles = max(1, min(tiles, (B * H * tiles) // (64 * n_sm)))
     return dict(BLOCK_L=block_l, SPLIT_TILES=split_tiles, splits=triton.cdiv(tiles, split_tiles),
                 num_warps=4 if hd <= 128 else 8)
 
@@ -208,14 +273,34 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return _launch(q, k, v, mask, block_l, split_tiles)
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, block_l: Optional[int] = None,
-            split_tiles: Optional[int] = None) -> torch.Tensor:
-    """``one_query_attention`` on inputs ``check_inputs`` has taken."""
+def one_query_attention_append(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                               v_cache: torch.Tensor, pos: torch.Tensor, *, block_l: Optional[int] = None,
+                               split_tiles: Optional[int] = None) -> torch.Tensor:
+    """A token step's cache write and attention in one launch: writes ``k_new, v_new [B, H, 1, hd]`` into
+    ``k_cache, v_cache [B, H, L, hd]`` at position ``p = pos`` (a 0-d int64 device tensor: a static cache's,
+    which a CUDA graph replays with the position it holds then) and returns ``q [B, H, 1, hd]``'s attention over
+    keys ``0 .. p`` -- bit for bit ``one_query_attention`` after ``k_cache[:, :, p] = k_new`` (and v) under the mask
+    ``key position <= p``: the same tiles and sums, the new row taken from registers. ``0 <= p < L`` is the
+    caller's invariant (``attention.StaticKVCache`` holds it on the host); a ``p`` past the cache writes nothing.
+    ``ValueError`` (one line) for inputs the kernel cannot take (``check_append_inputs``)."""
+    problem = check_append_inputs(q, k_new, v_new, k_cache, v_cache, pos)
+    if problem is not None:
+        raise ValueError(f"one_query_attention_append: {problem}")
+    return _launch(q, k_cache, v_cache, None, block_l, split_tiles, (k_new, v_new, pos))
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+            block_l: Optional[int] = None, split_tiles: Optional[int] = None,
+            append: Optional[tuple] = None) -> torch.Tensor:
+    """``one_query_attention`` on inputs ``check_inputs`` has taken; with ``append = (k_new, v_new, pos)`` (and no
+    mask) ``one_query_attention_append`` on inputs ``check_append_inputs`` has taken."""
     B, H, _, hd = q.shape
     L = k.shape[2]
     cfg = launch_config(B, H, L, hd, n_sm(q.device), block_l, split_tiles)
     splits = cfg["splits"]
-    mask_u8 = mask.reshape(-1).view(torch.uint8)    # a view (no copy): the kernel reads bytes
+    # a view (no copy): the kernel reads bytes; appending, the mask is not read (q stands in for it)
+    mask_u8 = mask.reshape(-1).view(torch.uint8) if mask is not None else q
+    kn, vn, pos = append if append is not None else (q, q, q)
     out = torch.empty((B, H, 1, hd), dtype=q.dtype, device=q.device)
     # one split: no partials (the one program a head stores its output); the buffers keep their dtypes, so both
     # cases run the same compiled kernel
@@ -224,11 +309,11 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     ml = torch.empty((2, parts), dtype=torch.float32, device=q.device)
     cnt = arrival_counters(q.device, B * H)
     _split_kernel[(B * H, splits)](
-        q, k, v, mask_u8, acc, ml, cnt, out, H, L, splits, B * H, hd ** -0.5 * _LOG2E,
+        q, k, v, mask_u8, kn, vn, pos, acc, ml, cnt, out, H, L, splits, B * H, hd ** -0.5 * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        mask_u8.stride(0), out.stride(0), out.stride(1), HD=hd, BLOCK_L=cfg["BLOCK_L"],
-        SPLIT_TILES=cfg["SPLIT_TILES"], SPLIT_BLOCK=min(16, triton.next_power_of_2(splits)),
-        num_warps=cfg["num_warps"])
+        mask_u8.stride(0) if mask is not None else 0, kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1),
+        out.stride(0), out.stride(1), HD=hd, BLOCK_L=cfg["BLOCK_L"], SPLIT_TILES=cfg["SPLIT_TILES"],
+        SPLIT_BLOCK=min(16, triton.next_power_of_2(splits)), APPEND=append is not None, num_warps=cfg["num_warps"])
     return out
 
 
@@ -249,3 +334,19 @@ def _(q, k, v, mask):
     torch._check(mask.shape[-1] == k.shape[2], lambda: "mask must be [L] or [1, L]")
     return q.new_empty(q.shape[0], q.shape[1], 1, q.shape[3])
 
+
+@torch.library.custom_op("arbitor::one_query_attention_append", mutates_args=("k_cache", "v_cache"))
+def one_query_attention_append_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                                  v_cache: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``one_query_attention_append`` as an op ``torch.compile`` keeps opaque and knows to write the caches in
+    place, for inputs the caller has checked (``attention.StaticKVCache.attend``)."""
+    return _launch(q, k_cache, v_cache, None, append=(k_new, v_new, pos))
+
+
+@one_query_attention_append_op.register_fake
+def _(q, k_new, v_new, k_cache, v_cache, pos):
+    torch._check(q.dim() == 4 and q.shape[2] == 1, lambda: "q must be [B, H, 1, hd]")
+    torch._check(k_new.shape == q.shape and v_new.shape == q.shape, lambda: "k_new, v_new must have q's shape")
+    torch._check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape,
+                 lambda: "k_cache, v_cache must be [B, H, L, hd]")
+    return q.new_empty(q.shape[0], q.shape[1], 1, q.shape[3])

@@ -89,13 +89,20 @@ class MLP(nn.Module):
     (nanoGPT's dropout after the down projection is the block's: ``text.Block``.)
     """
 
+    #: projections whose output goes through ``relu(.) ** 2``: a frozen ``up`` may apply it in its decode kernel
+    #: (``for_inference(model, fuse_projections=True)``; the layer then says so with ``relu_square = True``)
+    FUSABLE_RELU_SQUARE = ("up",)
+
     def __init__(self, cfg, seed: int) -> None:
         super().__init__()
         self.up = make_linear(cfg, cfg.d_model, cfg.mlp_hidden, seed)
         self.down = make_linear(cfg, cfg.mlp_hidden, cfg.d_model, seed + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.relu(self.up(x)).square())
+        h = self.up(x)
+        if not getattr(self.up, "relu_square", False):
+            h = F.relu(h).square()
+        return self.down(h)
 
 
 def ema_kernel(log_decays: torch.Tensor, t_len: int) -> torch.Tensor:

@@ -38,14 +38,18 @@ class TernaryInferenceLinear(nn.Module):
 
     Shapes: ``x [..., in_features] -> y [..., out_features]`` (fp32 / fp16 / bf16, y in x's dtype).
     Build one with ``from_trained(layer)`` (or ``for_inference(model)`` for a whole model).
+    ``relu_square``: the layer returns ``relu(y) ** 2`` (exactly ``F.relu(y).square()`` on its plain output): the
+    MLP's activation taken into the decode kernel's store (``with_relu_square``, ``for_inference``).
     """
 
     def __init__(self, in_features: int, out_features: int, group_size: int, *, bias: bool = False,
-                 device: Optional[torch.device] = None, backend: Optional[str] = None) -> None:
+                 device: Optional[torch.device] = None, backend: Optional[str] = None,
+                 relu_square: bool = False) -> None:
         super().__init__()
         check_group_size(in_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.backend = backend
+        self.relu_square = relu_square
         self.register_buffer("T_packed", torch.zeros(packed_shape(out_features, in_features), dtype=torch.uint8,
                                                      device=device))
         self.register_buffer("S", torch.zeros(out_features, in_features // group_size, dtype=torch.float32,
@@ -72,23 +76,40 @@ class TernaryInferenceLinear(nn.Module):
         """One frozen layer whose output is the layers' outputs side by side, ``[..., sum(out_features)]``: their
         rows stacked (``T_packed`` and ``S`` are row-major, so a row's bytes do not change). For projections that
         read the same input (attention's q, k, v and gate): one decode GEMV of 4N rows instead of four of N."""
-        first = _check_stackable("concat", layers, cls, "in_features / group_size / backend",
-                                 lambda m: (m.in_features, m.group_size, m.backend))
+        first = _check_stackable("concat", layers, cls, "in_features / group_size / backend / relu_square",
+                                 lambda m: (m.in_features, m.group_size, m.backend, m.relu_square))
         out = cls(first.in_features, sum(m.out_features for m in layers), first.group_size,
-                  bias=first.bias is not None, device=torch.device("meta"), backend=first.backend)
+                  bias=first.bias is not None, device=torch.device("meta"), backend=first.backend,
+                  relu_square=first.relu_square)
         out.T_packed = torch.cat([m.T_packed for m in layers])
         out.S = torch.cat([m.S for m in layers]).contiguous()
         out.bias = None if first.bias is None else torch.cat([m.bias for m in layers])
+        return out
+
+    @classmethod
+    def with_relu_square(cls, layer: "TernaryInferenceLinear") -> "TernaryInferenceLinear":
+        """A layer on ``layer``'s buffers (shared, not copied) that returns ``relu(y) ** 2``."""
+        if not isinstance(layer, cls):
+            raise TypeError(f"with_relu_square needs a {cls.__name__}, got {type(layer).__name__}")
+        out = cls(layer.in_features, layer.out_features, layer.group_size, bias=layer.bias is not None,
+                  device=torch.device("meta"), backend=layer.backend, relu_square=True)
+        out.T_packed, out.S, out.bias = layer.T_packed, layer.S, layer.bias
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
         check_linear_input(self, x, self.T_packed.device)
         lead = x.shape[:-1]
+        # without a bias the op squares in its kernel's store; a bias comes first
+        fused = self.relu_square and self.bias is None
         y = get_ops(x.device, self.backend).decode_forward(x.reshape(-1, self.in_features), self.T_packed, self.S,
-                                                           self.in_features, self.group_size)
+                                                           self.in_features, self.group_size, fused)
         y = y.reshape(*lead, self.out_features)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+            if self.relu_square:
+                y = torch.relu(y).square()
+        return y
 
     def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``W_eff = T * S`` ``[out_features, in_features]`` (allocates the full matrix)."""
@@ -96,7 +117,7 @@ class TernaryInferenceLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"bias={self.bias is not None}, frozen")
+                f"bias={self.bias is not None}, frozen" + (", relu_square" if self.relu_square else ""))
 
 
 def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module:
@@ -108,9 +129,11 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
     ``ContextAttention``'s q, k, v, gate) get them as one ``concat`` layer under the listed name (the siblings
     are removed): one decode launch instead of four. Plain float ``nn.Linear`` siblings (a dense model, the
     baseline of ``bench_decode.py --fuse``) are fused the same way, their weights stacked (``concat_linear``).
-    Outputs equal the unfused ones up to float summation order, which is why it is off by default: the default
-    frozen model keeps the trained model's layers one for one (decode speed with and without: ``docs/inference.md``,
-    ``bench_decode.py --fuse``)."""
+    Modules that list projections whose output goes through ``relu(.) ** 2`` (``FUSABLE_RELU_SQUARE``: the
+    ``MLP``'s ``up``) get those frozen layers ``with_relu_square`` (the module then leaves the activation to the
+    layer: one kernel fewer a decode step's block; bit for bit the same values). Outputs equal the unfused ones
+    up to float summation order, which is why it is off by default: the default frozen model keeps the trained
+    model's layers one for one (decode speed with and without: ``docs/inference.md``, ``bench_decode.py --fuse``)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TernaryScaleTensor)]
     for name, m in targets:
         if m.dirty:
@@ -135,6 +158,10 @@ def for_inference(model: nn.Module, fuse_projections: bool = False) -> nn.Module
                 setattr(module, fused_name, fused)
                 for n in names:
                     delattr(module, n)
+            for name in getattr(module, "FUSABLE_RELU_SQUARE", ()):
+                layer = getattr(module, name, None)
+                if isinstance(layer, TernaryInferenceLinear) and not layer.relu_square:
+                    setattr(module, name, TernaryInferenceLinear.with_relu_square(layer))
     return model.eval()
 
 

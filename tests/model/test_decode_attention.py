@@ -83,7 +83,7 @@ CASES = [
     (1, 1, 130, 64, BF16, "tiles", "cache", 160, 16, 1),             # 9 splits, 4 of them wholly masked
     (2, 3, 130, 128, FP16, "tiles", "cache", None, 16, 3),           # 3 tiles a program, masked tiles inside
     (1, 1, 577, 64, FP16, "prefix", "cache", 600, 16, 1),            # 37 splits: the combine reads 16, 16, 5
-    (2, 3, 577, 128, BF16, "holes", "cache", None, None, None),      # the default launch (64-key tiles)
+    (2, 3, 577, 128, BF16, "holes", "cache", None, None, None),      # the default launch (128-key tiles)
     (1, 1, 577, 16, BF16, "one", "heads", None, None, 2),            # hd 16 (the tiny preset), one key of 577
 ]
 
@@ -137,14 +137,18 @@ def test_a_row_with_no_allowed_key_gives_nan_like_the_reference():
     assert_matches(out, reference32(q, k, v, late), BF16)
 
 
-def test_launch_config_fills_an_h200_at_batch_1_and_merges_tiles_at_batch_16():
-    """The ``3b`` token step on 132 SMs: at batch 1 one 64-key tile a program (24 x 9 = 216 programs); at batch 16
-    three tiles a program (16 x 24 x 3 = 1,152 programs, a third of the partials); hd 256 takes 32-key tiles."""
+def test_launch_config_takes_one_tile_of_128_keys_a_program_until_64_programs_a_multiprocessor():
+    """The ``3b`` token step on 132 SMs: one 128-key tile a program at batch 1 (24 x 5 = 120 programs) and at
+    batch 16 (1,920); past 64 programs a multiprocessor (8,448) tiles merge: batch 128 (15,360 tiles) still one a
+    program, batch 256 (30,720) three; hd 256 takes 64-key tiles and 8 warps."""
     b1 = launch_config(1, 24, 576, 128, 132)
-    assert (b1["BLOCK_L"], b1["SPLIT_TILES"], b1["splits"]) == (64, 1, 9) and 24 * b1["splits"] >= 132
+    assert (b1["BLOCK_L"], b1["SPLIT_TILES"], b1["splits"], b1["num_warps"]) == (128, 1, 5, 4)
     b16 = launch_config(16, 24, 576, 128, 132)
-    assert (b16["BLOCK_L"], b16["SPLIT_TILES"], b16["splits"]) == (64, 3, 3)
-    assert launch_config(1, 1, 577, 256, 132)["BLOCK_L"] == 32
+    assert (b16["BLOCK_L"], b16["SPLIT_TILES"], b16["splits"]) == (128, 1, 5)
+    assert launch_config(128, 24, 576, 128, 132)["SPLIT_TILES"] == 1
+    assert launch_config(256, 24, 576, 128, 132)["SPLIT_TILES"] == 3
+    wide = launch_config(1, 1, 577, 256, 132)
+    assert (wide["BLOCK_L"], wide["num_warps"]) == (64, 8)
     assert launch_config(1, 1, 1, 64, 132)["splits"] == 1
 
 
@@ -233,3 +237,101 @@ def test_registered_op_checks_and_compiles_to_one_node():
     assert torch.equal(compiled(q, k, v, mask), one_query_attention(q, k, v, mask))
     calls = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
     assert calls == [torch.ops.arbitor.one_query_attention.default]
+
+
+def _append_case(B, H, L, hd, dtype, p, seed=0):
+    """``q``, the step's ``k_new, v_new [B, H, 1, hd]`` (views of a ``[B, 1, H, hd]`` projection, as the model
+    passes them), caches whose rows past ``p`` hold NaN (never to be read), and the 0-d position tensor."""
+    g = torch.Generator().manual_seed(seed)
+    q, k_new, v_new = (torch.randn(B, 1, H, hd, generator=g).to(dtype).transpose(1, 2) for _ in range(3))
+    k_cache, v_cache = (torch.randn(B, H, L, hd, generator=g).to(dtype) for _ in range(2))
+    for c in (k_cache, v_cache):
+        c[:, :, p + 1:] = float("nan")
+    return q, k_new, v_new, k_cache, v_cache, torch.tensor(p)
+
+
+@interp
+@pytest.mark.parametrize("B,H,L,hd,dtype,p,block_l,split_tiles", [
+    (1, 1, 1, 16, BF16, 0, None, None),          # the only position
+    (2, 3, 37, 64, FP16, 20, 16, 1),             # the middle of a 16-key tile, 3 splits
+    (1, 2, 130, 128, BF16, 63, 64, 1),           # the last row of a tile
+    (1, 2, 130, 128, BF16, 64, 64, 1),           # the first row of the next one
+    (2, 3, 130, 64, FP16, 129, 16, 3),           # the cache's last row, 3 tiles a program
+    (1, 1, 577, 16, BF16, 300, None, None),      # the default launch
+])
+def test_append_is_write_then_attend_bit_for_bit(B, H, L, hd, dtype, p, block_l, split_tiles):
+    """``one_query_attention_append``: the caches after the call are the caches with the step's row written at
+    ``p`` (nothing else changes; the NaN rows past ``p`` are never read), and the output is bit for bit
+    ``one_query_attention`` of the written caches under ``key position <= p``."""
+    q, k_new, v_new, k_cache, v_cache, pos = _append_case(B, H, L, hd, dtype, p, seed=L + p)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    k_ref[:, :, p], v_ref[:, :, p] = k_new[:, :, 0], v_new[:, :, 0]
+    mask = (torch.arange(L) <= p).view(1, L)
+    kw = dict(block_l=block_l, split_tiles=split_tiles)
+    ref = one_query_attention(q, k_ref, v_ref, mask, **kw)
+    out = decode_attention.one_query_attention_append(q, k_new, v_new, k_cache, v_cache, pos, **kw)
+    assert torch.equal(out, ref) and torch.isfinite(out).all()
+    torch.testing.assert_close(k_cache, k_ref, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(v_cache, v_ref, rtol=0, atol=0, equal_nan=True)
+    assert all(int(c.abs().sum()) == 0 for c in COUNTERS.get(q.device, []))
+
+
+@interp
+@pytest.mark.parametrize("which,match", [
+    ("kshape", "k_new must be"), ("vdtype", "v_new must be"), ("posdtype", "pos must be a 0-d int64"),
+    ("posshape", "pos must be a 0-d int64"), ("posdevice", "one device"), ("cache", "k must be"),
+])
+def test_append_refuses_bad_inputs_in_one_line(which, match):
+    q, k_new, v_new, k_cache, v_cache, pos = _append_case(1, 2, 9, 16, FP16, 4)
+    args = {"kshape": (q, k_new[:, :1], v_new, k_cache, v_cache, pos),
+            "vdtype": (q, k_new, v_new.to(BF16), k_cache, v_cache, pos),
+            "posdtype": (q, k_new, v_new, k_cache, v_cache, pos.int()),
+            "posshape": (q, k_new, v_new, k_cache, v_cache, pos.view(1)),
+            "posdevice": (q, k_new, v_new, k_cache, v_cache, pos.to("meta")),
+            "cache": (q, k_new, v_new, k_cache[:1, :1], v_cache, pos)}[which]
+    with pytest.raises(ValueError, match=match) as err:
+        decode_attention.one_query_attention_append(*args)
+    assert "\n" not in str(err.value) and str(err.value).startswith("one_query_attention_append: ")
+
+
+@interp
+def test_static_cache_token_step_appends_in_the_kernel_and_compiles_in_place(monkeypatch):
+    """``StaticKVCache.attend`` on a token step the fused kernel takes (on CUDA; here the interpreter, by letting
+    ``_fused_append`` accept CPU tensors): one ``arbitor::one_query_attention_append`` call, the same output and
+    caches as ``update`` + the kernel under ``update``'s mask; compiled, Inductor calls the op on the cache buffers
+    themselves (no copy of a cache in the generated code) and the cache holds the step's row afterwards."""
+    from arbitor.model.attention import StaticKVCache
+    fused = lambda q, *a: decode_attention if decode_attention.check_append_inputs(q, *a) is None else None  # noqa
+    # the unfused path's attention on the CPU: the same kernel (on CUDA ``cached_attention`` takes it)
+    monkeypatch.setattr(attention, "cached_attention", lambda q, k, v, mask: one_query_attention(q, k, v, mask))
+
+    def cache_at(p):
+        c = StaticKVCache(1, 1, 2, 16, 40, BF16, "cpu")
+        g = torch.Generator().manual_seed(1)
+        c.k[0].copy_(torch.randn(1, 2, 40, 16, generator=g))
+        c.v[0].copy_(torch.randn(1, 2, 40, 16, generator=g))
+        c.pos.fill_(p)
+        c.length = p
+        return c
+
+    q, k, v = (t.transpose(1, 2) for t in torch.randn(3, 1, 1, 2, 16).to(BF16))
+    plain, appended = cache_at(7), cache_at(7)
+    ref = plain.attend(0, q, k, v)                      # CPU: update + cached_attention
+    monkeypatch.setattr(attention, "_fused_append", fused)
+    calls = []
+    real = decode_attention.one_query_attention_append_op
+    monkeypatch.setattr(decode_attention, "one_query_attention_append_op", lambda *a: calls.append(1) or real(*a))
+    out = appended.attend(0, q, k, v)
+    assert calls and torch.equal(out, ref)
+    assert torch.equal(appended.k[0], plain.k[0]) and torch.equal(appended.v[0], plain.v[0])
+    monkeypatch.setattr(decode_attention, "one_query_attention_append_op", real)
+
+    compiled_cache = cache_at(9)
+    code = []
+    from torch._inductor.utils import run_and_get_code
+    out, code = run_and_get_code(torch.compile(lambda q, k, v: compiled_cache.attend(0, q, k, v) * 2), q, k, v)
+    eager_cache = cache_at(9)
+    assert torch.equal(out, eager_cache.attend(0, q, k, v) * 2)
+    assert torch.equal(compiled_cache.k[0], eager_cache.k[0]) and torch.equal(compiled_cache.v[0], eager_cache.v[0])
+    text = "\n".join(code)
+    assert "one_query_attention_append" in text and "clone" not in text and "copy_" not in text

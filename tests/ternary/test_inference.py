@@ -45,6 +45,27 @@ def test_frozen_layer_is_the_trained_layer(bias):
     assert torch.equal(fresh(x), frozen(x))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_square_layer_applies_the_activation_after_the_bias(bias, dtype):
+    """``with_relu_square``: the same buffers (not copied), and ``F.relu(layer(x)).square()`` bit for bit -- in the
+    op without a bias, after the bias with one; ``concat`` keeps it and refuses to mix layers with and without."""
+    frozen = TernaryInferenceLinear.from_trained(_trained_layer(bias))
+    rs = TernaryInferenceLinear.with_relu_square(frozen)
+    assert rs.relu_square and not frozen.relu_square and rs.T_packed is frozen.T_packed and rs.S is frozen.S
+    assert "relu_square" in repr(rs)
+    x = torch.randn(3, 64).to(dtype)
+    with torch.no_grad():
+        y = frozen(x)
+        assert (y < 0).any()
+        assert torch.equal(rs(x), torch.nn.functional.relu(y).square())
+    assert TernaryInferenceLinear.concat([rs, rs]).relu_square
+    with pytest.raises(ValueError, match="relu_square"):
+        TernaryInferenceLinear.concat([rs, frozen])
+    with pytest.raises(TypeError, match="TernaryInferenceLinear"):
+        TernaryInferenceLinear.with_relu_square(torch.nn.Linear(4, 4))
+
+
 def test_frozen_layer_refuses_bad_input_and_unfolded_ballots():
     layer = _trained_layer()
     frozen = TernaryInferenceLinear.from_trained(layer)
@@ -116,8 +137,14 @@ def test_fused_projections_decode_the_same_tokens():
     assert attn_f.qkvg is not None and not hasattr(attn_f, "q") and attn_f.qkvg.out_features == 4 * 64
     assert torch.equal(attn_f.qkvg.T_packed, torch.cat([getattr(attn_p, n).T_packed for n in ("q", "k", "v", "gate")]))
     assert sum(t.numel() for t in fused.buffers()) == sum(t.numel() for t in plain.buffers())
+    # the MLP's squared ReLU moves into its frozen up projection (applied once: twice would give y ** 4)
+    assert all(b.mlp.up.relu_square and not b.mlp.down.relu_square for b in fused.blocks)
+    assert not any(b.mlp.up.relu_square for b in plain.blocks)
     with torch.no_grad():
         torch.testing.assert_close(fused(idx)[0], plain(idx)[0], rtol=1e-5, atol=1e-5)
+        h = torch.randn(2, 5, 64)
+        mlp_p, mlp_f = plain.blocks[1].mlp, fused.blocks[1].mlp
+        assert torch.equal(mlp_f(h), mlp_p(h))
     ref = plain.generate(idx, 8, temperature=0)
     assert torch.equal(fused.generate(idx, 8, temperature=0), ref)
     assert torch.equal(GraphedDecoder(fused, 2, 15, cuda_graph=False).generate(idx, 8, temperature=0), ref)

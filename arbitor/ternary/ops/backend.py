@@ -61,8 +61,8 @@ class TernaryOps:
       in_features, group_size, bits, rate, gradw_fp8=False) -> None`` (votes + ladder step, in place)
 
     ``gradw_fp8``: the ballot forms ``grad_W`` from fp8 operands (``gradw.py``, ``fp8.py``).
-    * ``decode_forward(x [M, K], T_packed, S [N, G] float32, in_features, group_size) -> y [M, N]`` (a frozen
-      layer: ``inference.py``)
+    * ``decode_forward(x [M, K], T_packed, S [N, G] float32, in_features, group_size, relu_square=False) -> y [M, N]``
+      (a frozen layer: ``inference.py``; ``relu_square``: ``relu(y) ** 2``, the MLP's activation taken over)
     * ``group_forward(x [M, K], [T_packed], [E], [corr_accum], [step_counter], [pending], in_features, group_size,
       [strength], matmul_fp8=False) -> y [M, sum N]`` -- layers reading one input, stacked along their outputs
       (``sibling.py``): one GEMM for all of them on the Triton path

@@ -444,7 +444,7 @@ def _coords(rb, g, tq, r: tl.constexpr, a: tl.constexpr, TOKENS: tl.constexpr):
 def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N, KW, G, stride_xm, SPLIT,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
                      WARP_SPLIT: tl.constexpr, GROUP_COLUMNS: tl.constexpr, ASM: tl.constexpr,
-                     CONSTRAINTS: tl.constexpr, INTERP: tl.constexpr):
+                     CONSTRAINTS: tl.constexpr, RELU_SQUARE: tl.constexpr, INTERP: tl.constexpr):
     """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
     ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
     the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
@@ -510,19 +510,33 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
         rb = pid_n * (16 * R) + 0 * e
         g = e // 4
         tq = e % 4
-    _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, SPLIT, R, NA, TOKENS)
+    _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, SPLIT, R, NA, TOKENS, RELU_SQUARE)
+
+
+@triton.jit
+def _output(acc, dtype: tl.constexpr, RELU_SQUARE: tl.constexpr):
+    """The stored value of an accumulator: ``y = acc / 2`` (the weights entered as +-2) in the output's ``dtype``;
+    with ``RELU_SQUARE`` then ``relu(y) ** 2`` rounded to ``dtype`` again, bit for bit what ``F.relu(y).square()``
+    gives on the stored ``y``: the float32 square of a 16-bit value is exact, so one rounding, as torch's; NaN stays
+    NaN (``y < 0`` is false for it)."""
+    y = (acc * 0.5).to(dtype)
+    if RELU_SQUARE:
+        f = y.to(tl.float32)
+        f = tl.where(f < 0.0, 0.0, f)
+        y = (f * f).to(dtype)
+    return y
 
 
 @triton.jit
 def _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, SPLIT, R: tl.constexpr,
-                   NA: tl.constexpr, TOKENS: tl.constexpr):
-    """``y = acc / 2`` (the weights entered as +-2) for every accumulator of each thread (``_coords``); with a K
-    split the partials go to ``ws [SPLIT, M, N]`` and the tile's last program adds them in split order."""
+                   NA: tl.constexpr, TOKENS: tl.constexpr, RELU_SQUARE: tl.constexpr):
+    """``_output`` of every accumulator of each thread (``_coords``); with a K split the partials go to
+    ``ws [SPLIT, M, N]`` and the tile's last program adds them in split order."""
     if SPLIT == 1:
         for r in tl.static_range(R):
             for a in tl.static_range(NA):
                 m, n = _coords(rb, g, tq, r, a, TOKENS)
-                tl.store(y_ptr + m.to(tl.int64) * N + n, (accs[NA * r + a] * 0.5).to(y_ptr.dtype.element_ty),
+                tl.store(y_ptr + m.to(tl.int64) * N + n, _output(accs[NA * r + a], y_ptr.dtype.element_ty, RELU_SQUARE),
                          mask=(m < M) & (n < N))
     else:
         for r in tl.static_range(R):
@@ -554,8 +568,8 @@ def _store_outputs(accs, rb, g, tq, y_ptr, ws_ptr, cnt_ptr, pid_n, pid_s, M, N, 
             for r in tl.static_range(R):
                 for a in tl.static_range(NA):
                     m, n = _coords(rb, g, tq, r, a, TOKENS)
-                    tl.store(y_ptr + m.to(tl.int64) * N + n, (tots[NA * r + a] * 0.5).to(y_ptr.dtype.element_ty),
-                             mask=(m < M) & (n < N))
+                    tl.store(y_ptr + m.to(tl.int64) * N + n, _output(tots[NA * r + a], y_ptr.dtype.element_ty,
+                                                                      RELU_SQUARE), mask=(m < M) & (n < N))
             reset_arrivals(cnt_ptr + pid_n)
 
 
@@ -576,9 +590,10 @@ def _table(device: torch.device) -> torch.Tensor:
 
 
 def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
-               config: Optional[dict] = None) -> torch.Tensor:
+               config: Optional[dict] = None, relu_square: bool = False) -> torch.Tensor:
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
-    overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields)."""
+    overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields). ``relu_square``: ``relu(y) ** 2`` stored
+    instead (``_output``)."""
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
     sms = n_sm(x.device)
     t = tc_tile(M, in_features, config, N, sms)
@@ -594,5 +609,6 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
                                      ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
-                                     CONSTRAINTS=_constraints(t.R, tokens), INTERP=INTERPRETED, num_warps=t.num_warps)
+                                     CONSTRAINTS=_constraints(t.R, tokens), RELU_SQUARE=relu_square,
+                                     INTERP=INTERPRETED, num_warps=t.num_warps)
     return y

@@ -319,11 +319,13 @@ def expand_scaled(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, gro
 
 
 def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
-                   *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
+                   relu_square: bool = False, *, config: Optional[dict] = None, path: str = "auto") -> torch.Tensor:
     """``y [M, N] = x [M, K] @ (T * S).T`` in x's dtype. ``path``: ``auto`` (``decode_tc`` for 1-16 rows of 16-bit
     x where ``tc_ok``; else the GEMV at one row when the layer allows it, the tensor-core kernel up to
     ``DECODE_MAX_M`` rows, expand + cuBLAS above), ``tc``, ``gemv``, ``gemv_expand``, ``mma`` or ``expand``;
-    ``config``: see ``decode_config`` (``decode_tc.tc_forward`` for ``tc``)."""
+    ``config``: see ``decode_config`` (``decode_tc.tc_forward`` for ``tc``). ``relu_square``: ``relu(y) ** 2``
+    (``linear.decode_forward_torch``), in the store of ``decode_tc`` (no kernel of its own between a decode step's
+    up and down projections), after the other paths' kernels."""
     N, G = _check(x, T_packed, S, in_features, group_size)
     M = x.shape[0]
     if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
@@ -344,9 +346,10 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                 else "gemv" if gemv_ok(M, T_packed, in_features, group_size)
                 else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
     if path == "tc":
-        return tc_forward(x, T_packed, S, in_features, group_size, config)
+        return tc_forward(x, T_packed, S, in_features, group_size, config, relu_square=relu_square)
     if path == "expand":
-        return x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
+        y = x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
+        return y.relu_().square_() if relu_square else y
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = decode_config(M, N, in_features, x.device, config, x.dtype, group_size)
     red_per, split = split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
@@ -370,4 +373,4 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                                           PLANES=planes_ok(x.dtype, group_size, cfg["BLOCK_K"]),
                                           T_HI=tables[0], T_LO=tables[1],
                                           num_warps=cfg["num_warps"], num_stages=3)
-    return y
+    return y.relu_().square_() if relu_square else y

@@ -12,7 +12,7 @@ Registered ops (namespace ``arbitor``; ``pending`` and the other counters are in
   hash_key, in_features, group_size, bits, rate, gradw_fp8=False)`` mutates ``T_packed``, ``C_packed``, ``corr_accum``,
   ``pending``, ``nonfinite``; ``rate`` is a float32 0-d device tensor (a schedule that changes it changes no
   compiled graph's constants: ``torch.compile`` guards a float argument by value and would recompile)
-* ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size) -> y``   a frozen layer
+* ``arbitor::ternary_decode_forward(x, T_packed, S, in_features, group_size, relu_square) -> y``   a frozen layer
   (``inference.py``): ``x [M, K] -> y [M, N]`` from ``T_packed`` and the float32 group scale ``S``, pure
 * ``arbitor::ternary_group_forward(x, T_packed[], E[], corr_accum[], step_counter[], pending[], in_features,
   group_size, strength[], matmul_fp8=False) -> y`` and ``arbitor::ternary_group_grad_x(grad_y, <same>) -> grad_x``:
@@ -100,13 +100,13 @@ def _(grad_y, x, T_packed, C_packed, corr_accum, step_counter, pending, nonfinit
 
 @torch.library.custom_op("arbitor::ternary_decode_forward", mutates_args=())
 def ternary_decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int,
-                           group_size: int) -> torch.Tensor:
-    """``y [M, N] = x [M, K] @ (T * S).T`` of a frozen layer (``decode_triton.decode_forward``)."""
-    return decode_forward(x, T_packed, S, in_features, group_size)
+                           group_size: int, relu_square: bool = False) -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ (T * S).T`` of a frozen layer, or ``relu(y) ** 2`` (``decode_triton.decode_forward``)."""
+    return decode_forward(x, T_packed, S, in_features, group_size, relu_square)
 
 
 @ternary_decode_forward.register_fake
-def _(x, T_packed, S, in_features, group_size):
+def _(x, T_packed, S, in_features, group_size, relu_square=False):
     torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
     return x.new_empty(x.shape[0], T_packed.shape[0])
 

@@ -24,16 +24,19 @@ __all__ = ["expand_weight", "linear_forward_torch", "linear_grad_x_torch", "deco
 
 
 def decode_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int,
-                         group_size: int) -> torch.Tensor:
+                         group_size: int, relu_square: bool = False) -> torch.Tensor:
     """``x [M, K] -> y [M, N] = x @ (T * S).T`` (x's dtype) for a given float32 scale ``S [N, G]``: the forward
     of a frozen layer (``inference.py``, which keeps ``S`` instead of the state it comes from), and of a trained
-    one once its ``S`` is computed (``linear_forward_torch``)."""
+    one once its ``S`` is computed (``linear_forward_torch``). ``relu_square``: ``relu(y) ** 2`` instead, taken
+    on ``y`` in x's dtype and rounded to it again, i.e. exactly ``F.relu(y).square()`` after the layer (the MLP's
+    activation, which a frozen up projection may apply itself: ``inference.for_inference``)."""
     n_out = T_packed.shape[0]
     xf = x.to(torch.float32)
     y = torch.empty(x.shape[0], n_out, dtype=torch.float32, device=x.device)
     for n0, n1 in row_blocks(n_out, in_features):
         y[:, n0:n1] = xf @ expand_weight(T_packed[n0:n1], S[n0:n1], in_features, group_size).t()
-    return y.to(x.dtype)
+    y = y.to(x.dtype)
+    return y.relu_().square_() if relu_square else y
 
 
 def linear_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, E: torch.Tensor, corr_accum: torch.Tensor,

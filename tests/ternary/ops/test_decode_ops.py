@@ -268,6 +268,56 @@ def test_tc_path_refuses_what_it_cannot_take():
                                      config={"GROUP_COLUMNS": True})
 
 
+def _relu_square_equal(y_rs, y, interpreted=False):
+    """``y_rs`` is ``F.relu(y).square()`` bit for bit (NaN where ``y`` has NaN). ``interpreted``: a Triton kernel
+    run by the CPU interpreter, which rounds float32 to bfloat16 towards zero (ignoring the rounding mode the
+    GPU applies): there bf16 values may be one ulp below and the zeros and NaNs are still exact."""
+    ref = torch.nn.functional.relu(y).square()
+    assert y_rs.dtype == y.dtype and (y < 0).any()
+    if interpreted and y.dtype == torch.bfloat16:
+        assert torch.equal(y_rs == 0, ref == 0) and torch.equal(y_rs.isnan(), ref.isnan())
+        torch.testing.assert_close(y_rs, ref, rtol=2 ** -7, atol=0, equal_nan=True)
+    else:
+        torch.testing.assert_close(y_rs, ref, rtol=0, atol=0, equal_nan=True)
+
+
+@interp
+@pytest.mark.parametrize("M,K,N,gs,config,path", [
+    (1, 768, 21, 64, {"GROUP_COLUMNS": True, "PROGRAMS_PER_SM": 1}, "tc"),   # one row, no K split
+    (3, 1024, 19, 128, {"R": 1, "num_warps": 1, "PROGRAMS_PER_SM": 8}, "tc"),  # K split: the last program stores
+    (1, 192, 37, 64, None, "gemv"),
+    (3, 96, 13, 32, {"BLOCK_K": 32, "BLOCK_N": 16}, "mma"),
+    (20, 128, 9, 32, None, "expand"),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_relu_square_is_the_activation_of_the_plain_output(M, K, N, gs, config, path, dtype):
+    """``relu_square=True`` (the MLP's activation in a frozen up projection): every path returns exactly
+    ``F.relu(y).square()`` of its own plain output -- in ``decode_tc``'s store, after the other kernels -- NaN
+    rows included; and so does the reference. (``decode_tc`` in bf16 to the interpreter's rounding here; bit for
+    bit on the GPU: ``test_gpu_relu_square_is_the_activation_of_the_plain_output``.)"""
+    T_packed, S = frozen_state(N, K, gs, seed=K + N)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dtype)
+    if M > 1:
+        x[1, 5] = float("nan")
+    kw = dict(config=config, path=path)
+    _relu_square_equal(decode_triton.decode_forward(x, T_packed, S, K, gs, True, **kw),
+                       decode_triton.decode_forward(x, T_packed, S, K, gs, **kw), interpreted=path == "tc")
+    _relu_square_equal(decode_forward_torch(x, T_packed, S, K, gs, relu_square=True),
+                       decode_forward_torch(x, T_packed, S, K, gs))
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4, 16])
+@pytest.mark.parametrize("K,N", [(3072, 12288), (12288, 3072)])
+def test_gpu_relu_square_is_the_activation_of_the_plain_output(M, K, N):
+    """The same on the GPU at the ``3b`` MLP's shapes (one row of 12288 x 3072 splits K across programs)."""
+    T_packed, S = frozen_state(N, K, 64, seed=K + M, device="cuda")
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    _relu_square_equal(decode_triton.decode_forward(x, T_packed, S, K, 64, True),
+                       decode_triton.decode_forward(x, T_packed, S, K, 64))
+
+
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [1, 4, 9, 16])
