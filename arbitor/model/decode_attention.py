@@ -82,10 +82,12 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
     One split: the chunk's ``acc / l`` straight to the output.
 
     ``APPEND`` (``one_query_attention_append``): no mask; the step's key and value (``kn_ptr`` / ``vn_ptr``, one
-    ``[hd]`` row a head) belong at position ``qpos = *pos_ptr`` and keys ``<= qpos`` are allowed. The tile that
-    holds ``qpos`` loads them, writes them into the cache there and uses them from its registers for that row (its
-    load of the row from the cache may see it before or after the write: the value is replaced either way); no
-    other program touches the row."""
+    ``[hd]`` row a head) belong at position ``qpos = *pos_ptr`` and keys ``<= qpos`` are allowed. The program
+    whose chunk holds ``qpos`` writes them into the cache there and uses them from its registers for that row (the
+    tile's load of that row may see the cache before or after the write: its value is replaced either way); no
+    other program touches the row. (Loading, storing and selecting the row in the tile's own 2-D layout instead, to
+    save moving the ``[hd]`` vectors between layouts, made the kernel 32-67 % slower on the H200:
+    ``benchmarks/results/inference/h200-decode-fusions/``.)"""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b = (bh // H).to(tl.int64)      # 64-bit offsets: a large cache's B * H * L * hd may pass 2**31
@@ -100,8 +102,11 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
     start = sp * (SPLIT_TILES * BLOCK_L)
     if APPEND:
         qpos = tl.load(pos_ptr)            # the query's position: its key is written there
-        kn_base = kn_ptr + b * s_knb + h * s_knh
-        vn_base = vn_ptr + b * s_vnb + h * s_vnh
+        kn = tl.load(kn_ptr + b * s_knb + h * s_knh + d)
+        vn = tl.load(vn_ptr + b * s_vnb + h * s_vnh + d)
+        if (qpos >= start) & (qpos < start + SPLIT_TILES * BLOCK_L):
+            tl.store(k_base + qpos * s_kl + d, kn)
+            tl.store(v_base + qpos * s_vl + d, vn)
     for t in range(SPLIT_TILES):
         pos = start + t * BLOCK_L + tl.arange(0, BLOCK_L)
         inside = pos < L
@@ -114,16 +119,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
         kt = tl.load(k_base + rows[:, None] * s_kl + d[None, :], mask=allowed[:, None], other=0.0)
         vt = tl.load(v_base + rows[:, None] * s_vl + d[None, :], mask=allowed[:, None], other=0.0)
         if APPEND:
-            # the step's row, loaded, stored and selected in the tile's own layout (only the row at qpos is read
-            # and written: no [hd] vector to move between layouts)
-            new = (rows == qpos)[:, None] & (d[None, :] < HD)
-            col = d[None, :] + 0 * rows[:, None]
-            kn = tl.load(kn_base + col, mask=new, other=0.0)
-            vn = tl.load(vn_base + col, mask=new, other=0.0)
-            tl.store(k_base + rows[:, None] * s_kl + d[None, :], kn, mask=new)
-            tl.store(v_base + rows[:, None] * s_vl + d[None, :], vn, mask=new)
-            kt = tl.where(new, kn, kt)
-            vt = tl.where(new, vn, vt)
+            new = (rows == qpos)[:, None]
+            kt = tl.where(new, kn[None, :], kt)
+            vt = tl.where(new, vn[None, :], vt)
         s = tl.where(allowed, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         # every key so far masked: m_new = -inf; subtract 0 instead so that exp2(-inf - -inf) = NaN never occurs
