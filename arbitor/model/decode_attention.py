@@ -225,7 +225,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, others: dict) 
     if hd < MIN_HEAD_DIM or hd > MAX_HEAD_DIM or hd & (hd - 1):
         return f"head_dim must be a power of two in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {hd}"
     if any(t.device != q.device for t in (k, v, *others.values())):
-        return (f"q, k, v and {' and '.join(others)} must be on one device, got "
+        return (f"{', '.join(['q', 'k', 'v', *others])} must be on one device, got "
                 f"{', '.join(str(t.device) for t in (q, k, v, *others.values()))}")
     if q.device.type == "cuda" and INTERPRETED:
         return "the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1); restart without it for CUDA"
@@ -242,10 +242,10 @@ def launch_config(B: int, H: int, L: int, hd: int, n_sm: int, block_l: Optional[
     ``num_warps``: by default tiles of 128 keys (64 at hd 256: the tile stays 16K elements), one a program until
     ``B * H * tiles`` reaches 64 programs a multiprocessor, then ``B * H * tiles // (64 * n_sm)`` a program. A pure
     function of the shapes and the device: the same inputs always take the same summation order. On the H200, the
-    ``3b`` step's attention (24 heads x 128, a 576-position cache) took 7.7 us at batch 1 with 128-key tiles
-    (120 programs) against 9.0 with 64 (216) and 10.5 with 32, and 41.5 us at batch 16 against 47.7 (64-key
-    tiles) and 53.5 (the former default: three 64-key tiles a program); two tiles a program and 8 warps were slower
-    at both batches (``benchmarks/results/inference/h200-attention-tiles/``)."""
+    ``3b`` step's attention (24 heads x 128, a 576-position cache) took 8.0 us at batch 1 with 128-key tiles
+    (120 programs) against 8.8 with 64 (216) and 10.8 with 32 or 256; at batch 16 46 us, against 45 with 64-key
+    tiles (even) and 53.5 for the former default (three 64-key tiles a program). Two tiles a program and 8 warps
+    were slower at both batches (``benchmarks/results/inference/h200-decode-fusions/``)."""
     block_l = block_l if block_l is not None else (128 if hd <= 128 else 64)
     tiles = triton.cdiv(L, block_l)
     if split_tiles is None:
