@@ -53,12 +53,18 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     causal when ``mask`` is ``None``, else under the bool ``mask [T, L]`` (True: may attend). One masked query
     in 16 bits on CUDA (a token step): ``_one_query_attention`` (the fused Triton kernel, or cuBLAS); otherwise
     SDPA on ``DECODE_SDPA_BACKENDS``."""
-    if mask is not None and q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+    if mask is not None and _token_step_on_cuda(q):
         return _one_query_attention(q, k, v, mask)
     with sdpa_kernel(list(DECODE_SDPA_BACKENDS)):
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _token_step_on_cuda(q: torch.Tensor) -> bool:
+    """Whether ``q [B, H, T, hd]`` is one query in 16 bits on CUDA: a token step, which the fused one-query kernels
+    (``decode_attention``) serve."""
+    return q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
 
 
 @lru_cache(maxsize=None)
@@ -95,10 +101,9 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 def _fused_append(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
                   v_cache: torch.Tensor, pos: torch.Tensor):
-    """``decode_attention`` when ``StaticKVCache.attend`` can write and attend in one launch (one query in 16 bits
-    on CUDA, as ``cached_attention`` takes the fused kernel, and inputs ``check_append_inputs`` takes), else
-    ``None``."""
-    if not (q.shape[2] == 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)):
+    """``decode_attention`` when ``StaticKVCache.attend`` can write and attend in one launch (a token step on CUDA,
+    ``_token_step_on_cuda``, with inputs ``check_append_inputs`` takes), else ``None``."""
+    if not _token_step_on_cuda(q):
         return None
     fused = _decode_attention()
     if fused is None or fused.check_append_inputs(q, k_new, v_new, k_cache, v_cache, pos) is not None:

@@ -326,7 +326,7 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     ``config``: see ``decode_config`` (``decode_tc.tc_forward`` for ``tc``). ``relu_square``: ``relu(y) ** 2``
     (``linear.decode_forward_torch``), in the store of ``decode_tc`` (no kernel of its own between a decode step's
     up and down projections), after the other paths' kernels."""
-    N, G = _check(x, T_packed, S, in_features, group_size)
+    N, _ = _check(x, T_packed, S, in_features, group_size)
     M = x.shape[0]
     if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
         raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma', 'expand' or 'tc', got {path!r}")
@@ -345,11 +345,19 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
         path = ("tc" if tc_ok(x, T_packed, in_features, group_size)        # 1-16 rows of 16-bit x
                 else "gemv" if gemv_ok(M, T_packed, in_features, group_size)
                 else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
-    if path == "tc":
+    if path == "tc":         # squares in its own store
         return tc_forward(x, T_packed, S, in_features, group_size, config, relu_square=relu_square)
     if path == "expand":
         y = x @ expand_scaled(T_packed, S, in_features, group_size, x.dtype).t()
-        return y.relu_().square_() if relu_square else y
+    else:
+        y = _kernel_forward(x, T_packed, S, in_features, group_size, config, path)
+    return y.relu_().square_() if relu_square else y
+
+
+def _kernel_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int,
+                    config: Optional[dict], path: str) -> torch.Tensor:
+    """``decode_forward`` on the ``gemv``, ``gemv_expand`` or ``mma`` kernel (inputs checked there)."""
+    M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = decode_config(M, N, in_features, x.device, config, x.dtype, group_size)
     red_per, split = split_len(in_features, cfg.pop("SPLIT"), cfg["BLOCK_K"])
@@ -373,4 +381,4 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
                                           PLANES=planes_ok(x.dtype, group_size, cfg["BLOCK_K"]),
                                           T_HI=tables[0], T_LO=tables[1],
                                           num_warps=cfg["num_warps"], num_stages=3)
-    return y.relu_().square_() if relu_square else y
+    return y
