@@ -253,7 +253,11 @@ def gemv_rows(args, device, res, flush) -> None:
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
             times = {"gemv": None, "frozen_before_tc": None}  # the training layer's GEMV is M = 1 only
+            # the frozen layer as the library launches it (on sm_90+ a programmatic dependent: in this chain of calls
+            # each launch overlaps the call before it), and the same kernel launched plainly (its own time)
             variants = {"frozen": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs),
+                        "frozen_no_pdl": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs,
+                                                                                config={"PDL": False}),
                         "auto": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="auto"),
                         "fused": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="fused")}
             if M == 1:
@@ -284,6 +288,8 @@ def gemv_rows(args, device, res, flush) -> None:
                    "training_layer_ratio": base / times["auto"] if times["auto"] else None,
                    "arbitor_gemv_ms": times["gemv"], "arbitor_fused_ms": times["fused"],
                    "frozen_before_tc_ms": times["frozen_before_tc"],
+                   "frozen_no_pdl_ms": times["frozen_no_pdl"],
+                   "ratio_no_pdl": base / times["frozen_no_pdl"] if times["frozen_no_pdl"] else None,
                    **floors, "floor_ratio": base / floors["read_floor_ms"],
                    "of_read_floor": floors["read_floor_ms"] / ms if ms else None,
                    "ternary_copies": len(states)}
@@ -633,19 +639,24 @@ def write(res, out: Path) -> None:
     lines = [f"# Decode speed ({tag})", "", f"Command: `{res['command']}` ({res['threads']} threads)", ""]
     gemv = [r for r in res["rows"] if r["name"].startswith("gemv")]
     if gemv:
-        lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`); "
+        lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`) "
+                  "as the library launches it (on sm_90+ a programmatic dependent launch: in the harness's chain of "
+                  "calls each launch overlaps the call before it, as in a decode step; cuBLAS's calls do not); "
+                  "`no PDL ms` the same kernel launched plainly (its own time) and `ratio no PDL` cuBLAS ms over it; "
                   "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`); `before tc ms` "
                   "the frozen layer's kernels before `decode_tc` (the CUDA-core GEMV at one row, `decode_mma_kernel` "
                   "above). ratio = cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate; read "
                   "floor = a kernel that only reads those bytes, in the same harness (`benchmarks/_read_floor.py`; "
                   "the fastest of its grids), and ceiling = cuBLAS ms / read floor ms, the ratio a GEMV at the read "
                   "floor would reach.", "",
-                  "| row | shape | arbitor ms | before tc ms | training layer ms | cuBLAS bf16 ms | ratio | bound ms | "
-                  "of bound | read floor ms | ceiling |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| row | shape | arbitor ms | no PDL ms | before tc ms | training layer ms | cuBLAS bf16 ms "
+                  "| ratio | ratio no PDL | bound ms | of bound | read floor ms | ceiling |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | "
+                  f"{f(r.get('frozen_no_pdl_ms'), '.4f')} | "
                   f"{f(r.get('frozen_before_tc_ms'), '.4f')} | "
                   f"{f(r.get('training_layer_ms'), '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
+                  f"{f(r.get('ratio_no_pdl'), '.2f')}{'x' if r.get('ratio_no_pdl') else ''} | "
                   f"{f(r['bound_ms'], '.4f')} | {f(r['of_bound'], '.2f')} | {f(r.get('read_floor_ms'), '.4f')} | "
                   f"{f(r.get('floor_ratio'), '.2f')}{'x' if r.get('floor_ratio') else ''} |" for r in gemv]
         launch = [r["launch_floor_ms"] for r in gemv if r.get("launch_floor_ms")]

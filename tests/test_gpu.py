@@ -273,3 +273,34 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
           f"{'equal' if torch.equal(comp_graph, eager) else 'differ'}")
     assert err == 0
     assert torch.equal(comp_graph, eager)
+
+
+def test_dependent_launches_decode_like_plain_ones_where_decode_tc_runs(monkeypatch):
+    """At a width the frozen layers take ``decode_tc`` for (``d_model`` 256: K a multiple of 256), with fused
+    projections and the compiled, graphed step -- on sm_90+ Inductor's kernels, ``decode_tc`` and the decode
+    attention all launch as programmatic dependents -- the logits teacher-forced along the eager tokens equal the
+    eager static step's bit for bit, and the greedy tokens equal those of the same step with every dependent launch
+    off (``triton.enable_pdl`` off, ``pdl_ok`` false). (Reading x through the non-coherent path under a dependent
+    launch broke the second at the ``3b`` preset: ``benchmarks/results/inference/h200-decode-pdl-plain/``.)"""
+    from decode_helpers import forced_logits
+
+    from arbitor import for_inference
+    from arbitor.model import decode_attention
+    from arbitor.model.config import preset
+    from arbitor.model.decode import GraphedDecoder
+    from arbitor.model.text import ArbitorLM
+    from arbitor.ternary.ops import decode_tc
+    torch.manual_seed(0)
+    cfg = preset("small", compute_dtype="bfloat16", d_model=256, n_heads=2, max_ctx=160)
+    m = for_inference(for_inference(ArbitorLM(cfg).to("cuda").eval()), fuse_projections=True)
+    idx = torch.randint(0, 256, (1, 90), generator=torch.Generator().manual_seed(1)).cuda()
+    eager = GraphedDecoder(m, 1, 160, cuda_graph=False).generate(idx, 64, temperature=0)
+    fast = GraphedDecoder(m, 1, 160, compile=True).generate(idx, 64, temperature=0)
+    ref = forced_logits(GraphedDecoder(m, 1, 160, cuda_graph=False), idx, eager, 16)
+    comp = forced_logits(GraphedDecoder(m, 1, 160, compile=True), idx, eager, 16)
+    assert torch.equal(comp, ref)
+    for module in (decode_tc, decode_attention):
+        monkeypatch.setattr(module, "pdl_ok", lambda device: False)
+    plain = GraphedDecoder(m, 1, 160, compile=True,
+                           compile_options={"triton.enable_pdl": False}).generate(idx, 64, temperature=0)
+    assert torch.equal(fast, plain) and torch.equal(fast, eager)

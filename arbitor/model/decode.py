@@ -21,7 +21,12 @@ a randomly drawn model, whose top two logits were 0.016-0.09 apart, left the eag
 (``benchmarks/results/inference/h200-decode-compiled-vs-eager/``). It also sets ``combo_kernels``: Inductor
 launches independent kernels of the step (the key and value cache writes, say) as one, which took the ``3b``
 step at batch 1 from 744-748 to 764-767 tokens/s on the H200 in two runs (dense: 392-402 to 398-409;
-``benchmarks/results/inference/h200-decode-combo/``). Frozen models (``arbitor.for_inference``) decode from
+``benchmarks/results/inference/h200-decode-combo/``). And it sets ``triton.enable_pdl``: on sm_90+ each fused
+kernel launches as a programmatic dependent of the one before it (it starts while that one finishes and waits for
+it before reading), as the frozen layers' ``decode_tc`` and the decode attention do on their own
+(``triton_common.pdl_ok``); the launches of the ~230 kernels of a ``3b`` token step then overlap the kernels
+before them. On the H200 that took the ``3b`` step at batch 1 from 812-815 to 890-892 tokens/s, with the same tokens
+(``benchmarks/results/inference/h200-decode-pdl-plain/``). Frozen models (``arbitor.for_inference``) decode from
 ``T_packed`` and float32 group scales only.
 
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
@@ -48,8 +53,8 @@ from .attention import StaticKVCache
 __all__ = ["GraphedDecoder", "generate_static", "sample_next", "COMPILE_OPTIONS"]
 
 #: Inductor options of the compiled token step (module doc): bf16 intermediates rounded as in eager mode;
-#: independent kernels launched together
-COMPILE_OPTIONS = {"emulate_precision_casts": True, "combo_kernels": True}
+#: independent kernels launched together; programmatic dependent launch (sm_90+; Inductor ignores it elsewhere)
+COMPILE_OPTIONS = {"emulate_precision_casts": True, "combo_kernels": True, "triton.enable_pdl": True}
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
@@ -84,7 +89,7 @@ class GraphedDecoder:
     """Decode ``batch`` sequences of up to ``max_len`` tokens (prompt + new) from ``model``.
 
     ``cuda_graph=True`` needs the model on CUDA. ``compile_options``: Inductor options added to (or overriding)
-    ``COMPILE_OPTIONS`` for ``compile=True`` (e.g. ``{"triton.enable_pdl": True}``). ``timings`` (after
+    ``COMPILE_OPTIONS`` for ``compile=True`` (e.g. ``{"triton.enable_pdl": False}``). ``timings`` (after
     ``generate``): ``prefill_s`` (the prompt and the first, eager, token step) and ``decode_s`` (the remaining
     steps; graph replays), both synchronised wall times, and ``decode_tokens`` (tokens produced in ``decode_s``).
     """

@@ -35,6 +35,11 @@ takes that row from its registers, keys ``<= p`` are allowed (no mask tensor) --
 ``one_query_attention`` under ``key position <= p``, one kernel a layer fewer in a decode step
 (``attention.StaticKVCache.attend``).
 
+On sm_90+ the kernel launches as a programmatic dependent (``triton_common.pdl_ok``): it may start while the
+kernel before it (the q/k/v projection) finishes, waits for it (``gdc_wait``) before reading anything, and lets the
+next kernel launch once its K and V tiles are read; it reads nothing through the non-coherent path, which a
+launch overlapping its producer could serve stale (``ternary/ops/decode_tc.py``).
+
 Layout: reference -> kernels -> launcher (``one_query_attention``, input checks) -> the registered op
 ``arbitor::one_query_attention`` (``one_query_attention_op``: opaque to ``torch.compile``, with a fake impl for
 shapes, so the compiled token step keeps it as one node and a CUDA graph captures its launch).
@@ -49,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ternary.ops.triton_common import INTERPRETED, arrival_counters, last_to_arrive, n_sm, reset_arrivals
+from ..ternary.ops.triton_common import INTERPRETED, arrival_counters, last_to_arrive, n_sm, pdl_ok, reset_arrivals
 
 __all__ = ["one_query_attention_torch", "one_query_attention", "one_query_attention_op", "check_inputs",
            "one_query_attention_append", "one_query_attention_append_op", "check_append_inputs", "launch_config",
@@ -74,7 +79,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
                   H, L, n_splits, BH, qk_scale,
                   s_qb, s_qh, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_m, s_knb, s_knh, s_vnb, s_vnh, s_ob, s_oh,
                   HD: tl.constexpr, BLOCK_L: tl.constexpr, SPLIT_TILES: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-                  APPEND: tl.constexpr):
+                  APPEND: tl.constexpr, PDL: tl.constexpr = False):
     """Program ``(bh, s)``: the online softmax of head ``bh`` over chunk ``s`` (``SPLIT_TILES * BLOCK_L`` keys).
     Writes ``acc [hd]`` to ``acc_ptr[bh, s]`` and ``(m, l)`` to ``ml_ptr[0 | 1, bh, s]`` (``m`` in base-2
     units, ``-inf`` when the chunk has no allowed key); the head's last program to arrive (``cnt_ptr[bh]``, an
@@ -90,6 +95,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
     ``benchmarks/results/inference/h200-decode-fusions/``.)"""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
+    if PDL:     # a programmatic dependent: nothing is read before the kernel before it has finished
+        tl.extra.cuda.gdc_wait()
     b = (bh // H).to(tl.int64)      # 64-bit offsets: a large cache's B * H * L * hd may pass 2**31
     h = (bh % H).to(tl.int64)
     d = tl.arange(0, HD)
@@ -131,6 +138,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
         acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
+    if PDL:     # K and V read: the next kernel may launch (it waits for this one to finish before it reads)
+        tl.extra.cuda.gdc_launch_dependents()
     if n_splits == 1:
         tl.store(out_ptr + b * s_ob + h * s_oh + d, (acc / l_i).to(out_ptr.dtype.element_ty))
     else:
@@ -306,12 +315,14 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[to
     acc = torch.empty((parts, hd), dtype=torch.float32, device=q.device)
     ml = torch.empty((2, parts), dtype=torch.float32, device=q.device)
     cnt = arrival_counters(q.device, B * H)
+    pdl = pdl_ok(q.device)
     _split_kernel[(B * H, splits)](
         q, k, v, mask_u8, kn, vn, pos, acc, ml, cnt, out, H, L, splits, B * H, hd ** -0.5 * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask_u8.stride(0) if mask is not None else 0, kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1),
         out.stride(0), out.stride(1), HD=hd, BLOCK_L=cfg["BLOCK_L"], SPLIT_TILES=cfg["SPLIT_TILES"],
-        SPLIT_BLOCK=min(16, triton.next_power_of_2(splits)), APPEND=append is not None, num_warps=cfg["num_warps"])
+        SPLIT_BLOCK=min(16, triton.next_power_of_2(splits)), APPEND=append is not None, PDL=pdl,
+        num_warps=cfg["num_warps"], launch_pdl=pdl)
     return out
 
 

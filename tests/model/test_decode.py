@@ -182,10 +182,13 @@ def test_compile_options_add_to_the_decoders_own(monkeypatch):
     seen = []
     monkeypatch.setattr(decode.torch, "compile", lambda fn, options=None: seen.append(options) or fn)
     m = ArbitorLM(preset("tiny", max_ctx=32)).eval()
-    GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True, compile_options={"triton.enable_pdl": True})
+    GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True, compile_options={"triton.enable_pdl": False,
+                                                                              "max_autotune": True})
     GraphedDecoder(m, 1, 16, cuda_graph=False, compile=True)
-    GraphedDecoder(m, 1, 16, cuda_graph=False, compile_options={"triton.enable_pdl": True})
-    assert seen == [{**decode.COMPILE_OPTIONS, "triton.enable_pdl": True}, decode.COMPILE_OPTIONS]
+    GraphedDecoder(m, 1, 16, cuda_graph=False, compile_options={"max_autotune": True})
+    assert decode.COMPILE_OPTIONS["triton.enable_pdl"] is True
+    assert seen == [{**decode.COMPILE_OPTIONS, "triton.enable_pdl": False, "max_autotune": True},
+                    decode.COMPILE_OPTIONS]
 
 
 def test_each_compiled_decoder_keeps_its_own_graphs(monkeypatch):

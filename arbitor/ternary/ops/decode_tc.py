@@ -38,6 +38,13 @@ one inline-PTX block per thread (``tc_gemv_asm``), so Triton places nothing betw
 ``tests/ternary/ops/test_decode_tc.py`` runs that PTX for a whole warp in a small interpreter on the CPU, and
 under ``TRITON_INTERPRET`` the kernel computes the same sums with plain loads (``_plain_sums``).
 
+Launch (sm_90+, ``TcTile.PDL``): a programmatic dependent of the kernel before it -- the launch and the
+program's set-up overlap that kernel's end, the PTX waits for it before its first load, and the next kernel may
+launch once the K loop is done (``decode_tc_kernel``). A decode step is a chain of ~230 short kernels, so their
+launches were a large share of it: the ``3b`` step at batch 1 went from 812-815 to 890-892 tokens/s on the H200
+with this and Inductor's own dependent launches (``model/decode.py``;
+``benchmarks/results/inference/h200-decode-pdl-plain/``).
+
 Needs: 16-bit ``x`` with unit column stride and 16-byte aligned rows, ``group_size`` in {64, 128, 256}, ``K``
 a multiple of 256 (``tc_ok``). Deterministic (fixed mma order, fixed split order).
 """
@@ -50,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import INTERPRETED, last_to_arrive, n_sm, reset_arrivals, split_buffers, split_len
+from .triton_common import INTERPRETED, last_to_arrive, n_sm, pdl_ok, reset_arrivals, split_buffers, split_len
 
 __all__ = ["tc_gemv_asm", "tc_loop_chunks", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens",
            "TcTile", "TC_TILES", "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TABLE"]
@@ -68,16 +75,18 @@ class TcTile(NamedTuple):
     GROUP_COLUMNS: bool = False  #: one row: a lane's 64 contiguous columns, the groups apart in the mma's columns
     L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
     RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
+    PDL: bool = True            #: launched as a programmatic dependent where the device allows it (``pdl_ok``)
 
     @property
     def ring_bytes(self) -> int:
         """Static shared memory of the launch's ring (``ring_bytes``; 0 without one)."""
         return ring_bytes(self.RING, self.R, 32 * self.num_warps)
 
-    def asm(self, group_size: int, tokens: int, f16: bool) -> str:
-        """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields."""
+    def asm(self, group_size: int, tokens: int, f16: bool, pdl: bool = False) -> str:
+        """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields (``pdl``: launched as a programmatic
+        dependent)."""
         return tc_gemv_asm(self.R, group_size, tokens, f16, self.X_AHEAD, self.AHEAD, self.GROUP_COLUMNS,
-                           self.L2_PREFETCH, self.RING, 32 * self.num_warps)
+                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, pdl)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -168,7 +177,8 @@ def tc_loop_chunks(ahead: int, x_ahead: bool, ring: int = 0) -> int:
 
 @lru_cache(maxsize=None)
 def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1,
-                group_columns: bool = False, l2_prefetch: int = 0, ring: int = 0, threads: int = 128) -> str:
+                group_columns: bool = False, l2_prefetch: int = 0, ring: int = 0, threads: int = 128,
+                pdl: bool = False) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
     ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
@@ -206,7 +216,15 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     ``(s * 4R + u) * threads * 16 + 16 * tid``: a warp's units are 512 contiguous bytes) and reads them back itself,
     so no barrier is needed, only the thread's own ``cp.async.wait_group``. Registers hold one chunk, the ring the
     rest; with ``x_ahead`` x stays in registers, a chunk ahead (two sets, the loop unrolled to an even number of
-    copies). ``threads``: the block's threads (``num_warps * 32``)."""
+    copies). ``threads``: the block's threads (``num_warps * 32``).
+
+    ``pdl`` (a launch as a programmatic dependent, ``decode_tc_kernel``'s ``PDL``): the block starts with
+    ``griddepcontrol.wait`` -- the kernel may start while the one before it in the stream still runs, and nothing
+    is loaded before that kernel has finished and its writes are visible -- and every load is a plain
+    ``ld.global``, not ``ld.global.nc``: the non-coherent path assumes data that no kernel writes while this one
+    runs, which a dependent launch breaks (on the H200 x read through it was stale: the ``3b`` step's greedy tokens
+    left the plain step's after 2 tokens). The weights and scales are read plainly too, in case the kernel before
+    wrote them in place; that cost nothing measurable (``benchmarks/results/inference/h200-decode-pdl-plain/``)."""
     if ahead not in (1, 2, 3) or (x_ahead and ahead != 1):
         raise ValueError(f"tc_gemv_asm: ahead must be 1, 2 or 3 (x_ahead only with 1), got {ahead}, {x_ahead}")
     sets = ahead + 1
@@ -223,6 +241,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     if ring:
         sets, ahead = 1, ring - 1
     pf = f".L2::{l2_prefetch}B" if l2_prefetch else ""
+    ld = "ld.global" if pdl else "ld.global.nc"       # coherent loads under a dependent launch (docstring)
     gc = group_columns
     qg = group_size // 64                      # quads a group
     ngc = 4 // qg                              # groups a 256-column chunk
@@ -239,7 +258,8 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
          f".reg .b32 ttb, tn, tsel, tselh, tsh, tw<{8 * R * sets}>, txa<64>, txb<64>, ta<4>, tba<8>, tbb<8>;",
          f".reg .f32 tfz, td<{max(8 * ngc, 16) * R}>, ts<{8 * R * sets}>;",
          f".reg .b64 twp<{2 * R}>, tsp<{2 * R}>, txp, txp2;",
-         "mov.f32 tfz, 0f00000000;", f"mov.b32 tn, {nc};", f"ld.global.nc.b32 ttb, [{tbl}];",
+         *(["griddepcontrol.wait;"] if pdl else []),
+         "mov.f32 tfz, 0f00000000;", f"mov.b32 tn, {nc};", f"{ld}.b32 ttb, [{tbl}];",
          f"mov.b64 txp, {xp};", f"mov.b64 txp2, {xp2};"]
     L += [f"mov.b64 twp{k}, {p};" for k, p in enumerate(wps)] + [f"mov.b64 tsp{k}, {p};" for k, p in enumerate(sps)]
     L += [f"mov.f32 ${k}, 0f00000000;" for k in range(na * R)]
@@ -291,13 +311,13 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         for k in range(2 * R):
             w0 = 8 * R * b + 8 * (k // 2) + 4 * (k % 2)
             if gc:   # the lane's 4 contiguous words: one 16-byte load
-                out.append(f"{pred}ld.global.nc{pf}.v4.b32 {{{', '.join(f'tw{w0 + q}' for q in range(4))}}}, "
+                out.append(f"{pred}{ld}{pf}.v4.b32 {{{', '.join(f'tw{w0 + q}' for q in range(4))}}}, "
                            f"[twp{k}];")
             else:
-                out += [f"{pred}ld.global.nc{pf}.b32 tw{w0 + q}, [twp{k}+{16 * q}];" for q in range(4)]
+                out += [f"{pred}{ld}{pf}.b32 tw{w0 + q}, [twp{k}+{16 * q}];" for q in range(4)]
         if x_ahead:
             out += xloads(b, pred)
-        out += [scale_load(f"{pred}ld.global.nc{pf}", k, b, f"[tsp{k}]") for k in range(2 * R)]
+        out += [scale_load(f"{pred}{ld}{pf}", k, b, f"[tsp{k}]") for k in range(2 * R)]
         return out + advance() + (xadvance() if x_ahead else [])
 
     def xloads(b: int, pred: str) -> list[str]:
@@ -308,7 +328,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
             for regs, xreg in xsets:
                 for h in range(2):
                     v = ", ".join(f"{regs}{32 * b + 8 * q + 4 * h + i}" for i in range(4))
-                    out.append(f"{pred}ld.global.nc.v4.b32 {{{v}}}, [{xreg}+{(32 if gc else 128) * q + 16 * h}];")
+                    out.append(f"{pred}{ld}.v4.b32 {{{v}}}, [{xreg}+{(32 if gc else 128) * q + 16 * h}];")
         return out
 
     def xadvance() -> list[str]:
@@ -444,13 +464,20 @@ def _coords(rb, g, tq, r: tl.constexpr, a: tl.constexpr, TOKENS: tl.constexpr):
 def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N, KW, G, stride_xm, SPLIT,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
                      WARP_SPLIT: tl.constexpr, GROUP_COLUMNS: tl.constexpr, ASM: tl.constexpr,
-                     CONSTRAINTS: tl.constexpr, RELU_SQUARE: tl.constexpr, INTERP: tl.constexpr):
+                     CONSTRAINTS: tl.constexpr, RELU_SQUARE: tl.constexpr, INTERP: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
     ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
     the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
     chunks). ``GROUP_COLUMNS`` (one row): the lanes' pointers for ``tc_gemv_asm(group_columns=True)``. One
     element a thread (``i = 32 * warp + lane``); ``w_ptr``: ``T_packed`` as int32 ``[N, KW]``; ``tbl_ptr``:
-    ``TABLE`` (int32, one element)."""
+    ``TABLE`` (int32, one element).
+
+    ``PDL`` (launched with ``launch_pdl``): the PTX waits for the kernel before it first of all
+    (``tc_gemv_asm(pdl=True)``), and once its K loop is done the program lets the next kernel launch
+    (``griddepcontrol.launch_dependents``; that kernel waits for this one to finish before it reads anything). A
+    program triggers only after its own wait, so a kernel two launches on never starts before this one's
+    predecessor has finished."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     i = tl.arange(0, 32 * NUM_WARPS)
@@ -500,7 +527,9 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
         accs = tl.inline_asm_elementwise(
             ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), (q_hi - q_lo) // 4,
                                      (tbl_ptr + 0 * i).to(tl.int64), (g == tq).to(tl.int32)),
-            dtype=(tl.float32,) * (NA * R), is_pure=True, pack=1)
+            dtype=(tl.float32,) * (NA * R), is_pure=not PDL, pack=1)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
     if WARP_SPLIT:       # the warps' sums of each lane's outputs, added in the program (fixed order)
         red = ()
         for k in tl.static_range(NA * R):
@@ -605,10 +634,11 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
     ws, cnt = split_buffers(y, split, tiles)
+    pdl = t.PDL and pdl_ok(x.device)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
-                                     ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
+                                     ASM=t.asm(group_size, tokens, x.dtype == torch.float16, pdl),
                                      CONSTRAINTS=_constraints(t.R, tokens), RELU_SQUARE=relu_square,
-                                     INTERP=INTERPRETED, num_warps=t.num_warps)
+                                     INTERP=INTERPRETED, PDL=pdl, num_warps=t.num_warps, launch_pdl=pdl)
     return y

@@ -42,6 +42,7 @@ True when the kernels were built for the CPU interpreter (``TRITON_INTERPRET=1``
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import Optional
@@ -59,7 +60,7 @@ __all__ = ["INTERPRETED", "INTERP_DEFAULT", "FLOATS", "ballot_coef", "load_bytes
            "dot_precision", "launch_cfg", "check_state", "check_scalars", "check_act", "check_device",
            "check_kernel_device", "check_group_size_op", "check_counter_tensor", "exact_scale", "float64_bits",
            "round_to", "byte_to_float", "plane_signs16", "SIGN_TABLES", "word_dots", "group_sums", "n_sm", "split_len",
-           "split_epilogue", "last_to_arrive", "reset_arrivals", "arrival_counters", "split_buffers",
+           "split_epilogue", "last_to_arrive", "reset_arrivals", "arrival_counters", "split_buffers", "pdl_ok",
            "gemv_split_start", "COUNTERS"]
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -500,6 +501,18 @@ def split_buffers(out: torch.Tensor, split: int, tiles: int) -> tuple[torch.Tens
         return out, out
     return (torch.empty(split, *out.shape, dtype=torch.float32, device=out.device),
             arrival_counters(out.device, tiles))
+
+
+def pdl_ok(device: torch.device) -> bool:
+    """Whether a kernel on ``device`` may launch as a programmatic dependent (``launch_pdl``: it starts while the
+    kernel before it in the stream still runs, and waits for it with ``griddepcontrol.wait``): a CUDA device of
+    compute capability 9.0 or newer, kernels not built for the interpreter."""
+    return device.type == "cuda" and not INTERPRETED and _capability(device.index)[0] >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: Optional[int]) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def n_sm(device: torch.device) -> int:

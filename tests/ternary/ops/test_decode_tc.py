@@ -23,7 +23,7 @@ from arbitor.ternary.ops.decode_tc import TABLE, tc_gemv_asm  # noqa: E402
 
 
 def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0,
-                  ring=0):
+                  ring=0, pdl=False):
     """One warp (program 0, warp 0, the whole K) through the PTX: ``(y [M, N] from the warp's accumulators,
     mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them."""
     g_ = torch.Generator().manual_seed(seed)
@@ -40,7 +40,7 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, gr
     tbase = mem.add(np.array([TABLE], dtype=np.int32).tobytes())
     KW, G = K // 16, K // gs
     na = {1: 2, 8: 4, 16: 8}[tokens]
-    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring)
+    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring, pdl=pdl)
     # group_columns: lane tq's words 4tq.., its first scale group and x columns 64tq..
     wq, xq = (4, 64) if group_columns else (1, 16)
     sq = {64: 2, 128: 1, 256: 0}[gs] if group_columns else 0
@@ -150,6 +150,48 @@ def test_ptx_ring_wait_is_checked(monkeypatch):
         asm.replace("cp.async.wait_group 2;", "cp.async.wait_group 3;"), *a, **k))
     with pytest.raises(AssertionError, match="in flight"):
         _warp_outputs(1, 29, 1024, 64, 2, 1, f16=False, x_ahead=False, ring=3)
+
+
+PDL_FORMS = [(1, 1, True, 1, False, 0), (2, 8, True, 1, False, 0), (1, 16, False, 2, False, 0),
+             (1, 1, True, 1, True, 0), (1, 1, True, 1, True, 2), (1, 1, False, 1, True, 3), (2, 16, True, 1, False, 2)]
+
+
+@pytest.mark.parametrize("R,tokens,x_ahead,ahead,group_columns,ring", PDL_FORMS)
+def test_ptx_pdl_waits_before_any_load_and_loads_coherently(R, tokens, x_ahead, ahead, group_columns, ring):
+    """``pdl`` (a launch as a programmatic dependent): ``griddepcontrol.wait`` comes before the block's first load or
+    copy, and no load takes the non-coherent path (``ld.global.nc`` may serve lines older than the kernel the launch
+    overlaps: x, or weights written in place just before); nothing else changes."""
+    plain = tc_gemv_asm(R, 64, tokens, False, x_ahead, ahead, group_columns, 0, ring)
+    pdl = tc_gemv_asm(R, 64, tokens, False, x_ahead, ahead, group_columns, 0, ring, pdl=True)
+    lines = [line.strip() for line in pdl.splitlines()]
+    memory = [i for i, line in enumerate(lines) if "ld." in line or "cp.async." in line]
+    assert lines.count("griddepcontrol.wait;") == 1 and lines.index("griddepcontrol.wait;") < memory[0]
+    assert ".nc" not in pdl and "ld.global.nc" in plain
+    assert any("[txp" in line and "ld.global.v4.b32" in line for line in lines)      # x, plainly
+    assert pdl.replace("griddepcontrol.wait;\n", "").replace("ld.global", "ld.global.nc") == plain
+
+
+@pytest.mark.parametrize("R,tokens,x_ahead,ahead,group_columns,ring", PDL_FORMS[::2])
+def test_ptx_pdl_sums_are_the_same_bits(R, tokens, x_ahead, ahead, group_columns, ring):
+    """The same warp's outputs with and without ``pdl``, bit for bit (the simulator runs one kernel: its wait
+    returns at once)."""
+    M = {1: 1, 8: 6, 16: 13}[tokens]
+    args = (M, 29, 768, 64, R, tokens)
+    kw = dict(f16=False, x_ahead=x_ahead, ahead=ahead, group_columns=group_columns, ring=ring)
+    y0, owned, ref = _warp_outputs(*args, **kw)
+    y1, _, _ = _warp_outputs(*args, **kw, pdl=True)
+    assert owned.any() and torch.equal(y0[owned], y1[owned])
+    assert (y1 - ref)[owned].abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_pdl_is_a_tile_field_and_needs_sm90_cuda():
+    """``TcTile.PDL`` is on in every default tile and a config can turn it off; it takes effect only where
+    ``pdl_ok`` (a CUDA device of compute capability 9.0+, kernels not interpreted): never on the CPU."""
+    from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tile
+    from arbitor.ternary.ops.triton_common import pdl_ok
+    assert all(t.PDL for t in (*TC_TILES.values(), TC_TILE_SHORT_K[1], TC_TILE_ONE_WAVE[1]))
+    assert tc_tile(1, 4096, {"PDL": False}).PDL is False
+    assert not pdl_ok(torch.device("cpu"))
 
 
 def test_ptx_warp_fp16_and_group_128():

@@ -81,6 +81,45 @@ for (bn, bk, warps), planes in ((_MMA_TILE[:3], False), (_PLANES_TILE[:3], True)
 print('compiled')
 """
 
+PDL_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILES, _constraints, decode_tc_kernel
+from arbitor.model.decode_attention import _split_kernel
+target = GPUTarget('cuda', 90, 32)
+def ptx(fn, sig, consts, warps):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                       options={'num_warps': warps, 'launch_pdl': True})
+    assert k.asm['cubin'], fn
+    return k.asm['ptx']
+tc = {'x_ptr': '*bf16', 'w_ptr': '*i32', 's_ptr': '*fp32', 'y_ptr': '*bf16', 'ws_ptr': '*fp32', 'cnt_ptr': '*i32',
+      'tbl_ptr': '*i32', 'M': 'i32', 'N': 'i32', 'KW': 'i32', 'G': 'i32', 'stride_xm': 'i32', 'SPLIT': 'i32',
+      'Q_PER_SPLIT': 'i32'}
+for tokens, t in ((1, TC_TILES[1]), (1, TC_TILE_ONE_WAVE[1]), (16, TC_TILES[16])):
+    consts = {'GS': 64, 'R': t.R, 'TOKENS': tokens, 'NUM_WARPS': t.num_warps, 'WARP_SPLIT': t.WARP_SPLIT,
+              'GROUP_COLUMNS': t.GROUP_COLUMNS, 'ASM': t.asm(64, tokens, False, True),
+              'CONSTRAINTS': _constraints(t.R, tokens), 'RELU_SQUARE': False, 'INTERP': False, 'PDL': True}
+    code = ptx(decode_tc_kernel, dict(tc, **{k: 'constexpr' for k in consts}), consts, t.num_warps)
+    # the wait before the first load; the trigger after the K loop's last mma, before the stores
+    assert code.index('griddepcontrol.wait') < code.index('ld.global'), t
+    trigger = code.index('griddepcontrol.launch_dependents')
+    assert code.rindex('mma.sync') < trigger < code.index('st.global'), t
+    assert 'ld.global.nc' not in code, t
+att = {n: '*bf16' for n in ('q_ptr', 'k_ptr', 'v_ptr', 'mask_ptr', 'kn_ptr', 'vn_ptr', 'out_ptr')}
+att.update({'pos_ptr': '*i64', 'acc_ptr': '*fp32', 'ml_ptr': '*fp32', 'cnt_ptr': '*i32', 'qk_scale': 'fp32'})
+att.update({n: 'i32' for n in ('H', 'L', 'n_splits', 'BH', 's_qb', 's_qh', 's_kb', 's_kh', 's_kl', 's_vb', 's_vh',
+                               's_vl', 's_m', 's_knb', 's_knh', 's_vnb', 's_vnh', 's_ob', 's_oh')})
+for append in (False, True):
+    consts = {'HD': 128, 'BLOCK_L': 128, 'SPLIT_TILES': 1, 'SPLIT_BLOCK': 8, 'APPEND': append, 'PDL': True}
+    sig = dict(att, mask_ptr='*bf16' if append else '*u8', **{k: 'constexpr' for k in consts})
+    code = ptx(_split_kernel, sig, consts, 4)
+    assert code.index('griddepcontrol.wait') < code.index('ld.global'), append
+    assert 'griddepcontrol.launch_dependents' in code and 'ld.global.nc' not in code, append
+print('compiled')
+"""
+
+
 FP8_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
@@ -142,6 +181,14 @@ def test_decode_kernels_compile_for_sm90():
     sweep's extremes (a narrow, wide tile and the widest 128 x 512), with ``split_epilogue``'s unrolled reads; the
     tensor-core decode kernel."""
     _compile(DECODE_SCRIPT)
+
+
+def test_dependent_launch_kernels_compile_for_sm90_and_wait_before_they_read():
+    """``decode_tc_kernel`` (one-row tiles, the one-wave ring tile, 16 rows) and the decode attention (with and without
+    the cache append) as programmatic dependents: in each one's PTX ``griddepcontrol.wait`` comes before the first
+    global load, the trigger for the next kernel after the K loop (``decode_tc``: after its last ``mma``, before its
+    stores), and neither reads anything through the non-coherent path."""
+    _compile(PDL_SCRIPT)
 
 
 def test_fp8_quantisers_compile_for_sm90():
