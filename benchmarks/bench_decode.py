@@ -14,13 +14,16 @@ over the baseline's for decode rows):
   ``--reps`` times: per-call device time, no Python launch overhead, weights from HBM. Beside each row, the
   harness's measured floors (``benchmarks/_read_floor.py``): a kernel that only reads the frozen layer's bytes
   (``read_floor_ms``; ``floor_ratio`` = cuBLAS ms / read floor ms, the ceiling of the row's ratio) and an empty
-  launch (``launch_floor_ms``).
+  launch (``launch_floor_ms``). On sm_90+ the frozen layer launches as a programmatic dependent, so in the
+  harness's chain each call overlaps the one before it; ``frozen_no_pdl_ms`` / ``ratio_no_pdl`` time the same
+  kernel launched plainly.
 * ``decode_<preset>_b1`` / ``_b16``: greedy decode tokens/s of ``--new`` tokens after a ``--prompt``-token
   prompt. GPU (``--preset 3b`` by default): both models built on the meta device and materialised with random
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
   ``arbitor.model.decode.GraphedDecoder`` (static KV cache, one token step replayed as a CUDA graph; the
   prefill and the first step are excluded from the timing). ``--fuse`` adds both models with fused q / k / v /
-  gate projections, ``--inductor-pdl`` the compiled step with Inductor's programmatic dependent launch,
+  gate projections, ``--inductor-pdl`` the compiled step with Inductor's programmatic dependent launch (now the
+  decoder's default, so the same as ``compile+graph``),
   ``--inductor-options NAME:KEY=VALUE,..`` the compiled step with other Inductor options; each side's figure is
   its fastest variant. arbitor's eager ``generate`` is timed beside it,
   the fast paths' greedy tokens are compared with the same static-cache step run eagerly over a cache of the
@@ -739,8 +742,9 @@ def main(argv=None) -> int:
                     help="decode rows: comma list of the models to measure among ternary, dense (and, with "
                          "--fuse, ternary-fused, dense-fused); default all")
     ap.add_argument("--inductor-pdl", action="store_true",
-                    help="GPU decode rows: also the compiled step with Inductor's programmatic dependent launch, "
-                         "variant 'compile+graph+pdl' of each model (--inductor-options pdl:triton.enable_pdl=true)")
+                    help="GPU decode rows: the variant 'compile+graph+pdl' of each model (--inductor-options "
+                         "pdl:triton.enable_pdl=true); the same as 'compile+graph' since decode.COMPILE_OPTIONS "
+                         "turns Inductor's programmatic dependent launch on (kept for the recorded commands)")
     ap.add_argument("--inductor-options", action="append", default=[], type=inductor_variant,
                     metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="decode rows: also the compiled step with these Inductor options, variant "

@@ -507,11 +507,13 @@ def pdl_ok(device: torch.device) -> bool:
     """Whether a kernel on ``device`` may launch as a programmatic dependent (``launch_pdl``: it starts while the
     kernel before it in the stream still runs, and waits for it with ``griddepcontrol.wait``): a CUDA device of
     compute capability 9.0 or newer, kernels not built for the interpreter."""
-    return device.type == "cuda" and not INTERPRETED and _capability(device.index)[0] >= 9
+    if device.type != "cuda" or INTERPRETED:
+        return False
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
 
 
 @functools.lru_cache(maxsize=None)
-def _capability(index: Optional[int]) -> tuple[int, int]:
+def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 

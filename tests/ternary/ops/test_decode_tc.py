@@ -184,14 +184,20 @@ def test_ptx_pdl_sums_are_the_same_bits(R, tokens, x_ahead, ahead, group_columns
     assert (y1 - ref)[owned].abs().max().item() <= 1e-5 * ref.abs().max().item()
 
 
-def test_pdl_is_a_tile_field_and_needs_sm90_cuda():
+def test_pdl_is_a_tile_field_and_needs_sm90_cuda(monkeypatch):
     """``TcTile.PDL`` is on in every default tile and a config can turn it off; it takes effect only where
-    ``pdl_ok`` (a CUDA device of compute capability 9.0+, kernels not interpreted): never on the CPU."""
+    ``pdl_ok`` (a CUDA device of compute capability 9.0+, kernels not interpreted): never on the CPU or under the
+    interpreter, not on an sm_80 device."""
+    from arbitor.ternary.ops import triton_common
     from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tile
-    from arbitor.ternary.ops.triton_common import pdl_ok
     assert all(t.PDL for t in (*TC_TILES.values(), TC_TILE_SHORT_K[1], TC_TILE_ONE_WAVE[1]))
     assert tc_tile(1, 4096, {"PDL": False}).PDL is False
-    assert not pdl_ok(torch.device("cpu"))
+    assert not triton_common.pdl_ok(torch.device("cpu"))
+    monkeypatch.setattr(triton_common, "_capability", lambda index: {0: (8, 0), 1: (9, 0)}[index])
+    monkeypatch.setattr(triton_common, "INTERPRETED", False)
+    assert [triton_common.pdl_ok(torch.device("cuda", i)) for i in (0, 1)] == [False, True]
+    monkeypatch.setattr(triton_common, "INTERPRETED", True)
+    assert not triton_common.pdl_ok(torch.device("cuda", 1))
 
 
 def test_ptx_warp_fp16_and_group_128():
