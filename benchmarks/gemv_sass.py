@@ -54,18 +54,18 @@ def count(bn: int, bk: int, warps: int, group_size: int = 64, kernel_name: str =
     if kernel_name == "tc":     # bn = R (blocks of 16 features a warp), bk = tokens (1, 8, 16); one row's tile
         from arbitor.ternary.ops.decode_tc import TC_TILES, _constraints, decode_tc_kernel, tc_loop_chunks
         R, tokens = bn, bk
-        tile = TC_TILES[tokens]._replace(R=R, num_warps=warps)
+        tile = TC_TILES[tokens]._replace(R=R, num_warps=warps, PDL=False)   # the plain launch's loop
         fn = decode_tc_kernel
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp32", "y_ptr": "*bf16", "ws_ptr": "*fp32",
                "cnt_ptr": "*i32", "tbl_ptr": "*i32", "M": "i32", "N": "i32", "KW": "i32", "G": "i32",
                "stride_xm": "i32", "SPLIT": "i32", "Q_PER_SPLIT": "i32", "GS": "constexpr", "R": "constexpr",
                "TOKENS": "constexpr", "NUM_WARPS": "constexpr", "WARP_SPLIT": "constexpr",
                "GROUP_COLUMNS": "constexpr", "ASM": "constexpr",
-               "CONSTRAINTS": "constexpr", "INTERP": "constexpr"}
+               "CONSTRAINTS": "constexpr", "RELU_SQUARE": "constexpr", "INTERP": "constexpr", "PDL": "constexpr"}
         const = {"GS": group_size, "R": R, "TOKENS": tokens, "NUM_WARPS": warps, "WARP_SPLIT": tile.WARP_SPLIT,
                  "GROUP_COLUMNS": tile.GROUP_COLUMNS,
                  "ASM": tile.asm(group_size, tokens, False),
-                 "CONSTRAINTS": _constraints(R, tokens), "INTERP": False}
+                 "CONSTRAINTS": _constraints(R, tokens), "RELU_SQUARE": False, "INTERP": False, "PDL": tile.PDL}
         aligned_names = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "ws_ptr", "cnt_ptr", "tbl_ptr", "N", "KW", "G",
                          "stride_xm", "Q_PER_SPLIT")
         # the loop body: tc_loop_chunks chunks of 256 columns (ahead + 1 register sets, or the ring's slots)

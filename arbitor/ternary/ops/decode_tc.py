@@ -75,18 +75,17 @@ class TcTile(NamedTuple):
     GROUP_COLUMNS: bool = False  #: one row: a lane's 64 contiguous columns, the groups apart in the mma's columns
     L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
     RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
-    PDL: bool = True            #: launched as a programmatic dependent where the device allows it (``pdl_ok``)
+    PDL: bool = True            #: launched as a programmatic dependent (``tc_forward`` keeps it where ``pdl_ok``)
 
     @property
     def ring_bytes(self) -> int:
         """Static shared memory of the launch's ring (``ring_bytes``; 0 without one)."""
         return ring_bytes(self.RING, self.R, 32 * self.num_warps)
 
-    def asm(self, group_size: int, tokens: int, f16: bool, pdl: bool = False) -> str:
-        """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields (``pdl``: launched as a programmatic
-        dependent)."""
+    def asm(self, group_size: int, tokens: int, f16: bool) -> str:
+        """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields."""
         return tc_gemv_asm(self.R, group_size, tokens, f16, self.X_AHEAD, self.AHEAD, self.GROUP_COLUMNS,
-                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, pdl)
+                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, self.PDL)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -626,6 +625,8 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
     sms = n_sm(x.device)
     t = tc_tile(M, in_features, config, N, sms)
+    if t.PDL and not pdl_ok(x.device):      # the launch as it runs: a dependent only where the device allows it
+        t = t._replace(PDL=False)
     tokens = tc_tokens(M)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     quads = in_features // 64
@@ -634,11 +635,10 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     # splits in whole 256-column chunks (a chunk never straddles two splits: the PTX loads a chunk at a time)
     per, split = split_len(quads, max(1, min(want, triton.cdiv(quads, 4))), 4)
     ws, cnt = split_buffers(y, split, tiles)
-    pdl = t.PDL and pdl_ok(x.device)
     decode_tc_kernel[(tiles, split)](x, T_packed.view(torch.int32), S, y, ws, cnt, _table(x.device), M, N,
                                      in_features // 16, G, x.stride(0), split, per, GS=group_size, R=t.R, TOKENS=tokens,
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
-                                     ASM=t.asm(group_size, tokens, x.dtype == torch.float16, pdl),
+                                     ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
                                      CONSTRAINTS=_constraints(t.R, tokens), RELU_SQUARE=relu_square,
-                                     INTERP=INTERPRETED, PDL=pdl, num_warps=t.num_warps, launch_pdl=pdl)
+                                     INTERP=INTERPRETED, PDL=t.PDL, num_warps=t.num_warps, launch_pdl=t.PDL)
     return y

@@ -98,7 +98,7 @@ tc = {'x_ptr': '*bf16', 'w_ptr': '*i32', 's_ptr': '*fp32', 'y_ptr': '*bf16', 'ws
       'Q_PER_SPLIT': 'i32'}
 for tokens, t in ((1, TC_TILES[1]), (1, TC_TILE_ONE_WAVE[1]), (16, TC_TILES[16])):
     consts = {'GS': 64, 'R': t.R, 'TOKENS': tokens, 'NUM_WARPS': t.num_warps, 'WARP_SPLIT': t.WARP_SPLIT,
-              'GROUP_COLUMNS': t.GROUP_COLUMNS, 'ASM': t.asm(64, tokens, False, True),
+              'GROUP_COLUMNS': t.GROUP_COLUMNS, 'ASM': t.asm(64, tokens, False),
               'CONSTRAINTS': _constraints(t.R, tokens), 'RELU_SQUARE': False, 'INTERP': False, 'PDL': True}
     code = ptx(decode_tc_kernel, dict(tc, **{k: 'constexpr' for k in consts}), consts, t.num_warps)
     # the wait before the first load; the trigger after the K loop's last mma, before the stores
