@@ -16,7 +16,8 @@ over the baseline's for decode rows):
   (``read_floor_ms``; ``floor_ratio`` = cuBLAS ms / read floor ms, the ceiling of the row's ratio) and an empty
   launch (``launch_floor_ms``). On sm_90+ the frozen layer launches as a programmatic dependent, so in the
   harness's chain each call overlaps the one before it; ``frozen_no_pdl_ms`` / ``ratio_no_pdl`` time the same
-  kernel launched plainly.
+  kernel launched plainly. The frozen layer's buffers are in the ``tc`` layout that ``for_inference`` gives layers
+  on CUDA (``format.tc_tiles``); ``frozen_rows_ms`` / ``ratio_rows`` time it in the row layout.
 * ``decode_<preset>_b1`` / ``_b16``: greedy decode tokens/s of ``--new`` tokens after a ``--prompt``-token
   prompt. GPU (``--preset 3b`` by default): both models built on the meta device and materialised with random
   weights on the GPU (``bench_speed._build``), arbitor ternary against ``linear="dense"`` bf16, both through
@@ -245,6 +246,7 @@ def _floors(states, reps: int, device) -> dict:
 
 
 def gemv_rows(args, device, res, flush) -> None:
+    from arbitor.ternary.format import tc_tiles
     from arbitor.ternary.ops import decode_triton, linear_triton
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
     for K, N in args.gemv_shapes:
@@ -253,14 +255,18 @@ def gemv_rows(args, device, res, flush) -> None:
         n_w = max(2, math.ceil(4 * l2_bytes / w_bytes))
         Ws = [torch.randn(N, K, device=device, dtype=torch.bfloat16) / math.sqrt(K) for _ in range(n_w)]
         floors = _floors(states, args.reps, device)
+        states = [(*s, tc_tiles(s[0], s[5], K, gs)) for s in states]      # s[6]: (T_tiles, S_tiles)
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
             times = {"gemv": None, "frozen_before_tc": None}  # the training layer's GEMV is M = 1 only
             # the frozen layer as the library launches it (on sm_90+ a programmatic dependent: in this chain of calls
             # each launch overlaps the call before it), and the same kernel launched plainly (its own time)
-            variants = {"frozen": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs),
-                        "frozen_no_pdl": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs,
+            # the frozen layer as for_inference leaves it on CUDA: its buffers in the tc layout (format.tc_tiles),
+            # and the same layer in the row layout
+            variants = {"frozen": lambda s: decode_triton.decode_forward(x, *s[6], K, gs),
+                        "frozen_no_pdl": lambda s: decode_triton.decode_forward(x, *s[6], K, gs,
                                                                                 config={"PDL": False}),
+                        "frozen_rows": lambda s: decode_triton.decode_forward(x, s[0], s[5], K, gs),
                         "auto": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="auto"),
                         "fused": lambda s: linear_triton.ternary_forward(x, *s[:5], K, gs, 4.0, path="fused")}
             if M == 1:
@@ -279,8 +285,8 @@ def gemv_rows(args, device, res, flush) -> None:
             bound_ms = 1000 * f_bytes / (args.hbm_tbps * 1e12)
             ms = times["frozen"]
             row = {"name": f"gemv_m{M}", "shape": f"M={M}, K={K}, N={N}, bf16, group 64", "arbitor_ms": ms,
-                   "arbitor": "frozen layer (arbitor.for_inference): decode_tc_kernel (tensor cores, 1-16 rows) over "
-                              "T_packed + float32 S",
+                   "arbitor": "frozen layer (arbitor.for_inference; on CUDA the tc layout, format.tc_tiles): "
+                              "decode_tc_kernel (tensor cores, 1-16 rows) over T_tiles + float32 S_tiles",
                    "baseline": f"cuBLAS bf16 x @ W.T (weights rotated over {n_w} copies)", "baseline_ms": base,
                    "ratio": base / ms if ms else None, "bound_ms": bound_ms,
                    "bound_note": f"(T_packed + S float32) bytes / {args.hbm_tbps} TB/s",
@@ -292,6 +298,8 @@ def gemv_rows(args, device, res, flush) -> None:
                    "arbitor_gemv_ms": times["gemv"], "arbitor_fused_ms": times["fused"],
                    "frozen_before_tc_ms": times["frozen_before_tc"],
                    "frozen_no_pdl_ms": times["frozen_no_pdl"],
+                   "frozen_rows_ms": times["frozen_rows"],
+                   "ratio_rows": base / times["frozen_rows"] if times["frozen_rows"] else None,
                    "ratio_no_pdl": base / times["frozen_no_pdl"] if times["frozen_no_pdl"] else None,
                    **floors, "floor_ratio": base / floors["read_floor_ms"],
                    "of_read_floor": floors["read_floor_ms"] / ms if ms else None,
@@ -642,21 +650,23 @@ def write(res, out: Path) -> None:
     lines = [f"# Decode speed ({tag})", "", f"Command: `{res['command']}` ({res['threads']} threads)", ""]
     gemv = [r for r in res["rows"] if r["name"].startswith("gemv")]
     if gemv:
-        lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`) "
-                  "as the library launches it (on sm_90+ a programmatic dependent launch: in the harness's chain of "
+        lines += ["GEMV rows: `arbitor ms` is a frozen layer (`arbitor.for_inference`: `T_packed` + float32 `S`, "
+                  "in the `tc` layout that it gives layers on CUDA, `format.tc_tiles`) as the library launches it "
+                  "(on sm_90+ a programmatic dependent launch: in the harness's chain of "
                   "calls each launch overlaps the call before it, as in a decode step; cuBLAS's calls do not); "
                   "`no PDL ms` the same kernel launched plainly (its own time) and `ratio no PDL` cuBLAS ms over it; "
+                  "`rows ms` the same layer in the row layout, as launched; "
                   "`training layer ms` the same call on a trained layer's state (`E` + `corr_accum`); `before tc ms` "
                   "the frozen layer's kernels before `decode_tc` (the CUDA-core GEMV at one row, `decode_mma_kernel` "
                   "above). ratio = cuBLAS ms / arbitor ms; bound = the frozen layer's bytes at the HBM rate; read "
                   "floor = a kernel that only reads those bytes, in the same harness (`benchmarks/_read_floor.py`; "
                   "the fastest of its grids), and ceiling = cuBLAS ms / read floor ms, the ratio a GEMV at the read "
                   "floor would reach.", "",
-                  "| row | shape | arbitor ms | no PDL ms | before tc ms | training layer ms | cuBLAS bf16 ms "
-                  "| ratio | ratio no PDL | bound ms | of bound | read floor ms | ceiling |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| row | shape | arbitor ms | no PDL ms | rows ms | before tc ms | training layer ms | "
+                  "cuBLAS bf16 ms | ratio | ratio no PDL | bound ms | of bound | read floor ms | ceiling |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['shape']} | {f(r['arbitor_ms'], '.4f')} | "
-                  f"{f(r.get('frozen_no_pdl_ms'), '.4f')} | "
+                  f"{f(r.get('frozen_no_pdl_ms'), '.4f')} | {f(r.get('frozen_rows_ms'), '.4f')} | "
                   f"{f(r.get('frozen_before_tc_ms'), '.4f')} | "
                   f"{f(r.get('training_layer_ms'), '.4f')} | {f(r['baseline_ms'], '.4f')} | {f(r['ratio'], '.2f')}x | "
                   f"{f(r.get('ratio_no_pdl'), '.2f')}{'x' if r.get('ratio_no_pdl') else ''} | "

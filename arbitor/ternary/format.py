@@ -65,6 +65,27 @@ A scale group is ``group_size`` consecutive weights of one row (one ``E`` and on
 divides ``in_features`` (``check_group_size``), so every group starts on a byte boundary
 of ``T_packed`` and covers ``group_size // 4`` whole bytes, and the GPU kernels tile
 groups evenly. Ragged last groups are not supported.
+
+The frozen layer's ``tc`` layout: ``T_tiles`` and ``S_tiles``
+-------------------------------------------------------------
+A frozen layer (``inference.TernaryInferenceLinear``) may hold its trits and float32 group scales ``S [N, G]``
+rearranged for the tensor-core decode GEMV (``ops/decode_tc.py``): the same bytes and scales, in the order one
+warp's lanes read them, so each of a warp's loads is contiguous (a Marlin-style weight permutation). It needs
+``out_features % 16 == 0``, ``in_features % 256 == 0`` and ``group_size`` in {64, 128, 256} (``tc_tiles_ok``). With
+``N = out_features``, ``NB = N / 16`` blocks of 16 features, ``C = in_features / 256`` chunks of 256 columns,
+``T_packed`` read as little-endian int32 words ``w[n, j]`` (16 trits a word) and ``ngc = 256 / group_size``
+groups a chunk::
+
+    T_tiles: [NB, C, 2, 32, 16] uint8    unit (b, c, h, lane) = 4 int32 words, lane = 4 * g + tq (g < 8, tq < 4):
+             word q (q < 4) of the unit = w[16 b + 8 h + g, 16 c + 4 q + tq]
+    S_tiles: [NB, C, 2, 8, ngc] float32  S_tiles[b, c, h, g, i] = S[16 b + 8 h + g, ngc * c + i]
+
+so a block's chunk is 1 KB of words (two runs of 512 bytes, one for features ``g`` and one for ``g + 8``) and
+``64 * ngc`` bytes of scales. Lane ``(g, tq)`` of a warp's ``mma`` needs exactly its unit's words: word ``tq`` of
+each of the chunk's four 64-column quads, for feature ``g`` (``h = 0``) and ``g + 8`` (``h = 1``).
+``tc_tiles`` makes the layout from the row layout, ``tc_rows`` undoes it (bit for bit). A frozen layer in this layout
+keeps its buffers' names (``T_packed``, ``S``: the state-dict keys) and shapes them as above; the decode ops tell
+the layouts apart by rank (2-D rows, 5-D tiles).
 """
 from __future__ import annotations
 
@@ -74,7 +95,8 @@ import torch
 
 __all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
            "COUNTER_BITS", "check_counter_bits", "counter_packed_shape", "pack_counters", "unpack_counters",
-           "counter_planes", "counter_padding_ok", "check_group_size"]
+           "counter_planes", "counter_padding_ok", "check_group_size", "tc_tiles_ok", "tc_tiles", "tc_rows",
+           "tc_tiles_shapes"]
 
 CODE_ZERO = 0b00
 CODE_POS = 0b01
@@ -244,3 +266,54 @@ def check_group_size(in_features: int, group_size: int) -> None:
         fix = f"e.g. group_size={hint}" if hint >= 4 else "in_features is not a multiple of 4: pad the features"
         raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}; pick a group_size "
                          f"dividing it ({fix})")
+
+
+def tc_tiles_ok(out_features: int, in_features: int, group_size: int) -> bool:
+    """Whether a ``[out_features, in_features]`` layer with groups of ``group_size`` has a ``tc`` layout: whole
+    blocks of 16 features and chunks of 256 columns, groups of 64, 128 or 256 (module doc)."""
+    return out_features > 0 and out_features % 16 == 0 and in_features % 256 == 0 and group_size in (64, 128, 256)
+
+
+def tc_tiles_shapes(out_features: int, in_features: int, group_size: int) -> tuple[tuple, tuple]:
+    """Shapes of ``(T_tiles, S_tiles)`` for a ``[out_features, in_features]`` layer (module doc)."""
+    return (out_features // 16, in_features // 256, 2, 32, 16), (out_features // 16, in_features // 256, 2, 8,
+                                                                  256 // group_size)
+
+
+def _check_tc(name: str, out_features: int, in_features: int, group_size: int) -> None:
+    if not tc_tiles_ok(out_features, in_features, group_size):
+        raise ValueError(f"{name}: the tc layout needs out_features % 16 == 0, in_features % 256 == 0 and group_size "
+                         f"64, 128 or 256, got out_features={out_features}, in_features={in_features}, "
+                         f"group_size={group_size}")
+
+
+def tc_tiles(T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """``(T_tiles, S_tiles)``: ``T_packed [N, in_features / 4]`` (uint8) and ``S [N, G]`` (float32) in the ``tc``
+    layout (module doc), new tensors on their device."""
+    N = T_packed.shape[0]
+    _check_tc("tc_tiles", N, in_features, group_size)
+    if tuple(T_packed.shape) != packed_shape(N, in_features) or tuple(S.shape) != (N, in_features // group_size):
+        raise ValueError(f"tc_tiles: T_packed {tuple(T_packed.shape)} and S {tuple(S.shape)} are not a [{N}, "
+                         f"{in_features}] layer's at group_size {group_size}")
+    nb, C, ngc = N // 16, in_features // 256, 256 // group_size
+    words = T_packed.contiguous().view(torch.int32).view(nb, 2, 8, C, 4, 4)         # [b, h, g, c, q, tq]
+    tiles = words.permute(0, 3, 1, 2, 5, 4).contiguous()                              # [b, c, h, g, tq, q]
+    scales = S.to(torch.float32).reshape(nb, 2, 8, C, ngc).permute(0, 3, 1, 2, 4)     # [b, c, h, g, i]
+    return tiles.view(torch.uint8).view(nb, C, 2, 32, 16), scales.contiguous()
+
+
+def tc_rows(T_tiles: torch.Tensor, S_tiles: torch.Tensor, in_features: int, group_size: int) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """``tc_tiles``'s inverse: ``(T_packed [N, in_features / 4], S [N, G])`` with ``N = 16 * T_tiles.shape[0]``,
+    bit for bit."""
+    N = 16 * T_tiles.shape[0] if T_tiles.dim() == 5 else 0
+    _check_tc("tc_rows", N, in_features, group_size)
+    want_t, want_s = tc_tiles_shapes(N, in_features, group_size)
+    if tuple(T_tiles.shape) != want_t or tuple(S_tiles.shape) != want_s:
+        raise ValueError(f"tc_rows: T_tiles {tuple(T_tiles.shape)} and S_tiles {tuple(S_tiles.shape)} are not a "
+                         f"[{N}, {in_features}] layer's tc layout {want_t}, {want_s}")
+    nb, C = want_t[0], want_t[1]
+    words = T_tiles.contiguous().view(torch.int32).view(nb, C, 2, 8, 4, 4).permute(0, 2, 3, 1, 5, 4)
+    S = S_tiles.permute(0, 2, 3, 1, 4).reshape(N, in_features // group_size)
+    return words.reshape(N, in_features // 16).contiguous().view(torch.uint8), S.contiguous()

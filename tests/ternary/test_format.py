@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arbitor.ternary.format import (counter_packed_shape, counter_padding_ok, pack_counters, pack_ternary,
-                                    packed_shape, unpack_counters, unpack_ternary, validate_packed)
+                                    packed_shape, tc_rows, tc_tiles, tc_tiles_ok, tc_tiles_shapes, unpack_counters,
+                                    unpack_ternary, validate_packed)
 
 
 @settings(max_examples=60, deadline=None)
@@ -85,3 +86,34 @@ def test_counter_packing_errors():
         pack_counters(torch.tensor([[4]]), 2)
     with pytest.raises(ValueError, match="bytes per row"):
         unpack_counters(torch.zeros(2, 3, dtype=torch.uint8), 16, 4)
+
+
+@pytest.mark.parametrize("N,K,gs", [(16, 256, 64), (48, 768, 128), (32, 512, 256)])
+def test_tc_layout_is_as_documented_and_round_trips(N, K, gs):
+    """``tc_tiles``: unit ``(b, c, h, lane)`` word ``q`` is word ``16 c + 4 q + tq`` of row ``16 b + 8 h + g``
+    (``lane = 4 g + tq``), scales by ``(b, c, h, g, i)``; ``tc_rows`` gives back the same bytes and scales."""
+    g_ = torch.Generator().manual_seed(N + K)
+    T_packed = pack_ternary(torch.randint(-1, 2, (N, K), generator=g_))
+    S = torch.rand(N, K // gs, generator=g_)
+    T_tiles, S_tiles = tc_tiles(T_packed, S, K, gs)
+    assert (tuple(T_tiles.shape), tuple(S_tiles.shape)) == tc_tiles_shapes(N, K, gs)
+    w, tw = T_packed.view(torch.int32), T_tiles.view(torch.int32)
+    ngc = 256 // gs
+    last_b, last_c = N // 16 - 1, K // 256 - 1
+    for b, c, h, g, tq, q in [(0, 0, 0, 0, 0, 0), (last_b, last_c, 1, 7, 3, 3), (0, last_c, 1, 2, 1, 2)]:
+        assert tw[b, c, h, 4 * g + tq, q] == w[16 * b + 8 * h + g, 16 * c + 4 * q + tq]
+        assert S_tiles[b, c, h, g, ngc - 1] == S[16 * b + 8 * h + g, ngc * c + ngc - 1]
+    back = tc_rows(T_tiles, S_tiles, K, gs)
+    assert torch.equal(back[0], T_packed) and torch.equal(back[1], S)
+
+
+def test_tc_layout_refuses_shapes_it_cannot_take():
+    assert tc_tiles_ok(32, 512, 64) and not tc_tiles_ok(24, 512, 64) and not tc_tiles_ok(32, 320, 64)
+    assert not tc_tiles_ok(32, 512, 32)
+    with pytest.raises(ValueError, match="out_features % 16 == 0"):
+        tc_tiles(pack_ternary(torch.zeros(24, 256)), torch.ones(24, 4), 256, 64)
+    with pytest.raises(ValueError, match="are not a"):
+        tc_tiles(pack_ternary(torch.zeros(16, 256)), torch.ones(16, 2), 256, 64)
+    T_tiles, S_tiles = tc_tiles(pack_ternary(torch.zeros(16, 256)), torch.ones(16, 4), 256, 64)
+    with pytest.raises(ValueError, match="tc layout"):
+        tc_rows(T_tiles, S_tiles, 512, 64)

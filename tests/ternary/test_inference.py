@@ -125,6 +125,81 @@ def test_concat_stacks_rows_and_refuses_mismatches():
         TernaryInferenceLinear.concat([])
 
 
+def _frozen_256(bias: bool = False, relu_square: bool = False) -> TernaryInferenceLinear:
+    """A frozen [48, 512] layer at group 64 (a shape the ``tc`` layout takes) with random trits and scales."""
+    g = torch.Generator().manual_seed(7)
+    layer = TernaryInferenceLinear(512, 48, 64, bias=bias, backend="torch", relu_square=relu_square)
+    layer.T_packed.copy_(arbitor.pack_ternary(torch.randint(-1, 2, (48, 512), generator=g)))
+    layer.S.copy_(torch.rand(48, 8, generator=g) * 0.1)
+    if bias:
+        layer.bias.copy_(torch.randn(48, generator=g))
+    return layer
+
+
+@pytest.mark.parametrize("bias,relu_square", [(False, False), (True, False), (False, True)])
+def test_tc_layout_gives_the_same_outputs_and_state(bias, relu_square):
+    """``to_layout("tc")`` rearranges the layer's own buffers (``format.tc_tiles``): the same outputs bit for bit, the
+    same bytes, a state dict that loads into a layer built in that layout (and not into one in rows), and back."""
+    rows = _frozen_256(bias, relu_square)
+    tc = copy.deepcopy(rows).to_layout("tc")
+    assert (rows.layout, tc.layout) == ("rows", "tc") and "tc layout" in repr(tc)
+    assert tc.T_packed.shape == (3, 2, 2, 32, 16) and tc.S.shape == (3, 2, 2, 8, 4)
+    assert sum(b.numel() * b.element_size() for b in tc.buffers()) == sum(b.numel() * b.element_size()
+                                                                          for b in rows.buffers())
+    x = torch.randn(2, 3, 512)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(tc(x.to(dtype)), rows(x.to(dtype)))
+    assert torch.equal(tc.effective_weight(), rows.effective_weight())
+    fresh = TernaryInferenceLinear(512, 48, 64, bias=bias, backend="torch", relu_square=relu_square, layout="tc")
+    fresh.load_state_dict(tc.state_dict())
+    assert torch.equal(fresh(x), rows(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        TernaryInferenceLinear(512, 48, 64, bias=bias).load_state_dict(tc.state_dict())
+    back = copy.deepcopy(tc).to_layout("rows")
+    assert torch.equal(back.T_packed, rows.T_packed) and torch.equal(back.S, rows.S)
+
+
+def test_tc_layout_concat_and_refusals():
+    """``concat`` stacks layers of one layout (blocks of 16 features in ``tc``) and refuses a mix; a shape the layout
+    cannot take and an unknown layout name are one-line errors."""
+    a, b = _frozen_256(), _frozen_256()
+    b.S.mul_(2)
+    rows = TernaryInferenceLinear.concat([a, b])
+    tc = TernaryInferenceLinear.concat([copy.deepcopy(a).to_layout("tc"), copy.deepcopy(b).to_layout("tc")])
+    assert tc.layout == "tc" and tc.out_features == 96
+    assert torch.equal(copy.deepcopy(rows).to_layout("tc").T_packed, tc.T_packed)
+    x = torch.randn(3, 512)
+    assert torch.equal(tc(x), rows(x))
+    with pytest.raises(ValueError, match="layout"):
+        TernaryInferenceLinear.concat([a, copy.deepcopy(b).to_layout("tc")])
+    with pytest.raises(ValueError, match="layout 'tc' needs out_features % 16 == 0"):
+        TernaryInferenceLinear.from_trained(_trained_layer()).to_layout("tc")
+    with pytest.raises(ValueError, match="layout must be one of rows, tc"):
+        a.to_layout("tiles")
+    with pytest.raises(ValueError, match="for_inference: layout must be"):
+        for_inference(torch.nn.Sequential(), layout="tiles")
+
+
+def test_for_inference_layout_choice_keeps_the_tokens():
+    """``for_inference(layout=...)``: ``"auto"`` keeps rows on the CPU (the tc layout is for the GPU's kernel),
+    ``"tc"`` rearranges every layer whose shape allows it (every one at ``d_model`` 256, the fused q/k/v/gate layer
+    and the 256-token head included), ``"rows"`` none; the greedy tokens are the same in every layout."""
+    torch.manual_seed(4)
+    cfg = preset("tiny", d_model=256, n_heads=2, max_ctx=32)
+    model = ArbitorLM(cfg).eval()
+    idx = torch.randint(0, 256, (1, 5))
+    auto = for_inference(copy.deepcopy(model))
+    tc = for_inference(copy.deepcopy(model), fuse_projections=True, layout="tc")
+    frozen = [m for m in tc.modules() if isinstance(m, TernaryInferenceLinear)]
+    assert all(m.layout == "rows" for m in auto.modules() if isinstance(m, TernaryInferenceLinear))
+    assert frozen and all(m.layout == "tc" for m in frozen)
+    assert tc.blocks[0].mlp.up.relu_square and tc.blocks[0].attn.qkvg.layout == "tc"
+    ref = auto.generate(idx, 6, temperature=0)
+    assert torch.equal(tc.generate(idx, 6, temperature=0), ref)
+    assert torch.equal(for_inference(copy.deepcopy(model), layout="rows").generate(idx, 6, temperature=0), ref)
+
+
 def test_fused_projections_decode_the_same_tokens():
     """``fuse_projections=True``: each attention's q, k, v, gate become one ``qkvg`` layer of 4 x d_model rows;
     the weights move, they do not change (same bytes), and greedy decoding gives the unfused tokens."""

@@ -45,6 +45,13 @@ launches were a large share of it: the ``3b`` step at batch 1 went from 812-815 
 with this and Inductor's own dependent launches (``model/decode.py``;
 ``benchmarks/results/inference/h200-decode-pdl-plain/``).
 
+Layouts: the row layout (``T_packed [N, K / 4]`` uint8, ``S [N, G]``), or the frozen layer's ``tc`` layout
+(``format.tc_tiles``, 5-D: ``TcTile.TILED``), the same words and scales in the order the lanes read them. There a
+lane's four words of a feature's chunk are one 16-byte unit and a warp's units one 512-byte run, so a chunk is 4
+contiguous warp loads instead of 10 that each touch 8 rows; the registers get the same values, so under the same
+launch the outputs are the same bits. On the H200 the GEMV at one row took 3-24 % less time from it, and the ``3b``
+step at batch 1 went from 892 to 938 tokens/s (``benchmarks/results/inference/h200-tc-layout/``).
+
 Needs: 16-bit ``x`` with unit column stride and 16-byte aligned rows, ``group_size`` in {64, 128, 256}, ``K``
 a multiple of 256 (``tc_ok``). Deterministic (fixed mma order, fixed split order).
 """
@@ -60,7 +67,7 @@ import triton.language as tl
 from .triton_common import INTERPRETED, last_to_arrive, n_sm, pdl_ok, reset_arrivals, split_buffers, split_len
 
 __all__ = ["tc_gemv_asm", "tc_loop_chunks", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens",
-           "TcTile", "TC_TILES", "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TABLE"]
+           "TcTile", "TC_TILES", "TC_TILE_SHORT_K", "TC_TILE_ONE_WAVE", "TC_TILES_TILED", "TC_TILED_ONE_WAVE", "TABLE"]
 
 #: ``prmt`` table: byte ``c`` = the high byte of the 16-bit float ``2 * t`` of code ``c`` (0: 0, 1: +2, 2: -2, 3: 0)
 TABLE = 0x00C04000
@@ -76,6 +83,7 @@ class TcTile(NamedTuple):
     L2_PREFETCH: int = 0        #: bytes L2 fetches around each weight load (0, 64, 128, 256)
     RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
     PDL: bool = True            #: launched as a programmatic dependent (``tc_forward`` keeps it where ``pdl_ok``)
+    TILED: bool = False         #: the weights in the ``tc`` layout (``format.tc_tiles``): set from the layer's layout
 
     @property
     def ring_bytes(self) -> int:
@@ -85,7 +93,7 @@ class TcTile(NamedTuple):
     def asm(self, group_size: int, tokens: int, f16: bool) -> str:
         """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields."""
         return tc_gemv_asm(self.R, group_size, tokens, f16, self.X_AHEAD, self.AHEAD, self.GROUP_COLUMNS,
-                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, self.PDL)
+                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, self.PDL, self.TILED)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -119,31 +127,56 @@ TC_TILE_SHORT_K = (3072, TcTile(1, 2, 2, True, 1, True, GROUP_COLUMNS=True))
 TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, GROUP_COLUMNS=True, RING=2))
 
 
+#: the ``tc`` layout's launches (``format.tc_tiles``: a warp's loads are contiguous already, so no
+#: ``GROUP_COLUMNS``). From one H200 sweep of 22 launches at one row and 10 at 4 and 16 rows over the six shapes of
+#: ``bench_decode.py``'s GEMV rows (``benchmarks/results/inference/h200-tc-layout/call1``): the row layout's tiles
+#: are within 3 % of the sweep's best at one row where the features fill more than two waves of 16-feature tiles
+#: (8192², 3072 x 12288), within 1-4 % at 4 rows and 1-20 % at 16; no launch of the sweep was faster at every
+#: shape of a row count (nor 2 or 4 blocks a warp at one row, ``call6``);
+TC_TILES_TILED = {k: t._replace(TILED=True) for k, t in TC_TILES.items()}
+#: one row into one to two waves of 16-feature tiles (``tc_tile``): one program a tile, no K split, its warps
+#: sharing the features (``WARP_SPLIT``); 4 warps up to ``[0]`` columns (3.71 us at 3072², 4.40 at 4096²), 8 above
+#: (5.13 us at 6144 x 3072 against 5.35 with 4; 8.26 at 12288 x 3072 against 9.05 for ``TC_TILES_TILED[1]``)
+TC_TILED_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, TILED=True), TcTile(1, 8, 1, True, 1, True, TILED=True))
+
+
 def tc_tokens(M: int) -> int:
     """The PTX's token count for ``M`` rows of x: 1, 8 (2-8 rows) or 16 (9-16 rows)."""
     return 1 if M == 1 else 8 if M <= 8 else 16
 
 
 def tc_tile(M: int, in_features: int, config: Optional[dict] = None, out_features: int = 0,
-            sms: int = 0) -> TcTile:
+            sms: int = 0, tiled: bool = False) -> TcTile:
     """The launch of a call with ``M`` rows of ``in_features`` columns into ``out_features`` features on ``sms``
-    multiprocessors: ``TC_TILE_ONE_WAVE`` for one row of at most ``TC_TILE_ONE_WAVE[0]`` columns into
-    ``[sms, 2 * sms)`` tiles of 16 features, else ``TC_TILE_SHORT_K`` for one short row, else ``TC_TILES`` by token
-    count, with ``config``'s keys (``TcTile``'s fields) overriding; ``X_AHEAD`` only with ``AHEAD == 1``; a default
-    ``RING`` that does not fit the config's ``R`` and warps is dropped (one the config names is checked). One-line
-    ``ValueError`` for an unknown key or a value the kernel does not take."""
+    multiprocessors. ``tiled`` (the ``tc`` layout): ``TC_TILED_ONE_WAVE`` for one row into ``[sms, 2 * sms)`` tiles
+    of 16 features, else ``TC_TILES_TILED`` by token count. The row layout: ``TC_TILE_ONE_WAVE`` for one row of at
+    most ``TC_TILE_ONE_WAVE[0]`` columns into ``[sms, 2 * sms)`` tiles of 16 features, else ``TC_TILE_SHORT_K`` for
+    one short row, else ``TC_TILES`` by token count. Either with ``config``'s keys (``TcTile``'s fields) overriding
+    (``TILED`` only as the layout has it); ``X_AHEAD`` only with ``AHEAD == 1``; a default ``RING`` that does not fit
+    the config's ``R`` and warps is dropped (one the config names is checked). One-line ``ValueError`` for an unknown
+    key or a value the kernel does not take."""
     one_wave = sms > 0 and sms <= triton.cdiv(out_features, 16) < 2 * sms
-    base = (TC_TILE_ONE_WAVE[1] if M == 1 and in_features <= TC_TILE_ONE_WAVE[0] and one_wave
-            else TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tc_tokens(M)])
+    if tiled:
+        base = (TC_TILED_ONE_WAVE[1 if in_features <= TC_TILED_ONE_WAVE[0] else 2] if M == 1 and one_wave
+                else TC_TILES_TILED[tc_tokens(M)])
+    else:
+        base = (TC_TILE_ONE_WAVE[1] if M == 1 and in_features <= TC_TILE_ONE_WAVE[0] and one_wave
+                else TC_TILE_SHORT_K[1] if M == 1 and in_features <= TC_TILE_SHORT_K[0] else TC_TILES[tc_tokens(M)])
     if not config:          # the defaults are valid launches (checked in tests)
         return base
     unknown = sorted(set(config) - set(TcTile._fields))
     if unknown:
         raise ValueError(f"unknown tc decode config keys {unknown}")
+    if bool(config.get("TILED", tiled)) != tiled:
+        layout = "tc" if tiled else "rows"
+        raise ValueError(f"tc decode config TILED={config['TILED']} is not this layer's layout ({layout}); it follows "
+                         "the weights (format.tc_tiles), not a launch option")
     tile = base._replace(**{k: type(getattr(base, k))(v) for k, v in config.items()})
     tile = tile._replace(X_AHEAD=tile.X_AHEAD and tile.AHEAD == 1)
     if "RING" not in config and tile.ring_bytes > RING_MAX_BYTES:
         tile = tile._replace(RING=0)        # the default tile's ring does not fit the config's R and warps
+    if tile.GROUP_COLUMNS and tile.TILED:
+        raise ValueError("tc decode config GROUP_COLUMNS reads the row layout; this layer is in the tc layout")
     if tile.GROUP_COLUMNS and M != 1:
         raise ValueError(f"tc decode config GROUP_COLUMNS needs one row of x, got {M}")
     if tile.L2_PREFETCH not in (0, 64, 128, 256):
@@ -177,7 +210,7 @@ def tc_loop_chunks(ahead: int, x_ahead: bool, ring: int = 0) -> int:
 @lru_cache(maxsize=None)
 def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1,
                 group_columns: bool = False, l2_prefetch: int = 0, ring: int = 0, threads: int = 128,
-                pdl: bool = False) -> str:
+                pdl: bool = False, tiled: bool = False) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
     ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
@@ -223,7 +256,14 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     ``ld.global``, not ``ld.global.nc``: the non-coherent path assumes data that no kernel writes while this one
     runs, which a dependent launch breaks (on the H200 x read through it was stale: the ``3b`` step's greedy tokens
     left the plain step's after 2 tokens). The weights and scales are read plainly too, in case the kernel before
-    wrote them in place; that cost nothing measurable (``benchmarks/results/inference/h200-decode-pdl-plain/``)."""
+    wrote them in place; that cost nothing measurable (``benchmarks/results/inference/h200-decode-pdl-plain/``).
+
+    ``tiled`` (the frozen layer's ``tc`` layout, ``format.tc_tiles``): the word pointer of block ``r``'s feature
+    ``g + 8h`` points at the lane's 16-byte unit of the chunk -- its word of each of the chunk's four quads, in the
+    registers that the row layout's four 4-byte loads fill -- and a warp's 32 units of one ``h`` are 512 contiguous
+    bytes, a block's chunk 1 KB; the scale pointer at the row's ``256 / group_size`` scales of the chunk, the 8
+    rows of one ``h`` contiguous. A warp then reads a chunk's words in two fully used 512-byte loads, not eight loads
+    of 8 half-used sectors each, and its scales in two 128-byte loads (group 64), not two of 8 sectors."""
     if ahead not in (1, 2, 3) or (x_ahead and ahead != 1):
         raise ValueError(f"tc_gemv_asm: ahead must be 1, 2 or 3 (x_ahead only with 1), got {ahead}, {x_ahead}")
     sets = ahead + 1
@@ -233,6 +273,8 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         raise ValueError(f"tc_gemv_asm: tokens must be 1, 8 or 16, got {tokens}")
     if group_columns and tokens != 1:
         raise ValueError(f"tc_gemv_asm: group_columns needs tokens == 1, got {tokens}")
+    if tiled and group_columns:
+        raise ValueError("tc_gemv_asm: tiled (the tc layout) and group_columns exclude each other")
     if l2_prefetch not in (0, 64, 128, 256):
         raise ValueError(f"tc_gemv_asm: l2_prefetch must be 0, 64, 128 or 256, got {l2_prefetch}")
     if ring and ring < 2:
@@ -278,15 +320,16 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         return f"{op}.v{ns}.f32 {{{v}}}, {addr};" if ns > 1 else f"{op}.f32 {v}, {addr};"
 
     def advance() -> list[str]:
-        """The word and scale pointers to the next chunk."""
-        return ([f"add.s64 twp{k}, twp{k}, 64;" for k in range(2 * R)]
-                + [f"add.s64 tsp{k}, tsp{k}, {4 * ngc};" for k in range(2 * R)])
+        """The word and scale pointers to the next chunk (tiled: the block's next 1 KB of words, 64 * ngc bytes
+        of scales)."""
+        return ([f"add.s64 twp{k}, twp{k}, {1024 if tiled else 64};" for k in range(2 * R)]
+                + [f"add.s64 tsp{k}, tsp{k}, {64 * ngc if tiled else 4 * ngc};" for k in range(2 * R)])
 
     def ring_loads(slot: int, pred: str) -> list[str]:
         """A chunk's words and scales copied into ``slot`` (one ``cp.async`` group), the pointers advanced."""
         out = []
         for k in range(2 * R):
-            if gc:
+            if gc or tiled:
                 out.append(f"{pred}cp.async.cg.shared.global{pf} {unit(slot, k)}, [twp{k}], 16;")
             else:
                 out += [f"{pred}cp.async.ca.shared.global{pf} {unit(slot, k, 4 * q)}, [twp{k}+{16 * q}], 4;"
@@ -309,7 +352,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
         out = []
         for k in range(2 * R):
             w0 = 8 * R * b + 8 * (k // 2) + 4 * (k % 2)
-            if gc:   # the lane's 4 contiguous words: one 16-byte load
+            if gc or tiled:   # the lane's 4 contiguous words: one 16-byte load
                 out.append(f"{pred}{ld}{pf}.v4.b32 {{{', '.join(f'tw{w0 + q}' for q in range(4))}}}, "
                            f"[twp{k}];")
             else:
@@ -428,26 +471,36 @@ def _constraints(R: int, tokens: int) -> str:
 
 
 @triton.jit
-def _plain_sums(w_ptr, x_ptr, s_ptr, wrow, xrow, xok, srow, sok, q_start, q_end, q_lo, q_hi, GS: tl.constexpr):
+def _plain_sums(w_ptr, x_ptr, s_ptr, n, xrow, xok, sok, KW, G, q_start, q_end, q_lo, q_hi, GS: tl.constexpr,
+                TILED: tl.constexpr):
     """The interpreter's form of one accumulator: ``sum_k t[n, k] * x[m, k] * S[n, k // GS]`` over each thread's
-    quads ``[q_lo, q_hi)`` (inside the program's ``[q_start, q_end)``), for each thread's ``(m, n)``
-    (``wrow``/``xrow``/``srow``: the row offsets in words / elements / groups, ``xok``/``sok`` masks), by plain
-    loads -- what the PTX computes, in another order."""
-    acc = tl.zeros(wrow.shape, dtype=tl.float32)
-    part = tl.zeros(wrow.shape, dtype=tl.float32)
+    quads ``[q_lo, q_hi)`` (inside the program's ``[q_start, q_end)``), for each thread's ``(m, n)`` (``n`` the
+    feature, int64; ``xrow`` x's row offset in elements; ``xok``/``sok`` masks), by plain loads -- what the PTX
+    computes, in another order. ``TILED``: the weights and scales in the ``tc`` layout (``format.tc_tiles``)."""
+    acc = tl.zeros(n.shape, dtype=tl.float32)
+    part = tl.zeros(n.shape, dtype=tl.float32)
     c = tl.arange(0, 16)
+    unit = (n // 16 * (KW // 16)) * 2 + (n % 16) // 8          # TILED: the unit of chunk 0, plus 2 a chunk
     for q in range(q_start, q_end):
         mine = (q >= q_lo) & (q < q_hi)
         for wi in tl.static_range(4):
-            word = tl.load(w_ptr + wrow + 4 * q + wi, mask=sok & mine, other=0).to(tl.uint32, bitcast=True)
+            if TILED:
+                at = ((unit + 2 * (q // 4)) * 32 + 4 * (n % 8) + wi) * 4 + q % 4
+            else:
+                at = n * KW + 4 * q + wi
+            word = tl.load(w_ptr + at, mask=sok & mine, other=0).to(tl.uint32, bitcast=True)
             code = (word[:, None] >> (2 * c[None, :]).to(tl.uint32)) & 3                   # [threads, 16]
             t = tl.where(code == 1, 1.0, tl.where(code == 2, -1.0, 0.0))
             xv = tl.load(x_ptr + xrow[:, None] + 64 * q + 16 * wi + c[None, :], mask=xok[:, None], other=0.0)
             part += tl.sum(t * xv.to(tl.float32), axis=1)
         if (q + 1) % (GS // 64) == 0:
-            sv = tl.load(s_ptr + srow + (64 * q) // GS, mask=sok & mine, other=0.0)
+            if TILED:
+                at = ((unit + 2 * (q // 4)) * 8 + n % 8) * (256 // GS) + (q % 4) // (GS // 64)
+            else:
+                at = n * G + (64 * q) // GS
+            sv = tl.load(s_ptr + at, mask=sok & mine, other=0.0)
             acc += part * sv
-            part = tl.zeros(wrow.shape, dtype=tl.float32)
+            part = tl.zeros(n.shape, dtype=tl.float32)
     return acc
 
 
@@ -464,7 +517,7 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
                      WARP_SPLIT: tl.constexpr, GROUP_COLUMNS: tl.constexpr, ASM: tl.constexpr,
                      CONSTRAINTS: tl.constexpr, RELU_SQUARE: tl.constexpr, INTERP: tl.constexpr,
-                     PDL: tl.constexpr = False):
+                     PDL: tl.constexpr = False, TILED: tl.constexpr = False):
     """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
     ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
     the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
@@ -476,7 +529,10 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
     (``tc_gemv_asm(pdl=True)``), and once its K loop is done the program lets the next kernel launch
     (``griddepcontrol.launch_dependents``; that kernel waits for this one to finish before it reads anything). A
     program triggers only after its own wait, so a kernel two launches on never starts before this one's
-    predecessor has finished."""
+    predecessor has finished.
+
+    ``TILED``: ``w_ptr`` / ``s_ptr`` hold the ``tc`` layout (``format.tc_tiles``: ``[NB, C, 2, 32, 4]`` int32 words,
+    ``[NB, C, 2, 8, 256 // GS]`` scales); each lane's pointers are its units of its blocks' first chunk."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     i = tl.arange(0, 32 * NUM_WARPS)
@@ -502,9 +558,8 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
         for r in tl.static_range(R):
             for a in tl.static_range(NA):
                 m, n = _coords(rb, g, tq, r, a, TOKENS)
-                accs = accs + (2.0 * _plain_sums(w_ptr, x_ptr, s_ptr, n.to(tl.int64) * KW, m.to(tl.int64) * stride_xm,
-                                                 m < M, n.to(tl.int64) * G, n < N, q_start, q_end, q_lo, q_hi,
-                                                 GS),)
+                accs = accs + (2.0 * _plain_sums(w_ptr, x_ptr, s_ptr, n.to(tl.int64), m.to(tl.int64) * stride_xm,
+                                                 m < M, n < N, KW, G, q_start, q_end, q_lo, q_hi, GS, TILED),)
     else:
         # rows past N / M are clamped to the last one: no load is predicated, and their sums are never stored.
         # The lane's first word, scale and x column: word tq of each quad, the chunk's first group, columns
@@ -513,14 +568,25 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
         WQ: tl.constexpr = 4 if GROUP_COLUMNS else 1
         SQ: tl.constexpr = (2 if GS == 64 else (1 if GS == 128 else 0)) if GROUP_COLUMNS else 0
         ops = ()
-        for r in tl.static_range(R):
-            for h in tl.static_range(2):
-                row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + WQ * tq).to(tl.int64),)
-        for r in tl.static_range(R):
-            for h in tl.static_range(2):
-                row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS + SQ * (tq % 2)).to(tl.int64),)
+        if TILED:    # block b's unit (b, c, h, lane) of the first chunk c = q_lo / 4; blocks past N clamped too
+            NGC: tl.constexpr = 256 // GS
+            for r in tl.static_range(R):
+                for h in tl.static_range(2):
+                    unit = (tl.minimum(rb // 16 + r, (N - 1) // 16).to(tl.int64) * (KW // 16) + q_lo // 4) * 2 + h
+                    ops = ops + ((w_ptr + (unit * 32 + lane) * 4).to(tl.int64),)
+            for r in tl.static_range(R):
+                for h in tl.static_range(2):
+                    unit = (tl.minimum(rb // 16 + r, (N - 1) // 16).to(tl.int64) * (KW // 16) + q_lo // 4) * 2 + h
+                    ops = ops + ((s_ptr + (unit * 8 + g) * NGC).to(tl.int64),)
+        else:
+            for r in tl.static_range(R):
+                for h in tl.static_range(2):
+                    row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
+                    ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + WQ * tq).to(tl.int64),)
+            for r in tl.static_range(R):
+                for h in tl.static_range(2):
+                    row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
+                    ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS + SQ * (tq % 2)).to(tl.int64),)
         xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
         xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
         accs = tl.inline_asm_elementwise(
@@ -621,10 +687,12 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                config: Optional[dict] = None, relu_square: bool = False) -> torch.Tensor:
     """``y [M, N]`` in x's dtype (inputs checked by the caller: ``decode_triton.decode_forward``). ``config``
     overrides the tile (``tc_tile``: the keys are ``TcTile``'s fields). ``relu_square``: ``relu(y) ** 2`` stored
-    instead (``_output``)."""
-    M, N, G = x.shape[0], T_packed.shape[0], in_features // group_size
+    instead (``_output``). A 5-D ``T_packed`` is the ``tc`` layout (``T_tiles`` / ``S_tiles`` of ``16 *
+    T_packed.shape[0]`` features, ``format.tc_tiles``), read by the ``TILED`` form of the kernel."""
+    tiled = T_packed.dim() == 5
+    M, N, G = x.shape[0], T_packed.shape[0] * (16 if tiled else 1), in_features // group_size
     sms = n_sm(x.device)
-    t = tc_tile(M, in_features, config, N, sms)
+    t = tc_tile(M, in_features, config, N, sms, tiled)
     if t.PDL and not pdl_ok(x.device):      # the launch as it runs: a dependent only where the device allows it
         t = t._replace(PDL=False)
     tokens = tc_tokens(M)
@@ -640,5 +708,6 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
                                      ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
                                      CONSTRAINTS=_constraints(t.R, tokens), RELU_SQUARE=relu_square,
-                                     INTERP=INTERPRETED, PDL=t.PDL, num_warps=t.num_warps, launch_pdl=t.PDL)
+                                     INTERP=INTERPRETED, PDL=t.PDL, TILED=t.TILED, num_warps=t.num_warps,
+                                     launch_pdl=t.PDL)
     return y

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..format import tc_rows, tc_tiles_ok, tc_tiles_shapes
 from .decode_tc import tc_forward, tc_ok
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
                             dot_precision, expand_bytes, group_sums, load_bytes, n_sm, round_to,
@@ -280,6 +281,20 @@ def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional
 def _check(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int) -> tuple:
     check_group_size_op(in_features, group_size)
     check_kernel_device(T_packed.device)
+    if T_packed.dim() == 5:      # the tc layout (format.tc_tiles)
+        N = 16 * T_packed.shape[0]
+        want_t, want_s = tc_tiles_shapes(N, in_features, group_size)
+        if not tc_tiles_ok(N, in_features, group_size) or T_packed.dtype != torch.uint8 \
+                or tuple(T_packed.shape) != want_t or not T_packed.is_contiguous():
+            raise ValueError(f"triton decode op: a tc-layout T_packed must be contiguous uint8 {want_t} with "
+                             f"in_features % 256 == 0 and group_size 64/128/256, got {T_packed.dtype} "
+                             f"{tuple(T_packed.shape)} at group_size {group_size}")
+        if S.dtype != torch.float32 or tuple(S.shape) != want_s or not S.is_contiguous():
+            raise ValueError(f"triton decode op: a tc-layout S must be contiguous float32 {want_s}, got {S.dtype} "
+                             f"{tuple(S.shape)}")
+        check_device(S, "S", T_packed.device)
+        check_act(x, "x", in_features, "in_features", T_packed.device)
+        return N, in_features // group_size
     N, G = T_packed.shape[0], in_features // group_size
     if T_packed.dtype != torch.uint8 or tuple(T_packed.shape) != (N, (in_features + 3) // 4) \
             or not T_packed.is_contiguous():
@@ -325,7 +340,9 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     ``DECODE_MAX_M`` rows, expand + cuBLAS above), ``tc``, ``gemv``, ``gemv_expand``, ``mma`` or ``expand``;
     ``config``: see ``decode_config`` (``decode_tc.tc_forward`` for ``tc``). ``relu_square``: ``relu(y) ** 2``
     (``linear.decode_forward_torch``), in the store of ``decode_tc`` (no kernel of its own between a decode step's
-    up and down projections), after the other paths' kernels."""
+    up and down projections), after the other paths' kernels. ``T_packed`` / ``S`` may be in the row layout or the
+    ``tc`` layout (5-D, ``format.tc_tiles``: ``decode_tc`` reads it directly; the other paths get the rows back by
+    ``format.tc_rows`` first)."""
     N, _ = _check(x, T_packed, S, in_features, group_size)
     M = x.shape[0]
     if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
@@ -341,6 +358,9 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
         raise ValueError(f"triton decode op: path='gemv_expand' needs M == 1 (got {M})")
     if path == "mma" and not 0 < M <= DECODE_MAX_M:
         raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
+    if T_packed.dim() == 5 and (path not in ("auto", "tc") or not tc_ok(x, T_packed, in_features, group_size)):
+        # the tc layout off decode_tc (fp32 x, more than 16 rows, a path forced): the other kernels read rows
+        T_packed, S = tc_rows(T_packed, S, in_features, group_size)
     if path == "auto":
         path = ("tc" if tc_ok(x, T_packed, in_features, group_size)        # 1-16 rows of 16-bit x
                 else "gemv" if gemv_ok(M, T_packed, in_features, group_size)

@@ -108,7 +108,8 @@ def ternary_decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Ten
 @ternary_decode_forward.register_fake
 def _(x, T_packed, S, in_features, group_size, relu_square=False):
     torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
-    return x.new_empty(x.shape[0], T_packed.shape[0])
+    # a 5-D T_packed is the tc layout: blocks of 16 features (format.tc_tiles)
+    return x.new_empty(x.shape[0], T_packed.shape[0] * (16 if T_packed.dim() == 5 else 1))
 
 
 @torch.library.custom_op("arbitor::ternary_group_forward", mutates_args=())

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..format import tc_rows
 from ..scale import bigint_scale
 from .blocks import expand_weight, row_blocks, sum_last_first
 from .fp8_linear import fp8_forward_torch, fp8_grad_x_torch, fp8_matmul_applies
@@ -29,7 +30,10 @@ def decode_forward_torch(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tenso
     of a frozen layer (``inference.py``, which keeps ``S`` instead of the state it comes from), and of a trained
     one once its ``S`` is computed (``linear_forward_torch``). ``relu_square``: ``relu(y) ** 2`` instead, taken
     on ``y`` in x's dtype and rounded to it again, i.e. exactly ``F.relu(y).square()`` after the layer (the MLP's
-    activation, which a frozen up projection may apply itself: ``inference.for_inference``)."""
+    activation, which a frozen up projection may apply itself: ``inference.for_inference``). A 5-D ``T_packed`` (with
+    its ``S``) is the ``tc`` layout (``format.tc_tiles``), read back as rows first."""
+    if T_packed.dim() == 5:
+        T_packed, S = tc_rows(T_packed, S, in_features, group_size)
     n_out = T_packed.shape[0]
     xf = x.to(torch.float32)
     y = torch.empty(x.shape[0], n_out, dtype=torch.float32, device=x.device)

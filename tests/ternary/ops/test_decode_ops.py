@@ -189,6 +189,51 @@ def test_tc_tile_by_rows_and_k(monkeypatch, M, K, group_columns):
     assert seen and seen[0][6] is group_columns         # tc_gemv_asm(..., group_columns, l2_prefetch)
 
 
+@interp
+@pytest.mark.parametrize("M,K,N,gs,dtype,config", [
+    (1, 512, 48, 64, torch.bfloat16, None), (1, 768, 32, 128, torch.float16, {"num_warps": 2, "WARP_SPLIT": False}),
+    (4, 512, 48, 256, torch.bfloat16, None), (16, 256, 16, 64, torch.bfloat16, {"PROGRAMS_PER_SM": 8}),
+    (1, 1024, 64, 64, torch.bfloat16, {"R": 2, "RING": 2})])
+def test_tc_layout_reads_the_same_weights(M, K, N, gs, dtype, config):
+    """A layer in the ``tc`` layout (``format.tc_tiles``, 5-D ``T_packed``): ``decode_tc``'s ``TILED`` form gives the
+    row layout's bits under the same launch; the paths that read rows (fp32 x, more than 16 rows, a forced path) get the
+    rows back and the row layout's bits; the reference takes either."""
+    from arbitor.ternary.format import tc_tiles
+    T_packed, S = frozen_state(N, K, gs, seed=N + K)
+    T_tiles, S_tiles = tc_tiles(T_packed, S, K, gs)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dtype)
+    cfg = dict(config or {"num_warps": 4, "PROGRAMS_PER_SM": 2, "WARP_SPLIT": True})
+    y = decode_triton.decode_forward(x, T_tiles, S_tiles, K, gs, config=cfg)
+    assert torch.equal(y, decode_triton.decode_forward(x, T_packed, S, K, gs, config=cfg, path="tc"))
+    close(decode_triton.decode_forward(x, T_tiles, S_tiles, K, gs, relu_square=True),
+          decode_forward_torch(x.float(), T_packed, S, K, gs).relu().square(), 3e-2, 3e-2)
+    assert torch.equal(decode_forward_torch(x, T_tiles, S_tiles, K, gs), decode_forward_torch(x, T_packed, S, K, gs))
+    for xs, path in ((x.float(), "auto"), (torch.randn(20, K).to(dtype), "auto"), (x, "mma")):
+        assert torch.equal(decode_triton.decode_forward(xs, T_tiles, S_tiles, K, gs, path=path),
+                           decode_triton.decode_forward(xs, T_packed, S, K, gs, path=path))
+    with pytest.raises(ValueError, match="tc-layout S must be"):
+        decode_triton.decode_forward(x, T_tiles, S, K, gs)
+    with pytest.raises(ValueError, match="tc-layout T_packed must be"):
+        decode_triton.decode_forward(x, T_tiles[..., :8].contiguous(), S_tiles, K, gs)
+
+
+@interp
+def test_tc_layout_default_tiles(monkeypatch):
+    """The ``tc`` layout's launches: one row into one to two waves of 16-feature tiles takes ``TC_TILED_ONE_WAVE``
+    (4 warps up to 4096 columns, 8 above), other calls ``TC_TILES_TILED``; a config naming the other layout is
+    refused."""
+    from arbitor.ternary.ops.decode_tc import TC_TILED_ONE_WAVE, TC_TILES_TILED, tc_tile
+    assert tc_tile(1, 3072, None, 3072, 132, tiled=True) == TC_TILED_ONE_WAVE[1]
+    assert tc_tile(1, 12288, None, 3072, 132, tiled=True) == TC_TILED_ONE_WAVE[2]
+    assert tc_tile(1, 3072, None, 12288, 132, tiled=True) == TC_TILES_TILED[1]
+    assert tc_tile(9, 3072, None, 3072, 132, tiled=True) == TC_TILES_TILED[16]
+    assert all(t.TILED and not t.GROUP_COLUMNS for t in (*TC_TILES_TILED.values(), *TC_TILED_ONE_WAVE[1:]))
+    with pytest.raises(ValueError, match="not this layer's layout"):
+        tc_tile(1, 3072, {"TILED": False}, 3072, 132, tiled=True)
+    with pytest.raises(ValueError, match="GROUP_COLUMNS reads the row layout"):
+        tc_tile(1, 3072, {"GROUP_COLUMNS": True}, 3072, 132, tiled=True)
+
+
 def test_tc_default_tiles_are_valid_launches():
     """``tc_tile`` returns the default tiles unchecked when there is no config: each passes its own checks."""
     from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILE_SHORT_K, TC_TILES, tc_tile
@@ -344,6 +389,31 @@ def test_gpu_tc_path_matches_reference_and_is_deterministic(M, K, N, dtype):
             y3 = decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg)
             close(y3, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
             assert torch.equal(y3, decode_triton.decode_forward(x, T_packed, S, K, 64, path="tc", config=cfg))
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4, 16])
+@pytest.mark.parametrize("K,N", [(4096, 4096), (3072, 12288), (12288, 3072), (6144, 3072), (3072, 3072)])
+def test_gpu_tc_layout_reads_the_row_layouts_weights(M, K, N):
+    """The ``tc`` layout on the GPU (its PTX: 16-byte loads of the lanes' units) at model shapes: under the same
+    launch exactly the row layout's bits; its default launches (``TC_TILED_ONE_WAVE`` / ``TC_TILES_TILED``) equal to
+    the reference to bf16 rounding, bit-equal from call to call, as dependents and plainly, with the squared ReLU."""
+    from arbitor.ternary.format import tc_tiles
+    T_packed, S = frozen_state(N, K, 64, seed=K + N + M, device="cuda")
+    T_tiles, S_tiles = tc_tiles(T_packed, S, K, 64)
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    for cfg in ({"R": 1, "num_warps": 4, "WARP_SPLIT": True, "PROGRAMS_PER_SM": 2, "GROUP_COLUMNS": False,
+                 "RING": 0}, {"R": 2, "num_warps": 2, "WARP_SPLIT": False, "PROGRAMS_PER_SM": 4, "AHEAD": 2,
+                              "X_AHEAD": False, "GROUP_COLUMNS": False, "RING": 0, "L2_PREFETCH": 256},
+                {"R": 1, "num_warps": 8, "PROGRAMS_PER_SM": 1, "RING": 2, "GROUP_COLUMNS": False}):
+        assert torch.equal(decode_triton.decode_forward(x, T_tiles, S_tiles, K, 64, config=cfg),
+                           decode_triton.decode_forward(x, T_packed, S, K, 64, config=cfg, path="tc"))
+    y1 = decode_triton.decode_forward(x, T_tiles, S_tiles, K, 64)
+    assert torch.equal(y1, decode_triton.decode_forward(x, T_tiles, S_tiles, K, 64))
+    assert torch.equal(y1, decode_triton.decode_forward(x, T_tiles, S_tiles, K, 64, config={"PDL": False}))
+    close(y1, decode_forward_torch(x.float(), T_packed, S, K, 64), 8e-3, 8e-3)
+    _relu_square_equal(decode_triton.decode_forward(x, T_tiles, S_tiles, K, 64, True), y1)
 
 
 @interp

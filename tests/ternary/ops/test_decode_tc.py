@@ -18,14 +18,15 @@ pytest.importorskip("triton")
 
 from ptxsim import Memory, f32, run  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
-from arbitor.ternary.format import pack_ternary  # noqa: E402
+from arbitor.ternary.format import pack_ternary, tc_tiles  # noqa: E402
 from arbitor.ternary.ops.decode_tc import TABLE, tc_gemv_asm  # noqa: E402
 
 
 def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0,
-                  ring=0, pdl=False):
+                  ring=0, pdl=False, tiled=False):
     """One warp (program 0, warp 0, the whole K) through the PTX: ``(y [M, N] from the warp's accumulators,
-    mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them."""
+    mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them. ``tiled``: the
+    weights and scales in memory in the ``tc`` layout (``format.tc_tiles``), the pointers at the lanes' units."""
     g_ = torch.Generator().manual_seed(seed)
     t = torch.randint(-1, 2, (N, K), generator=g_).to(torch.int8)
     t[0, :16] = torch.tensor([1, -1, 0, 1] * 4)
@@ -34,13 +35,14 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, gr
     x = torch.randn(M, K, generator=g_).to(dtype)
     packed = pack_ternary(t)
     mem = Memory()
-    wbase = mem.add(packed.numpy().tobytes())
-    sbase = mem.add(S.numpy().tobytes())
+    tiles = tc_tiles(packed, S, K, gs) if tiled else (packed, S)
+    wbase = mem.add(tiles[0].numpy().tobytes())
+    sbase = mem.add(tiles[1].numpy().tobytes())
     xbase = mem.add(x.view(torch.int16).numpy().tobytes())
     tbase = mem.add(np.array([TABLE], dtype=np.int32).tobytes())
     KW, G = K // 16, K // gs
     na = {1: 2, 8: 4, 16: 8}[tokens]
-    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring, pdl=pdl)
+    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring, pdl=pdl, tiled=tiled)
     # group_columns: lane tq's words 4tq.., its first scale group and x columns 64tq..
     wq, xq = (4, 64) if group_columns else (1, 16)
     sq = {64: 2, 128: 1, 256: 0}[gs] if group_columns else 0
@@ -52,12 +54,15 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, gr
         for r in range(R):
             for h in range(2):
                 row = min(16 * r + g + 8 * h, N - 1)
-                ops[k] = wbase + 4 * (row * KW + wq * tq)
+                # tiled: unit (block r, chunk 0, h, lane), 16 bytes; the row layout: the lane's first word
+                ops[k] = wbase + (16 * ((r * (K // 256) * 2 + h) * 32 + lane) if tiled
+                                  else 4 * (row * KW + wq * tq))
                 k += 1
         for r in range(R):
             for h in range(2):
                 row = min(16 * r + g + 8 * h, N - 1)
-                ops[k] = sbase + 4 * (row * G + sq * (tq % 2))
+                ops[k] = sbase + (4 * (((r * (K // 256) * 2 + h) * 8 + g) * (256 // gs)) if tiled
+                                  else 4 * (row * G + sq * (tq % 2)))
                 k += 1
         ops[k] = xbase + 2 * (min(g, M - 1) * K + xq * tq)
         ops[k + 1] = xbase + 2 * (min(g + 8, M - 1) * K + xq * tq)
@@ -95,6 +100,36 @@ def test_ptx_warp_matches_reference(M, tokens, gs, K, x_ahead, ahead):
     assert torch.equal(owned, want)
     err = (y - ref)[owned].abs().max().item()
     assert err <= 1e-5 * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("M,tokens", [(1, 1), (6, 8), (13, 16)])
+@pytest.mark.parametrize("gs,K,x_ahead,ahead,ring", [(64, 512, True, 1, 0), (128, 768, False, 2, 0),
+                                                     (256, 1024, False, 3, 0), (64, 768, True, 1, 2),
+                                                     (128, 1024, False, 1, 3)])
+def test_ptx_tiled_layout_gives_the_row_layouts_bits(M, tokens, gs, K, x_ahead, ahead, ring):
+    """The ``tc`` layout (``format.tc_tiles``; a warp of 2 blocks, 32 features) feeds every lane's registers exactly
+    what the row layout's loads do: every output is the same fp32 bits, at every group size, with 1-3 chunks in
+    flight, x a chunk ahead or not, and through the shared-memory ring."""
+    N = 32
+    rows = _warp_outputs(M, N, K, gs, 2, tokens, f16=False, x_ahead=x_ahead, ahead=ahead, ring=ring, seed=5)
+    tiled = _warp_outputs(M, N, K, gs, 2, tokens, f16=False, x_ahead=x_ahead, ahead=ahead, ring=ring, seed=5,
+                          tiled=True)
+    assert torch.equal(rows[1], tiled[1]) and rows[1].any()
+    assert torch.equal(rows[0], tiled[0])
+    err = (tiled[0] - tiled[2])[tiled[1]].abs().max().item()
+    assert err <= 1e-5 * tiled[2].abs().max().item(), err
+
+
+def test_ptx_tiled_loads_are_16_byte_vectors():
+    """In the ``tc`` layout a lane's words of a chunk come in one 16-byte load a feature (``ld...v4.b32``), never a
+    4-byte word load, and the pointers step 1 KB of words and ``64 * 256 / gs`` bytes of scales a chunk."""
+    for gs in (64, 128, 256):
+        asm = tc_gemv_asm(1, gs, 1, False, True, 1, tiled=True)
+        loads = [ln for ln in asm.splitlines() if "ld.global" in ln and "{tw" in ln]
+        assert loads and all(".v4.b32" in ln for ln in loads)
+        assert "add.s64 twp0, twp0, 1024;" in asm and f"add.s64 tsp0, tsp0, {64 * 256 // gs};" in asm
+    with pytest.raises(ValueError, match="exclude"):
+        tc_gemv_asm(1, 64, 1, False, True, 1, True, tiled=True)
 
 
 @pytest.mark.parametrize("gs,K,x_ahead,ahead", [(64, 512, True, 1), (128, 768, True, 1), (256, 512, True, 1),
