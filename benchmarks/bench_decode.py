@@ -246,7 +246,7 @@ def _floors(states, reps: int, device) -> dict:
 
 
 def gemv_rows(args, device, res, flush) -> None:
-    from arbitor.ternary.format import tc_tiles
+    from arbitor.ternary.format import tc_tiles, tc_tiles_ok
     from arbitor.ternary.ops import decode_triton, linear_triton
     gs, l2_bytes = 64, args.l2_mb * 2 ** 20
     for K, N in args.gemv_shapes:
@@ -255,7 +255,8 @@ def gemv_rows(args, device, res, flush) -> None:
         n_w = max(2, math.ceil(4 * l2_bytes / w_bytes))
         Ws = [torch.randn(N, K, device=device, dtype=torch.bfloat16) / math.sqrt(K) for _ in range(n_w)]
         floors = _floors(states, args.reps, device)
-        states = [(*s, tc_tiles(s[0], s[5], K, gs)) for s in states]      # s[6]: (T_tiles, S_tiles)
+        # s[6]: the frozen layer's buffers as for_inference leaves them on CUDA (the tc layout where the shape allows)
+        states = [(*s, tc_tiles(s[0], s[5], K, gs) if tc_tiles_ok(N, K, gs) else (s[0], s[5])) for s in states]
         for M in args.gemv_m:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
             times = {"gemv": None, "frozen_before_tc": None}  # the training layer's GEMV is M = 1 only
