@@ -5,7 +5,9 @@ Usage on a GPU machine (Firecracker runtimes: ncu reads counters there; leave th
     ncu --clock-control none --kernel-name regex:decode_tc_kernel --launch-skip 2 --launch-count 1 \\
         --set full python benchmarks/gemv_ncu.py --K 8192 --N 8192 --M 1 --kernel tc
 
-``--kernel``: ``tc`` (``decode_tc_kernel``, the frozen layer's GEMV), ``cublas`` (``x @ W.T`` in bf16, the
+``--kernel``: ``tc`` (``decode_tc_kernel``, the frozen layer's GEMV; ``--layout tc``: its buffers in the ``tc``
+layout that ``for_inference`` gives layers on CUDA, ``format.tc_tiles``; ``rows``, the default here: the row
+layout), ``cublas`` (``x @ W.T`` in bf16, the
 baseline) or ``copy`` (a device-to-device copy of a tensor of the frozen layer's bytes: what streaming that many
 bytes costs). ``ncu`` flushes the caches before each measured launch (its default ``--cache-control all``), so
 the weights come from HBM as in the benchmark's rotated copies (``bench_decode.py``). This script measures
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--M", type=int, default=1)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--kernel", choices=("tc", "cublas", "copy"), default="tc")
+    ap.add_argument("--layout", choices=("rows", "tc"), default="rows",
+                    help="the frozen layer's buffer layout for --kernel tc (format.tc_tiles)")
     ap.add_argument("--calls", type=int, default=4)
     ap.add_argument("--config", default="", help="decode_tc config overrides, e.g. R=1,num_warps=4,WARP_SPLIT=0")
     args = ap.parse_args(argv)
@@ -44,6 +48,9 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         T_packed = pack_ternary(torch.randint(-1, 2, (N, K), generator=g)).cuda()
         S = (torch.rand(N, K // gs, generator=g) * 0.05 + 0.005).cuda()
+        if args.layout == "tc":
+            from arbitor.ternary.format import tc_tiles
+            T_packed, S = tc_tiles(T_packed, S, K, gs)
         run = lambda: decode_triton.decode_forward(x, T_packed, S, K, gs, path="tc", config=config)  # noqa: E731
     elif args.kernel == "cublas":
         W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)

@@ -18,3 +18,6 @@ def test_bad_kernel_name_is_an_argparse_error(load_benchmark):
     with pytest.raises(SystemExit) as exc:
         mod.main(["--kernel", "cudnn"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--layout", "tiles"])
+    assert exc.value.code == 2
