@@ -96,7 +96,7 @@ import torch
 __all__ = ["pack_ternary", "unpack_ternary", "packed_shape", "validate_packed", "CODE_ZERO", "CODE_POS", "CODE_NEG",
            "COUNTER_BITS", "check_counter_bits", "counter_packed_shape", "pack_counters", "unpack_counters",
            "counter_planes", "counter_padding_ok", "check_group_size", "tc_tiles_ok", "tc_tiles", "tc_rows",
-           "tc_tiles_shapes"]
+           "tc_tiles_shapes", "packed_out_features"]
 
 CODE_ZERO = 0b00
 CODE_POS = 0b01
@@ -274,6 +274,12 @@ def tc_tiles_ok(out_features: int, in_features: int, group_size: int) -> bool:
     return out_features > 0 and out_features % 16 == 0 and in_features % 256 == 0 and group_size in (64, 128, 256)
 
 
+def packed_out_features(T_packed: torch.Tensor) -> int:
+    """Output features of a frozen layer's ``T_packed`` in either layout: its rows (2-D), or 16 a block of the ``tc``
+    layout (5-D ``T_tiles``)."""
+    return T_packed.shape[0] * (16 if T_packed.dim() == 5 else 1)
+
+
 def tc_tiles_shapes(out_features: int, in_features: int, group_size: int) -> tuple[tuple, tuple]:
     """Shapes of ``(T_tiles, S_tiles)`` for a ``[out_features, in_features]`` layer (module doc)."""
     return (out_features // 16, in_features // 256, 2, 32, 16), (out_features // 16, in_features // 256, 2, 8,
@@ -307,7 +313,7 @@ def tc_rows(T_tiles: torch.Tensor, S_tiles: torch.Tensor, in_features: int, grou
                                                                                                      torch.Tensor]:
     """``tc_tiles``'s inverse: ``(T_packed [N, in_features / 4], S [N, G])`` with ``N = 16 * T_tiles.shape[0]``,
     bit for bit."""
-    N = 16 * T_tiles.shape[0] if T_tiles.dim() == 5 else 0
+    N = packed_out_features(T_tiles) if T_tiles.dim() == 5 else 0
     _check_tc("tc_rows", N, in_features, group_size)
     want_t, want_s = tc_tiles_shapes(N, in_features, group_size)
     if tuple(T_tiles.shape) != want_t or tuple(S_tiles.shape) != want_s:

@@ -64,6 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..format import packed_out_features
 from .triton_common import INTERPRETED, last_to_arrive, n_sm, pdl_ok, reset_arrivals, split_buffers, split_len
 
 __all__ = ["tc_gemv_asm", "tc_loop_chunks", "decode_tc_kernel", "tc_ok", "tc_forward", "tc_tile", "tc_tokens",
@@ -567,26 +568,19 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
         # chunk's groups, columns 64tq..
         WQ: tl.constexpr = 4 if GROUP_COLUMNS else 1
         SQ: tl.constexpr = (2 if GS == 64 else (1 if GS == 128 else 0)) if GROUP_COLUMNS else 0
-        ops = ()
-        if TILED:    # block b's unit (b, c, h, lane) of the first chunk c = q_lo / 4; blocks past N clamped too
-            NGC: tl.constexpr = 256 // GS
-            for r in tl.static_range(R):
-                for h in tl.static_range(2):
+        wps = ()     # the lane's word pointers (feature g, g + 8 of each block), then its scale pointers
+        sps = ()
+        for r in tl.static_range(R):
+            for h in tl.static_range(2):
+                if TILED:    # block b's unit (b, c, h, lane) of the first chunk c = q_lo / 4; blocks past N clamped
                     unit = (tl.minimum(rb // 16 + r, (N - 1) // 16).to(tl.int64) * (KW // 16) + q_lo // 4) * 2 + h
-                    ops = ops + ((w_ptr + (unit * 32 + lane) * 4).to(tl.int64),)
-            for r in tl.static_range(R):
-                for h in tl.static_range(2):
-                    unit = (tl.minimum(rb // 16 + r, (N - 1) // 16).to(tl.int64) * (KW // 16) + q_lo // 4) * 2 + h
-                    ops = ops + ((s_ptr + (unit * 8 + g) * NGC).to(tl.int64),)
-        else:
-            for r in tl.static_range(R):
-                for h in tl.static_range(2):
-                    row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                    ops = ops + ((w_ptr + row.to(tl.int64) * KW + 4 * q_lo + WQ * tq).to(tl.int64),)
-            for r in tl.static_range(R):
-                for h in tl.static_range(2):
-                    row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1)
-                    ops = ops + ((s_ptr + row.to(tl.int64) * G + (64 * q_lo) // GS + SQ * (tq % 2)).to(tl.int64),)
+                    wps = wps + ((w_ptr + (unit * 32 + lane) * 4).to(tl.int64),)
+                    sps = sps + ((s_ptr + (unit * 8 + g) * (256 // GS)).to(tl.int64),)
+                else:
+                    row = tl.minimum(rb + 16 * r + g + 8 * h, N - 1).to(tl.int64)
+                    wps = wps + ((w_ptr + row * KW + 4 * q_lo + WQ * tq).to(tl.int64),)
+                    sps = sps + ((s_ptr + row * G + (64 * q_lo) // GS + SQ * (tq % 2)).to(tl.int64),)
+        ops = wps + sps
         xp = x_ptr + tl.minimum(g, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
         xp2 = x_ptr + tl.minimum(g + 8, M - 1).to(tl.int64) * stride_xm + 64 * q_lo + 16 * WQ * tq
         accs = tl.inline_asm_elementwise(
@@ -690,7 +684,7 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
     instead (``_output``). A 5-D ``T_packed`` is the ``tc`` layout (``T_tiles`` / ``S_tiles`` of ``16 *
     T_packed.shape[0]`` features, ``format.tc_tiles``), read by the ``TILED`` form of the kernel."""
     tiled = T_packed.dim() == 5
-    M, N, G = x.shape[0], T_packed.shape[0] * (16 if tiled else 1), in_features // group_size
+    M, N, G = x.shape[0], packed_out_features(T_packed), in_features // group_size
     sms = n_sm(x.device)
     t = tc_tile(M, in_features, config, N, sms, tiled)
     if t.PDL and not pdl_ok(x.device):      # the launch as it runs: a dependent only where the device allows it

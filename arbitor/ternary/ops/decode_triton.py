@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import tc_rows, tc_tiles_ok, tc_tiles_shapes
+from ..format import packed_out_features, tc_rows, tc_tiles_ok, tc_tiles_shapes
 from .decode_tc import tc_forward, tc_ok
 from .triton_common import (INTERPRETED, check_act, check_device, check_group_size_op, check_kernel_device,
                             dot_precision, expand_bytes, group_sums, load_bytes, n_sm, round_to,
@@ -281,27 +281,20 @@ def decode_config(M: int, N: int, K: int, device: torch.device, config: Optional
 def _check(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_features: int, group_size: int) -> tuple:
     check_group_size_op(in_features, group_size)
     check_kernel_device(T_packed.device)
+    N, G = packed_out_features(T_packed), in_features // group_size
     if T_packed.dim() == 5:      # the tc layout (format.tc_tiles)
-        N = 16 * T_packed.shape[0]
+        layout, ok = "a tc-layout ", tc_tiles_ok(N, in_features, group_size)
         want_t, want_s = tc_tiles_shapes(N, in_features, group_size)
-        if not tc_tiles_ok(N, in_features, group_size) or T_packed.dtype != torch.uint8 \
-                or tuple(T_packed.shape) != want_t or not T_packed.is_contiguous():
-            raise ValueError(f"triton decode op: a tc-layout T_packed must be contiguous uint8 {want_t} with "
-                             f"in_features % 256 == 0 and group_size 64/128/256, got {T_packed.dtype} "
-                             f"{tuple(T_packed.shape)} at group_size {group_size}")
-        if S.dtype != torch.float32 or tuple(S.shape) != want_s or not S.is_contiguous():
-            raise ValueError(f"triton decode op: a tc-layout S must be contiguous float32 {want_s}, got {S.dtype} "
-                             f"{tuple(S.shape)}")
-        check_device(S, "S", T_packed.device)
-        check_act(x, "x", in_features, "in_features", T_packed.device)
-        return N, in_features // group_size
-    N, G = T_packed.shape[0], in_features // group_size
-    if T_packed.dtype != torch.uint8 or tuple(T_packed.shape) != (N, (in_features + 3) // 4) \
-            or not T_packed.is_contiguous():
-        raise ValueError(f"triton decode op: T_packed must be contiguous uint8 [N, {(in_features + 3) // 4}], got "
-                         f"{T_packed.dtype} {tuple(T_packed.shape)}")
-    if S.dtype != torch.float32 or tuple(S.shape) != (N, G) or not S.is_contiguous():
-        raise ValueError(f"triton decode op: S must be contiguous float32 {(N, G)}, got {S.dtype} {tuple(S.shape)}")
+        shape = f"{want_t} (in_features % 256 == 0, group_size 64/128/256: got {group_size})"
+    else:
+        layout, ok, want_t, want_s = "", True, (N, (in_features + 3) // 4), (N, G)
+        shape = f"[N, {want_t[1]}]"
+    if not ok or T_packed.dtype != torch.uint8 or tuple(T_packed.shape) != want_t or not T_packed.is_contiguous():
+        raise ValueError(f"triton decode op: {layout}T_packed must be contiguous uint8 {shape}, got {T_packed.dtype} "
+                         f"{tuple(T_packed.shape)}")
+    if S.dtype != torch.float32 or tuple(S.shape) != want_s or not S.is_contiguous():
+        raise ValueError(f"triton decode op: {layout}S must be contiguous float32 {want_s}, got {S.dtype} "
+                         f"{tuple(S.shape)}")
     check_device(S, "S", T_packed.device)
     check_act(x, "x", in_features, "in_features", T_packed.device)
     return N, G
@@ -347,7 +340,8 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
     M = x.shape[0]
     if path not in ("auto", "gemv", "gemv_expand", "mma", "expand", "tc"):
         raise ValueError(f"path must be 'auto', 'gemv', 'gemv_expand', 'mma', 'expand' or 'tc', got {path!r}")
-    if path == "tc" and not tc_ok(x, T_packed, in_features, group_size):
+    use_tc = tc_ok(x, T_packed, in_features, group_size)
+    if path == "tc" and not use_tc:
         raise ValueError("triton decode op: path='tc' needs 1-16 rows of 16-bit x (unit column stride, 16-byte "
                          f"aligned rows), group_size 64/128/256 and in_features % 256 == 0; got x {x.dtype} "
                          f"{tuple(x.shape)}, group_size {group_size}")
@@ -358,11 +352,11 @@ def decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_
         raise ValueError(f"triton decode op: path='gemv_expand' needs M == 1 (got {M})")
     if path == "mma" and not 0 < M <= DECODE_MAX_M:
         raise ValueError(f"triton decode op: path='mma' needs 1 <= M <= {DECODE_MAX_M}, got {M}")
-    if T_packed.dim() == 5 and (path not in ("auto", "tc") or not tc_ok(x, T_packed, in_features, group_size)):
+    if T_packed.dim() == 5 and not (use_tc and path in ("auto", "tc")):
         # the tc layout off decode_tc (fp32 x, more than 16 rows, a path forced): the other kernels read rows
         T_packed, S = tc_rows(T_packed, S, in_features, group_size)
     if path == "auto":
-        path = ("tc" if tc_ok(x, T_packed, in_features, group_size)        # 1-16 rows of 16-bit x
+        path = ("tc" if use_tc        # 1-16 rows of 16-bit x
                 else "gemv" if gemv_ok(M, T_packed, in_features, group_size)
                 else "mma" if 0 < M <= DECODE_MAX_M and N > 0 else "expand")
     if path == "tc":         # squares in its own store

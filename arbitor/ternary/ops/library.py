@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ..format import packed_out_features
 from .counter import counter_ballot_ as _counter_ballot
 from .decode_triton import decode_forward
 from .linear_triton import ternary_forward, ternary_grad_x
@@ -108,8 +109,7 @@ def ternary_decode_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Ten
 @ternary_decode_forward.register_fake
 def _(x, T_packed, S, in_features, group_size, relu_square=False):
     torch._check(x.dim() == 2 and x.shape[1] == in_features, lambda: "x must be [M, in_features]")
-    # a 5-D T_packed is the tc layout: blocks of 16 features (format.tc_tiles)
-    return x.new_empty(x.shape[0], T_packed.shape[0] * (16 if T_packed.dim() == 5 else 1))
+    return x.new_empty(x.shape[0], packed_out_features(T_packed))
 
 
 @torch.library.custom_op("arbitor::ternary_group_forward", mutates_args=())

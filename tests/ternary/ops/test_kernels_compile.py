@@ -85,7 +85,8 @@ PDL_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from arbitor.ternary.ops.decode_tc import TC_TILE_ONE_WAVE, TC_TILES, _constraints, decode_tc_kernel
+from arbitor.ternary.ops.decode_tc import (TC_TILE_ONE_WAVE, TC_TILED_ONE_WAVE, TC_TILES, TC_TILES_TILED, _constraints,
+                                           decode_tc_kernel)
 from arbitor.model.decode_attention import _split_kernel
 target = GPUTarget('cuda', 90, 32)
 def ptx(fn, sig, consts, warps):
@@ -96,10 +97,12 @@ def ptx(fn, sig, consts, warps):
 tc = {'x_ptr': '*bf16', 'w_ptr': '*i32', 's_ptr': '*fp32', 'y_ptr': '*bf16', 'ws_ptr': '*fp32', 'cnt_ptr': '*i32',
       'tbl_ptr': '*i32', 'M': 'i32', 'N': 'i32', 'KW': 'i32', 'G': 'i32', 'stride_xm': 'i32', 'SPLIT': 'i32',
       'Q_PER_SPLIT': 'i32'}
-for tokens, t in ((1, TC_TILES[1]), (1, TC_TILE_ONE_WAVE[1]), (16, TC_TILES[16])):
+for tokens, t in ((1, TC_TILES[1]), (1, TC_TILE_ONE_WAVE[1]), (16, TC_TILES[16]), (1, TC_TILES_TILED[1]),
+                  (1, TC_TILED_ONE_WAVE[2]), (8, TC_TILES_TILED[8])):
     consts = {'GS': 64, 'R': t.R, 'TOKENS': tokens, 'NUM_WARPS': t.num_warps, 'WARP_SPLIT': t.WARP_SPLIT,
               'GROUP_COLUMNS': t.GROUP_COLUMNS, 'ASM': t.asm(64, tokens, False),
-              'CONSTRAINTS': _constraints(t.R, tokens), 'RELU_SQUARE': False, 'INTERP': False, 'PDL': True}
+              'CONSTRAINTS': _constraints(t.R, tokens), 'RELU_SQUARE': False, 'INTERP': False, 'PDL': True,
+              'TILED': t.TILED}
     code = ptx(decode_tc_kernel, dict(tc, **{k: 'constexpr' for k in consts}), consts, t.num_warps)
     # the wait before the first load; the trigger after the K loop's last mma, before the stores
     assert code.index('griddepcontrol.wait') < code.index('ld.global'), t
@@ -184,7 +187,8 @@ def test_decode_kernels_compile_for_sm90():
 
 
 def test_dependent_launch_kernels_compile_for_sm90_and_wait_before_they_read():
-    """``decode_tc_kernel`` (one-row tiles, the one-wave ring tile, 16 rows) and the decode attention (with and without
+    """``decode_tc_kernel`` (one-row tiles, the one-wave ring tile, 16 rows; in the ``tc`` layout the one-row, the
+    one-wave 8-warp and the 8-row tiles) and the decode attention (with and without
     the cache append) as programmatic dependents: in each one's PTX ``griddepcontrol.wait`` comes before the first
     global load, the trigger for the next kernel after the K loop (``decode_tc``: after its last ``mma``, before its
     stores), and neither reads anything through the non-coherent path."""
