@@ -275,6 +275,36 @@ def test_frozen_model_decodes_like_the_trained_one(group_size):
     assert torch.equal(comp_graph, eager)
 
 
+def test_compiled_step_norms_are_persistent_reductions_at_3b_width():
+    """``decode.COMPILE_OPTIONS``' ``triton.multi_kernel = 3`` (``model/decode.py``): a residual add + RMS norm over a
+    ``3b`` row of 3,072 bf16 values, compiled with the decoder's options, runs as a persistent reduction
+    (``triton_per_*``, the row in one block) and no looped one (``triton_red_*``, which Inductor writes above 1,024
+    elements without the option) -- the guard that index 1 of Inductor's two forms is still the persistent one. The
+    sum is exact and the norm within one bf16 rounding of the eager ops' (the mean of squares summed in another
+    order)."""
+    from arbitor.model.decode import COMPILE_OPTIONS
+    from arbitor.model.layers import RMSNorm
+    norm = RMSNorm()
+
+    def add_norm(x, d):
+        h = x + d
+        return h, norm(h)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, d = (torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    compiled = torch.compile(add_norm, options=COMPILE_OPTIONS)
+    compiled(x, d)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        h, y = compiled(x, d)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    print("compiled add + norm kernels:", names)
+    assert any(n.startswith("triton_per_") for n in names) and not any(n.startswith("triton_red_") for n in names)
+    h_ref, y_ref = add_norm(x, d)
+    assert torch.equal(h, h_ref)
+    torch.testing.assert_close(y, y_ref, rtol=2 ** -7, atol=0)
+
+
 def test_dependent_launches_decode_like_plain_ones_where_decode_tc_runs(monkeypatch):
     """At a width the frozen layers take ``decode_tc`` for (``d_model`` 256: K a multiple of 256), with fused
     projections and the compiled, graphed step -- on sm_90+ Inductor's kernels, ``decode_tc`` and the decode

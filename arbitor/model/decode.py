@@ -26,7 +26,17 @@ kernel launches as a programmatic dependent of the one before it (it starts whil
 it before reading), as the frozen layers' ``decode_tc`` and the decode attention do on their own
 (``triton_common.pdl_ok``); the launches of the ~230 kernels of a ``3b`` token step then overlap the kernels
 before them. On the H200 that took the ``3b`` step at batch 1 from 812-815 to 890-892 tokens/s, with the same tokens
-(``benchmarks/results/inference/h200-decode-pdl-plain/``). Frozen models (``arbitor.for_inference``) decode from
+(``benchmarks/results/inference/h200-decode-pdl-plain/``). And it sets ``triton.multi_kernel`` to 3: the residual
+adds and RMS norms between the projections are reductions over ``d_model`` elements a row, which Inductor writes as a
+loop over blocks of the row above 1,024 elements (``triton_red_*``: the row read twice, one L2 round trip a block)
+and as one block in registers below (``triton_per_*``, a "persistent" reduction). With ``multi_kernel`` it builds
+both forms of every reduction up to 16 times that size and picks one at run time: 1 would pick the faster by
+timing the first call (a choice that may differ from run to run, and with it the summation order); 3 always runs
+index 1 of the two, which is the persistent one (Inductor sorts them by it: ``add_multi_kernel_choices`` in
+``torch/_inductor/codegen/triton.py``; ``tests/test_gpu.py`` checks that it is). On the H200 that took the ``3b``
+step at batch 1 from 939 to 977 tokens/s (dense bf16: 415 to 418) and at batch 16 from 6,107 to 6,197 (dense:
+4,644 to 4,680), greedy tokens still equal to the eager step's
+(``benchmarks/results/inference/h200-persistent-norms/``). Frozen models (``arbitor.for_inference``) decode from
 ``T_packed`` and float32 group scales only.
 
 The same decoder works without a graph (``cuda_graph=False``, any device): the static-cache path eagerly,
@@ -53,8 +63,10 @@ from .attention import StaticKVCache
 __all__ = ["GraphedDecoder", "generate_static", "sample_next", "COMPILE_OPTIONS"]
 
 #: Inductor options of the compiled token step (module doc): bf16 intermediates rounded as in eager mode;
-#: independent kernels launched together; programmatic dependent launch (sm_90+; Inductor ignores it elsewhere)
-COMPILE_OPTIONS = {"emulate_precision_casts": True, "combo_kernels": True, "triton.enable_pdl": True}
+#: independent kernels launched together; programmatic dependent launch (sm_90+; Inductor ignores it elsewhere);
+#: the norms' reductions in one block of registers up to 16,384 elements a row (Triton kernels only)
+COMPILE_OPTIONS = {"emulate_precision_casts": True, "combo_kernels": True, "triton.enable_pdl": True,
+                   "triton.multi_kernel": 3}
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int],
