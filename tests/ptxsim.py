@@ -204,8 +204,8 @@ def run(asm: str, operands: list[dict[int, int]], mem: Optional[Memory] = None,
                     assert a % int(size) == 0, f"cp.async source not aligned to its size: {a:#x}"
                     data = b"".join(mem.word(a + 4 * i).to_bytes(4, "little") for i in range(int(size) // 4))
                     shared.open[lane].append((_addr(dst, lambda t, lane=lane: val(lane, t)), data))
-        elif op == "griddepcontrol.wait":    # one kernel, nothing before it: the wait returns at once
-            pass
+        elif op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents"):
+            pass                             # one kernel, nothing before or after it
         elif op == "cp.async.commit_group":
             for lane in lanes:
                 shared.groups[lane].append(shared.open[lane])

@@ -169,8 +169,9 @@ def test_fused_decode_attention_at_3b_shapes(batch, dtype, monkeypatch):
 def test_fused_append_at_3b_shapes(batch, monkeypatch):
     """``one_query_attention_append`` (the token step's cache write and attention in one launch) at the ``3b``
     shapes: bit for bit the row written, then ``one_query_attention`` under ``key <= p``, with the caches written
-    alike; 50 calls give the same bits; a CUDA graph of it replays with the position the cache holds at replay;
-    and ``StaticKVCache.attend`` runs it for a token step."""
+    alike, also into a settled cache (``cache_settled``: the position and first tiles read before the dependent
+    launch's wait); 50 calls give the same bits; a CUDA graph of it (settled) replays with the position the cache
+    holds at replay; and ``StaticKVCache.attend`` runs it, settled, for a token step."""
     from arbitor.model import decode_attention
     from arbitor.model.attention import StaticKVCache
     from arbitor.model.decode_attention import one_query_attention, one_query_attention_append
@@ -193,16 +194,18 @@ def test_fused_append_at_3b_shapes(batch, monkeypatch):
     out = one_query_attention_append(q, kn, vn, kc, vc, pos)
     assert torch.equal(out, ref) and torch.equal(kc, kr) and torch.equal(vc, vr)
     assert all(torch.equal(one_query_attention_append(q, kn, vn, kc, vc, pos), ref) for _ in range(50))
+    assert torch.equal(one_query_attention_append(q, kn, vn, kc, vc, pos, cache_settled=True), ref)
+    assert torch.equal(kc, kr) and torch.equal(vc, vr)
 
     op = torch.ops.arbitor.one_query_attention_append
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        op(q, kn, vn, kc, vc, pos)
+        op(q, kn, vn, kc, vc, pos, True)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = op(q, kn, vn, kc, vc, pos)
+        static_out = op(q, kn, vn, kc, vc, pos, True)
     kn2, vn2 = rand(batch, 24, 1, 128), rand(batch, 24, 1, 128)
     ref2, kr2, vr2 = expected(100, kn2, vn2)
     kn.copy_(kn2)
@@ -214,14 +217,15 @@ def test_fused_append_at_3b_shapes(batch, monkeypatch):
 
     calls = []
     real = decode_attention.one_query_attention_append_op
-    monkeypatch.setattr(decode_attention, "one_query_attention_append_op", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(decode_attention, "one_query_attention_append_op",
+                        lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     cache = StaticKVCache(1, batch, 24, 128, 576, torch.bfloat16, "cuda")
     cache.k[0].copy_(kc)
     cache.v[0].copy_(vc)
     cache.pos.fill_(7)
     cache.length = 7
     got = cache.attend(0, q, kn, vn)
-    assert calls == [1] and torch.equal(got, expected(7, kn, vn)[0])
+    assert calls == [{"cache_settled": True}] and torch.equal(got, expected(7, kn, vn)[0])
 
 
 def test_graphed_decode_matches_eager_at_batch16_head_dim_128():

@@ -186,10 +186,13 @@ class StaticKVCache:
         T, hd]``'s attention over the buffer under ``update``'s mask (``cached_attention``). A token step in 16 bits
         on CUDA does both in one launch (``decode_attention.one_query_attention_append``: the write and the
         attention of ``_one_query_attention`` bit for bit, without the cache-write kernel between the projection
-        and the attention) when the fused kernel takes the inputs (``_fused_append``)."""
+        and the attention) when the fused kernel takes the inputs (``_fused_append``). The caches and the position
+        are written only by the attention itself and by ``advance`` after the last layer, never by the projection
+        launched just before: the launch may read them before it waits for that projection (``cache_settled``)."""
         fused = _fused_append(q, k, v, self.k[layer], self.v[layer], self.pos)
         if fused is not None:
-            return fused.one_query_attention_append_op(q, k, v, self.k[layer], self.v[layer], self.pos)
+            return fused.one_query_attention_append_op(q, k, v, self.k[layer], self.v[layer], self.pos,
+                                                       cache_settled=True)
         kk, vv, mask = self.update(layer, k, v)
         return cached_attention(q, kk, vv, mask)
 

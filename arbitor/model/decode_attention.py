@@ -36,9 +36,12 @@ takes that row from its registers, keys ``<= p`` are allowed (no mask tensor) --
 (``attention.StaticKVCache.attend``).
 
 On sm_90+ the kernel launches as a programmatic dependent (``triton_common.pdl_ok``): it may start while the
-kernel before it (the q/k/v projection) finishes, waits for it (``gdc_wait``) before reading anything, and lets the
-next kernel launch once its K and V tiles are read; it reads nothing through the non-coherent path, which a
-launch overlapping its producer could serve stale (``ternary/ops/decode_tc.py``).
+kernel before it (the q/k/v projection) finishes, waits for it (``gdc_wait``) before reading anything that kernel
+may have written, and lets the next kernel launch once its K and V tiles are read; it reads nothing through the
+non-coherent path, which a launch overlapping its producer could serve stale (``ternary/ops/decode_tc.py``). A
+token step's append whose caller knows the kernel before wrote neither cache nor the position
+(``cache_settled=True``: ``attention.StaticKVCache.attend``, whose projection comes just before) reads the
+position and its first tile of K and V before that wait, so their trip to memory overlaps the projection's end.
 
 Layout: reference -> kernels -> launcher (``one_query_attention``, input checks) -> the registered op
 ``arbitor::one_query_attention`` (``one_query_attention_op``: opaque to ``torch.compile``, with a fake impl for
@@ -79,7 +82,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
                   H, L, n_splits, BH, qk_scale,
                   s_qb, s_qh, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_m, s_knb, s_knh, s_vnb, s_vnh, s_ob, s_oh,
                   HD: tl.constexpr, BLOCK_L: tl.constexpr, SPLIT_TILES: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-                  APPEND: tl.constexpr, PDL: tl.constexpr = False):
+                  APPEND: tl.constexpr, PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     """Program ``(bh, s)``: the online softmax of head ``bh`` over chunk ``s`` (``SPLIT_TILES * BLOCK_L`` keys).
     Writes ``acc [hd]`` to ``acc_ptr[bh, s]`` and ``(m, l)`` to ``ml_ptr[0 | 1, bh, s]`` (``m`` in base-2
     units, ``-inf`` when the chunk has no allowed key); the head's last program to arrive (``cnt_ptr[bh]``, an
@@ -92,52 +95,50 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
     tile's load of that row may see the cache before or after the write: its value is replaced either way); no
     other program touches the row. (Loading, storing and selecting the row in the tile's own 2-D layout instead, to
     save moving the ``[hd]`` vectors between layouts, made the kernel 32-67 % slower on the H200:
-    ``benchmarks/results/inference/h200-decode-fusions/``.)"""
+    ``benchmarks/results/inference/h200-decode-fusions/``.)
+
+    ``EARLY`` (``APPEND`` under ``PDL``, when the caller knows that the kernel just before wrote neither the caches
+    nor ``pos``: ``one_query_attention_append(cache_settled=True)``): ``qpos`` and the chunk's first tile of K and V
+    are loaded before the wait for that kernel, so their trip to memory overlaps its end. Everything older is
+    visible by then: that kernel waited for its own predecessor before it let this one launch. q, the new key and
+    value, and the later tiles are read after the wait. The same loads and sums in the same order: the same bits."""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
-    if PDL:     # a programmatic dependent: nothing is read before the kernel before it has finished
-        tl.extra.cuda.gdc_wait()
     b = (bh // H).to(tl.int64)      # 64-bit offsets: a large cache's B * H * L * hd may pass 2**31
     h = (bh % H).to(tl.int64)
     d = tl.arange(0, HD)
-    q = tl.load(q_ptr + b * s_qb + h * s_qh + d).to(tl.float32) * qk_scale
     k_base = k_ptr + b * s_kb + h * s_kh
     v_base = v_ptr + b * s_vb + h * s_vh
+    start = sp * (SPLIT_TILES * BLOCK_L)
+    qpos = 0
+    if EARLY:   # the settled cache: the position and the first tile before the wait
+        qpos = tl.load(pos_ptr)
+        kt0, vt0, rows0, allowed0 = _tile_loads(k_base, v_base, mask_ptr, s_kl, s_vl, s_m, start, L, qpos, d,
+                                                BLOCK_L, APPEND)
+    if PDL:     # a programmatic dependent: nothing written by the kernel before is read before it has finished
+        tl.extra.cuda.gdc_wait()
+    q = tl.load(q_ptr + b * s_qb + h * s_qh + d).to(tl.float32) * qk_scale
     m_i = tl.full((), float("-inf"), tl.float32)
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros([HD], tl.float32)
-    start = sp * (SPLIT_TILES * BLOCK_L)
+    kn = q
+    vn = q
     if APPEND:
-        qpos = tl.load(pos_ptr)            # the query's position: its key is written there
+        if not EARLY:
+            qpos = tl.load(pos_ptr)        # the query's position: its key is written there
         kn = tl.load(kn_ptr + b * s_knb + h * s_knh + d)
         vn = tl.load(vn_ptr + b * s_vnb + h * s_vnh + d)
         if (qpos >= start) & (qpos < start + SPLIT_TILES * BLOCK_L):
             tl.store(k_base + qpos * s_kl + d, kn)
             tl.store(v_base + qpos * s_vl + d, vn)
-    for t in range(SPLIT_TILES):
-        pos = start + t * BLOCK_L + tl.arange(0, BLOCK_L)
-        inside = pos < L
-        rows = pos.to(tl.int64)
-        if APPEND:
-            allowed = inside & (rows <= qpos)
-        else:
-            allowed = inside & (tl.load(mask_ptr + rows * s_m, mask=inside, other=0) != 0)
-        # K and V of the tile requested together: one memory latency a tile, not two
-        kt = tl.load(k_base + rows[:, None] * s_kl + d[None, :], mask=allowed[:, None], other=0.0)
-        vt = tl.load(v_base + rows[:, None] * s_vl + d[None, :], mask=allowed[:, None], other=0.0)
-        if APPEND:
-            new = (rows == qpos)[:, None]
-            kt = tl.where(new, kn[None, :], kt)
-            vt = tl.where(new, vn[None, :], vt)
-        s = tl.where(allowed, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        # every key so far masked: m_new = -inf; subtract 0 instead so that exp2(-inf - -inf) = NaN never occurs
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_sub)            # 0 while m_i = -inf (acc, l are still 0)
-        p = tl.exp2(s - m_sub)                  # 0 at masked positions
-        acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+    first = 0
+    if EARLY:
+        m_i, l_i, acc = _tile_update(kt0, vt0, rows0, allowed0, q, kn, vn, qpos, m_i, l_i, acc, APPEND)
+        first = 1
+    for t in range(first, SPLIT_TILES):
+        kt, vt, rows, allowed = _tile_loads(k_base, v_base, mask_ptr, s_kl, s_vl, s_m, start + t * BLOCK_L, L, qpos,
+                                            d, BLOCK_L, APPEND)
+        m_i, l_i, acc = _tile_update(kt, vt, rows, allowed, q, kn, vn, qpos, m_i, l_i, acc, APPEND)
     if PDL:     # K and V read: the next kernel may launch (it waits for this one to finish before it reads)
         tl.extra.cuda.gdc_launch_dependents()
     if n_splits == 1:
@@ -153,29 +154,80 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
 
 
 @triton.jit
+def _tile_loads(k_base, v_base, mask_ptr, s_kl, s_vl, s_m, tile_start, L, qpos, d, BLOCK_L: tl.constexpr,
+                APPEND: tl.constexpr):
+    """The tile of ``BLOCK_L`` keys from ``tile_start``: ``(K [BLOCK_L, hd], V, rows, allowed)``, K and V requested
+    together (one memory latency a tile, not two), masked-out rows not read (a static cache's unwritten tail may
+    hold anything)."""
+    pos = tile_start + tl.arange(0, BLOCK_L)
+    inside = pos < L
+    rows = pos.to(tl.int64)
+    if APPEND:
+        allowed = inside & (rows <= qpos)
+    else:
+        allowed = inside & (tl.load(mask_ptr + rows * s_m, mask=inside, other=0) != 0)
+    kt = tl.load(k_base + rows[:, None] * s_kl + d[None, :], mask=allowed[:, None], other=0.0)
+    vt = tl.load(v_base + rows[:, None] * s_vl + d[None, :], mask=allowed[:, None], other=0.0)
+    return kt, vt, rows, allowed
+
+
+@triton.jit
+def _tile_update(kt, vt, rows, allowed, q, kn, vn, qpos, m_i, l_i, acc, APPEND: tl.constexpr):
+    """The online softmax's step over one tile (``APPEND``: the query's own row taken from ``kn`` / ``vn``):
+    ``(m, l, acc)`` after it."""
+    if APPEND:
+        new = (rows == qpos)[:, None]
+        kt = tl.where(new, kn[None, :], kt)
+        vt = tl.where(new, vn[None, :], vt)
+    s = tl.where(allowed, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    # every key so far masked: m_new = -inf; subtract 0 instead so that exp2(-inf - -inf) = NaN never occurs
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_sub)            # 0 while m_i = -inf (acc, l are still 0)
+    p = tl.exp2(s - m_sub)                  # 0 at masked positions
+    acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), axis=0)
+    l_i = l_i * alpha + tl.sum(p, axis=0)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _combine(acc_ptr, ml_ptr, o_ptr, bh, n_splits, BH, HD: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
     """Merges the ``n_splits`` partials of head ``bh`` in split order (blocks of ``SPLIT_BLOCK`` splits, a
     fixed-shape ``tl.sum`` in each) and stores ``acc / l`` at ``o_ptr`` (``[hd]``); the partials are read past
-    L1 (``.cg``: other programs wrote them)."""
+    L1 (``.cg``: other programs wrote them). Up to ``SPLIT_BLOCK`` splits (the launcher's choice whenever there are
+    at most 16) every partial is requested at once, one trip to L2 instead of two; the sums are the same."""
     d = tl.arange(0, HD)
     j = tl.arange(0, SPLIT_BLOCK)
     row = bh.to(tl.int64) * n_splits
-    m_max = tl.full((), float("-inf"), tl.float32)
-    for s0 in range(0, n_splits, SPLIT_BLOCK):
-        m = tl.load(ml_ptr + row + s0 + j, mask=s0 + j < n_splits, other=float("-inf"), cache_modifier=".cg")
-        m_max = tl.maximum(m_max, tl.max(m, axis=0))
-    m_sub = tl.where(m_max == float("-inf"), 0.0, m_max)     # no allowed key in the row: l = 0, out = 0/0 = NaN
-    l_sum = tl.zeros((), tl.float32)
-    acc = tl.zeros([HD], tl.float32)
-    for s0 in range(0, n_splits, SPLIT_BLOCK):
-        live = s0 + j < n_splits
-        m = tl.load(ml_ptr + row + s0 + j, mask=live, other=float("-inf"), cache_modifier=".cg")
-        w = tl.exp2(m - m_sub)                   # 0 for a chunk with no allowed key (m = -inf) and padding
-        l_sum += tl.sum(w * tl.load(ml_ptr + BH * n_splits + row + s0 + j, mask=live, other=0.0,
-                                    cache_modifier=".cg"), axis=0)
-        a = tl.load(acc_ptr + (row + s0 + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
+    if n_splits <= SPLIT_BLOCK:
+        live = j < n_splits
+        m = tl.load(ml_ptr + row + j, mask=live, other=float("-inf"), cache_modifier=".cg")
+        lp = tl.load(ml_ptr + BH * n_splits + row + j, mask=live, other=0.0, cache_modifier=".cg")
+        a = tl.load(acc_ptr + (row + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
                     cache_modifier=".cg")
-        acc += tl.sum(w[:, None] * a, axis=0)
+        m_max = tl.max(m, axis=0)
+        m_sub = tl.where(m_max == float("-inf"), 0.0, m_max)     # no allowed key: l = 0, out = 0/0 = NaN
+        w = tl.exp2(m - m_sub)                   # 0 for a chunk with no allowed key (m = -inf) and padding
+        # added to zeros as the loop below does (a sum of -0.0 stays +0.0 in both forms)
+        l_sum = tl.zeros((), tl.float32) + tl.sum(w * lp, axis=0)
+        acc = tl.zeros([HD], tl.float32) + tl.sum(w[:, None] * a, axis=0)
+    else:
+        m_max = tl.full((), float("-inf"), tl.float32)
+        for s0 in range(0, n_splits, SPLIT_BLOCK):
+            m = tl.load(ml_ptr + row + s0 + j, mask=s0 + j < n_splits, other=float("-inf"), cache_modifier=".cg")
+            m_max = tl.maximum(m_max, tl.max(m, axis=0))
+        m_sub = tl.where(m_max == float("-inf"), 0.0, m_max)
+        l_sum = tl.zeros((), tl.float32)
+        acc = tl.zeros([HD], tl.float32)
+        for s0 in range(0, n_splits, SPLIT_BLOCK):
+            live = s0 + j < n_splits
+            m = tl.load(ml_ptr + row + s0 + j, mask=live, other=float("-inf"), cache_modifier=".cg")
+            w = tl.exp2(m - m_sub)
+            l_sum += tl.sum(w * tl.load(ml_ptr + BH * n_splits + row + s0 + j, mask=live, other=0.0,
+                                        cache_modifier=".cg"), axis=0)
+            a = tl.load(acc_ptr + (row + s0 + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
+                        cache_modifier=".cg")
+            acc += tl.sum(w[:, None] * a, axis=0)
     tl.store(o_ptr + d, (acc / l_sum).to(o_ptr.dtype.element_ty))
 
 
@@ -282,25 +334,28 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 def one_query_attention_append(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
                                v_cache: torch.Tensor, pos: torch.Tensor, *, block_l: Optional[int] = None,
-                               split_tiles: Optional[int] = None) -> torch.Tensor:
+                               split_tiles: Optional[int] = None, cache_settled: bool = False) -> torch.Tensor:
     """A token step's cache write and attention in one launch: writes ``k_new, v_new [B, H, 1, hd]`` into
     ``k_cache, v_cache [B, H, L, hd]`` at position ``p = pos`` (a 0-d int64 device tensor: a static cache's,
     which a CUDA graph replays with the position it holds then) and returns ``q [B, H, 1, hd]``'s attention over
     keys ``0 .. p`` -- bit for bit ``one_query_attention`` after ``k_cache[:, :, p] = k_new`` (and v) under the mask
     ``key position <= p``: the same tiles and sums, the new row taken from registers. ``0 <= p < L`` is the
     caller's invariant (``attention.StaticKVCache`` holds it on the host); a ``p`` past the cache writes nothing.
-    ``ValueError`` (one line) for inputs the kernel cannot take (``check_append_inputs``)."""
+    ``cache_settled``: the caller promises that the kernel launched just before this one wrote neither
+    ``k_cache``, ``v_cache`` nor ``pos``; on sm_90+ the kernel then reads the position and its first tile of the
+    caches before it waits for that kernel (``_split_kernel``'s ``EARLY``; the same bits). ``ValueError`` (one
+    line) for inputs the kernel cannot take (``check_append_inputs``)."""
     problem = check_append_inputs(q, k_new, v_new, k_cache, v_cache, pos)
     if problem is not None:
         raise ValueError(f"one_query_attention_append: {problem}")
-    return _launch(q, k_cache, v_cache, None, block_l, split_tiles, (k_new, v_new, pos))
+    return _launch(q, k_cache, v_cache, None, block_l, split_tiles, (k_new, v_new, pos), cache_settled)
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
             block_l: Optional[int] = None, split_tiles: Optional[int] = None,
-            append: Optional[tuple] = None) -> torch.Tensor:
+            append: Optional[tuple] = None, cache_settled: bool = False) -> torch.Tensor:
     """``one_query_attention`` on inputs ``check_inputs`` has taken; with ``append = (k_new, v_new, pos)`` (and no
-    mask) ``one_query_attention_append`` on inputs ``check_append_inputs`` has taken."""
+    mask) ``one_query_attention_append`` on inputs ``check_append_inputs`` has taken (``cache_settled``: its)."""
     B, H, _, hd = q.shape
     L = k.shape[2]
     cfg = launch_config(B, H, L, hd, n_sm(q.device), block_l, split_tiles)
@@ -322,7 +377,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[to
         mask_u8.stride(0) if mask is not None else 0, kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1),
         out.stride(0), out.stride(1), HD=hd, BLOCK_L=cfg["BLOCK_L"], SPLIT_TILES=cfg["SPLIT_TILES"],
         SPLIT_BLOCK=min(16, triton.next_power_of_2(splits)), APPEND=append is not None, PDL=pdl,
-        num_warps=cfg["num_warps"], launch_pdl=pdl)
+        EARLY=append is not None and cache_settled, num_warps=cfg["num_warps"], launch_pdl=pdl)
     return out
 
 
@@ -346,14 +401,15 @@ def _(q, k, v, mask):
 
 @torch.library.custom_op("arbitor::one_query_attention_append", mutates_args=("k_cache", "v_cache"))
 def one_query_attention_append_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
-                                  v_cache: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+                                  v_cache: torch.Tensor, pos: torch.Tensor,
+                                  cache_settled: bool = False) -> torch.Tensor:
     """``one_query_attention_append`` as an op ``torch.compile`` keeps opaque and knows to write the caches in
     place, for inputs the caller has checked (``attention.StaticKVCache.attend``)."""
-    return _launch(q, k_cache, v_cache, None, append=(k_new, v_new, pos))
+    return _launch(q, k_cache, v_cache, None, append=(k_new, v_new, pos), cache_settled=cache_settled)
 
 
 @one_query_attention_append_op.register_fake
-def _(q, k_new, v_new, k_cache, v_cache, pos):
+def _(q, k_new, v_new, k_cache, v_cache, pos, cache_settled=False):
     torch._check(q.dim() == 4 and q.shape[2] == 1, lambda: "q must be [B, H, 1, hd]")
     torch._check(k_new.shape == q.shape and v_new.shape == q.shape, lambda: "k_new, v_new must have q's shape")
     torch._check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape,

@@ -277,6 +277,33 @@ def test_append_is_write_then_attend_bit_for_bit(B, H, L, hd, dtype, p, block_l,
 
 
 @interp
+@pytest.mark.parametrize("B,H,L,hd,dtype,p,block_l,split_tiles", [
+    (1, 2, 130, 128, BF16, 64, 64, 1),           # the first row of the second tile
+    (2, 3, 130, 64, FP16, 129, 16, 3),           # 3 tiles a program: the first read early, two in the loop
+    (1, 1, 577, 16, BF16, 300, None, None),      # the default launch
+    (1, 2, 100, 16, FP16, 99, 4, 1),             # 25 splits: more than one block of the merge (SPLIT_BLOCK 16)
+])
+def test_append_into_a_settled_cache_reads_early_and_gives_the_same_bits(B, H, L, hd, dtype, p, block_l, split_tiles):
+    """``cache_settled=True`` (the kernel's ``EARLY``: the position and the first tile of each program read before
+    the dependent-launch wait) computes exactly what the plain launch does: the same output bits and caches, and
+    the output within float32 rounding of the reference, also where the head's partials take more than one block of
+    the merge."""
+    kw = dict(block_l=block_l, split_tiles=split_tiles)
+    plain = _append_case(B, H, L, hd, dtype, p, seed=L + p)
+    early = tuple(t.clone() for t in plain)
+    out = decode_attention.one_query_attention_append(*plain, **kw)
+    out_early = decode_attention.one_query_attention_append(*early, **kw, cache_settled=True)
+    assert torch.equal(out_early, out) and torch.isfinite(out).all()
+    for a, b in zip(plain[3:5], early[3:5]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True)
+    mask = (torch.arange(L) <= p).view(1, L)
+    k_ref, v_ref = (c.clone() for c in plain[3:5])
+    k_ref[:, :, p + 1:], v_ref[:, :, p + 1:] = 0, 0      # the NaN rows: masked, but the reference multiplies them
+    ref = one_query_attention_torch(plain[0].float(), k_ref.float(), v_ref.float(), mask)
+    torch.testing.assert_close(out_early.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@interp
 @pytest.mark.parametrize("which,match", [
     ("kshape", "k_new must be"), ("vdtype", "v_new must be"), ("posdtype", "pos must be a 0-d int64"),
     ("posshape", "pos must be a 0-d int64"), ("posdevice", "one device"), ("cache", "k must be"),
@@ -320,9 +347,10 @@ def test_static_cache_token_step_appends_in_the_kernel_and_compiles_in_place(mon
     monkeypatch.setattr(attention, "_fused_append", fused)
     calls = []
     real = decode_attention.one_query_attention_append_op
-    monkeypatch.setattr(decode_attention, "one_query_attention_append_op", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(decode_attention, "one_query_attention_append_op",
+                        lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     out = appended.attend(0, q, k, v)
-    assert calls and torch.equal(out, ref)
+    assert calls == [{"cache_settled": True}] and torch.equal(out, ref)
     assert torch.equal(appended.k[0], plain.k[0]) and torch.equal(appended.v[0], plain.v[0])
     monkeypatch.setattr(decode_attention, "one_query_attention_append_op", real)
 

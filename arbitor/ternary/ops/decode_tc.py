@@ -40,7 +40,8 @@ under ``TRITON_INTERPRET`` the kernel computes the same sums with plain loads (`
 
 Launch (sm_90+, ``TcTile.PDL``): a programmatic dependent of the kernel before it -- the launch and the
 program's set-up overlap that kernel's end, the PTX waits for it before its first load, and the next kernel may
-launch once the K loop is done (``decode_tc_kernel``). A decode step is a chain of ~230 short kernels, so their
+launch once the K loop is done (``decode_tc_kernel``), or, in the ``tc`` layout at one row
+(``TcTile.EARLY_TRIGGER``), right after the wait. A decode step is a chain of ~230 short kernels, so their
 launches were a large share of it: the ``3b`` step at batch 1 went from 812-815 to 890-892 tokens/s on the H200
 with this and Inductor's own dependent launches (``model/decode.py``;
 ``benchmarks/results/inference/h200-decode-pdl-plain/``).
@@ -85,6 +86,7 @@ class TcTile(NamedTuple):
     RING: int = 0               #: slots of the shared-memory ring of words and scales (``tc_gemv_asm``'s ``ring``)
     PDL: bool = True            #: launched as a programmatic dependent (``tc_forward`` keeps it where ``pdl_ok``)
     TILED: bool = False         #: the weights in the ``tc`` layout (``format.tc_tiles``): set from the layer's layout
+    EARLY_TRIGGER: bool = False  #: with ``PDL``: the next kernel may launch right after the wait, not after the K loop
 
     @property
     def ring_bytes(self) -> int:
@@ -94,7 +96,8 @@ class TcTile(NamedTuple):
     def asm(self, group_size: int, tokens: int, f16: bool) -> str:
         """The launch's K-loop PTX: ``tc_gemv_asm`` with this tile's fields."""
         return tc_gemv_asm(self.R, group_size, tokens, f16, self.X_AHEAD, self.AHEAD, self.GROUP_COLUMNS,
-                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, self.PDL, self.TILED)
+                           self.L2_PREFETCH, self.RING, 32 * self.num_warps, self.PDL, self.TILED,
+                           self.EARLY_TRIGGER)
 
 
 #: by token count (1, up to 8, up to 16). From the H200 sweeps in ``benchmarks/results/inference``:
@@ -133,12 +136,18 @@ TC_TILE_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, GROUP_COLUMNS=True, RIN
 #: ``bench_decode.py``'s GEMV rows (``benchmarks/results/inference/h200-tc-layout/call1``): the row layout's tiles
 #: are within 3 % of the sweep's best at one row where the features fill more than two waves of 16-feature tiles
 #: (8192², 3072 x 12288), within 1-4 % at 4 rows and 1-20 % at 16; no launch of the sweep was faster at every
-#: shape of a row count (nor 2 or 4 blocks a warp at one row, ``call6``);
-TC_TILES_TILED = {k: t._replace(TILED=True) for k, t in TC_TILES.items()}
+#: shape of a row count (nor 2 or 4 blocks a warp at one row, ``call6``). At one row they let the next kernel
+#: launch right after their wait (``EARLY_TRIGGER``): in one H200 process the ``3b`` step at batch 1 took 1,036
+#: tokens/s with it against 1,001 without, the decode attention after the q/k/v/gate projection reading its settled
+#: cache meanwhile (``model/decode_attention.py``; before that attention, the trigger alone took 940 against 946,
+#: and in the GEMV harness's chain of one layer it is 0-2 % slower: ``benchmarks/results/inference/h200-early-reads``)
+TC_TILES_TILED = {k: t._replace(TILED=True, EARLY_TRIGGER=k == 1) for k, t in TC_TILES.items()}
 #: one row into one to two waves of 16-feature tiles (``tc_tile``): one program a tile, no K split, its warps
 #: sharing the features (``WARP_SPLIT``); 4 warps up to ``[0]`` columns (3.71 us at 3072², 4.40 at 4096²), 8 above
-#: (5.13 us at 6144 x 3072 against 5.35 with 4; 8.26 at 12288 x 3072 against 9.05 for ``TC_TILES_TILED[1]``)
-TC_TILED_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, TILED=True), TcTile(1, 8, 1, True, 1, True, TILED=True))
+#: (5.13 us at 6144 x 3072 against 5.35 with 4; 8.26 at 12288 x 3072 against 9.05 for ``TC_TILES_TILED[1]``); the
+#: early trigger as ``TC_TILES_TILED[1]``
+TC_TILED_ONE_WAVE = (4096, TcTile(1, 4, 1, True, 1, True, TILED=True, EARLY_TRIGGER=True),
+                     TcTile(1, 8, 1, True, 1, True, TILED=True, EARLY_TRIGGER=True))
 
 
 def tc_tokens(M: int) -> int:
@@ -211,7 +220,7 @@ def tc_loop_chunks(ahead: int, x_ahead: bool, ring: int = 0) -> int:
 @lru_cache(maxsize=None)
 def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool = True, ahead: int = 1,
                 group_columns: bool = False, l2_prefetch: int = 0, ring: int = 0, threads: int = 128,
-                pdl: bool = False, tiled: bool = False) -> str:
+                pdl: bool = False, tiled: bool = False, early_trigger: bool = False) -> str:
     """The per-thread PTX of ``decode_tc_kernel``'s K loop for ``tokens`` rows of x (1: one; 8: up to 8; 16: up
     to 16, a second mma per weight fragment). Operands: ``$0 .. $(NA*R-1)`` the fp32 accumulators (out;
     ``NA = (2, 4, 8)[tokens]``: block ``r``'s ``D`` values of features ``g`` / ``g + 8`` and the lane's tokens),
@@ -258,6 +267,9 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
     runs, which a dependent launch breaks (on the H200 x read through it was stale: the ``3b`` step's greedy tokens
     left the plain step's after 2 tokens). The weights and scales are read plainly too, in case the kernel before
     wrote them in place; that cost nothing measurable (``benchmarks/results/inference/h200-decode-pdl-plain/``).
+    ``early_trigger`` (with ``pdl``): ``griddepcontrol.launch_dependents`` right after the wait, so that the next
+    kernel may launch while this one's K loop runs (``decode_tc_kernel``'s ``EARLY_TRIGGER``); without ``pdl`` it
+    adds nothing.
 
     ``tiled`` (the frozen layer's ``tc`` layout, ``format.tc_tiles``): the word pointer of block ``r``'s feature
     ``g + 8h`` points at the lane's 16-byte unit of the chunk -- its word of each of the chunk's four quads, in the
@@ -301,6 +313,7 @@ def tc_gemv_asm(R: int, group_size: int, tokens: int, f16: bool, x_ahead: bool =
          f".reg .f32 tfz, td<{max(8 * ngc, 16) * R}>, ts<{8 * R * sets}>;",
          f".reg .b64 twp<{2 * R}>, tsp<{2 * R}>, txp, txp2;",
          *(["griddepcontrol.wait;"] if pdl else []),
+         *(["griddepcontrol.launch_dependents;"] if pdl and early_trigger else []),
          "mov.f32 tfz, 0f00000000;", f"mov.b32 tn, {nc};", f"{ld}.b32 ttb, [{tbl}];",
          f"mov.b64 txp, {xp};", f"mov.b64 txp2, {xp2};"]
     L += [f"mov.b64 twp{k}, {p};" for k, p in enumerate(wps)] + [f"mov.b64 tsp{k}, {p};" for k, p in enumerate(sps)]
@@ -518,7 +531,7 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
                      Q_PER_SPLIT, GS: tl.constexpr, R: tl.constexpr, TOKENS: tl.constexpr, NUM_WARPS: tl.constexpr,
                      WARP_SPLIT: tl.constexpr, GROUP_COLUMNS: tl.constexpr, ASM: tl.constexpr,
                      CONSTRAINTS: tl.constexpr, RELU_SQUARE: tl.constexpr, INTERP: tl.constexpr,
-                     PDL: tl.constexpr = False, TILED: tl.constexpr = False):
+                     PDL: tl.constexpr = False, TILED: tl.constexpr = False, EARLY_TRIGGER: tl.constexpr = False):
     """Program axis 0: ``R`` blocks of 16 output features a warp (``NUM_WARPS * R`` blocks a program, or, with
     ``WARP_SPLIT``, the same ``R`` blocks for every warp, each warp taking a share of the program's K range and
     the warps' sums added in the program); axis 1: the quads ``[s * Q_PER_SPLIT, ...)`` of K (whole 256-column
@@ -530,7 +543,10 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
     (``tc_gemv_asm(pdl=True)``), and once its K loop is done the program lets the next kernel launch
     (``griddepcontrol.launch_dependents``; that kernel waits for this one to finish before it reads anything). A
     program triggers only after its own wait, so a kernel two launches on never starts before this one's
-    predecessor has finished.
+    predecessor has finished. ``EARLY_TRIGGER`` (the PTX's ``early_trigger``): the trigger comes right after the wait
+    instead, still after it; the next kernel may then launch during the K loop, and a kernel that reads something
+    this one does not write before its own wait (the decode attention's settled cache) has its loads in flight
+    meanwhile.
 
     ``TILED``: ``w_ptr`` / ``s_ptr`` hold the ``tc`` layout (``format.tc_tiles``: ``[NB, C, 2, 32, 4]`` int32 words,
     ``[NB, C, 2, 8, 256 // GS]`` scales); each lane's pointers are its units of its blocks' first chunk."""
@@ -587,7 +603,7 @@ def decode_tc_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, tbl_ptr, M, N,
             ASM, CONSTRAINTS, ops + (xp.to(tl.int64), xp2.to(tl.int64), (q_hi - q_lo) // 4,
                                      (tbl_ptr + 0 * i).to(tl.int64), (g == tq).to(tl.int32)),
             dtype=(tl.float32,) * (NA * R), is_pure=not PDL, pack=1)
-        if PDL:
+        if PDL and not EARLY_TRIGGER:
             tl.extra.cuda.gdc_launch_dependents()
     if WARP_SPLIT:       # the warps' sums of each lane's outputs, added in the program (fixed order)
         red = ()
@@ -702,6 +718,6 @@ def tc_forward(x: torch.Tensor, T_packed: torch.Tensor, S: torch.Tensor, in_feat
                                      NUM_WARPS=t.num_warps, WARP_SPLIT=t.WARP_SPLIT, GROUP_COLUMNS=t.GROUP_COLUMNS,
                                      ASM=t.asm(group_size, tokens, x.dtype == torch.float16),
                                      CONSTRAINTS=_constraints(t.R, tokens), RELU_SQUARE=relu_square,
-                                     INTERP=INTERPRETED, PDL=t.PDL, TILED=t.TILED, num_warps=t.num_warps,
-                                     launch_pdl=t.PDL)
+                                     INTERP=INTERPRETED, PDL=t.PDL, TILED=t.TILED, EARLY_TRIGGER=t.EARLY_TRIGGER,
+                                     num_warps=t.num_warps, launch_pdl=t.PDL)
     return y

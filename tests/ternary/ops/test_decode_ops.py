@@ -228,6 +228,9 @@ def test_tc_layout_default_tiles(monkeypatch):
     assert tc_tile(1, 3072, None, 12288, 132, tiled=True) == TC_TILES_TILED[1]
     assert tc_tile(9, 3072, None, 3072, 132, tiled=True) == TC_TILES_TILED[16]
     assert all(t.TILED and not t.GROUP_COLUMNS for t in (*TC_TILES_TILED.values(), *TC_TILED_ONE_WAVE[1:]))
+    # the next kernel launches right after the wait at one row only (where it was measured)
+    assert [t.EARLY_TRIGGER for t in (TC_TILES_TILED[1], *TC_TILED_ONE_WAVE[1:])] == [True] * 3
+    assert not TC_TILES_TILED[8].EARLY_TRIGGER and not TC_TILES_TILED[16].EARLY_TRIGGER
     with pytest.raises(ValueError, match="not this layer's layout"):
         tc_tile(1, 3072, {"TILED": False}, 3072, 132, tiled=True)
     with pytest.raises(ValueError, match="GROUP_COLUMNS reads the row layout"):

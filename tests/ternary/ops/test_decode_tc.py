@@ -23,7 +23,7 @@ from arbitor.ternary.ops.decode_tc import TABLE, tc_gemv_asm  # noqa: E402
 
 
 def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, group_columns=False, l2_prefetch=0,
-                  ring=0, pdl=False, tiled=False):
+                  ring=0, pdl=False, tiled=False, early_trigger=False):
     """One warp (program 0, warp 0, the whole K) through the PTX: ``(y [M, N] from the warp's accumulators,
     mask of the outputs it owns, reference)``; the operands as ``decode_tc_kernel`` passes them. ``tiled``: the
     weights and scales in memory in the ``tc`` layout (``format.tc_tiles``), the pointers at the lanes' units."""
@@ -42,7 +42,8 @@ def _warp_outputs(M, N, K, gs, R, tokens, f16, seed=0, x_ahead=True, ahead=1, gr
     tbase = mem.add(np.array([TABLE], dtype=np.int32).tobytes())
     KW, G = K // 16, K // gs
     na = {1: 2, 8: 4, 16: 8}[tokens]
-    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring, pdl=pdl, tiled=tiled)
+    asm = tc_gemv_asm(R, gs, tokens, f16, x_ahead, ahead, group_columns, l2_prefetch, ring, pdl=pdl, tiled=tiled,
+                      early_trigger=early_trigger)
     # group_columns: lane tq's words 4tq.., its first scale group and x columns 64tq..
     wq, xq = (4, 64) if group_columns else (1, 16)
     sq = {64: 2, 128: 1, 256: 0}[gs] if group_columns else 0
@@ -217,6 +218,28 @@ def test_ptx_pdl_sums_are_the_same_bits(R, tokens, x_ahead, ahead, group_columns
     y1, _, _ = _warp_outputs(*args, **kw, pdl=True)
     assert owned.any() and torch.equal(y0[owned], y1[owned])
     assert (y1 - ref)[owned].abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("R,tokens,x_ahead,ahead,group_columns,ring", PDL_FORMS[:5])
+def test_ptx_early_trigger_comes_right_after_the_wait_and_changes_nothing_else(R, tokens, x_ahead, ahead,
+                                                                               group_columns, ring):
+    """``early_trigger`` (``TcTile.EARLY_TRIGGER``): with ``pdl`` one ``griddepcontrol.launch_dependents`` right after
+    the wait, before any load, and otherwise the PTX of ``pdl`` alone; without ``pdl`` it adds nothing. The same
+    warp's outputs, bit for bit."""
+    args = (R, 64, tokens, False, x_ahead, ahead, group_columns, 0, ring)
+    pdl = tc_gemv_asm(*args, pdl=True)
+    early = tc_gemv_asm(*args, pdl=True, early_trigger=True)
+    lines = [line.strip() for line in early.splitlines()]
+    wait = lines.index("griddepcontrol.wait;")
+    assert lines[wait + 1] == "griddepcontrol.launch_dependents;" and lines.count(lines[wait + 1]) == 1
+    assert not any("ld." in line or "cp.async." in line for line in lines[:wait + 2])
+    assert early.replace("griddepcontrol.launch_dependents;\n", "") == pdl
+    assert tc_gemv_asm(*args, early_trigger=True) == tc_gemv_asm(*args)
+    M = {1: 1, 8: 6, 16: 13}[tokens]
+    kw = dict(f16=False, x_ahead=x_ahead, ahead=ahead, group_columns=group_columns, ring=ring, pdl=True)
+    y0, owned, _ = _warp_outputs(M, 29, 768, 64, R, tokens, **kw)
+    y1, _, _ = _warp_outputs(M, 29, 768, 64, R, tokens, **kw, early_trigger=True)
+    assert owned.any() and torch.equal(y0[owned], y1[owned])
 
 
 def test_pdl_is_a_tile_field_and_needs_sm90_cuda(monkeypatch):

@@ -102,22 +102,33 @@ for tokens, t in ((1, TC_TILES[1]), (1, TC_TILE_ONE_WAVE[1]), (16, TC_TILES[16])
     consts = {'GS': 64, 'R': t.R, 'TOKENS': tokens, 'NUM_WARPS': t.num_warps, 'WARP_SPLIT': t.WARP_SPLIT,
               'GROUP_COLUMNS': t.GROUP_COLUMNS, 'ASM': t.asm(64, tokens, False),
               'CONSTRAINTS': _constraints(t.R, tokens), 'RELU_SQUARE': False, 'INTERP': False, 'PDL': True,
-              'TILED': t.TILED}
+              'TILED': t.TILED, 'EARLY_TRIGGER': t.EARLY_TRIGGER}
     code = ptx(decode_tc_kernel, dict(tc, **{k: 'constexpr' for k in consts}), consts, t.num_warps)
-    # the wait before the first load; the trigger after the K loop's last mma, before the stores
-    assert code.index('griddepcontrol.wait') < code.index('ld.global'), t
+    # the wait before the first load; the trigger once, after the K loop's last mma, before the stores, or with
+    # EARLY_TRIGGER right after the wait
+    wait = code.index('griddepcontrol.wait')
+    assert wait < code.index('ld.global'), t
     trigger = code.index('griddepcontrol.launch_dependents')
-    assert code.rindex('mma.sync') < trigger < code.index('st.global'), t
+    assert code.count('griddepcontrol.launch_dependents') == 1, t
+    if t.EARLY_TRIGGER:
+        assert wait < trigger < code.index('ld.global'), t
+    else:
+        assert code.rindex('mma.sync') < trigger < code.index('st.global'), t
     assert 'ld.global.nc' not in code, t
 att = {n: '*bf16' for n in ('q_ptr', 'k_ptr', 'v_ptr', 'mask_ptr', 'kn_ptr', 'vn_ptr', 'out_ptr')}
 att.update({'pos_ptr': '*i64', 'acc_ptr': '*fp32', 'ml_ptr': '*fp32', 'cnt_ptr': '*i32', 'qk_scale': 'fp32'})
 att.update({n: 'i32' for n in ('H', 'L', 'n_splits', 'BH', 's_qb', 's_qh', 's_kb', 's_kh', 's_kl', 's_vb', 's_vh',
                                's_vl', 's_m', 's_knb', 's_knh', 's_vnb', 's_vnh', 's_ob', 's_oh')})
-for append in (False, True):
-    consts = {'HD': 128, 'BLOCK_L': 128, 'SPLIT_TILES': 1, 'SPLIT_BLOCK': 8, 'APPEND': append, 'PDL': True}
+for append, early in ((False, False), (True, False), (True, True)):
+    consts = {'HD': 128, 'BLOCK_L': 128, 'SPLIT_TILES': 1, 'SPLIT_BLOCK': 8, 'APPEND': append, 'PDL': True,
+              'EARLY': early}
     sig = dict(att, mask_ptr='*bf16' if append else '*u8', **{k: 'constexpr' for k in consts})
     code = ptx(_split_kernel, sig, consts, 4)
-    assert code.index('griddepcontrol.wait') < code.index('ld.global'), append
+    wait = code.index('griddepcontrol.wait')
+    if early:   # the position and the first tile before the wait, q and the new row after it
+        assert code.index('ld.global') < wait < code.rindex('ld.global'), append
+    else:
+        assert wait < code.index('ld.global'), append
     assert 'griddepcontrol.launch_dependents' in code and 'ld.global.nc' not in code, append
 print('compiled')
 """
@@ -191,7 +202,9 @@ def test_dependent_launch_kernels_compile_for_sm90_and_wait_before_they_read():
     one-wave 8-warp and the 8-row tiles) and the decode attention (with and without
     the cache append) as programmatic dependents: in each one's PTX ``griddepcontrol.wait`` comes before the first
     global load, the trigger for the next kernel after the K loop (``decode_tc``: after its last ``mma``, before its
-    stores), and neither reads anything through the non-coherent path."""
+    stores; in the ``tc`` layout's one-row tiles, ``EARLY_TRIGGER``, right after the wait, and only there), and
+    neither reads anything through the non-coherent path. The attention's append into a settled cache
+    (``EARLY``) reads before the wait (its position and first tile) and after it (q and the new row)."""
     _compile(PDL_SCRIPT)
 
 
