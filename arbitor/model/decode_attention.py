@@ -355,7 +355,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[to
             block_l: Optional[int] = None, split_tiles: Optional[int] = None,
             append: Optional[tuple] = None, cache_settled: bool = False) -> torch.Tensor:
     """``one_query_attention`` on inputs ``check_inputs`` has taken; with ``append = (k_new, v_new, pos)`` (and no
-    mask) ``one_query_attention_append`` on inputs ``check_append_inputs`` has taken (``cache_settled``: its)."""
+    mask) ``one_query_attention_append`` on inputs ``check_append_inputs`` has taken, ``cache_settled`` as there."""
     B, H, _, hd = q.shape
     L = k.shape[2]
     cfg = launch_config(B, H, L, hd, n_sm(q.device), block_l, split_tiles)
