@@ -269,11 +269,16 @@ def test_leading_dims_strides_and_dtype_roundtrip():
     xin = int_tensor((2, 3, 5, K), 7).requires_grad_(True)
     xin2 = xin.detach().clone().requires_grad_(True)
     gout = int_tensor((2, 3, 5, N), 8)
+    W = ref.effective_weight()  # [N, K]
+    assert torch.equal(W, tri.effective_weight())
     y1, y2 = ref(xin), tri(xin2)
-    torch.testing.assert_close(y2, y1, rtol=3e-6, atol=1e-6)
+    for y in (y1, y2):
+        assert y.shape == (2, 3, 5, N)
+        assert_product_close(y.detach().reshape(-1, N), xin.detach().reshape(-1, K), W.t())
     y1.backward(gout)
     y2.backward(gout)
-    torch.testing.assert_close(xin2.grad, xin.grad, rtol=3e-6, atol=1e-6)
+    for gx in (xin.grad, xin2.grad):
+        assert_product_close(gx.reshape(-1, K), gout.reshape(-1, N), W)
     assert torch.equal(tri.corr_accum, ref.corr_accum) and (ref.corr_accum != 0).any()
 
 
