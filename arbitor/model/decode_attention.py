@@ -121,7 +121,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, kn_ptr, vn_ptr, pos_ptr, acc_pt
     m_i = tl.full((), float("-inf"), tl.float32)
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros([HD], tl.float32)
-    kn = q
+    kn = q      # placeholders: the new key and value are loaded and read only under APPEND
     vn = q
     if APPEND:
         if not EARLY:
@@ -181,13 +181,39 @@ def _tile_update(kt, vt, rows, allowed, q, kn, vn, qpos, m_i, l_i, acc, APPEND: 
         vt = tl.where(new, vn[None, :], vt)
     s = tl.where(allowed, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=0))
-    # every key so far masked: m_new = -inf; subtract 0 instead so that exp2(-inf - -inf) = NaN never occurs
-    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_sub = _finite(m_new)                  # every key so far masked: subtract 0, never exp2(-inf - -inf)
     alpha = tl.exp2(m_i - m_sub)            # 0 while m_i = -inf (acc, l are still 0)
     p = tl.exp2(s - m_sub)                  # 0 at masked positions
     acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), axis=0)
     l_i = l_i * alpha + tl.sum(p, axis=0)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _partials(acc_ptr, ml_ptr, row, s0, n_splits, BH, d, j, HD: tl.constexpr):
+    """Splits ``s0 .. s0 + SPLIT_BLOCK`` of a head's partials, read past L1 (``.cg``: other programs wrote them):
+    ``(m, l, acc [SPLIT_BLOCK, hd])``, padding past ``n_splits`` as ``m = -inf``, ``l = 0``, ``acc = 0``."""
+    live = s0 + j < n_splits
+    m = tl.load(ml_ptr + row + s0 + j, mask=live, other=float("-inf"), cache_modifier=".cg")
+    lp = tl.load(ml_ptr + BH * n_splits + row + s0 + j, mask=live, other=0.0, cache_modifier=".cg")
+    a = tl.load(acc_ptr + (row + s0 + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
+                cache_modifier=".cg")
+    return m, lp, a
+
+
+@triton.jit
+def _finite(m_max):
+    """The running maximum ``m`` to subtract from the scores, 0 while it is ``-inf`` (no allowed key yet: every
+    weight is then ``exp2(-inf) = 0``, never ``exp2(-inf - -inf) = NaN``; a head with none at all gets 0/0 = NaN)."""
+    return tl.where(m_max == float("-inf"), 0.0, m_max)
+
+
+@triton.jit
+def _weigh(m, lp, a, m_sub, l_sum, acc):
+    """``(l_sum, acc)`` plus a block of partials weighted by ``exp2(m - m_sub)`` (0 for a split with no allowed key
+    and for padding); a first block is added to zeros, so one block and several give the same bits."""
+    w = tl.exp2(m - m_sub)
+    return l_sum + tl.sum(w * lp, axis=0), acc + tl.sum(w[:, None] * a, axis=0)
 
 
 @triton.jit
@@ -199,35 +225,20 @@ def _combine(acc_ptr, ml_ptr, o_ptr, bh, n_splits, BH, HD: tl.constexpr, SPLIT_B
     d = tl.arange(0, HD)
     j = tl.arange(0, SPLIT_BLOCK)
     row = bh.to(tl.int64) * n_splits
+    l_sum = tl.zeros((), tl.float32)
+    acc = tl.zeros([HD], tl.float32)
     if n_splits <= SPLIT_BLOCK:
-        live = j < n_splits
-        m = tl.load(ml_ptr + row + j, mask=live, other=float("-inf"), cache_modifier=".cg")
-        lp = tl.load(ml_ptr + BH * n_splits + row + j, mask=live, other=0.0, cache_modifier=".cg")
-        a = tl.load(acc_ptr + (row + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
-                    cache_modifier=".cg")
-        m_max = tl.max(m, axis=0)
-        m_sub = tl.where(m_max == float("-inf"), 0.0, m_max)     # no allowed key: l = 0, out = 0/0 = NaN
-        w = tl.exp2(m - m_sub)                   # 0 for a chunk with no allowed key (m = -inf) and padding
-        # added to zeros as the loop below does (a sum of -0.0 stays +0.0 in both forms)
-        l_sum = tl.zeros((), tl.float32) + tl.sum(w * lp, axis=0)
-        acc = tl.zeros([HD], tl.float32) + tl.sum(w[:, None] * a, axis=0)
+        m, lp, a = _partials(acc_ptr, ml_ptr, row, 0, n_splits, BH, d, j, HD)
+        l_sum, acc = _weigh(m, lp, a, _finite(tl.max(m, axis=0)), l_sum, acc)
     else:
         m_max = tl.full((), float("-inf"), tl.float32)
         for s0 in range(0, n_splits, SPLIT_BLOCK):
             m = tl.load(ml_ptr + row + s0 + j, mask=s0 + j < n_splits, other=float("-inf"), cache_modifier=".cg")
             m_max = tl.maximum(m_max, tl.max(m, axis=0))
-        m_sub = tl.where(m_max == float("-inf"), 0.0, m_max)
-        l_sum = tl.zeros((), tl.float32)
-        acc = tl.zeros([HD], tl.float32)
+        m_sub = _finite(m_max)
         for s0 in range(0, n_splits, SPLIT_BLOCK):
-            live = s0 + j < n_splits
-            m = tl.load(ml_ptr + row + s0 + j, mask=live, other=float("-inf"), cache_modifier=".cg")
-            w = tl.exp2(m - m_sub)
-            l_sum += tl.sum(w * tl.load(ml_ptr + BH * n_splits + row + s0 + j, mask=live, other=0.0,
-                                        cache_modifier=".cg"), axis=0)
-            a = tl.load(acc_ptr + (row + s0 + j)[:, None] * HD + d[None, :], mask=live[:, None], other=0.0,
-                        cache_modifier=".cg")
-            acc += tl.sum(w[:, None] * a, axis=0)
+            m, lp, a = _partials(acc_ptr, ml_ptr, row, s0, n_splits, BH, d, j, HD)
+            l_sum, acc = _weigh(m, lp, a, m_sub, l_sum, acc)
     tl.store(o_ptr + d, (acc / l_sum).to(o_ptr.dtype.element_ty))
 
 
